@@ -1,0 +1,1 @@
+"""The one shared package: what every shop service needs, written once."""

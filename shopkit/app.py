@@ -1,0 +1,159 @@
+"""The app factory every service starts from, and ``run()``, every service's ``main``."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+
+from shopkit.client import http_session_ctx
+from shopkit.errors import error_body
+from shopkit.keys import METRICS, READY_CHECK, SETTINGS, UNAVAILABLE_ERRORS
+from shopkit.logs import configure_logging
+from shopkit.metrics import Metrics
+from shopkit.middleware import shop_middleware
+from shopkit.openapi import build_openapi, endpoint
+from shopkit.responses import json_response, ok
+from shopkit.settings import ServiceSettings, SettingsError
+
+log = logging.getLogger("shop.app")
+
+MAX_BODY = 1024 * 1024  # 1 MiB; larger bodies get 413
+READY_TIMEOUT = 2.0
+
+ReadyCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
+
+
+class NotReady(Exception):
+    """Raised by a ready check; ``details`` go into the 503 body."""
+
+    def __init__(self, reason: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.details = details or {}
+
+
+class StartupError(Exception):
+    """A dependency the service cannot start without is missing; the message says which."""
+
+
+def package_version() -> str:
+    try:
+        return version("shop")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0"
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    ready_check: ReadyCheck,
+    unavailable_errors: tuple[type[BaseException], ...] = (),
+    http_client: bool = False,
+) -> web.Application:
+    """A service's application with everything shopkit provides wired in. Does no I/O."""
+    app = web.Application(middlewares=[shop_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics(settings.service_name)
+    app[READY_CHECK] = ready_check
+    app[UNAVAILABLE_ERRORS] = unavailable_errors
+    if http_client:
+        app.cleanup_ctx.append(http_session_ctx)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+@endpoint("Liveness: the process answers (never touches a datastore)", response=dict)
+async def health(request: web.Request) -> web.Response:
+    return ok({"status": "ok", "service": request.app[SETTINGS].service_name})
+
+
+@endpoint("Readiness: 200 only when this service's own dependencies answer", errors=(503,))
+async def ready(request: web.Request) -> web.Response:
+    name = request.app[SETTINGS].service_name
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            details = await request.app[READY_CHECK](request.app)
+    except NotReady as exc:
+        return _not_ready(name, str(exc), exc.details)
+    except Exception as exc:  # any failure of the check means "not ready", never a 500
+        reason = "it did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+        return _not_ready(name, reason or type(exc).__name__, {})
+    return ok({"status": "ready", "service": name, **details})
+
+
+def _not_ready(name: str, reason: str, details: dict[str, Any]) -> web.Response:
+    body = error_body(
+        f"The {name} service is not ready: {reason}.",
+        "not_ready",
+        extra={"data": {"status": "not ready", "service": name, **details}},
+    )
+    return json_response(body, status=503)
+
+
+@endpoint("Prometheus metrics: request counts and latency histograms", raw=True)
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS]
+    return web.Response(body=registry.render(), headers={"Content-Type": registry.content_type})
+
+
+@endpoint("This OpenAPI document", raw=True, response={"type": "object"})
+async def openapi(request: web.Request) -> web.Response:
+    title = f"shop {request.app[SETTINGS].service_name} service"
+    return json_response(build_openapi(request.app, title, package_version()))
+
+
+def run(
+    create_app: Callable[[Any], web.Application],
+    settings_class: type[ServiceSettings],
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Read settings, configure logging, serve until SIGINT/SIGTERM. Every service's main."""
+    name = settings_class.service_name
+    try:
+        settings = settings_class.from_env(os.environ if environ is None else environ)
+    except SettingsError as exc:
+        print(f"{name} service: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(name, settings.log_level)
+    app = create_app(settings)
+    log.info("starting on %s:%s", settings.host, settings.port)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            print=None,
+            loop=_new_event_loop(),
+            shutdown_timeout=10,
+        )
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"{name} service: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        message = f"port {settings.port} on {settings.host} is already in use"
+        log.error("cannot start: %s", message)
+        print(f"{name} service: cannot start: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    # uvloop roughly halves the event loop's own overhead; plain asyncio where it is missing.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

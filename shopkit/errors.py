@@ -1,0 +1,90 @@
+"""The shop's error types and the one place that shapes an error body."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ShopError(Exception):
+    """An expected failure with an HTTP status, a machine code and a sentence for a person."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: list[dict[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+class BadRequest(ShopError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(ShopError):
+    status = 400
+    code = "validation_error"
+
+
+class Unauthorized(ShopError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ShopError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ShopError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ShopError):
+    status = 409
+    code = "conflict"
+
+
+class TooManyRequests(ShopError):
+    status = 429
+    code = "too_many_requests"
+
+
+class UpstreamUnavailable(ShopError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+def error_body(
+    message: str,
+    code: str,
+    details: list[dict[str, str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The failure envelope every service answers with.
+
+    ``{"success": false, "error": "<sentence for a person>", "code": "<snake_case>"}``, plus
+    ``"details": [{"field": ..., "message": ...}]`` for a validation failure. Callers may add
+    keys (``extra``) but never remove these.
+    """
+    body: dict[str, Any] = {"success": False, "error": message, "code": code}
+    if details is not None:
+        body["details"] = details
+    if extra:
+        body.update(extra)
+    return body

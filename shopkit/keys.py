@@ -1,0 +1,24 @@
+"""The app and request keys shopkit itself uses; each service adds its own in its keys.py."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from shopkit.auth import Identity
+    from shopkit.metrics import Metrics
+    from shopkit.settings import ServiceSettings
+
+SETTINGS: web.AppKey[ServiceSettings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# Raises when the service's own datastore does not answer; /ready calls it.
+READY_CHECK = web.AppKey("ready_check", Callable[[web.Application], Awaitable[None]])
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+# Exception types that mean "a dependency is down" and answer 503 instead of 500.
+UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
+
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

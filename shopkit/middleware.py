@@ -1,0 +1,121 @@
+"""The middleware every service runs: request id, error envelope, access log and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from shopkit.context import REQUEST_ID
+from shopkit.errors import ShopError, error_body
+from shopkit.keys import METRICS, UNAVAILABLE_ERRORS
+from shopkit.responses import json_response
+
+access_log = logging.getLogger("shop.access")
+error_log = logging.getLogger("shop.error")
+
+_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# aiohttp's own HTTP errors (unknown route, wrong method, body too large...) in our words.
+_HTTP_CODES = {
+    400: ("bad_request", "The request is malformed."),
+    404: ("not_found", "There is nothing at {method} {path}."),
+    405: ("method_not_allowed", "{method} is not allowed on {path}."),
+    413: ("payload_too_large", "The request body is larger than the 1 MiB limit."),
+}
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given if _GOOD_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    if exc.status < 400:  # redirects and 304s pass through as they are
+        return exc
+    code, message = _HTTP_CODES.get(
+        exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason + ".")
+    )
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    return json_response(
+        error_body(message.format(method=request.method, path=request.path), code),
+        status=exc.status,
+        headers=headers,
+    )
+
+
+def _from_shop_error(exc: ShopError) -> web.Response:
+    return json_response(
+        error_body(exc.message, exc.code, exc.details, exc.extra),
+        status=exc.status,
+        headers=exc.headers,
+    )
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ShopError as exc:
+        return _from_shop_error(exc)
+    except web.HTTPException as exc:
+        return _from_http_exception(request, exc)
+    except asyncio.CancelledError:
+        raise
+    except request.app[UNAVAILABLE_ERRORS] as exc:
+        error_log.warning("dependency unavailable: %s", exc)
+        return json_response(
+            error_body(
+                "A service this one depends on is not answering; try again shortly.",
+                "upstream_unavailable",
+            ),
+            status=503,
+        )
+    except Exception:
+        error_log.exception("unhandled error answering %s %s", request.method, request.path)
+        return json_response(
+            error_body(
+                f"Something went wrong on our side; it was logged as request {REQUEST_ID.get()}.",
+                "internal_error",
+            ),
+            status=500,
+        )
+
+
+@web.middleware
+async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = _request_id(request)
+    token = REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    try:
+        response = await _answer(request, handler)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        elapsed = time.perf_counter() - started
+        request.app[METRICS].observe(
+            request.method, _route_template(request), response.status, elapsed
+        )
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
+        return response
+    finally:
+        REQUEST_ID.reset(token)

@@ -1,0 +1,51 @@
+"""Money: exact decimals with two places, stored as integer cents."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+CENT = Decimal("0.01")
+
+
+def cents_to_money(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
+
+
+def money_to_cents(amount: Decimal) -> int:
+    return int(amount.scaleb(2))
+
+
+def _exact(amount: Decimal) -> Decimal:
+    if not amount.is_finite():
+        raise ValueError("must be a finite number")
+    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
+        raise ValueError("must have at most two decimal places")
+    return amount.quantize(CENT)
+
+
+def _money_from_json(value: Any) -> Decimal:
+    # JSON bodies are parsed with parse_float=Decimal, so a price arrives as int or Decimal;
+    # a string, a bool or anything else is refused, as the contract's strict types demand.
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ValueError("must be a number")
+    return _exact(Decimal(value))
+
+
+def _money_from_text(value: Any) -> Decimal:
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return _exact(Decimal(value))
+    try:
+        return _exact(Decimal(str(value).strip()))
+    except InvalidOperation:
+        raise ValueError("must be a number such as 19.99") from None
+
+
+_SCHEMA = {"type": "number", "multipleOf": 0.01}
+
+# In a JSON body.
+Money = Annotated[Decimal, BeforeValidator(_money_from_json), WithJsonSchema(_SCHEMA)]
+# In a query string, where everything is text.
+MoneyParam = Annotated[Decimal, BeforeValidator(_money_from_text), WithJsonSchema(_SCHEMA)]

@@ -1,0 +1,223 @@
+"""Endpoints described once: the models that validate a route also document it.
+
+``@endpoint(...)`` wraps a handler so that its query and body are validated against the
+models it names (the handler receives them as ``query=`` / ``body=``), its roles are
+checked, and ``build_openapi`` can later describe it in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import models_json_schema
+
+from shopkit.auth import require_roles
+from shopkit.keys import IDENTITY
+from shopkit.validation import read_json_object, validate_body, validate_query
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    304: "Not modified (the ETag matched)",
+    400: "Malformed or invalid input",
+    401: "Missing, malformed or expired token",
+    403: "Authenticated but not allowed",
+    404: "No such resource",
+    409: "Conflict with the current state",
+    413: "Body over 1 MiB",
+    429: "Too many attempts",
+    503: "A dependency is down or timed out",
+}
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None  # a model, list[model], or a plain JSON schema dict
+    status: int = 200
+    roles: tuple[str, ...] | None = None  # None: public; (): any authenticated caller
+    paged: bool = False
+    errors: tuple[int, ...] = ()
+    description: str | None = None
+    raw: bool = False  # the answer is not the JSON envelope (metrics, proxies)
+
+
+def endpoint(
+    summary: str,
+    *,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: Any = None,
+    status: int = 200,
+    roles: tuple[str, ...] | None = None,
+    paged: bool = False,
+    errors: tuple[int, ...] = (),
+    description: str | None = None,
+    raw: bool = False,
+) -> Callable[[Handler], Handler]:
+    spec = EndpointSpec(
+        summary, body, query, response, status, roles, paged, errors, description, raw
+    )
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def validated(request: web.Request) -> web.StreamResponse:
+            kwargs: dict[str, Any] = {}
+            if roles is not None:  # auth first: an anonymous caller learns nothing more
+                request[IDENTITY] = require_roles(request, *roles)
+            if query is not None:
+                kwargs["query"] = validate_query(query, request.query)
+            if body is not None:
+                kwargs["body"] = validate_body(body, await read_json_object(request))
+            return await handler(request, **kwargs)
+
+        validated.__endpoint__ = spec  # type: ignore[attr-defined]
+        return validated
+
+    return decorate
+
+
+_PATH_PARAM = re.compile(r"{(\w+)}")
+_REF = "#/components/schemas/{model}"
+
+
+def _models_in(value: Any) -> list[type[BaseModel]]:
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return [value]
+    for arg in getattr(value, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return [arg]
+    return []
+
+
+def _response_schema(spec: EndpointSpec) -> dict[str, Any]:
+    if isinstance(spec.response, dict):
+        data: dict[str, Any] = spec.response
+    elif spec.response is None:
+        data = {}
+    else:
+        data = TypeAdapter(spec.response).json_schema(ref_template=_REF, mode="serialization")
+    if spec.raw:
+        return data
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": ["success", "data"],
+        "properties": {"success": {"const": True}, "data": data},
+    }
+    if spec.paged:
+        for key in ("count", "total", "page", "limit"):
+            schema["properties"][key] = {"type": "integer", "minimum": 0}
+            schema["required"].append(key)
+    return schema
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(by_alias=True)
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": prop,
+            **({"description": prop["description"]} if "description" in prop else {}),
+        }
+        for name, prop in schema.get("properties", {}).items()
+    ]
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["success", "error", "code"],
+    "properties": {
+        "success": {"const": False},
+        "error": {"type": "string", "description": "A sentence for a person"},
+        "code": {"type": "string", "description": "A snake_case machine code"},
+        "details": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def build_openapi(app: web.Application, title: str, version: str) -> dict[str, Any]:
+    """An OpenAPI 3.1 document of every route described with ``@endpoint``."""
+    paths: dict[str, dict[str, Any]] = {}
+    models: dict[tuple[type[BaseModel], str], None] = {}
+    for route in app.router.routes():
+        spec: EndpointSpec | None = getattr(route.handler, "__endpoint__", None)
+        if spec is None or route.method == "HEAD" or route.resource is None:
+            continue
+        path = route.resource.canonical
+        method = route.method.lower() if route.method != "*" else "get"
+        operation: dict[str, Any] = {"summary": spec.summary, "parameters": []}
+        if spec.description:
+            operation["description"] = spec.description
+        operation["parameters"] += [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PATH_PARAM.findall(path)
+        ]
+        if spec.query is not None:
+            operation["parameters"] += _query_parameters(spec.query)
+        if spec.body is not None:
+            models[(spec.body, "validation")] = None
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF.format(model=spec.body.__name__)}}
+                },
+            }
+        for model in _models_in(spec.response):
+            models[(model, "serialization")] = None
+        responses: dict[str, Any] = {
+            str(spec.status): {
+                "description": _STATUS_TEXT.get(spec.status, "Success"),
+                "content": {"application/json": {"schema": _response_schema(spec)}},
+            }
+        }
+        errors = set(spec.errors)
+        if spec.body is not None or spec.query is not None:
+            errors.add(400)
+        if spec.body is not None:
+            errors.add(413)
+        if spec.roles is not None:
+            errors.add(401)
+            operation["security"] = [{"bearerAuth": []}]
+            if spec.roles:
+                errors.add(403)
+        for status in sorted(errors):
+            responses[str(status)] = {
+                "description": _STATUS_TEXT.get(status, "Error"),
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+            }
+        operation["responses"] = responses
+        paths.setdefault(path, {})[method] = operation
+
+    _, definitions = models_json_schema(list(models), ref_template=_REF)
+    schemas = dict(definitions.get("$defs", {}))
+    schemas["Error"] = ERROR_SCHEMA
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

@@ -1,0 +1,62 @@
+"""JSON encoding and the success envelope."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+JSON_TYPE = "application/json"
+
+
+def _encode_default(value: Any) -> Any:
+    # Money is a Decimal quantised to cents; a Fragment writes it as a JSON number with
+    # exactly two places (59.97, 0.30), never through a binary float.
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_encode_default)
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=dumps(body), status=status, content_type=JSON_TYPE, headers=headers)
+
+
+def ok(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``{"success": true, "data": ...}``."""
+    return json_response({"success": True, "data": data}, status=status, headers=headers)
+
+
+def ok_page(items: list[Any], *, total: int, page: int, limit: int) -> dict[str, Any]:
+    """The list envelope: ``data`` plus ``count`` (in this page), ``total``, ``page``, ``limit``."""
+    return {
+        "success": True,
+        "data": items,
+        "count": len(items),
+        "total": total,
+        "page": page,
+        "limit": limit,
+    }
+
+
+def cacheable(
+    request: web.Request, body: Any, *, cache_control: str = "public, max-age=5"
+) -> web.Response:
+    """A JSON response with a strong ETag; a matching ``If-None-Match`` gets a bodiless 304."""
+    raw = dumps(body)
+    etag = '"' + hashlib.blake2b(raw, digest_size=16).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and (
+        if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(","))
+    ):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=raw, content_type=JSON_TYPE, headers=headers)

@@ -1,0 +1,1 @@
+"""The cart service: arrives with its own issue; shopctl starts it once it has a __main__."""

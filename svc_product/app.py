@@ -1,0 +1,36 @@
+"""The product service owns the catalogue (MongoDB database ``products``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiohttp import web
+from pydantic import Field
+from pymongo.errors import ConnectionFailure
+
+from shopkit.app import create_service_app
+from shopkit.settings import MongoUrl, ServiceSettings
+from svc_product.keys import MONGO
+from svc_product.routes import routes
+from svc_product.store import mongo_ctx
+
+
+class ProductSettings(ServiceSettings):
+    service_name: ClassVar[str] = "product"
+    default_port: ClassVar[int] = 3001
+
+    mongodb_uri: MongoUrl = Field(alias="MONGODB_URI")
+
+
+async def mongo_ready(app: web.Application) -> dict[str, Any]:
+    await app[MONGO].admin.command("ping")
+    return {"datastore": "mongodb"}
+
+
+def create_app(settings: ProductSettings) -> web.Application:
+    app = create_service_app(
+        settings, ready_check=mongo_ready, unavailable_errors=(ConnectionFailure,)
+    )
+    app.cleanup_ctx.append(mongo_ctx)
+    app.router.add_routes(routes)
+    return app

@@ -1,0 +1,105 @@
+"""The product service's routes: thin handlers over the store."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shopkit.money import money_to_cents
+from shopkit.openapi import endpoint
+from shopkit.responses import cacheable, ok, ok_page
+from svc_product.keys import STORE
+from svc_product.schemas import (
+    CategoryOut,
+    Deleted,
+    ProductCreate,
+    ProductOut,
+    ProductQuery,
+    ProductUpdate,
+    StockChange,
+)
+from svc_product.store import catalogue_filter, product_out
+
+routes = web.RouteTableDef()
+ADMIN = ("admin",)
+
+
+@routes.get("/api/products")
+@endpoint(
+    "List products: search, filter, sort, page",
+    query=ProductQuery,
+    response=list[ProductOut],
+    paged=True,
+    description="Answers carry an ETag; send it back as If-None-Match to get a 304.",
+)
+async def list_products(request: web.Request, query: ProductQuery) -> web.Response:
+    selector = catalogue_filter(
+        q=query.q,
+        category=query.category,
+        min_cents=None if query.minPrice is None else money_to_cents(query.minPrice),
+        max_cents=None if query.maxPrice is None else money_to_cents(query.maxPrice),
+        in_stock=query.inStock,
+    )
+    docs, total = await request.app[STORE].find_page(
+        selector, sort=query.sort, page=query.page, limit=query.limit
+    )
+    items = [product_out(doc) for doc in docs]
+    return cacheable(request, ok_page(items, total=total, page=query.page, limit=query.limit))
+
+
+# Registered before /{id} so that "categories" is never taken for an id.
+@routes.get("/api/products/categories")
+@endpoint("Categories with the number of products in each", response=list[CategoryOut])
+async def list_categories(request: web.Request) -> web.Response:
+    categories = await request.app[STORE].categories()
+    return cacheable(request, {"success": True, "data": categories})
+
+
+@routes.get("/api/products/{id}")
+@endpoint("One product", response=ProductOut, errors=(404,))
+async def get_product(request: web.Request) -> web.Response:
+    doc = await request.app[STORE].get(request.match_info["id"])
+    return cacheable(request, {"success": True, "data": product_out(doc)})
+
+
+@routes.post("/api/products")
+@endpoint("Create a product", body=ProductCreate, response=ProductOut, status=201, roles=ADMIN)
+async def create_product(request: web.Request, body: ProductCreate) -> web.Response:
+    doc = await request.app[STORE].create(body.model_dump())
+    product = product_out(doc)
+    return ok(product, status=201, headers={"Location": f"/api/products/{product['id']}"})
+
+
+@routes.put("/api/products/{id}")
+@endpoint(
+    "Change the fields given",
+    body=ProductUpdate,
+    response=ProductOut,
+    roles=ADMIN,
+    errors=(404,),
+)
+async def update_product(request: web.Request, body: ProductUpdate) -> web.Response:
+    fields = body.model_dump(include=body.model_fields_set)
+    doc = await request.app[STORE].update(request.match_info["id"], fields)
+    return ok(product_out(doc))
+
+
+@routes.delete("/api/products/{id}")
+@endpoint("Delete a product", response=Deleted, roles=ADMIN, errors=(404,))
+async def delete_product(request: web.Request) -> web.Response:
+    product_id = request.match_info["id"]
+    await request.app[STORE].delete(product_id)
+    return ok({"id": product_id, "deleted": True})
+
+
+@routes.patch("/api/products/{id}/stock")
+@endpoint(
+    "Add or take stock atomically",
+    body=StockChange,
+    response=ProductOut,
+    roles=("admin", "service"),
+    errors=(404, 409),
+    description="A change that would take stock below zero changes nothing and answers 409.",
+)
+async def change_stock(request: web.Request, body: StockChange) -> web.Response:
+    doc = await request.app[STORE].change_stock(request.match_info["id"], body.quantity)
+    return ok(product_out(doc))

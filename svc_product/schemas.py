@@ -1,0 +1,110 @@
+"""What the product service accepts and answers; these models also feed /openapi.json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from shopkit.money import Money, MoneyParam
+from shopkit.validation import Body, Query
+
+MAX_PRICE = Decimal("1000000.00")
+MAX_STOCK = 1_000_000_000
+
+
+def _image_url(value: str) -> str:
+    if not value.startswith(("https://", "http://", "/")):
+        raise ValueError("must be an http(s) URL or a path starting with /")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=5000)]
+Category = Annotated[str, Field(min_length=1, max_length=60)]
+Price = Annotated[Money, Field(gt=0, le=MAX_PRICE)]
+Stock = Annotated[int, Field(ge=0, le=MAX_STOCK)]
+ImageUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_image_url)]
+
+
+class ProductCreate(Body):
+    name: Name
+    description: Description = ""
+    price: Price
+    category: Category
+    stock: Stock = 0
+    imageUrl: ImageUrl | None = None
+
+
+class ProductUpdate(Body):
+    """Only the fields given change; ``imageUrl: null`` removes the image."""
+
+    name: Name | None = None
+    description: Description | None = None
+    price: Price | None = None
+    category: Category | None = None
+    stock: Stock | None = None
+    imageUrl: ImageUrl | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProductUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        for field in self.model_fields_set - {"imageUrl"}:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class StockChange(Body):
+    quantity: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)] = Field(
+        description="Units to add (positive) or take (negative); never below zero"
+    )
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> StockChange:
+        if self.quantity == 0:
+            raise ValueError("quantity must not be zero")
+        return self
+
+
+class ProductQuery(Query):
+    q: str | None = Field(None, max_length=100, description="Words to find in name or description")
+    category: str | None = Field(None, max_length=60)
+    minPrice: MoneyParam | None = Field(None, ge=0)
+    maxPrice: MoneyParam | None = Field(None, ge=0)
+    inStock: bool = Field(False, description="true: only products with stock > 0")
+    sort: Literal["price", "-price", "name", "-createdAt"] = "-createdAt"
+    page: int = Field(1, ge=1, le=10_000)
+    limit: int = Field(20, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> ProductQuery:
+        low, high = self.minPrice, self.maxPrice
+        if low is not None and high is not None and low > high:
+            raise ValueError("minPrice must not be above maxPrice")
+        return self
+
+
+class ProductOut(BaseModel):
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{24}$")]
+    name: str
+    description: str
+    price: Money
+    category: str
+    stock: int
+    imageUrl: str | None
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class CategoryOut(BaseModel):
+    name: str
+    count: int
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: Literal[True]

@@ -1,0 +1,252 @@
+"""The product service's data layer: the ``products`` collection, via PyMongo's async API.
+
+Money is kept as integer cents (``price_cents``): exact, and the MongoDB-protocol server we
+develop against (nx-27017) cannot store Decimal128.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from shopkit.app import StartupError
+from shopkit.errors import Conflict, NotFound
+from shopkit.keys import SETTINGS
+from shopkit.logs import mask_url
+from shopkit.money import cents_to_money, money_to_cents
+from svc_product.keys import MONGO, STORE
+
+log = logging.getLogger("shop.product.store")
+
+MAX_STOCK = 1_000_000_000
+_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+_SORTS = {
+    "price": [("price_cents", ASCENDING), ("_id", ASCENDING)],
+    "-price": [("price_cents", DESCENDING), ("_id", ASCENDING)],
+    "name": [("sort_name", ASCENDING), ("_id", ASCENDING)],
+    "-createdAt": [("createdAt", DESCENDING), ("_id", DESCENDING)],
+}
+# sort_name is ours, not the client's.
+_PUBLIC = {"sort_name": False}
+
+
+class ProductNotFound(NotFound):
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
+
+
+class NotEnoughStock(Conflict):
+    def __init__(self, available: int, wanted: int) -> None:
+        super().__init__(
+            f"Not enough stock: {available} left, {wanted} asked for.",
+            code="insufficient_stock",
+            extra={"available": available},
+        )
+
+
+def _object_id(product_id: str) -> ObjectId:
+    # A malformed id cannot name a product, so it is simply not found (never a 500).
+    if not _OBJECT_ID.match(product_id):
+        raise ProductNotFound(product_id)
+    return ObjectId(product_id)
+
+
+def _now() -> datetime:
+    # BSON dates keep milliseconds; trim now so what we answer is what a re-read gives.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _iso(moment: datetime | str) -> str:
+    if isinstance(moment, str):  # defensive: see the $currentDate note in update()
+        return moment
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def product_out(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored product as the API shows it (see schemas.ProductOut)."""
+    return {
+        "id": str(doc["_id"]),
+        "name": doc["name"],
+        "description": doc.get("description", ""),
+        "price": cents_to_money(doc["price_cents"]),
+        "category": doc["category"],
+        "stock": doc["stock"],
+        "imageUrl": doc.get("imageUrl"),
+        "createdAt": _iso(doc["createdAt"]),
+        "updatedAt": _iso(doc["updatedAt"]),
+    }
+
+
+def _stored_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    stored = dict(fields)
+    if "price" in stored:
+        stored["price_cents"] = money_to_cents(stored.pop("price"))
+    if "name" in stored:
+        stored["sort_name"] = stored["name"].casefold()
+    return stored
+
+
+def catalogue_filter(
+    *,
+    q: str | None = None,
+    category: str | None = None,
+    min_cents: int | None = None,
+    max_cents: int | None = None,
+    in_stock: bool = False,
+) -> dict[str, Any]:
+    """The MongoDB filter for a catalogue query. User text only ever reaches the server
+    escaped, as the value of ``$regex`` (never as an operator or a compiled pattern)."""
+    query: dict[str, Any] = {}
+    words = (q or "").split()[:10]
+    if words:
+        # Every word must appear in the name or the description, case-insensitively. A
+        # regex, not $text: it behaves the same on MongoDB and on nx-27017 (whose $text
+        # differs), and a catalogue this size scans in well under a millisecond.
+        query["$and"] = [
+            {
+                "$or": [
+                    {field: {"$regex": re.escape(word), "$options": "i"}}
+                    for field in ("name", "description")
+                ]
+            }
+            for word in words
+        ]
+    if category:
+        query["category"] = category
+    if min_cents is not None or max_cents is not None:
+        query["price_cents"] = {
+            op: cents
+            for op, cents in (("$gte", min_cents), ("$lte", max_cents))
+            if cents is not None
+        }
+    if in_stock:
+        query["stock"] = {"$gt": 0}
+    return query
+
+
+class ProductStore:
+    def __init__(self, collection: AsyncCollection) -> None:
+        self.collection = collection
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent: creating an index that exists is a no-op."""
+        await self.collection.create_index([("category", ASCENDING), ("price_cents", ASCENDING)])
+        await self.collection.create_index([("price_cents", ASCENDING)])
+        await self.collection.create_index([("sort_name", ASCENDING)])
+        await self.collection.create_index([("createdAt", DESCENDING)])
+
+    async def find_page(
+        self, query: dict[str, Any], *, sort: str, page: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        cursor = (
+            self.collection.find(query, _PUBLIC)
+            .sort(_SORTS[sort])
+            .skip((page - 1) * limit)
+            .limit(limit)
+        )
+        docs, total = await asyncio.gather(
+            cursor.to_list(length=limit), self.collection.count_documents(query)
+        )
+        return docs, total
+
+    async def categories(self) -> list[dict[str, Any]]:
+        pipeline = [{"$group": {"_id": "$category", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]
+        cursor = await self.collection.aggregate(pipeline)
+        return [{"name": row["_id"], "count": row["count"]} async for row in cursor]
+
+    async def get(self, product_id: str) -> dict[str, Any]:
+        doc = await self.collection.find_one({"_id": _object_id(product_id)}, _PUBLIC)
+        if doc is None:
+            raise ProductNotFound(product_id)
+        return doc
+
+    async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        now = _now()
+        doc = {**_stored_fields(fields), "createdAt": now, "updatedAt": now}
+        if doc.get("imageUrl") is None:
+            doc.pop("imageUrl", None)
+        result = await self.collection.insert_one(doc)
+        doc["_id"] = result.inserted_id
+        return doc
+
+    async def update(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        changes: dict[str, Any] = {
+            # $currentDate, not $set of a datetime: nx-27017 stores a $set datetime as text.
+            "$currentDate": {"updatedAt": True},
+        }
+        stored = _stored_fields(fields)
+        if "imageUrl" in stored and stored["imageUrl"] is None:
+            del stored["imageUrl"]
+            changes["$unset"] = {"imageUrl": ""}
+        if stored:
+            changes["$set"] = stored
+        doc = await self.collection.find_one_and_update(
+            {"_id": _object_id(product_id)},
+            changes,
+            projection=_PUBLIC,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise ProductNotFound(product_id)
+        return doc
+
+    async def delete(self, product_id: str) -> None:
+        result = await self.collection.delete_one({"_id": _object_id(product_id)})
+        if result.deleted_count == 0:
+            raise ProductNotFound(product_id)
+
+    async def change_stock(self, product_id: str, delta: int) -> dict[str, Any]:
+        """Add ``delta`` units atomically. The condition lives in the update's filter, so a
+        change that would go below zero (or past MAX_STOCK) matches nothing and changes
+        nothing, however many callers race."""
+        oid = _object_id(product_id)
+        guard = {"$gte": -delta} if delta < 0 else {"$lte": MAX_STOCK - delta}
+        doc = await self.collection.find_one_and_update(
+            {"_id": oid, "stock": guard},
+            {"$inc": {"stock": delta}, "$currentDate": {"updatedAt": True}},
+            projection=_PUBLIC,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            return doc
+        current = await self.collection.find_one({"_id": oid}, {"stock": True})
+        if current is None:
+            raise ProductNotFound(product_id)
+        if delta < 0:
+            raise NotEnoughStock(current["stock"], -delta)
+        raise Conflict(
+            f"Stock cannot exceed {MAX_STOCK} units ({current['stock']} now, {delta} to add).",
+            code="stock_limit",
+        )
+
+
+async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the MongoDB client, checked and indexed before the service takes traffic."""
+    uri = app[SETTINGS].mongodb_uri
+    client: AsyncMongoClient = AsyncMongoClient(
+        uri, tz_aware=True, serverSelectionTimeoutMS=5000, appname="shop-product"
+    )
+    database = client.get_default_database("products")
+    log.info("connecting to MongoDB at %s, database %s", mask_url(uri), database.name)
+    store = ProductStore(database["products"])
+    try:
+        await client.admin.command("ping")
+        await store.ensure_indexes()
+    except PyMongoError as exc:
+        await client.close()
+        raise StartupError(f"MongoDB at {mask_url(uri)} is not answering: {exc}") from None
+    app[MONGO] = client
+    app[STORE] = store
+    yield
+    await client.close()
