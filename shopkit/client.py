@@ -109,6 +109,7 @@ class ServiceClient:
         json: Any = None,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
     ) -> ServiceReply:
         """A JSON call. Any status below 500 is returned for the caller to judge; a 5xx,
         a connection error, a timeout or a body that is not JSON raises 503."""
@@ -119,7 +120,7 @@ class ServiceClient:
         if json is not None:
             body = dumps(json)
             merged["Content-Type"] = "application/json"
-        async with self.open(method, path, headers=merged, data=body) as response:
+        async with self.open(method, path, headers=merged, data=body, timeout=timeout) as response:
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):

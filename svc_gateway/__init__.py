@@ -1,0 +1,1 @@
+"""The gateway: the shop's one public entry point (API routing now, web pages later)."""
