@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, WithJsonSchema
 
 CENT = Decimal("0.01")
+# Far above any price or total, well inside what a Decimal quantises and an int64 holds.
+LIMIT = Decimal(10) ** 15
 
 
 def cents_to_money(cents: int) -> Decimal:
@@ -21,6 +23,8 @@ def money_to_cents(amount: Decimal) -> int:
 def _exact(amount: Decimal) -> Decimal:
     if not amount.is_finite():
         raise ValueError("must be a finite number")
+    if abs(amount) >= LIMIT:
+        raise ValueError("is too large")
     if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
         raise ValueError("must have at most two decimal places")
     return amount.quantize(CENT)
@@ -35,7 +39,9 @@ def _money_from_json(value: Any) -> Decimal:
 
 
 def _money_from_text(value: Any) -> Decimal:
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise ValueError("must be a number such as 19.99")
+    if isinstance(value, int | Decimal):
         return _exact(Decimal(value))
     try:
         return _exact(Decimal(str(value).strip()))
@@ -47,5 +53,6 @@ _SCHEMA = {"type": "number", "multipleOf": 0.01}
 
 # In a JSON body.
 Money = Annotated[Decimal, BeforeValidator(_money_from_json), WithJsonSchema(_SCHEMA)]
-# In a query string, where everything is text.
-MoneyParam = Annotated[Decimal, BeforeValidator(_money_from_text), WithJsonSchema(_SCHEMA)]
+# In a query string, where everything is text, or in an answer read back (a JSON number that
+# a client's parser made a float: its shortest repr is the two-place decimal we wrote).
+LenientMoney = Annotated[Decimal, BeforeValidator(_money_from_text), WithJsonSchema(_SCHEMA)]

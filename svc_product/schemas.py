@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from shopkit.money import Money, MoneyParam
+from shopkit.money import Money, LenientMoney
 from shopkit.validation import Body, Query
 
 MAX_PRICE = Decimal("1000000.00")
@@ -73,8 +73,8 @@ class StockChange(Body):
 class ProductQuery(Query):
     q: str | None = Field(None, max_length=100, description="Words to find in name or description")
     category: str | None = Field(None, max_length=60)
-    minPrice: MoneyParam | None = Field(None, ge=0)
-    maxPrice: MoneyParam | None = Field(None, ge=0)
+    minPrice: LenientMoney | None = Field(None, ge=0)
+    maxPrice: LenientMoney | None = Field(None, ge=0)
     inStock: bool = Field(False, description="true: only products with stock > 0")
     sort: Literal["price", "-price", "name", "-createdAt"] = "-createdAt"
     page: int = Field(1, ge=1, le=10_000)
@@ -92,7 +92,7 @@ class ProductOut(BaseModel):
     id: Annotated[str, Field(pattern=r"^[0-9a-f]{24}$")]
     name: str
     description: str
-    price: Money
+    price: LenientMoney
     category: str
     stock: int
     imageUrl: str | None

@@ -1,0 +1,64 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+JWT_SECRET = "test-secret-" + "x" * 60
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(
+    client: TestClient,
+    method: str,
+    path: str,
+    *,
+    expected_status: int,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Make a request, check its status and the envelope, and return the JSON body."""
+    response = await client.request(method, path, **kwargs)
+    text = await response.text()
+    assert response.status == expected_status, text
+    assert response.headers["X-Request-ID"]
+    assert response.content_type == "application/json", text
+    body = await response.json()
+    if expected_status < 400:
+        assert body["success"] is True, body
+        assert "data" in body
+    else:
+        assert body["success"] is False, body
+        assert isinstance(body["error"], str) and body["error"], body
+        assert isinstance(body["code"], str) and body["code"].islower(), body
+    return body
+
+
+def product_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": "Enamel Mug",
+        "description": "A sturdy camping mug",
+        "price": 12.5,
+        "category": "kitchen",
+        "stock": 10,
+    }
+    body.update(overrides)
+    return body
+
+
+async def create_product(
+    client: TestClient, headers: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
+    body = await call(
+        client,
+        "POST",
+        "/api/products",
+        json=product_body(**overrides),
+        headers=headers,
+        expected_status=201,
+    )
+    return body["data"]
