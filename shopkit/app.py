@@ -100,7 +100,12 @@ def _not_ready(name: str, reason: str, details: dict[str, Any]) -> web.Response:
     return json_response(body, status=503)
 
 
-@endpoint("Prometheus metrics: request counts and latency histograms", raw=True)
+@endpoint(
+    "Prometheus metrics: request counts and latency histograms",
+    raw=True,
+    response={"type": "string"},
+    content_type="text/plain",
+)
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[METRICS]
     return web.Response(body=registry.render(), headers={"Content-Type": registry.content_type})

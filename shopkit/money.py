@@ -51,6 +51,13 @@ def _money_from_text(value: Any) -> Decimal:
 
 _SCHEMA = {"type": "number", "multipleOf": 0.01}
 
+
+def money_schema(**bounds: float) -> WithJsonSchema:
+    """The JSON schema of an amount with bounds (``exclusiveMinimum=0``, ``maximum=...``):
+    pydantic cannot derive it through the custom validator, so we state it."""
+    return WithJsonSchema({**_SCHEMA, **bounds})
+
+
 # In a JSON body.
 Money = Annotated[Decimal, BeforeValidator(_money_from_json), WithJsonSchema(_SCHEMA)]
 # In a query string, where everything is text, or in an answer read back (a JSON number that

@@ -50,6 +50,7 @@ class EndpointSpec:
     errors: tuple[int, ...] = ()
     description: str | None = None
     raw: bool = False  # the answer is not the JSON envelope (metrics, proxies)
+    content_type: str = "application/json"
 
 
 def endpoint(
@@ -64,9 +65,20 @@ def endpoint(
     errors: tuple[int, ...] = (),
     description: str | None = None,
     raw: bool = False,
+    content_type: str = "application/json",
 ) -> Callable[[Handler], Handler]:
     spec = EndpointSpec(
-        summary, body, query, response, status, roles, paged, errors, description, raw
+        summary,
+        body,
+        query,
+        response,
+        status,
+        roles,
+        paged,
+        errors,
+        description,
+        raw,
+        content_type,
     )
 
     def decorate(handler: Handler) -> Handler:
@@ -186,7 +198,7 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         responses: dict[str, Any] = {
             str(spec.status): {
                 "description": _STATUS_TEXT.get(spec.status, "Success"),
-                "content": {"application/json": {"schema": _response_schema(spec)}},
+                "content": {spec.content_type: {"schema": _response_schema(spec)}},
             }
         }
         errors = set(spec.errors)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from shopkit.money import Money, LenientMoney
+from shopkit.money import LenientMoney, Money, money_schema
 from shopkit.validation import Body, Query
 
 MAX_PRICE = Decimal("1000000.00")
@@ -24,9 +24,13 @@ def _image_url(value: str) -> str:
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=5000)]
 Category = Annotated[str, Field(min_length=1, max_length=60)]
-Price = Annotated[Money, Field(gt=0, le=MAX_PRICE)]
+Price = Annotated[
+    Money, Field(gt=0, le=MAX_PRICE), money_schema(exclusiveMinimum=0, maximum=float(MAX_PRICE))
+]
 Stock = Annotated[int, Field(ge=0, le=MAX_STOCK)]
-ImageUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_image_url)]
+ImageUrl = Annotated[
+    str, Field(min_length=1, max_length=2048, pattern=r"^(https?://|/)"), AfterValidator(_image_url)
+]
 
 
 class ProductCreate(Body):
@@ -39,28 +43,37 @@ class ProductCreate(Body):
 
 
 class ProductUpdate(Body):
-    """Only the fields given change; ``imageUrl: null`` removes the image."""
+    """Only the fields given change; ``imageUrl: null`` removes the image.
 
-    name: Name | None = None
-    description: Description | None = None
-    price: Price | None = None
-    category: Category | None = None
-    stock: Stock | None = None
+    The defaults are never validated, so only ``imageUrl`` accepts an explicit null."""
+
+    @staticmethod
+    def _schema(schema: dict[str, Any]) -> None:
+        schema["minProperties"] = 1
+        for prop in schema["properties"].values():
+            if prop.get("default", "") is None and "anyOf" not in prop:
+                del prop["default"]  # not a value a client may send
+
+    model_config = ConfigDict(json_schema_extra=_schema)
+
+    name: Name = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    price: Price = None  # type: ignore[assignment]
+    category: Category = None  # type: ignore[assignment]
+    stock: Stock = None  # type: ignore[assignment]
     imageUrl: ImageUrl | None = None
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProductUpdate:
         if not self.model_fields_set:
             raise ValueError("give at least one field to change")
-        for field in self.model_fields_set - {"imageUrl"}:
-            if getattr(self, field) is None:
-                raise ValueError(f"{field} cannot be null")
         return self
 
 
 class StockChange(Body):
     quantity: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)] = Field(
-        description="Units to add (positive) or take (negative); never below zero"
+        description="Units to add (positive) or take (negative); never below zero",
+        json_schema_extra={"not": {"const": 0}},
     )
 
     @model_validator(mode="after")
@@ -73,8 +86,8 @@ class StockChange(Body):
 class ProductQuery(Query):
     q: str | None = Field(None, max_length=100, description="Words to find in name or description")
     category: str | None = Field(None, max_length=60)
-    minPrice: LenientMoney | None = Field(None, ge=0)
-    maxPrice: LenientMoney | None = Field(None, ge=0)
+    minPrice: Annotated[LenientMoney, money_schema(minimum=0)] | None = Field(None, ge=0)
+    maxPrice: Annotated[LenientMoney, money_schema(minimum=0)] | None = Field(None, ge=0)
     inStock: bool = Field(False, description="true: only products with stock > 0")
     sort: Literal["price", "-price", "name", "-createdAt"] = "-createdAt"
     page: int = Field(1, ge=1, le=10_000)
