@@ -6,6 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -49,13 +50,14 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
 
 
 def mask_url(url: str) -> str:
-    """A connection URL with its password replaced, fit for a log line."""
-    from yarl import URL
-
+    """A connection URL with its password replaced by ***, fit for a log line or a message."""
+    parts = urlsplit(url)
     try:
-        parsed = URL(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parsed.password:
-        parsed = parsed.with_password("***")
-    return str(parsed)
+    if not password:
+        return url
+    user_info, _, host = parts.netloc.rpartition("@")
+    user = user_info.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -11,7 +11,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -38,16 +37,11 @@ def mongo_server_uri() -> Iterator[str]:
         server.stop()
 
 
-def with_database(uri: str, name: str) -> str:
-    parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
 @pytest.fixture
 async def mongo_uri(mongo_server_uri: str) -> AsyncIterator[str]:
     """A database of this test's own, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    yield with_database(mongo_server_uri, name)
+    yield embedded.database_url(mongo_server_uri, name)
     client: AsyncMongoClient = AsyncMongoClient(mongo_server_uri, serverSelectionTimeoutMS=5000)
     try:
         await client.drop_database(name)

@@ -79,6 +79,9 @@ def test_urls_in_logs_hide_passwords() -> None:
         mask_url("postgresql://shop:s3cret@db:5432/users") == "postgresql://shop:***@db:5432/users"
     )
     assert mask_url("mongodb://127.0.0.1:27017/products") == "mongodb://127.0.0.1:27017/products"
+    assert mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    socket = "postgresql://postgres:pw@/postgres?host=/tmp/pg"
+    assert mask_url(socket) == "postgresql://postgres:***@/postgres?host=/tmp/pg"
 
 
 # -- health, readiness, metrics, docs -------------------------------------------------------

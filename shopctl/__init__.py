@@ -1,0 +1,1 @@
+"""shopctl: run, check and operate the shop from the command line."""

@@ -1,0 +1,29 @@
+"""The `shopctl` command: one Typer app, one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from shopctl.console import Consoles
+from shopctl.down import down
+from shopctl.status import status
+from shopctl.up import up
+
+app = typer.Typer(
+    name="shopctl",
+    help="Run, check and operate the shop.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Run, check and operate the shop."""
+    ctx.obj = Consoles.create()
+
+
+# Each command lives in its own module; a new one is one import and one line here.
+app.command()(up)
+app.command()(down)
+app.command()(status)

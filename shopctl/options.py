@@ -1,0 +1,49 @@
+"""Options several commands share, declared once."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+import typer
+
+from shopctl.services import SERVICES
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("shop", appauthor=False))
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        help="Where the shop keeps its databases, logs, secrets and state.json.",
+        envvar="SHOP_DATA_DIR",
+        default_factory=default_data_dir,
+        show_default=str(default_data_dir()),
+        file_okay=False,
+        resolve_path=True,
+    ),
+]
+
+BasePort = Annotated[
+    int,
+    typer.Option(
+        "--base-port",
+        help="Port of the gateway; the other services use the next ones (product +1, "
+        "user +2, order +3, cart +4).",
+        envvar="SHOP_BASE_PORT",
+        min=1,
+        max=65535 - max(service.port_offset for service in SERVICES),
+    ),
+]

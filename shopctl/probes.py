@@ -1,0 +1,112 @@
+"""Asking services how they are: GET /health and /ready, with short timeouts, in parallel."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from shopctl.state import RunningService
+
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer; `status` is None when nothing answered (then `error` says why)."""
+
+    status: int | None
+    body: Any = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def get(url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
+    """GET `url` and decode its JSON body; never raises for a network or HTTP failure."""
+    # No proxies: the shop runs on this machine, and a proxy from the shell would be wrong.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return Answer(response.status, _json(response.read()))
+    except urllib.error.HTTPError as error:
+        with error:
+            return Answer(error.code, _json(error.read()))
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return Answer(None, error=str(reason))
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    name: str
+    url: str
+    pid: int
+    alive: bool
+    exit_code: int | None
+    uptime: float | None
+    health: Answer
+    ready: Answer
+
+    @property
+    def is_ready(self) -> bool:
+        return self.alive and self.ready.ok
+
+    def label(self) -> str:
+        """starting / ready / not ready / exited, as the tables show it."""
+        if not self.alive:
+            return "exited" if self.exit_code is None else f"exited ({self.exit_code})"
+        if self.ready.ok:
+            return "ready"
+        if self.health.status is None:
+            return "starting"
+        return "not ready"
+
+
+def check_service(service: RunningService, timeout: float = PROBE_TIMEOUT) -> ServiceHealth:
+    alive = service.process.alive()
+    unprobed = Answer(None, error="process not running")
+    return ServiceHealth(
+        name=service.name,
+        url=service.url,
+        pid=service.process.pid,
+        alive=alive,
+        exit_code=service.process.exit_code(),
+        uptime=service.process.uptime(),
+        health=get(f"{service.url}/health", timeout) if alive else unprobed,
+        ready=get(f"{service.url}/ready", timeout) if alive else unprobed,
+    )
+
+
+def check_services(
+    services: Iterable[RunningService], timeout: float = PROBE_TIMEOUT
+) -> list[ServiceHealth]:
+    """Every service's health, probed at once (so one slow service costs one timeout)."""
+    services = list(services)
+    if not services:
+        return []
+    with ThreadPoolExecutor(max_workers=len(services)) as pool:
+        return list(pool.map(lambda service: check_service(service, timeout), services))
+
+
+def format_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

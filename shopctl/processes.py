@@ -1,0 +1,232 @@
+"""The one place that starts and stops processes for shopctl: services and backing servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+# psutil derives a create time from the boot time and the start tick; two reads of the same
+# process agree to well under this, a recycled PID (started later) never does.
+_CREATE_TIME_TOLERANCE = 0.05
+
+
+@dataclass
+class ManagedProcess:
+    """A process we started, identified by PID *and* create time so a recycled PID is never
+    mistaken for it (and never killed)."""
+
+    pid: int
+    create_time: float
+    command: list[str]
+    log_path: Path | None = None
+    # Only set in the process that spawned it: lets us reap the child and read its exit code.
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "command": self.command,
+            "log_path": str(self.log_path) if self.log_path else None,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ManagedProcess:
+        log_path = state.get("log_path")
+        return cls(
+            pid=int(state["pid"]),
+            create_time=float(state["create_time"]),
+            command=list(state["command"]),
+            log_path=Path(log_path) if log_path else None,
+        )
+
+    @classmethod
+    def adopt(cls, pid: int, command: Sequence[str] = ()) -> ManagedProcess:
+        """Record a process something else started for us (e.g. pg_ctl's postmaster)."""
+        return cls(pid=pid, create_time=psutil.Process(pid).create_time(), command=list(command))
+
+    def exit_code(self) -> int | None:
+        """The exit code if we spawned it here and it has ended, else None."""
+        return self.popen.poll() if self.popen is not None else None
+
+    def alive(self) -> bool:
+        """True while this very process (not a later one with the same PID) runs."""
+        if self.popen is not None:
+            return self.popen.poll() is None
+        process = self._process()
+        if process is None:
+            return False
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def uptime(self) -> float | None:
+        return time.time() - self.create_time if self.alive() else None
+
+    def _process(self) -> psutil.Process | None:
+        try:
+            process = psutil.Process(self.pid)
+            same = abs(process.create_time() - self.create_time) < _CREATE_TIME_TOLERANCE
+        except psutil.NoSuchProcess:
+            return None
+        return process if same else None
+
+
+def spawn(
+    command: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ManagedProcess:
+    """Start `command` in its own session (so a Ctrl-C in the terminal reaches only shopctl,
+    which then stops things in order), stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.NoSuchProcess:
+        # Died at once; keep a record so the caller reads the exit code and the log.
+        create_time = time.time()
+    return ManagedProcess(popen.pid, create_time, list(command), log_path, popen)
+
+
+def stop(process: ManagedProcess, timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. Does nothing if the PID is no longer ours."""
+    stop_all([process], timeout)
+
+
+def stop_all(targets: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
+    """Stop several processes at once: all get SIGTERM first, so they wind down together;
+    whichever is still there after `timeout` gets SIGKILL."""
+    for target in targets:
+        _signal(target, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for target in targets:
+        if not _wait(target, max(0.0, deadline - time.monotonic())):
+            _signal(target, signal.SIGKILL)
+            _wait(target, timeout)
+
+
+def _signal(target: ManagedProcess, signum: int) -> None:
+    if not target.alive():
+        return
+    with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+        if target.popen is not None:
+            target.popen.send_signal(signum)
+        elif (process := target._process()) is not None:
+            process.send_signal(signum)
+
+
+def _wait(target: ManagedProcess, timeout: float) -> bool:
+    """Wait until `target` has ended (reaping it if it is our child); False on timeout."""
+    if target.popen is not None:
+        try:
+            target.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    process = target._process()
+    if process is None:
+        return True
+    try:
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """Until the block ends, SIGINT (Ctrl-C) and SIGTERM set the event it gives instead of
+    interrupting whatever runs, so the caller can stop everything in order."""
+    requested = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        requested.set()
+
+    previous = {
+        signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll `check` until it is true or `timeout` seconds have passed; return the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(interval, remaining))
+
+
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A TCP port nothing listens on right now (the OS's pick), not one of `avoid`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when binding `host:port` fails the way the service's own bind would."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Same option aiohttp sets, so a socket in TIME_WAIT does not count as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def accepts_connections(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' when there is none)."""
+    if path is None or not path.exists():
+        return ""
+    with path.open("rb") as log:
+        log.seek(0, os.SEEK_END)
+        size = log.tell()
+        log.seek(max(0, size - 64 * 1024))
+        text = log.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

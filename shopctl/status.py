@@ -1,0 +1,58 @@
+"""`shopctl status`: how each service is doing."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shopctl import probes, views
+from shopctl.console import Consoles, failures_reported, get_consoles
+from shopctl.errors import ShopctlError
+from shopctl.options import DataDir
+from shopctl.state import load_state
+
+
+def status(
+    ctx: typer.Context,
+    data_dir: DataDir,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="A gateway's URL: show what its /ready reports about each backend.",
+            envvar="SHOP_URL",
+        ),
+    ] = None,
+) -> None:
+    """Show each service's health, readiness, PID and uptime.
+
+    Exits 1 unless every service (or, with --url, the gateway) is ready.
+    """
+    consoles = get_consoles(ctx)
+    with failures_reported(consoles):
+        ready = _gateway_status(url, consoles) if url else _local_status(data_dir, consoles)
+    if not ready:
+        raise typer.Exit(1)
+
+
+def _local_status(data_dir, consoles: Consoles) -> bool:
+    state = load_state(data_dir)
+    if state is None:
+        consoles.say(f"Nothing is running from {data_dir}.")
+        return False
+    checks = probes.check_services(state.services)
+    consoles.out.print(views.health_table(checks))
+    if state.embedded:
+        consoles.out.print(views.backends_table(state.embedded))
+    servers_up = all(server.alive() for server in state.embedded)
+    return servers_up and all(check.is_ready for check in checks)
+
+
+def _gateway_status(url: str, consoles: Consoles) -> bool:
+    url = url.rstrip("/")
+    answer = probes.get(f"{url}/ready")
+    if answer.status is None:
+        raise ShopctlError(f"the gateway at {url} does not answer: {answer.error}")
+    consoles.out.print(views.gateway_table(url, answer))
+    return answer.ok

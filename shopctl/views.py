@@ -1,0 +1,72 @@
+"""The Rich tables commands print: service health, backing servers, a gateway's report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from rich.table import Table
+from rich.text import Text
+
+from shopctl.embedded import EmbeddedServer
+from shopctl.probes import Answer, ServiceHealth, format_uptime
+
+STATE_STYLES = {"ready": "green", "not ready": "yellow", "starting": "cyan"}
+
+
+def _answer(answer: Answer) -> Text:
+    if answer.status is None:
+        return Text("no answer", style="red")
+    return Text(str(answer.status), style="green" if answer.ok else "yellow")
+
+
+def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("service", "URL", "state", "health", "ready", "PID", "uptime"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        label = check.label()
+        table.add_row(
+            check.name,
+            check.url,
+            Text(label, style=STATE_STYLES.get(label, "red")),
+            _answer(check.health),
+            _answer(check.ready),
+            str(check.pid),
+            format_uptime(check.uptime),
+        )
+    return table
+
+
+def backends_table(servers: Iterable[EmbeddedServer]) -> Table:
+    table = Table(title="Embedded backing servers", title_justify="left")
+    for column in ("server", "URI", "state", "PID"):
+        table.add_column(column, overflow="fold")
+    for server in servers:
+        alive = server.alive()
+        state = Text("running", style="green") if alive else Text("stopped", style="red")
+        table.add_row(server.name, server.uri, state, str(server.pid))
+    return table
+
+
+def gateway_table(url: str, answer: Answer) -> Table:
+    """What a gateway's /ready says about each backend. Its body is
+    `{"success": ..., "data": {"status": ..., "backends": {name: {"ready": bool, ...}}}}`."""
+    data = answer.body.get("data") if isinstance(answer.body, Mapping) else None
+    data = data if isinstance(data, Mapping) else {}
+    status = data.get("status") or ("ready" if answer.ok else "not ready")
+    table = Table(title=f"Gateway {url}: {status}", title_justify="left")
+    for column in ("backend", "ready", "URL", "detail"):
+        table.add_column(column, overflow="fold")
+    backends = data.get("backends")
+    for name, report in backends.items() if isinstance(backends, Mapping) else []:
+        report = report if isinstance(report, Mapping) else {}
+        if report.get("ready") is True:
+            state = Text("ready", style="green")
+        elif report.get("configured") is False:
+            state = Text("not configured", style="dim")
+        else:
+            state = Text("not ready", style="yellow")
+        shown = {"ready", "url", "configured"}
+        detail = ", ".join(f"{key}={value}" for key, value in report.items() if key not in shown)
+        table.add_row(str(name), state, str(report.get("url") or ""), detail)
+    return table

@@ -1,0 +1,224 @@
+"""`shopctl up` / `status` / `down` end to end: real processes, real embedded servers, a
+temporary data directory and free ports, driven as a user would (`python -m shopctl`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from shopctl import probes, processes
+from shopctl.state import load_state
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+# Settings the shell may carry that would make shopctl use something other than what it
+# starts itself on a fresh machine.
+NOT_INHERITED = {
+    "MONGODB_URI",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "ADMIN_EMAIL",
+    "ADMIN_PASSWORD",
+}
+
+
+def shop_env(**values: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in NOT_INHERITED and not key.startswith("SHOP_")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "250"
+    return {**env, **values}
+
+
+def shopctl(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shopctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or shop_env(),
+        cwd=REPO,
+        timeout=180,
+    )
+
+
+def free_base_port() -> int:
+    """A base port whose five service ports are all free."""
+    while True:
+        base = processes.free_port()
+        if base + 4 < 65536 and not any(processes.port_in_use(base + k) for k in range(5)):
+            return base
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with opener.open(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def admin_token(data_dir: Path) -> str:
+    """An admin JWT signed with the secret `shopctl up` made and kept in the data dir."""
+    secret = (data_dir / "jwt_secret").read_text().strip()
+    now = int(time.time())
+    claims = {
+        "sub": "1",
+        "email": "admin@shop.local",
+        "role": "admin",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def listed_processes(data_dir: Path) -> list[processes.ManagedProcess]:
+    state = load_state(data_dir)
+    assert state is not None
+    return state.processes()
+
+
+def assert_all_gone(listed: list[processes.ManagedProcess]) -> None:
+    assert processes.wait_until(lambda: not any(p.alive() for p in listed), timeout=15), listed
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty data directory; whatever a failed test left running there is stopped."""
+    path = tmp_path / "shop"
+    yield path
+    shopctl("down", "--data-dir", path)
+
+
+def test_up_status_down_and_up_again_keeps_the_data(data_dir: Path) -> None:
+    base = free_base_port()
+    gateway = f"http://127.0.0.1:{base}"
+
+    up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert gateway in up.stdout and "ready" in up.stdout
+    assert (data_dir / "jwt_secret").stat().st_mode & 0o777 == 0o600
+    secret = (data_dir / "jwt_secret").read_text()
+
+    status = shopctl("status", "--data-dir", data_dir)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("gateway", "product"):
+        row = next(line for line in status.stdout.splitlines() if f" {name} " in line)
+        assert " ready " in row, status.stdout
+
+    through_gateway = shopctl("status", "--url", gateway)
+    assert through_gateway.returncode == 0, through_gateway.stdout + through_gateway.stderr
+    assert "product" in through_gateway.stdout
+
+    code, listing = http("GET", f"{gateway}/api/products")
+    assert code == 200, listing
+    assert listing["success"] is True and isinstance(listing["data"], list)
+
+    product = {
+        "name": "Survivor Mug",
+        "description": "Outlives a restart",
+        "price": 9.99,
+        "category": "kitchen",
+        "stock": 3,
+    }
+    code, created = http("POST", f"{gateway}/api/products", product, admin_token(data_dir))
+    assert code == 201, created
+    product_id = created["data"]["id"]
+
+    listed = listed_processes(data_dir)
+    down = shopctl("down", "--data-dir", data_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_all_gone(listed)
+    assert load_state(data_dir) is None
+    assert not processes.accepts_connections(base)
+
+    again = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (data_dir / "jwt_secret").read_text() == secret
+    code, kept = http("GET", f"{gateway}/api/products/{product_id}")
+    assert code == 200, kept
+    assert kept["data"]["name"] == "Survivor Mug"
+
+    listed = listed_processes(data_dir)
+    down = shopctl("down", "--data-dir", data_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_all_gone(listed)
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(data_dir: Path, tmp_path: Path) -> None:
+    base = free_base_port()
+    output = tmp_path / "up.out"
+    command = [sys.executable, "-m", "shopctl", "up", "--data-dir", str(data_dir)]
+    with output.open("wb") as sink:
+        up = subprocess.Popen(
+            [*command, "--base-port", str(base)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=shop_env(),
+            cwd=REPO,
+        )
+    try:
+        gateway_ready = processes.wait_until(
+            lambda: probes.get(f"http://127.0.0.1:{base}/ready", timeout=1).ok or up.poll(),
+            timeout=60,
+            interval=0.2,
+        )
+        assert gateway_ready and up.poll() is None, output.read_text()
+        listed = listed_processes(data_dir)
+        assert any(process.pid == up.pid for process in listed)
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, output.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert_all_gone(listed)
+    assert load_state(data_dir) is None
+    text = output.read_text()
+    assert "Stopped gateway" in text and "Stopped product" in text
+
+
+def test_up_detach_names_a_service_that_never_gets_ready(data_dir: Path) -> None:
+    base = free_base_port()
+    nowhere = f"mongodb://127.0.0.1:{processes.free_port()}/?serverSelectionTimeoutMS=300"
+    result = shopctl(
+        *("up", "--detach", "--data-dir", data_dir, "--base-port", base, "--timeout", "3"),
+        env=shop_env(MONGODB_URI=nowhere),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Using mongodb://127.0.0.1" in result.stdout
+    first_line = result.stderr.splitlines()[0]
+    assert "product" in first_line, result.stderr
+    assert "not ready after 3 s" in first_line or "exited while starting" in first_line
+    assert "last lines of" in result.stderr and "product.log" in result.stderr
+    assert load_state(data_dir) is None
+    assert not (data_dir / "mongodb").exists()
+    assert not processes.accepts_connections(base)
+    assert not processes.accepts_connections(base + 1)
