@@ -1,0 +1,283 @@
+"""Load drivers for the benchmark: wrk, a Python HTTP driver where wrk is absent, and the
+bare PyMongo driver that measures the datastore itself.
+
+All of them are closed loops: ``connections`` clients each send a request, wait for the
+answer and send the next, for ``duration`` seconds after an unmeasured warm-up. By-id
+requests pick a seeded product at random for every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bson import ObjectId
+from pymongo import DESCENDING, AsyncMongoClient
+
+# What svc_product.store does for the same two reads (ProductStore.get and .find_page with
+# the default sort): same filter, same projection, same sort, same concurrent count.
+PROJECTION = {"sort_name": False}
+NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
+PAGE_SIZE = 20
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    first_error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+Operation = Callable[[random.Random], Awaitable[None]]
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop, as our services run on; plain asyncio where it is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_async(coroutine: Awaitable[LoadResult]) -> LoadResult:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (0.0 when it is empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+async def closed_loop(
+    operation: Operation, *, connections: int, duration: float, warmup: float
+) -> LoadResult:
+    """Run `operation` from `connections` concurrent clients; only answers that complete in
+    the measured window count (so does wrk)."""
+    latencies: list[float] = []
+    errors = 0
+    first_error = ""
+    start = time.perf_counter()
+    window_start = start + warmup
+    window_end = window_start + duration
+
+    async def client(number: int) -> None:
+        nonlocal errors, first_error
+        rng = random.Random(number)
+        while True:
+            sent = time.perf_counter()
+            if sent >= window_end:
+                return
+            try:
+                await operation(rng)
+            except Exception as exc:  # a benchmark counts failures, it does not stop
+                answered = time.perf_counter()
+                if window_start <= answered < window_end:
+                    errors += 1
+                    first_error = first_error or f"{type(exc).__name__}: {exc}"
+                continue
+            answered = time.perf_counter()
+            if window_start <= answered < window_end:
+                latencies.append(answered - sent)
+
+    await asyncio.gather(*(client(number) for number in range(connections)))
+    latencies.sort()
+    return LoadResult(
+        requests=len(latencies),
+        errors=errors,
+        seconds=duration,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        first_error=first_error,
+    )
+
+
+# -- the datastore, through a bare PyMongo client ------------------------------------------
+
+
+async def _mongo_load(
+    uri: str, read: str, ids: Sequence[ObjectId], connections: int, duration: float, warmup: float
+) -> LoadResult:
+    # The same client options as svc_product.store.mongo_ctx (tz_aware changes decoding).
+    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, appname="shop-benchmark")
+    collection = client.get_default_database()["products"]
+
+    async def by_id(rng: random.Random) -> None:
+        doc = await collection.find_one({"_id": rng.choice(ids)}, PROJECTION)
+        if doc is None:
+            raise LookupError("a seeded product was not found")
+
+    async def page(rng: random.Random) -> None:
+        cursor = collection.find({}, PROJECTION).sort(NEWEST_FIRST).skip(0).limit(PAGE_SIZE)
+        docs, _total = await asyncio.gather(
+            cursor.to_list(length=PAGE_SIZE), collection.count_documents({})
+        )
+        if len(docs) != PAGE_SIZE:
+            raise LookupError(f"a page had {len(docs)} products, not {PAGE_SIZE}")
+
+    try:
+        return await closed_loop(
+            by_id if read == "id" else page,
+            connections=connections,
+            duration=duration,
+            warmup=warmup,
+        )
+    finally:
+        await client.close()
+
+
+def mongo_load(
+    uri: str,
+    read: str,
+    ids: Sequence[ObjectId],
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+) -> LoadResult:
+    """`read` is "id" (find_one by a random seeded _id) or "list" (the first page plus the
+    count), each the way the product service does it."""
+    return run_async(_mongo_load(uri, read, ids, connections, duration, warmup))
+
+
+# -- HTTP: wrk, or a Python driver with the same semantics ---------------------------------
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+_WRK_SCRIPT = """\
+-- Generated by benchmarks/drivers.py: each request asks for a path picked at random.
+local paths = { %(paths)s }
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+
+function init(args)
+  math.randomseed(seed)
+end
+
+function request()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_JSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"p50_us\\": %%.0f, " ..
+    "\\"p99_us\\": %%.0f, \\"connect\\": %%d, \\"read\\": %%d, \\"write\\": %%d, " ..
+    "\\"status\\": %%d, \\"timeout\\": %%d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _run_wrk(
+    base_url: str, script: Path, *, connections: int, threads: int, seconds: float
+) -> dict[str, Any]:
+    command = [
+        "wrk",
+        f"-t{max(1, min(threads, connections))}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        base_url,
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in finished.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line.removeprefix("WRK_JSON "))
+    raise RuntimeError(f"wrk gave no result (exit {finished.returncode}): {finished.stderr}")
+
+
+def wrk_load(
+    base_url: str,
+    paths: Sequence[str],
+    *,
+    connections: int,
+    threads: int,
+    duration: float,
+    warmup: float,
+    work_dir: Path,
+) -> LoadResult:
+    """wrk against `base_url`, every request for a random one of `paths`."""
+    script = work_dir / "random_paths.lua"
+    script.write_text(_WRK_SCRIPT % {"paths": ", ".join(_lua_string(p) for p in paths)})
+    if warmup > 0:
+        _run_wrk(base_url, script, connections=connections, threads=threads, seconds=warmup)
+    result = _run_wrk(base_url, script, connections=connections, threads=threads, seconds=duration)
+    errors = sum(result[key] for key in ("connect", "read", "write", "status", "timeout"))
+    return LoadResult(
+        # wrk counts a non-2xx/3xx answer as a request too, and as a status error.
+        requests=result["requests"] - result["status"],
+        errors=errors,
+        seconds=result["duration_us"] / 1e6,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        first_error=", ".join(
+            f"{key} {result[key]}"
+            for key in ("connect", "read", "write", "status", "timeout")
+            if result[key]
+        ),
+    )
+
+
+async def _python_http_load(
+    base_url: str, paths: Sequence[str], connections: int, duration: float, warmup: float
+) -> LoadResult:
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+
+        async def get(rng: random.Random) -> None:
+            async with session.get(rng.choice(paths)) as response:
+                await response.read()
+                if response.status >= 400:
+                    raise RuntimeError(f"answered {response.status}")
+
+        return await closed_loop(get, connections=connections, duration=duration, warmup=warmup)
+
+
+def python_http_load(
+    base_url: str,
+    paths: Sequence[str],
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+) -> LoadResult:
+    """The same closed loop as wrk, from aiohttp's client on uvloop in this process. It costs
+    far more CPU than wrk, which this machine's two cores take from the servers measured."""
+    return run_async(_python_http_load(base_url, paths, connections, duration, warmup))

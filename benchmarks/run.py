@@ -1,0 +1,518 @@
+"""Measure the catalogue's read path against its ceilings, in one run, and print the ratios.
+
+    .venv/bin/python benchmarks/run.py [--duration 10] [--connections 32] [--json FILE]
+
+Starts a MongoDB-protocol datastore (or uses MONGODB_URI, in a fresh database), seeds it,
+starts a bare aiohttp app, the product service and the gateway on free ports, then measures
+one after another: bare aiohttp; the datastore through a bare PyMongo client doing the
+product service's reads; the product service; the gateway in front of it. Everything it
+started is stopped on the way out, also on Ctrl-C or an error. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# Nothing of ours may land in the repo, not even the bytecode of what is imported below.
+sys.dont_write_bytecode = True
+
+import drivers  # noqa: E402 - a sibling module (this is a script), imported after the flag
+import psutil  # noqa: E402
+import pymongo  # noqa: E402
+from bson import ObjectId  # noqa: E402
+from pymongo.errors import PyMongoError  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from shopctl import embedded, processes  # noqa: E402
+from shopkit.logs import mask_url  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT = 30.0
+CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "sports", "tools", "toys")
+LIST_PATH = f"/api/products?limit={drivers.PAGE_SIZE}"
+
+err = Console(stderr=True, highlight=False)
+
+
+class BenchmarkError(Exception):
+    """Something the benchmark needs did not work; the message says what."""
+
+
+# -- what runs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """Everything the run started, and the data it seeded."""
+
+    work_dir: Path
+    mongo_uri: str
+    product_ids: list[str]
+    urls: dict[str, str] = field(default_factory=dict)
+    # Name -> process, for the CPU column: the datastore (when we started it) and the apps.
+    running: dict[str, processes.ManagedProcess] = field(default_factory=dict)
+    datastore: str = ""
+
+
+def seed_products(uri: str, count: int) -> list[str]:
+    """Insert `count` products shaped as svc_product stores them; their ids, as text."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    docs = []
+    for number in range(count):
+        name = f"Benchmark product {number:04d}"
+        created = now - timedelta(minutes=number)
+        doc: dict[str, Any] = {
+            "name": name,
+            "description": (
+                "A sturdy, well-made thing for the benchmark catalogue. It exists so that every "
+                "answer carries a description about as long as a real product's would be."
+            ),
+            "price_cents": 199 + (number * 737) % 99_800,
+            "category": CATEGORIES[number % len(CATEGORIES)],
+            "stock": number % 50,
+            "sort_name": name.casefold(),
+            "createdAt": created,
+            "updatedAt": created,
+        }
+        if number % 2 == 0:
+            doc["imageUrl"] = f"/static/img/products/{number}.webp"
+        docs.append(doc)
+    try:
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+            result = client.get_default_database()["products"].insert_many(docs)
+    except PyMongoError as exc:
+        raise BenchmarkError(f"cannot seed products at {mask_url(uri)}: {exc}") from None
+    return [str(oid) for oid in result.inserted_ids]
+
+
+@contextlib.contextmanager
+def datastore(work_dir: Path) -> Iterator[tuple[str, str, processes.ManagedProcess | None]]:
+    """(URI of a fresh database, a description, the server process if we started it)."""
+    given = os.environ.get("MONGODB_URI")
+    if given:
+        name = f"shop_benchmark_{secrets.token_hex(4)}"
+        uri = embedded.database_url(given, name)
+        try:
+            yield uri, f"MONGODB_URI {mask_url(uri)}", None
+        finally:
+            # If the server went away there is nothing to drop (and nothing to add to the error).
+            with (
+                contextlib.suppress(PyMongoError),
+                pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client,
+            ):
+                client.drop_database(name)
+        return
+    err.print("starting the embedded MongoDB-protocol server (nx-27017, in memory)")
+    try:
+        server = embedded.start_mongo(None, log_dir=work_dir / "mongodb")
+    except embedded.EmbeddedServerError as exc:
+        raise BenchmarkError(str(exc)) from None
+    try:
+        yield embedded.database_url(server.uri, "benchmark"), "nx-27017, in memory", server.process
+    finally:
+        server.stop()
+
+
+def _answers_health(name: str, process: processes.ManagedProcess, url: str) -> bool:
+    if not process.alive():
+        tail = processes.log_tail(process.log_path)
+        raise BenchmarkError(f"{name} exited while starting; its log ends:\n{tail}")
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def start_stack(products: int) -> Iterator[Stack]:
+    """The datastore, seeded, and the three apps answering; all stopped when the block ends."""
+    with contextlib.ExitStack() as cleanup:
+        work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="shop-bench-")))
+        mongo_uri, described, mongo_process = cleanup.enter_context(datastore(work_dir))
+        err.print(f"seeding {products} products")
+        stack = Stack(work_dir, mongo_uri, seed_products(mongo_uri, products))
+        stack.datastore = described
+        if mongo_process is not None:
+            stack.running["datastore"] = mongo_process
+
+        ports: dict[str, int] = {}
+        for name in ("bare", "product", "gateway"):
+            ports[name] = processes.free_port(avoid=ports.values())
+        stack.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        base_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            # INFO (one access-log line per request) unless the caller asks otherwise.
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        for other in ("USER", "ORDER", "CART"):
+            base_env.pop(f"{other}_SERVICE_URL", None)
+        commands = {
+            "bare": ([sys.executable, str(HERE / "bare_app.py")], {}),
+            "product": ([sys.executable, "-m", "svc_product"], {"MONGODB_URI": mongo_uri}),
+            "gateway": (
+                [sys.executable, "-m", "svc_gateway"],
+                {"PRODUCT_SERVICE_URL": stack.urls["product"]},
+            ),
+        }
+        started: list[processes.ManagedProcess] = []
+        cleanup.callback(lambda: processes.stop_all(started))
+        for name, (command, env) in commands.items():
+            started.append(
+                processes.spawn(
+                    command,
+                    # Services log one JSON line per request to stdout: keep it, off the terminal.
+                    log_path=work_dir / f"{name}.log",
+                    env={**base_env, **env, "PORT": str(ports[name])},
+                )
+            )
+            stack.running[name] = started[-1]
+        for name in commands:
+            process, url = stack.running[name], stack.urls[name]
+            err.print(f"waiting for {name} (pid {process.pid}) on {url}")
+            if not processes.wait_until(
+                lambda n=name, p=process, u=url: _answers_health(n, p, u),
+                START_TIMEOUT,
+                interval=0.05,
+            ):
+                tail = processes.log_tail(process.log_path)
+                raise BenchmarkError(
+                    f"{name} did not answer /health within {START_TIMEOUT:g} s; log ends:\n{tail}"
+                )
+        check_answers(stack)
+        yield stack
+
+
+def _get_json(url: str) -> Any:
+    # No If-None-Match: every measured request is a full 200 answer, never a cached 304.
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            if response.status != 200:
+                raise BenchmarkError(f"GET {url} answered {response.status}, not 200")
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise BenchmarkError(f"GET {url} answered {exc.code}: {exc.read()[:300]!r}") from None
+
+
+def check_answers(stack: Stack) -> None:
+    """Every measured URL gives the full answer we mean to measure, before we measure it."""
+    product_id = stack.product_ids[0]
+    for name in ("bare", "product", "gateway"):
+        one = _get_json(f"{stack.urls[name]}/api/products/{product_id}")
+        if one.get("data", {}).get("id") != product_id:
+            raise BenchmarkError(f"{name} answered the wrong product: {one}")
+    for name in ("product", "gateway"):
+        page = _get_json(stack.urls[name] + LIST_PATH)
+        if page.get("count") != drivers.PAGE_SIZE or page.get("total") != len(stack.product_ids):
+            raise BenchmarkError(f"{name} answered an unexpected page: {str(page)[:300]}")
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    name: str
+    what: str
+    driver: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    first_error: str
+    # Process name -> cores it kept busy during the line (warm-up included); "driver" is the
+    # load generator, "other" whatever else ran on the machine meanwhile.
+    cpu: dict[str, float]
+    # CPU time the process under test spent per answered request, in microseconds.
+    cpu_us_per_request: float
+    rounds: int = 1
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _driver_cpu_seconds() -> float:
+    # This process (the PyMongo and Python HTTP drivers) plus its reaped children (wrk).
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _busy_seconds(times: Any) -> float:
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass
+class Line:
+    """One line of the plan: what to measure, with what, and which process it is about."""
+
+    name: str
+    what: str
+    driver: str
+    process: str  # whose CPU per request the line reports
+    run: Callable[[], drivers.LoadResult]
+
+
+def measure(stack: Stack, line: Line) -> Measurement:
+    """Run one line, accounting the CPU each process spent on it."""
+    watched = {key: psutil.Process(process.pid) for key, process in stack.running.items()}
+    before = {key: _cpu_seconds(process) for key, process in watched.items()}
+    driver_before = _driver_cpu_seconds()
+    machine_before = _busy_seconds(psutil.cpu_times())
+    started = time.perf_counter()
+    result = line.run()
+    wall = time.perf_counter() - started
+    busy = (_busy_seconds(psutil.cpu_times()) - machine_before) / wall
+    cpu = {key: (_cpu_seconds(process) - before[key]) / wall for key, process in watched.items()}
+    cpu["driver"] = (_driver_cpu_seconds() - driver_before) / wall
+    cpu["other"] = max(0.0, busy - sum(cpu.values()))
+    return Measurement(
+        name=line.name,
+        what=line.what,
+        driver=line.driver,
+        rate=result.rate,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        requests=result.requests,
+        errors=result.errors,
+        first_error=result.first_error,
+        cpu={key: round(value, 2) for key, value in cpu.items()},
+        # Cores over requests per second; the warm-up runs at the same rate, so it cancels.
+        cpu_us_per_request=cpu[line.process] / result.rate * 1e6 if result.rate else 0.0,
+    )
+
+
+def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
+    http_driver = "wrk" if use_wrk else "python"
+    id_paths = [f"/api/products/{product_id}" for product_id in stack.product_ids]
+    object_ids = [ObjectId(product_id) for product_id in stack.product_ids]
+    load = {"connections": args.connections, "duration": args.duration, "warmup": args.warmup}
+
+    def http(base: str, paths: list[str]) -> Callable[[], drivers.LoadResult]:
+        if use_wrk:
+            return lambda: drivers.wrk_load(
+                stack.urls[base], paths, threads=args.threads, work_dir=stack.work_dir, **load
+            )
+        return lambda: drivers.python_http_load(stack.urls[base], paths, **load)
+
+    def mongo(read: str) -> Callable[[], drivers.LoadResult]:
+        return lambda: drivers.mongo_load(stack.mongo_uri, read, object_ids, **load)
+
+    by_id, page = "GET /api/products/:id", f"GET {LIST_PATH}"
+    return [
+        Line("bare aiohttp", by_id + " (fixed JSON)", http_driver, "bare", http("bare", id_paths)),
+        Line("datastore by id", "find_one by _id", "pymongo", "driver", mongo("id")),
+        Line("datastore list", "first 20 + count", "pymongo", "driver", mongo("list")),
+        Line("product by id", by_id, http_driver, "product", http("product", id_paths)),
+        Line("product list", page, http_driver, "product", http("product", [LIST_PATH])),
+        Line("gateway by id", by_id, http_driver, "gateway", http("gateway", id_paths)),
+        Line("gateway list", page, http_driver, "gateway", http("gateway", [LIST_PATH])),
+    ]
+
+
+def run_all(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Measurement]:
+    """Every line, `args.rounds` times over (interleaved, so a burst of load from elsewhere
+    spoils one round of every line rather than every round of one); the best round of each."""
+    lines = plan(stack, args, use_wrk)
+    best: dict[str, Measurement] = {}
+    for round_number in range(1, args.rounds + 1):
+        for line in lines:
+            of_rounds = f", round {round_number} of {args.rounds}" if args.rounds > 1 else ""
+            err.print(
+                f"measuring {line.name} ({line.driver}, {args.connections} connections, "
+                f"{args.warmup:g} s warm-up + {args.duration:g} s{of_rounds})"
+            )
+            measured = measure(stack, line)
+            if line.name not in best or measured.rate > best[line.name].rate:
+                best[line.name] = measured
+            best[line.name].rounds = round_number
+    return [best[line.name] for line in lines]
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+# (label, numerator, denominator, aim, the Node.js seed's figure)
+RATIOS = [
+    ("product / datastore, by id", "product by id", "datastore by id", 0.80, 0.6),
+    ("product / datastore, list", "product list", "datastore list", 0.80, None),
+    ("gateway / direct, by id", "gateway by id", "product by id", 0.60, 0.7),
+    ("gateway / direct, list", "gateway list", "product list", 0.60, None),
+    ("product / bare aiohttp, by id", "product by id", "bare aiohttp", None, None),
+]
+
+
+def ratios(results: list[Measurement]) -> list[dict[str, Any]]:
+    rates = {m.name: m.rate for m in results}
+    rows = []
+    for label, numerator, denominator, aim, node in RATIOS:
+        value = rates[numerator] / rates[denominator] if rates[denominator] else 0.0
+        rows.append({"ratio": label, "value": round(value, 3), "aim": aim, "node_seed": node})
+    return rows
+
+
+CPU_COLUMNS = ("datastore", "product", "gateway", "bare", "driver", "other")
+
+
+def print_report(console: Console, results: list[Measurement], header: str) -> None:
+    table = Table(
+        title=header,
+        title_justify="left",
+        caption="CPU µs/req: CPU time of the process under test per request; the last six "
+        "columns: cores each process kept busy (driver: the load generator, other: anything "
+        "else on this machine)",
+        caption_justify="left",
+    )
+    for column in ("line", "what"):
+        table.add_column(column)
+    for column in ("req/s", "p50 ms", "p99 ms", "errors", "CPU µs/req", *CPU_COLUMNS):
+        table.add_column(column, justify="right")
+    for m in results:
+        table.add_row(
+            m.name,
+            m.what,
+            f"{m.rate:,.0f}",
+            f"{m.p50_ms:.1f}",
+            f"{m.p99_ms:.1f}",
+            str(m.errors) if not m.errors else f"[red]{m.errors}[/] {m.first_error}",
+            f"{m.cpu_us_per_request:,.0f}",
+            *(f"{m.cpu[key]:.2f}" if key in m.cpu else "-" for key in CPU_COLUMNS),
+        )
+    console.print(table)
+
+    summary = Table(title="ratios of req/s", title_justify="left")
+    for column in ("ratio", "value", "aim", "Node.js seed", ""):
+        summary.add_column(column, justify="left" if column in ("ratio", "") else "right")
+    for row in ratios(results):
+        aim, node, value = row["aim"], row["node_seed"], row["value"]
+        verdicts = []
+        if aim is not None:
+            verdicts.append("[green]meets the aim[/]" if value >= aim else "[red]below the aim[/]")
+        if node is not None:
+            verdicts.append("beats Node.js" if value > node else "[red]not above Node.js[/]")
+        summary.add_row(
+            row["ratio"],
+            f"{value:.2f}",
+            f">= {aim:.2f}" if aim is not None else "",
+            f"{node:.1f}" if node is not None else "",
+            ", ".join(verdicts),
+        )
+    console.print(summary)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=10, help="seconds measured per line")
+    parser.add_argument(
+        "--warmup", type=float, default=2, help="unmeasured seconds before each line"
+    )
+    parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--products", type=int, default=200, help="products to seed (>= 20)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every line this often; report the best"
+    )
+    parser.add_argument(
+        "--driver",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="HTTP load driver; auto: wrk when it is on PATH, else the Python driver",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.products < drivers.PAGE_SIZE:
+        parser.error(f"--products must be at least {drivers.PAGE_SIZE} (one full page)")
+    if args.connections < 1 or args.duration < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--connections, --duration and --rounds must be at least 1, --warmup 0")
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.driver == "wrk" and not drivers.wrk_available():
+        err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
+        return 1
+    use_wrk = args.driver == "wrk" or (args.driver == "auto" and drivers.wrk_available())
+    http_driver = "wrk" if use_wrk else "the Python aiohttp driver (no wrk on PATH)"
+    err.print(f"HTTP load from {http_driver}")
+    if not use_wrk:
+        err.print("[yellow]The Python driver takes far more CPU than wrk from the servers it")
+        err.print("[yellow]measures: its HTTP rates (and ratios against the datastore) read low.")
+    try:
+        with start_stack(args.products) as stack:
+            results = run_all(stack, args, use_wrk)
+            described = stack.datastore
+    except BenchmarkError as exc:
+        err.print(f"[red]benchmark failed:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted; everything this run started is stopped")
+        return 130
+    rounds = f", best of {args.rounds} rounds" if args.rounds > 1 else ""
+    header = (
+        f"{os.cpu_count()} cores, {args.connections} connections, {args.duration:g} s per line"
+        f"{rounds}, {args.products} products; HTTP load: {'wrk' if use_wrk else 'Python driver'};"
+        f" datastore: {described}"
+    )
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    print_report(console, results, header)
+    if args.json:
+        report = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+            "settings": {
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "connections": args.connections,
+                "products": args.products,
+                "rounds": args.rounds,
+                "http_driver": "wrk" if use_wrk else "python",
+                "datastore": described,
+            },
+            "results": [asdict(m) for m in results],
+            "ratios": ratios(results),
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        err.print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
