@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,7 +32,7 @@ _HTTP_CODES = {
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
-    return given if _GOOD_REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _GOOD_REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 def _route_template(request: web.Request) -> str:

@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from shopkit.app import NotReady
 from shopkit.client import ServiceClient
@@ -17,6 +18,9 @@ from shopkit.openapi import Handler, endpoint
 from svc_gateway.keys import BACKENDS
 
 log = logging.getLogger("shop.gateway.proxy")
+
+# Answers up to this size are read whole and sent at once; larger ones are streamed.
+BUFFERED_BODY_LIMIT = 256 * 1024
 
 # A probe of a backend's /ready must answer well inside the gateway's own /ready budget.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.5, connect=1)
@@ -82,24 +86,44 @@ def proxy_to(backend: str) -> Handler:
             data=body,
             auto_decompress=False,  # pass a compressed body through as it is
         ) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
-                    response.headers.add(name, value)
-            response.headers["X-Request-ID"] = REQUEST_ID.get()
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The status line is already sent: all that is left is to cut the answer off.
-                log.warning("%s service broke off its answer: %r", backend, exc)
-                response.force_close()
-                return response
-            await response.write_eof()
-            return response
+            headers = CIMultiDict(
+                (name, value)
+                for name, value in upstream.headers.items()
+                if name.lower() not in _HOP_BY_HOP
+            )
+            headers["X-Request-ID"] = REQUEST_ID.get()
+            length = upstream.content_length
+            if length is not None and length <= BUFFERED_BODY_LIMIT:
+                # Nearly every answer: read whole, sent with its headers in one write. A
+                # failure while reading is still a clean 503, since nothing is sent yet.
+                del headers[hdrs.CONTENT_LENGTH]
+                body = await upstream.read()
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                )
+            return await _stream(request, backend, upstream, headers)
 
     return proxy
+
+
+async def _stream(
+    request: web.Request,
+    backend: str,
+    upstream: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The status line is already sent: all that is left is to cut the answer off.
+        log.warning("%s service broke off its answer: %r", backend, exc)
+        response.force_close()
+        return response
+    await response.write_eof()
+    return response
 
 
 async def _probe(client: ServiceClient) -> dict[str, Any]:

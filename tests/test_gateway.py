@@ -15,6 +15,7 @@ from support import call, create_product, product_body
 
 from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
+from svc_gateway.proxy import BUFFERED_BODY_LIMIT
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 
@@ -50,6 +51,22 @@ async def test_reads_pass_through_unchanged(
     assert through.headers["ETag"]
     by_id = await call(gateway, "GET", f"/api/products/{created['id']}", expected_status=200)
     assert by_id["data"] == created
+
+
+async def test_large_answers_are_streamed_through_unchanged(
+    gateway: TestClient, product_server: TestServer, admin_headers: dict[str, str]
+) -> None:
+    for number in range(60):
+        await create_product(
+            gateway, admin_headers, name=f"Poster {number}", description="x" * 5000
+        )
+    query = "/api/products?limit=100&sort=name"
+    through = await gateway.get(query)
+    body = await through.read()
+    assert len(body) > BUFFERED_BODY_LIMIT  # so this took the streaming path
+    async with aiohttp.ClientSession() as direct:
+        assert body == await (await direct.get(product_server.make_url(query))).read()
+    assert through.headers["X-Request-ID"]
 
 
 async def test_conditional_requests_pass_through(

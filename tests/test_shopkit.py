@@ -62,6 +62,8 @@ def json_logs() -> Any:
         return [json.loads(line) for line in stream.getvalue().splitlines() if line]
 
     yield lines
+    for handler in root.handlers:
+        handler.close()
     root.handlers[:], level = saved
     root.setLevel(level)
 
