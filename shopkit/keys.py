@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Raises when the service's own datastore does not answer; /ready calls it.
 READY_CHECK = web.AppKey("ready_check", Callable[[web.Application], Awaitable[None]])
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+# The pool of a service that owns a PostgreSQL database (user, order).
+POSTGRES = web.AppKey("postgres", asyncpg.Pool)
 # Exception types that mean "a dependency is down" and answer 503 instead of 500.
 UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
 

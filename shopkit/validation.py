@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
 from multidict import MultiMapping
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from shopkit.errors import BadRequest, ValidationFailed
 
@@ -26,6 +26,28 @@ class Body(BaseModel):
     """Base of every request body model: strict types, unknown fields refused."""
 
     model_config = ConfigDict(strict=True, extra="forbid", str_strip_whitespace=True)
+
+
+def _partial_schema(schema: dict[str, Any]) -> None:
+    schema["minProperties"] = 1
+    for prop in schema["properties"].values():
+        if prop.get("default", "") is None and "anyOf" not in prop:
+            del prop["default"]  # null is not a value a client may send
+
+
+class PartialBody(Body):
+    """A body that changes only the fields it gives, at least one.
+
+    Fields are declared ``name: T = None``: the default is never validated, so an explicit
+    null is refused unless the field's type allows it (``T | None``)."""
+
+    model_config = ConfigDict(json_schema_extra=_partial_schema)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        return self
 
 
 class Query(BaseModel):

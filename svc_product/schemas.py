@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from shopkit.money import LenientMoney, Money, money_schema
-from shopkit.validation import Body, Query
+from shopkit.validation import Body, PartialBody, Query
 
 MAX_PRICE = Decimal("1000000.00")
 MAX_STOCK = 1_000_000_000
@@ -42,19 +42,8 @@ class ProductCreate(Body):
     imageUrl: ImageUrl | None = None
 
 
-class ProductUpdate(Body):
-    """Only the fields given change; ``imageUrl: null`` removes the image.
-
-    The defaults are never validated, so only ``imageUrl`` accepts an explicit null."""
-
-    @staticmethod
-    def _schema(schema: dict[str, Any]) -> None:
-        schema["minProperties"] = 1
-        for prop in schema["properties"].values():
-            if prop.get("default", "") is None and "anyOf" not in prop:
-                del prop["default"]  # not a value a client may send
-
-    model_config = ConfigDict(json_schema_extra=_schema)
+class ProductUpdate(PartialBody):
+    """Only the fields given change; ``imageUrl: null`` removes the image."""
 
     name: Name = None  # type: ignore[assignment]
     description: Description = None  # type: ignore[assignment]
@@ -62,12 +51,6 @@ class ProductUpdate(Body):
     category: Category = None  # type: ignore[assignment]
     stock: Stock = None  # type: ignore[assignment]
     imageUrl: ImageUrl | None = None
-
-    @model_validator(mode="after")
-    def _something_to_change(self) -> ProductUpdate:
-        if not self.model_fields_set:
-            raise ValueError("give at least one field to change")
-        return self
 
 
 class StockChange(Body):

@@ -1,1 +1,1 @@
-"""The user service: arrives with its own issue; shopctl starts it once it has a __main__."""
+"""The user service: accounts, passwords and the tokens that say who is calling."""

@@ -7,20 +7,27 @@ on a laptop with nothing installed.
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient
-from support import JWT_SECRET, bearer
+from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer
 
 from shopctl import embedded
 from shopkit.auth import issue_token, service_token
+from shopkit.logs import configure_logging
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
+from svc_user.app import UserSettings
+from svc_user.app import create_app as create_user_app
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +56,33 @@ async def mongo_uri(mongo_server_uri: str) -> AsyncIterator[str]:
         await client.close()
 
 
+@pytest.fixture(scope="session")
+def postgres_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: DATABASE_URL's, or an embedded one for this session."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = embedded.start_postgres(tmp_path_factory.mktemp("postgres") / "data")
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
+    """A database of this test's own (the service migrates it), dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(postgres_server_uri)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        yield embedded.database_url(postgres_server_uri, name)
+        await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
 def service_env(**values: str) -> dict[str, str]:
     return {"JWT_SECRET": JWT_SECRET, "HOST": "127.0.0.1", **values}
 
@@ -56,6 +90,25 @@ def service_env(**values: str) -> dict[str, str]:
 @pytest.fixture
 def product_settings(mongo_uri: str) -> ProductSettings:
     return ProductSettings.from_env(service_env(MONGODB_URI=mongo_uri))
+
+
+@pytest.fixture
+def user_settings(postgres_uri: str) -> UserSettings:
+    # Few bcrypt rounds keep the suite fast; the default (12) is measured in benchmarks/.
+    return UserSettings.from_env(
+        service_env(
+            DATABASE_URL=postgres_uri,
+            BCRYPT_ROUNDS="4",
+            ADMIN_EMAIL=ADMIN_EMAIL,
+            ADMIN_PASSWORD=ADMIN_PASSWORD,
+        )
+    )
+
+
+@pytest.fixture
+async def user(aiohttp_client: Any, user_settings: UserSettings) -> TestClient:
+    """The real user service over HTTP, on its own database."""
+    return await aiohttp_client(create_user_app(user_settings))
 
 
 @pytest.fixture
@@ -77,3 +130,21 @@ def customer_headers() -> dict[str, str]:
 @pytest.fixture
 def service_headers() -> dict[str, str]:
     return bearer(service_token(JWT_SECRET, "order"))
+
+
+@pytest.fixture
+def json_logs() -> Any:
+    """Configure the JSON log lines as run() does, and read them back."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("product", "INFO", stream)
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stream.getvalue().splitlines() if line]
+
+    yield lines
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:], level = saved
+    root.setLevel(level)

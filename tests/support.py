@@ -7,6 +7,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 JWT_SECRET = "test-secret-" + "x" * 60
+ADMIN_EMAIL = "boss@shop.test"
+ADMIN_PASSWORD = "correct horse battery staple"
 
 
 def bearer(token: str) -> dict[str, str]:

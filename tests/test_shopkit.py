@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import socket
 import subprocess
 import sys
@@ -16,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 from support import JWT_SECRET, call
 
-from shopkit.logs import configure_logging, mask_url
+from shopkit.logs import mask_url
 from shopkit.settings import SettingsError
 from svc_gateway.app import GatewaySettings
 from svc_product.app import ProductSettings
@@ -48,24 +45,6 @@ async def test_request_id_is_echoed_or_made_up(product: TestClient) -> None:
     for hostile in ("has space", "x" * 200, "new\tline", "ünïcode"):
         response = await product.get("/health", headers={"X-Request-ID": hostile})
         assert response.headers["X-Request-ID"] != hostile
-
-
-@pytest.fixture
-def json_logs() -> Any:
-    """Configure the JSON log lines as run() does, and read them back."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    stream = io.StringIO()
-    configure_logging("product", "INFO", stream)
-
-    def lines() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in stream.getvalue().splitlines() if line]
-
-    yield lines
-    for handler in root.handlers:
-        handler.close()
-    root.handlers[:], level = saved
-    root.setLevel(level)
 
 
 async def test_log_lines_are_json_and_name_the_request(product: TestClient, json_logs: Any) -> None:

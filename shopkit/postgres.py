@@ -1,0 +1,126 @@
+"""PostgreSQL for the services that own a database: an asyncpg pool opened in a cleanup_ctx,
+and versioned migrations applied at start-up.
+
+Migrations are ``NNNN_name.sql`` files in the service's ``migrations`` package, applied in
+order in one transaction that first takes an advisory lock, so replicas starting together
+apply each one exactly once (the second waits, then finds nothing left to do). We keep this
+runner instead of a migration tool: alembic and yoyo are synchronous and bring their own
+driver, and what we need is forty lines on the asyncpg pool we already have.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from shopkit.app import StartupError
+from shopkit.keys import POSTGRES, SETTINGS
+from shopkit.logs import mask_url
+
+log = logging.getLogger("shop.postgres")
+
+# Any one number, shared by every service's database: each service has a database of its own.
+MIGRATION_LOCK = 0x73686F70  # "shop"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# A database that is down or unreachable: the request gets 503, not 500.
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(package: str) -> list[Migration]:
+    """The package's migrations in order; versions must run 1, 2, 3... without gaps."""
+    found = []
+    for entry in resources.files(package).iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    versions = [migration.version for migration in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"migrations in {package} must be numbered 0001, 0002, ...: {versions}")
+    return found
+
+
+async def migrate(connection: asyncpg.Connection, migrations: list[Migration]) -> list[int]:
+    """Apply what is not applied yet; return the versions applied now."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await connection.fetch("SELECT version FROM schema_migrations")
+        done = {row["version"] for row in rows}
+        applied = []
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def postgres_ctx(
+    migrations_package: str,
+    *,
+    after_migrations: Callable[[web.Application, asyncpg.Pool], Awaitable[None]] | None = None,
+    max_size: int = 10,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx: open the pool, migrate, run ``after_migrations`` (e.g. a bootstrap),
+    and close the pool on shutdown. Any failure stops start-up with one clear line."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        url = app[SETTINGS].database_url
+        target = mask_url(url)
+        log.info("connecting to PostgreSQL at %s", target)
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, timeout=10)
+        except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StartupError(f"PostgreSQL at {target} is not answering: {exc}") from None
+        try:
+            async with pool.acquire() as connection:
+                applied = await migrate(connection, load_migrations(migrations_package))
+            if applied:
+                log.info("applied migrations %s", applied)
+            if after_migrations is not None:
+                await after_migrations(app, pool)
+        except BaseException:
+            await pool.close()
+            raise
+        app[POSTGRES] = pool
+        yield
+        await pool.close()
+
+    return ctx
+
+
+async def postgres_ready(app: web.Application) -> dict[str, Any]:
+    await app[POSTGRES].fetchval("SELECT 1")
+    return {"datastore": "postgresql"}
