@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
 from shopctl import probes, processes
@@ -84,18 +82,15 @@ def http(method: str, url: str, body: Any = None, token: str | None = None) -> t
             return error.code, json.loads(error.read())
 
 
-def admin_token(data_dir: Path) -> str:
-    """An admin JWT signed with the secret `shopctl up` made and kept in the data dir."""
-    secret = (data_dir / "jwt_secret").read_text().strip()
-    now = int(time.time())
-    claims = {
-        "sub": "1",
-        "email": "admin@shop.local",
-        "role": "admin",
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, secret, algorithm="HS256")
+def admin_token(gateway: str, data_dir: Path) -> str:
+    """The bootstrap admin's token, from a real login with the password `shopctl up` made
+    and kept in the data dir."""
+    password = (data_dir / "admin_password").read_text().strip()
+    credentials = {"email": "admin@shop.local", "password": password}
+    code, reply = http("POST", f"{gateway}/api/users/login", credentials)
+    assert code == 200, reply
+    assert reply["data"]["user"]["role"] == "admin"
+    return reply["data"]["token"]
 
 
 def listed_processes(data_dir: Path) -> list[processes.ManagedProcess]:
@@ -128,7 +123,7 @@ def test_up_status_down_and_up_again_keeps_the_data(data_dir: Path) -> None:
 
     status = shopctl("status", "--data-dir", data_dir)
     assert status.returncode == 0, status.stdout + status.stderr
-    for name in ("gateway", "product"):
+    for name in ("gateway", "product", "user"):
         row = next(line for line in status.stdout.splitlines() if f" {name} " in line)
         assert " ready " in row, status.stdout
 
@@ -147,7 +142,7 @@ def test_up_status_down_and_up_again_keeps_the_data(data_dir: Path) -> None:
         "category": "kitchen",
         "stock": 3,
     }
-    code, created = http("POST", f"{gateway}/api/products", product, admin_token(data_dir))
+    code, created = http("POST", f"{gateway}/api/products", product, admin_token(gateway, data_dir))
     assert code == 201, created
     product_id = created["data"]["id"]
 
@@ -164,6 +159,7 @@ def test_up_status_down_and_up_again_keeps_the_data(data_dir: Path) -> None:
     code, kept = http("GET", f"{gateway}/api/products/{product_id}")
     assert code == 200, kept
     assert kept["data"]["name"] == "Survivor Mug"
+    admin_token(gateway, data_dir)  # the accounts survived too
 
     listed = listed_processes(data_dir)
     down = shopctl("down", "--data-dir", data_dir)
