@@ -33,6 +33,7 @@ ADMIN = ("admin",)
 )
 async def list_products(request: web.Request, query: ProductQuery) -> web.Response:
     selector = catalogue_filter(
+        ids=query.ids,
         q=query.q,
         category=query.category,
         min_cents=None if query.minPrice is None else money_to_cents(query.minPrice),

@@ -66,7 +66,21 @@ class StockChange(Body):
         return self
 
 
+def _id_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if len(ids) > 100:
+        raise ValueError("at most 100 ids")
+    return ids
+
+
 class ProductQuery(Query):
+    ids: Annotated[str | None, AfterValidator(_id_list)] = Field(
+        None,
+        description="Comma-separated product ids (at most 100): only these products; "
+        "ids that name nothing are left out. For services that need many products at once.",
+    )
     q: str | None = Field(None, max_length=100, description="Words to find in name or description")
     category: str | None = Field(None, max_length=60)
     minPrice: Annotated[LenientMoney, money_schema(minimum=0)] | None = Field(None, ge=0)

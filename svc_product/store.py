@@ -99,6 +99,7 @@ def _stored_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 def catalogue_filter(
     *,
+    ids: list[str] | None = None,
     q: str | None = None,
     category: str | None = None,
     min_cents: int | None = None,
@@ -108,6 +109,9 @@ def catalogue_filter(
     """The MongoDB filter for a catalogue query. User text only ever reaches the server
     escaped, as the value of ``$regex`` (never as an operator or a compiled pattern)."""
     query: dict[str, Any] = {}
+    if ids is not None:
+        # A malformed id names no product, so it simply matches nothing.
+        query["_id"] = {"$in": [ObjectId(i) for i in ids if _OBJECT_ID.match(i)]}
     words = (q or "").split()[:10]
     if words:
         # Every word must appear in the name or the description, case-insensitively. A
@@ -155,10 +159,15 @@ class ProductStore:
             .skip((page - 1) * limit)
             .limit(limit)
         )
-        docs, total = await asyncio.gather(
-            cursor.to_list(length=limit), self.collection.count_documents(query)
-        )
+        docs, total = await asyncio.gather(cursor.to_list(length=limit), self._count(query))
         return docs, total
+
+    async def _count(self, query: dict[str, Any]) -> int:
+        if "_id" in query:
+            # nx-27017's count_documents answers 0 for any ObjectId filter; at most 100 ids
+            # are asked for, so counting what find returns is cheap and right everywhere.
+            return len(await self.collection.find(query, {"_id": True}).to_list(length=None))
+        return await self.collection.count_documents(query)
 
     async def categories(self) -> list[dict[str, Any]]:
         pipeline = [{"$group": {"_id": "$category", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]

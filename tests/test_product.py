@@ -139,6 +139,24 @@ async def test_list_filters_and_sorts(product: TestClient, query: str, expected:
     assert await names(product, query) == expected
 
 
+async def test_many_products_by_id_in_one_call(
+    product: TestClient, catalogue: list[dict[str, Any]]
+) -> None:
+    wanted = [catalogue[0]["id"], catalogue[3]["id"], MISSING_ID, "nonsense"]
+    body = await call(
+        product,
+        "GET",
+        f"/api/products?ids={','.join(wanted)}&sort=name&limit=100",
+        expected_status=200,
+    )
+    assert [item["id"] for item in body["data"]] == [catalogue[0]["id"], catalogue[3]["id"]]
+    assert body["total"] == 2
+    too_many = ",".join([MISSING_ID] * 101)
+    await call(product, "GET", f"/api/products?ids={too_many}", expected_status=400)
+    empty = await call(product, "GET", "/api/products?ids=", expected_status=200)
+    assert empty["total"] == 0
+
+
 @pytest.mark.usefixtures("catalogue")
 async def test_pages_carry_count_total_page_and_limit(product: TestClient) -> None:
     first = await call(product, "GET", "/api/products?limit=2&sort=name", expected_status=200)
