@@ -16,6 +16,7 @@ from svc_product.schemas import (
     ProductQuery,
     ProductUpdate,
     StockChange,
+    StockUndo,
 )
 from svc_product.store import catalogue_filter, product_out
 
@@ -102,5 +103,22 @@ async def delete_product(request: web.Request) -> web.Response:
     description="A change that would take stock below zero changes nothing and answers 409.",
 )
 async def change_stock(request: web.Request, body: StockChange) -> web.Response:
-    doc = await request.app[STORE].change_stock(request.match_info["id"], body.quantity)
+    doc = await request.app[STORE].change_stock(
+        request.match_info["id"], body.quantity, body.reference
+    )
+    return ok(product_out(doc))
+
+
+@routes.post("/api/products/{id}/stock/undo")
+@endpoint(
+    "Reverse a stock change made with a reference, exactly once",
+    body=StockUndo,
+    response=ProductOut,
+    roles=("admin", "service"),
+    errors=(404, 409),
+    description="For a checkout that failed or crashed half-way: undoing a reference that "
+    "was never applied marks it, so that change is refused should it still arrive.",
+)
+async def undo_stock_change(request: web.Request, body: StockUndo) -> web.Response:
+    doc = await request.app[STORE].undo_stock_change(request.match_info["id"], body.reference)
     return ok(product_out(doc))

@@ -28,6 +28,8 @@ Price = Annotated[
     Money, Field(gt=0, le=MAX_PRICE), money_schema(exclusiveMinimum=0, maximum=float(MAX_PRICE))
 ]
 Stock = Annotated[int, Field(ge=0, le=MAX_STOCK)]
+# A key in the product's record of stock changes: no dots or dollars (MongoDB field names).
+Reference = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:-]{1,80}$")]
 ImageUrl = Annotated[
     str, Field(min_length=1, max_length=2048, pattern=r"^(https?://|/)"), AfterValidator(_image_url)
 ]
@@ -59,6 +61,12 @@ class StockChange(Body):
         json_schema_extra={"not": {"const": 0}},
     )
 
+    reference: Reference | None = Field(
+        None,
+        description="Makes the change idempotent: a change with a reference already used on "
+        "this product (or undone) changes nothing and answers the product as it is",
+    )
+
     @model_validator(mode="after")
     def _not_zero(self) -> StockChange:
         if self.quantity == 0:
@@ -73,6 +81,13 @@ def _id_list(value: str | None) -> list[str] | None:
     if len(ids) > 100:
         raise ValueError("at most 100 ids")
     return ids
+
+
+class StockUndo(Body):
+    reference: Reference = Field(
+        description="The reference of the change to reverse; if it was never applied, it "
+        "never will be"
+    )
 
 
 class ProductQuery(Query):

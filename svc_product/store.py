@@ -36,8 +36,14 @@ _SORTS = {
     "name": [("sort_name", ASCENDING), ("_id", ASCENDING)],
     "-createdAt": [("createdAt", DESCENDING), ("_id", DESCENDING)],
 }
-# sort_name is ours, not the client's.
-_PUBLIC = {"sort_name": False}
+# sort_name and stock_moves are ours, not the client's.
+_PUBLIC = {"sort_name": False, "stock_moves": False}
+# Each stock change made with a reference is remembered in the product's stock_moves map,
+# reference -> units (or "undone"), in the same atomic update as the change, so a retried
+# change never applies twice and an undo applies exactly once. (One document, one update:
+# no multi-document transaction, which a standalone MongoDB does not offer.) The map grows
+# by one small entry per order line; see the README's notes.
+UNDONE = "undone"
 
 
 class ProductNotFound(NotFound):
@@ -210,28 +216,81 @@ class ProductStore:
             raise ProductNotFound(product_id)
         return doc
 
+    async def _with_moves(self, oid: ObjectId, product_id: str) -> dict[str, Any]:
+        # The whole map, not just one move: nx-27017 ignores a projection of a nested field.
+        # Only undos read it, and they are rare (a failed or crashed checkout).
+        current = await self.collection.find_one({"_id": oid}, {"stock": True, "stock_moves": True})
+        if current is None:
+            raise ProductNotFound(product_id)
+        return current
+
+    async def undo_stock_change(self, product_id: str, reference: str) -> dict[str, Any]:
+        """Reverse the change made under ``reference``, exactly once. A reference that was
+        never applied is marked undone, so that the change, should it still arrive (a
+        request in flight when its sender crashed), is refused as already done."""
+        oid = _object_id(product_id)
+        key = f"stock_moves.{reference}"
+        for _ in range(5):  # each round either finishes or lost a race that changed the move
+            moves = (await self._with_moves(oid, product_id)).get("stock_moves", {})
+            units = moves.get(reference)
+            if units == UNDONE:
+                return await self.get(product_id)
+            if units is None:
+                selector: dict[str, Any] = {"_id": oid, key: {"$exists": False}}
+                change: dict[str, Any] = {"$set": {key: UNDONE}}
+            else:
+                selector = {"_id": oid, key: units}
+                if units > 0:  # taking back units that were added needs them to be there
+                    selector["stock"] = {"$gte": units}
+                change = {
+                    "$inc": {"stock": -units},
+                    "$set": {key: UNDONE},
+                    "$currentDate": {"updatedAt": True},
+                }
+            doc = await self.collection.find_one_and_update(
+                selector, change, projection=_PUBLIC, return_document=ReturnDocument.AFTER
+            )
+            if doc is not None:
+                return doc
+            if units is not None and units > 0:
+                current = await self._with_moves(oid, product_id)
+                if current.get("stock_moves", {}).get(reference) == units:
+                    raise NotEnoughStock(current["stock"], units)
+        raise Conflict(
+            "The stock of this product kept changing; try the undo again.", code="stock_busy"
+        )
+
     async def delete(self, product_id: str) -> None:
         result = await self.collection.delete_one({"_id": _object_id(product_id)})
         if result.deleted_count == 0:
             raise ProductNotFound(product_id)
 
-    async def change_stock(self, product_id: str, delta: int) -> dict[str, Any]:
+    async def change_stock(
+        self, product_id: str, delta: int, reference: str | None = None
+    ) -> dict[str, Any]:
         """Add ``delta`` units atomically. The condition lives in the update's filter, so a
         change that would go below zero (or past MAX_STOCK) matches nothing and changes
-        nothing, however many callers race."""
+        nothing, however many callers race. With a ``reference``, the change applies at
+        most once: a repeat (or a change whose reference was undone) changes nothing."""
         oid = _object_id(product_id)
         guard = {"$gte": -delta} if delta < 0 else {"$lte": MAX_STOCK - delta}
+        selector: dict[str, Any] = {"_id": oid, "stock": guard}
+        change: dict[str, Any] = {"$inc": {"stock": delta}, "$currentDate": {"updatedAt": True}}
+        if reference is not None:
+            selector[f"stock_moves.{reference}"] = {"$exists": False}
+            change["$set"] = {f"stock_moves.{reference}": delta}
         doc = await self.collection.find_one_and_update(
-            {"_id": oid, "stock": guard},
-            {"$inc": {"stock": delta}, "$currentDate": {"updatedAt": True}},
-            projection=_PUBLIC,
-            return_document=ReturnDocument.AFTER,
+            selector, change, projection=_PUBLIC, return_document=ReturnDocument.AFTER
         )
         if doc is not None:
             return doc
         current = await self.collection.find_one({"_id": oid}, {"stock": True})
         if current is None:
             raise ProductNotFound(product_id)
+        if reference is not None:
+            done = {"_id": oid, f"stock_moves.{reference}": {"$exists": True}}
+            if await self.collection.find_one(done, {"_id": True}) is not None:
+                return await self.get(product_id)  # done before: idempotent
         if delta < 0:
             raise NotEnoughStock(current["stock"], -delta)
         raise Conflict(

@@ -558,3 +558,124 @@ async def test_bodies_over_one_mebibyte_are_413(
 async def test_admin_token_minted_elsewhere_works(product: TestClient) -> None:
     token = issue_token(JWT_SECRET, sub="42", email="boss@shop.test", role="admin")
     await create_product(product, bearer(token))
+
+
+# -- stock changes with a reference (the checkout saga's steps) ------------------------------
+
+
+async def stock_of(product: TestClient, product_id: str) -> int:
+    body = await call(product, "GET", f"/api/products/{product_id}", expected_status=200)
+    return body["data"]["stock"]
+
+
+async def take(
+    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
+) -> int:
+    response = await product.patch(
+        f"/api/products/{product_id}/stock",
+        json={"quantity": units, "reference": reference},
+        headers=headers,
+    )
+    await response.read()
+    return response.status
+
+
+async def undo(
+    product: TestClient, headers: dict[str, str], product_id: str, reference: str
+) -> int:
+    response = await product.post(
+        f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
+    )
+    await response.read()
+    return response.status
+
+
+async def test_a_referenced_stock_change_applies_once(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    assert await take(product, service_headers, product_id, -3, "order:1") == 200
+    assert await take(product, service_headers, product_id, -3, "order:1") == 200
+    assert await stock_of(product, product_id) == 7
+    got = await call(product, "GET", f"/api/products/{product_id}", expected_status=200)
+    assert "stock_moves" not in got["data"]
+
+
+async def test_an_undo_reverses_exactly_once_and_blocks_a_late_change(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    await take(product, service_headers, product_id, -4, "order:2")
+    assert await undo(product, service_headers, product_id, "order:2") == 200
+    assert await undo(product, service_headers, product_id, "order:2") == 200
+    assert await stock_of(product, product_id) == 10
+    assert await take(product, service_headers, product_id, -4, "order:2") == 200
+    assert await stock_of(product, product_id) == 10  # undone for good
+
+    # Undone before it ever arrived (its sender crashed with the request in flight).
+    assert await undo(product, service_headers, product_id, "order:3") == 200
+    assert await take(product, service_headers, product_id, -1, "order:3") == 200
+    assert await stock_of(product, product_id) == 10
+
+
+async def test_a_short_referenced_change_is_409_and_can_be_tried_again(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=2))["id"]
+    assert await take(product, service_headers, product_id, -3, "order:4") == 409
+    await call(
+        product,
+        "PATCH",
+        f"/api/products/{product_id}/stock",
+        json={"quantity": 5},
+        headers=admin_headers,
+        expected_status=200,
+    )
+    assert await take(product, service_headers, product_id, -3, "order:4") == 200
+    assert await stock_of(product, product_id) == 4
+
+
+async def test_undoing_an_addition_needs_the_units_to_be_there(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=0))["id"]
+    assert await take(product, service_headers, product_id, 5, "restock:1") == 200
+    assert await take(product, service_headers, product_id, -4, "order:5") == 200
+    assert await undo(product, service_headers, product_id, "restock:1") == 409
+    assert await stock_of(product, product_id) == 1
+
+
+async def test_racing_takes_and_undos_conserve_stock(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    references = [f"order:{n}" for n in range(50)]
+    statuses = await asyncio.gather(
+        *(take(product, service_headers, product_id, -1, ref) for ref in references),
+        *(take(product, service_headers, product_id, -1, "order:0") for _ in range(10)),
+    )
+    assert statuses[:50].count(200) == 10 and statuses[:50].count(409) == 40
+    assert await stock_of(product, product_id) == 0  # repeats of order:0 took nothing more
+    undone = await asyncio.gather(
+        *(undo(product, service_headers, product_id, ref) for ref in references)
+    )
+    assert set(undone) == {200}
+    assert await stock_of(product, product_id) == 10
+
+
+@pytest.mark.parametrize("reference", ["", "a.b", "$where", "x" * 81, "with space", 12])
+async def test_bad_references_are_400(
+    product: TestClient, admin_headers: dict[str, str], reference: Any
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=3))["id"]
+    assert await take(product, admin_headers, product_id, -1, reference) == 400
+    assert await undo(product, admin_headers, product_id, reference) == 400
+    assert await stock_of(product, product_id) == 3
+
+
+async def test_customers_may_not_undo(
+    product: TestClient, admin_headers: dict[str, str], customer_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=3))["id"]
+    assert await undo(product, customer_headers, product_id, "order:1") == 403
+    assert await undo(product, {}, product_id, "order:1") == 401
