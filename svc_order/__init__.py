@@ -1,1 +1,1 @@
-"""The order service: arrives with its own issue; shopctl starts it once it has a __main__."""
+"""The order service: checkout, and each order's life from pending to delivered."""

@@ -15,6 +15,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def customer(user_id: int) -> dict[str, str]:
+    """Headers of a customer with this id (a token as the user service would issue it)."""
+    from shopkit.auth import issue_token
+
+    token = issue_token(
+        JWT_SECRET, sub=str(user_id), email=f"u{user_id}@shop.test", role="customer"
+    )
+    return bearer(token)
+
+
 async def call(
     client: TestClient,
     method: str,

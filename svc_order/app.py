@@ -1,0 +1,46 @@
+"""The order service owns orders (PostgreSQL database ``orders``) and runs checkout."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import aiohttp
+from aiohttp import web
+from pydantic import Field
+
+from shopkit.app import create_service_app
+from shopkit.client import ServiceClient
+from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
+from shopkit.settings import HttpUrl, PostgresUrl, ServiceSettings
+from svc_order.checkout import checkout_ctx
+from svc_order.keys import CARTS, PRODUCTS
+from svc_order.routes import routes
+
+# Each call to another service during a checkout must end well inside the checkout's lease.
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
+
+
+class OrderSettings(ServiceSettings):
+    service_name: ClassVar[str] = "order"
+    default_port: ClassVar[int] = 3003
+
+    database_url: PostgresUrl = Field(alias="DATABASE_URL")
+    product_service_url: HttpUrl = Field(alias="PRODUCT_SERVICE_URL")
+    cart_service_url: HttpUrl = Field(alias="CART_SERVICE_URL")
+    checkout_lease_seconds: float = Field(30.0, alias="CHECKOUT_LEASE_SECONDS", ge=1, le=3600)
+    recovery_interval_seconds: float = Field(10.0, alias="RECOVERY_INTERVAL_SECONDS", gt=0, le=3600)
+
+
+def create_app(settings: OrderSettings) -> web.Application:
+    app = create_service_app(
+        settings,
+        ready_check=postgres_ready,
+        unavailable_errors=POSTGRES_UNAVAILABLE,
+        http_client=True,
+    )
+    app[PRODUCTS] = ServiceClient(app, "product", settings.product_service_url, CALL_TIMEOUT)
+    app[CARTS] = ServiceClient(app, "cart", settings.cart_service_url, CALL_TIMEOUT)
+    app.cleanup_ctx.append(postgres_ctx("svc_order.migrations"))
+    app.cleanup_ctx.append(checkout_ctx)
+    app.router.add_routes(routes)
+    return app

@@ -1,0 +1,307 @@
+"""Checkout as a saga across services, and the recovery that finishes what a crash left.
+
+1. The intent (order, lines, prices, Idempotency-Key) is written to PostgreSQL first, in
+   state ``reserving``, with a lease.
+2. Stock is taken from the product service one line at a time, each change keyed by the
+   order (reference ``order-<id>``), so a retry never takes twice.
+3. All taken: the order becomes ``placed`` (only while its lease holds), and a cart
+   checkout clears the cart at the version it read.
+   Anything failed: every line's change is undone (an undo of a change that never arrived
+   marks it so it never will), and the order is deleted: no order, stock as before.
+
+Recovery, at start-up and every few seconds on every replica, takes over checkouts whose
+lease ran out (their process died) and undoes them, puts back the stock of cancelled orders
+that is not back yet, and clears carts that a placed order could not clear. Every step is
+idempotent, so replicas and restarts may repeat any of them safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shopkit.auth import service_token
+from shopkit.client import ServiceClient
+from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
+from shopkit.keys import POSTGRES, SETTINGS
+from shopkit.money import money_to_cents
+from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
+from svc_order.store import IdempotencyKeyTaken, Line, OrderStore
+
+log = logging.getLogger("shop.order.checkout")
+
+
+def reference(order_id: int) -> str:
+    return f"order-{order_id}"
+
+
+def _merge(lines: list[tuple[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for product_id, quantity in lines:
+        key = product_id.lower()
+        merged[key] = merged.get(key, 0) + quantity
+    return merged
+
+
+def request_hash(wanted: dict[str, int], from_cart: bool) -> str:
+    canonical = orjson.dumps({"cart": from_cart, "items": sorted(wanted.items())})
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class Checkout:
+    def __init__(
+        self,
+        store: OrderStore,
+        products: ServiceClient,
+        carts: ServiceClient,
+        token: str,
+        lease_seconds: float,
+    ) -> None:
+        self.store = store
+        self.products = products
+        self.carts = carts
+        self.token = token
+        self.lease_seconds = lease_seconds
+
+    # -- placing an order ------------------------------------------------------------------
+
+    async def place(
+        self,
+        user_id: int,
+        explicit: list[tuple[str, int]] | None,
+        idempotency_key: str | None,
+    ) -> tuple[int, bool]:
+        """Check out; return the order id and whether it was placed before (a replay)."""
+        cart_version = None
+        if explicit:
+            wanted = _merge(explicit)
+        else:
+            wanted, cart_version = await self._cart_lines(user_id)
+        fingerprint = request_hash(wanted, cart_version is not None)
+        if idempotency_key is not None:
+            earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
+            if earlier is not None:
+                return earlier, True
+        lines = await self._priced_lines(wanted)
+        try:
+            order_id = await self.store.record_intent(
+                user_id=user_id,
+                lines=lines,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint,
+                cart_version=cart_version,
+                lease_seconds=self.lease_seconds,
+            )
+        except IdempotencyKeyTaken:
+            # A request with the same key raced us and won: its order is our answer.
+            assert idempotency_key is not None
+            earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
+            if earlier is None:
+                raise Conflict(
+                    "A checkout with this Idempotency-Key just failed; send it again.",
+                    code="idempotency_retry",
+                ) from None
+            return earlier, True
+        await self._take_stock(order_id, lines)
+        if not await self.store.mark_placed(order_id):
+            # Too slow: recovery took the order over and is undoing it.
+            raise UpstreamUnavailable("The checkout took too long and was undone; try again.")
+        if cart_version is not None:
+            await self._clear_cart(order_id, user_id, cart_version)
+        return order_id, False
+
+    async def _cart_lines(self, user_id: int) -> tuple[dict[str, int], int]:
+        reply = await self.carts.get(f"/api/cart/{user_id}", token=self.token)
+        if reply.status != 200 or not isinstance(reply.data, dict):
+            raise UpstreamUnavailable("The cart service gave no cart; try again shortly.")
+        cart = reply.data
+        items = [(item["product_id"], item["quantity"]) for item in cart.get("items", [])]
+        if not items:
+            raise BadRequest("Your cart is empty: add something first.", code="empty_cart")
+        return _merge(items), int(cart.get("version") or 0)
+
+    async def _earlier_order(self, user_id: int, key: str, fingerprint: str) -> int | None:
+        """The order this key already made, waiting for one still in progress; None when
+        there is none (or it failed and was undone)."""
+        for _ in range(int(self.lease_seconds * 20) + 1):
+            row = await self.store.by_idempotency_key(user_id, key)
+            if row is None:
+                return None
+            if row["request_hash"] != fingerprint:
+                raise Conflict(
+                    "This Idempotency-Key was used for a different checkout.",
+                    code="idempotency_key_reused",
+                )
+            if row["checkout_state"] == "placed":
+                return row["id"]
+            await asyncio.sleep(0.05)
+        raise Conflict(
+            "A checkout with this Idempotency-Key is still in progress.",
+            code="idempotency_in_progress",
+        )
+
+    async def _priced_lines(self, wanted: dict[str, int]) -> list[Line]:
+        """Names and prices from the product service, never from the client."""
+        ids = ",".join(sorted(wanted))
+        reply = await self.products.get(f"/api/products?ids={ids}&limit=100")
+        if reply.status != 200:
+            raise UpstreamUnavailable("The product service could not list the products.")
+        found = {product["id"]: product for product in reply.body["data"]}
+        lines = []
+        for product_id, quantity in sorted(wanted.items()):
+            product = found.get(product_id)
+            if product is None:
+                raise NotFound(
+                    f"There is no product with id {product_id!r}.", code="product_not_found"
+                )
+            if product["stock"] < quantity:  # early and cheap; the take below decides
+                raise _short(product["name"], product["stock"], quantity)
+            price = money_to_cents(_decimal(product["price"]))
+            lines.append(Line(product_id, product["name"], quantity, price))
+        return lines
+
+    async def _take_stock(self, order_id: int, lines: list[Line]) -> None:
+        failure: ShopError | None = None
+        for line in lines:
+            try:
+                reply = await self.products.request(
+                    "PATCH",
+                    f"/api/products/{line.product_id}/stock",
+                    json={"quantity": -line.quantity, "reference": reference(order_id)},
+                    token=self.token,
+                )
+            except UpstreamUnavailable as exc:
+                failure = exc
+                break
+            if reply.status == 200:
+                continue
+            if reply.status == 409:
+                available = (reply.body or {}).get("available", 0)
+                failure = _short(line.product_name, available, line.quantity)
+            elif reply.status == 404:
+                failure = NotFound(
+                    f"The product {line.product_name!r} is no longer sold.",
+                    code="product_not_found",
+                )
+            else:
+                failure = UpstreamUnavailable(
+                    f"The product service refused the stock change ({reply.status})."
+                )
+            break
+        if failure is not None:
+            await self.undo(order_id)
+            raise failure
+
+    async def undo(self, order_id: int) -> bool:
+        """Put back every unit this checkout took, then forget the order. False when the
+        product service could not be reached: recovery will try again."""
+        await self.store.start_compensating(order_id)
+        for product_id in await self.store.product_ids(order_id):
+            try:
+                reply = await self.products.request(
+                    "POST",
+                    f"/api/products/{product_id}/stock/undo",
+                    json={"reference": reference(order_id)},
+                    token=self.token,
+                )
+            except UpstreamUnavailable:
+                log.warning("order %s: undo postponed, product service unavailable", order_id)
+                return False
+            if reply.status not in (200, 404):  # 404: the product is gone, nothing to return
+                log.warning("order %s: undo of %s answered %s", order_id, product_id, reply.status)
+                return False
+        await self.store.forget(order_id)
+        return True
+
+    async def _clear_cart(self, order_id: int, user_id: int, version: int) -> None:
+        """Empty the cart this order came from, unless it changed since it was read (then
+        the customer added something, which stays). Retried by recovery if it fails."""
+        try:
+            reply = await self.carts.request(
+                "DELETE", f"/api/cart/{user_id}?version={version}", token=self.token
+            )
+        except UpstreamUnavailable:
+            return
+        if reply.status in (200, 409):
+            await self.store.cart_cleared(order_id)
+
+    # -- cancelling ------------------------------------------------------------------------
+
+    async def restock(self, order_id: int) -> bool:
+        """Put a cancelled order's units back, once (each change keyed by the order)."""
+        for line in await self.store.lines(order_id):
+            try:
+                reply = await self.products.request(
+                    "PATCH",
+                    f"/api/products/{line['product_id']}/stock",
+                    json={"quantity": line["quantity"], "reference": f"cancel-{order_id}"},
+                    token=self.token,
+                )
+            except UpstreamUnavailable:
+                return False
+            if reply.status not in (200, 404):
+                return False
+        await self.store.restocked(order_id)
+        return True
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """One pass over everything a crash or an outage left unfinished."""
+        for order_id in await self.store.claim_abandoned(self.lease_seconds):
+            log.info("order %s: undoing an abandoned checkout", order_id)
+            await self.undo(order_id)
+        for order_id in await self.store.restocks_pending():
+            await self.restock(order_id)
+        for row in await self.store.carts_to_clear():
+            await self._clear_cart(row["id"], row["user_id"], row["cart_version"])
+
+
+def _short(name: str, available: int, wanted: int) -> Conflict:
+    return Conflict(
+        f"Not enough stock of {name!r}: {available} left, {wanted} asked for.",
+        code="insufficient_stock",
+        extra={"available": available},
+    )
+
+
+def _decimal(value: Any) -> Decimal:
+    # A JSON number read back as a float: its shortest repr is the two-place decimal written.
+    return Decimal(str(value))
+
+
+async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the pool's): the saga, and recovery at start-up and periodically."""
+    settings = app[SETTINGS]
+    store = app[STORE] = OrderStore(app[POSTGRES])
+    checkout = app[CHECKOUT] = Checkout(
+        store,
+        app[PRODUCTS],
+        app[CARTS],
+        service_token(settings.jwt_secret.get_secret_value(), "order"),
+        settings.checkout_lease_seconds,
+    )
+
+    async def recover_forever() -> None:
+        while True:
+            try:
+                await checkout.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an outage must not end recovery; the next pass retries
+                log.exception("recovery pass failed")
+            await asyncio.sleep(settings.recovery_interval_seconds)
+
+    task = asyncio.create_task(recover_forever(), name="order-recovery")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

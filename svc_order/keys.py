@@ -1,0 +1,18 @@
+"""The order service's app keys, shared by its views, its saga and its data layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from shopkit.client import ServiceClient
+
+if TYPE_CHECKING:
+    from svc_order.checkout import Checkout
+    from svc_order.store import OrderStore
+
+STORE: web.AppKey[OrderStore] = web.AppKey("store")
+CHECKOUT: web.AppKey[Checkout] = web.AppKey("checkout")
+PRODUCTS = web.AppKey("products", ServiceClient)
+CARTS = web.AppKey("carts", ServiceClient)

@@ -1,0 +1,141 @@
+"""The order service's routes: thin handlers over the checkout saga and the store."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from shopkit.auth import Identity
+from shopkit.errors import BadRequest, Forbidden
+from shopkit.keys import IDENTITY
+from shopkit.openapi import endpoint
+from shopkit.responses import json_response, ok, ok_page
+from svc_order.keys import CHECKOUT, STORE
+from svc_order.schemas import CheckoutBody, OrderOut, OrderQuery, StatusChange
+from svc_order.store import OrderNotFound
+
+routes = web.RouteTableDef()
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII
+
+
+def _customer_id(identity: Identity) -> int:
+    if not identity.user_id.isdigit():
+        raise Forbidden("Only a user can check out.", code="not_a_user")
+    return int(identity.user_id)
+
+
+def _order_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise OrderNotFound(raw)  # a malformed id is simply not found
+    return int(raw)
+
+
+@routes.post("/api/orders")
+@endpoint(
+    "Check out explicit items, or the caller's cart",
+    body=CheckoutBody,
+    response=OrderOut,
+    status=201,
+    roles=(),
+    errors=(403, 404, 409, 503),
+    description="Names and prices come from the product service. On any failure there is "
+    "no order, stock is as before and the cart untouched. With an Idempotency-Key header, "
+    "a repeat by the same user answers the first order (header Idempotent-Replayed: true).",
+)
+async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
+    user_id = _customer_id(request[IDENTITY])
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise BadRequest(
+            "The Idempotency-Key header must be 1 to 255 visible ASCII characters.",
+            code="invalid_idempotency_key",
+        )
+    explicit = [(line.product_id, line.quantity) for line in body.items or []]
+    order_id, replayed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
+    order = await request.app[STORE].get(order_id)
+    headers = {"Location": f"/api/orders/{order_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response({"success": True, "data": order}, status=201, headers=headers)
+
+
+@routes.get("/api/orders")
+@endpoint(
+    "Orders: an admin sees all, a customer its own",
+    query=OrderQuery,
+    response=list[OrderOut],
+    paged=True,
+    roles=(),
+)
+async def list_orders(request: web.Request, query: OrderQuery) -> web.Response:
+    identity = request[IDENTITY]
+    owner = None if identity.role in ("admin", "service") else _customer_id(identity)
+    orders, total = await request.app[STORE].page(
+        user_id=owner, status=query.status, page=query.page, limit=query.limit
+    )
+    return json_response(ok_page(orders, total=total, page=query.page, limit=query.limit))
+
+
+@routes.get("/api/orders/user/{userId}")
+@endpoint(
+    "One user's orders (that user or an admin)",
+    query=OrderQuery,
+    response=list[OrderOut],
+    paged=True,
+    roles=(),
+    errors=(403,),
+)
+async def orders_of_user(request: web.Request, query: OrderQuery) -> web.Response:
+    user_id = request.match_info["userId"]
+    if not request[IDENTITY].may_act_for(user_id):
+        raise Forbidden("These are another user's orders.")
+    if not user_id.isdigit() or len(user_id) > 18:
+        return json_response(ok_page([], total=0, page=query.page, limit=query.limit))
+    orders, total = await request.app[STORE].page(
+        user_id=int(user_id), status=query.status, page=query.page, limit=query.limit
+    )
+    return json_response(ok_page(orders, total=total, page=query.page, limit=query.limit))
+
+
+async def _visible_order(request: web.Request) -> int:
+    """The order id, if the caller may see it; another customer's order is not found."""
+    order_id = _order_id(request)
+    owner = await request.app[STORE].owner_of(order_id)
+    if not request[IDENTITY].may_act_for(str(owner)):
+        raise OrderNotFound(order_id)
+    return order_id
+
+
+@routes.get("/api/orders/{id}")
+@endpoint("One order, with its lines and history", response=OrderOut, roles=(), errors=(404,))
+async def get_order(request: web.Request) -> web.Response:
+    order_id = await _visible_order(request)
+    return ok(await request.app[STORE].get(order_id))
+
+
+@routes.patch("/api/orders/{id}/status")
+@endpoint(
+    "Move an order along its lifecycle",
+    body=StatusChange,
+    response=OrderOut,
+    roles=(),
+    errors=(403, 404, 409),
+    description="pending -> processing -> shipped -> delivered; pending or processing -> "
+    "cancelled; anything else is 409. Customers may only cancel their own pending orders. "
+    "A cancel puts the stock back, once.",
+)
+async def change_status(request: web.Request, body: StatusChange) -> web.Response:
+    identity = request[IDENTITY]
+    order_id = await _visible_order(request)
+    store = request.app[STORE]
+    if identity.is_admin:
+        await store.change_status(order_id, body.status)
+    elif body.status == "cancelled":
+        await store.change_status(order_id, body.status, only_from=frozenset({"pending"}))
+    else:
+        raise Forbidden("Only an admin moves an order along; you may cancel it while pending.")
+    if body.status == "cancelled":
+        await request.app[CHECKOUT].restock(order_id)  # or recovery, if the product service is down
+    return ok(await store.get(order_id))
