@@ -1,0 +1,245 @@
+"""Crash safety: what a dead order service left half-done is finished or undone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from support import JWT_SECRET, call, create_product, customer
+from test_order import checkout, order_settings, rows_in, stock_of
+
+from shopctl import processes
+from svc_order.app import create_app as create_order_app
+from svc_order.keys import CHECKOUT, STORE
+from svc_order.store import Line
+from svc_product.app import ProductSettings
+from svc_product.app import create_app as create_product_app
+
+ANN = customer(101)
+
+
+@pytest.fixture
+async def product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
+    return await aiohttp_server(create_product_app(product_settings))
+
+
+@pytest.fixture
+async def products(aiohttp_client: Any, product_server: TestServer) -> TestClient:
+    return await aiohttp_client(product_server)
+
+
+@pytest.fixture
+async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestServer) -> TestClient:
+    settings = order_settings(
+        postgres_uri, str(product_server.make_url("")), RECOVERY_INTERVAL_SECONDS="3600"
+    )
+    return await aiohttp_client(create_order_app(settings))
+
+
+async def expire_leases(postgres_uri: str) -> None:
+    connection = await asyncpg.connect(postgres_uri)
+    try:
+        await connection.execute("UPDATE orders SET lease_until = now() - interval '1 second'")
+    finally:
+        await connection.close()
+
+
+async def test_recovery_undoes_a_checkout_that_died_half_way(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
+) -> None:
+    first = await create_product(products, admin_headers, name="A", stock=5)
+    second = await create_product(products, admin_headers, name="B", stock=5)
+    app = orders.server.app
+    # What a crash after the first take leaves: the intent, and one line's stock taken.
+    order_id = await app[STORE].record_intent(
+        user_id=101,
+        lines=[Line(first["id"], "A", 2, 100), Line(second["id"], "B", 1, 100)],
+        idempotency_key="crashed",
+        request_hash="x",
+        cart_version=None,
+        lease_seconds=30,
+    )
+    await call(
+        products,
+        "PATCH",
+        f"/api/products/{first['id']}/stock",
+        json={"quantity": -2, "reference": f"order-{order_id}"},
+        headers=admin_headers,
+        expected_status=200,
+    )
+    await app[CHECKOUT].recover()
+    assert await stock_of(products, first["id"]) == 3  # the lease still holds: hands off
+    await expire_leases(postgres_uri)
+    await app[CHECKOUT].recover()
+    assert await stock_of(products, first["id"]) == 5
+    assert await stock_of(products, second["id"]) == 5
+    assert await rows_in(postgres_uri, "orders") == 0
+    # The request that was in flight for the second line arrives late: it changes nothing.
+    await call(
+        products,
+        "PATCH",
+        f"/api/products/{second['id']}/stock",
+        json={"quantity": -1, "reference": f"order-{order_id}"},
+        headers=admin_headers,
+        expected_status=200,
+    )
+    assert await stock_of(products, second["id"]) == 5
+    # And the key is free again.
+    await checkout(orders, ANN, [(first["id"], 1)], key="crashed")
+
+
+async def test_a_cancel_while_products_are_down_restocks_later(
+    orders: TestClient,
+    products: TestClient,
+    product_server: TestServer,
+    product_settings: ProductSettings,
+    aiohttp_server: Any,
+    admin_headers: dict[str, str],
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    order_id = (await checkout(orders, ANN, [(mug["id"], 4)]))["data"]["id"]
+    port = product_server.port
+    await product_server.close()
+    reply = await call(
+        orders,
+        "PATCH",
+        f"/api/orders/{order_id}/status",
+        json={"status": "cancelled"},
+        headers=ANN,
+        expected_status=200,
+    )
+    assert reply["data"]["status"] == "cancelled"
+    revived = await aiohttp_server(create_product_app(product_settings), port=port)
+    await orders.server.app[CHECKOUT].recover()
+    await orders.server.app[CHECKOUT].recover()  # twice: still once
+    async with aiohttp.ClientSession() as session:
+        reply = await (await session.get(revived.make_url(f"/api/products/{mug['id']}"))).json()
+    assert reply["data"]["stock"] == 10
+
+
+# -- the real thing: SIGKILL in the middle of a burst ------------------------------------------
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_order_service(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "svc_order"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_ready(url: str, process: subprocess.Popen, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    async with aiohttp.ClientSession() as session:
+        while asyncio.get_running_loop().time() < deadline:
+            assert process.poll() is None, "the order service exited"
+            try:
+                async with session.get(f"{url}/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never got ready")
+
+
+@pytest.mark.slow
+# aiohttp's client may leave a socket to the killed server for the garbage collector to
+# close; that is the client's side of the crash we cause, not a leak of ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
+    products: TestClient,
+    product_server: TestServer,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    catalogue = [
+        (await create_product(products, admin_headers, name=f"P{n}", stock=30))["id"]
+        for n in range(3)
+    ]
+    port = processes.free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "JWT_SECRET": JWT_SECRET,
+        "DATABASE_URL": postgres_uri,
+        "PRODUCT_SERVICE_URL": str(product_server.make_url("")),
+        "CART_SERVICE_URL": "http://127.0.0.1:9",
+        "CHECKOUT_LEASE_SECONDS": "2",
+        "RECOVERY_INTERVAL_SECONDS": "0.3",
+        "LOG_LEVEL": "WARNING",
+    }
+    service = start_order_service(env)
+    try:
+        await wait_ready(url, service)
+        answered = 0
+        succeeded = 0
+        killed = asyncio.Event()
+
+        async def shopper(n: int, session: aiohttp.ClientSession) -> None:
+            nonlocal answered, succeeded
+            lines = [catalogue[n % 3], catalogue[(n + 1) % 3]]
+            body = {"items": [{"product_id": pid, "quantity": 1 + n % 2} for pid in lines]}
+            try:
+                async with session.post(
+                    f"{url}/api/orders", json=body, headers=customer(500 + n)
+                ) as response:
+                    await response.read()
+                    succeeded += response.status == 201
+            except aiohttp.ClientError:
+                return  # the service died under this request
+            answered += 1
+            if answered == 8 and not killed.is_set():
+                service.send_signal(signal.SIGKILL)
+                killed.set()
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(shopper(n, session) for n in range(60)))
+        assert killed.is_set()
+        service.wait(timeout=10)
+
+        service = start_order_service(env)
+        await wait_ready(url, service)
+        connection = await asyncpg.connect(postgres_uri)
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while await connection.fetchval(
+                "SELECT count(*) FROM orders WHERE checkout_state <> 'placed'"
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "orders left pending"
+                await asyncio.sleep(0.2)
+            sold = dict(
+                await connection.fetch(
+                    """SELECT product_id, sum(quantity) FROM order_items JOIN orders
+                       ON orders.id = order_id WHERE status <> 'cancelled'
+                       GROUP BY product_id"""
+                )
+            )
+            placed = await connection.fetchval("SELECT count(*) FROM orders")
+        finally:
+            await connection.close()
+        assert placed >= succeeded > 0
+        for product_id in catalogue:
+            assert await stock_of(products, product_id) + sold.get(product_id, 0) == 30
+    finally:
+        if service.poll() is None:
+            service.terminate()
+            service.wait(timeout=15)
