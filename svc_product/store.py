@@ -165,15 +165,18 @@ class ProductStore:
             .skip((page - 1) * limit)
             .limit(limit)
         )
-        docs, total = await asyncio.gather(cursor.to_list(length=limit), self._count(query))
-        return docs, total
-
-    async def _count(self, query: dict[str, Any]) -> int:
         if "_id" in query:
-            # nx-27017's count_documents answers 0 for any ObjectId filter; at most 100 ids
-            # are asked for, so counting what find returns is cheap and right everywhere.
-            return len(await self.collection.find(query, {"_id": True}).to_list(length=None))
-        return await self.collection.count_documents(query)
+            # Products by id (at most 100): a first page that is not full is all there is,
+            # and nx-27017's count_documents answers 0 for an ObjectId filter anyway.
+            docs = await cursor.to_list(length=limit)
+            if page == 1 and len(docs) < limit:
+                return docs, len(docs)
+            ids = await self.collection.find(query, {"_id": True}).to_list(length=None)
+            return docs, len(ids)
+        docs, total = await asyncio.gather(
+            cursor.to_list(length=limit), self.collection.count_documents(query)
+        )
+        return docs, total
 
     async def categories(self) -> list[dict[str, Any]]:
         pipeline = [{"$group": {"_id": "$category", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]
