@@ -1,1 +1,1 @@
-"""The cart service: arrives with its own issue; shopctl starts it once it has a __main__."""
+"""The cart service: each customer's cart in Redis, priced with the catalogue's current prices."""

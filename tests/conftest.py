@@ -17,13 +17,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer
 
 from shopctl import embedded
 from shopkit.auth import issue_token, service_token
 from shopkit.logs import configure_logging
+from svc_cart.app import CartSettings
+from svc_cart.app import create_app as create_cart_app
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 from svc_user.app import UserSettings
@@ -148,3 +150,43 @@ def json_logs() -> Any:
         handler.close()
     root.handlers[:], level = saved
     root.setLevel(level)
+
+
+# -- the cart service: Redis, and the cart app in front of a real product service ------------
+
+
+@pytest.fixture(scope="session")
+def redis_server_uri() -> Iterator[str]:
+    """A Redis server: REDIS_URL's, or an embedded one for this session. Tests share it and
+    keep apart by using user ids of their own: nothing is ever flushed."""
+    given = os.environ.get("REDIS_URL")
+    if given:
+        yield given
+        return
+    server = embedded.start_redis(None)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cart_product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
+    """The real product service on a port of its own: the one the cart service calls."""
+    return await aiohttp_server(create_product_app(product_settings))
+
+
+@pytest.fixture
+def cart_settings(redis_server_uri: str, cart_product_server: TestServer) -> CartSettings:
+    return CartSettings.from_env(
+        service_env(
+            REDIS_URL=redis_server_uri,
+            PRODUCT_SERVICE_URL=str(cart_product_server.make_url("")),
+        )
+    )
+
+
+@pytest.fixture
+async def cart(aiohttp_client: Any, cart_settings: CartSettings) -> TestClient:
+    """The real cart service over HTTP, on Redis, pricing with the real product service."""
+    return await aiohttp_client(create_cart_app(cart_settings))

@@ -113,6 +113,7 @@ async def test_openapi_describes_every_route_with_its_models(product: TestClient
     assert create["security"] == [{"bearerAuth": []}]
     listing = paths["/api/products"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {
+        "ids",
         "q",
         "category",
         "minPrice",

@@ -1,0 +1,43 @@
+"""The cart service owns the carts (Redis keys ``cart:{userId}``) and prices them with the
+product service's current names and prices."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiohttp import web
+from pydantic import Field
+
+from shopkit.app import create_service_app
+from shopkit.client import ServiceClient
+from shopkit.settings import HttpUrl, RedisUrl, ServiceSettings
+from svc_cart.catalogue import Catalogue
+from svc_cart.keys import CATALOGUE, REDIS
+from svc_cart.routes import routes
+from svc_cart.store import REDIS_UNAVAILABLE, redis_ctx
+
+
+class CartSettings(ServiceSettings):
+    service_name: ClassVar[str] = "cart"
+    default_port: ClassVar[int] = 3004
+
+    redis_url: RedisUrl = Field(alias="REDIS_URL")
+    product_service_url: HttpUrl = Field(alias="PRODUCT_SERVICE_URL")
+
+
+async def redis_ready(app: web.Application) -> dict[str, Any]:
+    await app[REDIS].ping()
+    return {"datastore": "redis"}
+
+
+def create_app(settings: CartSettings) -> web.Application:
+    app = create_service_app(
+        settings,
+        ready_check=redis_ready,
+        unavailable_errors=REDIS_UNAVAILABLE,
+        http_client=True,
+    )
+    app[CATALOGUE] = Catalogue(ServiceClient(app, "product", settings.product_service_url))
+    app.cleanup_ctx.append(redis_ctx)
+    app.router.add_routes(routes)
+    return app

@@ -1,0 +1,109 @@
+"""The cart's view of the product service: current names, prices, images and stock, many
+products in one call, and a stored cart priced with them as the API shows it."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from shopkit.client import ServiceClient
+from shopkit.errors import NotFound, UpstreamUnavailable
+from shopkit.money import CENT, LenientMoney
+from svc_cart.store import StoredCart
+
+BATCH = 100  # the most ids GET /api/products?ids= takes at once
+
+
+class ProductNotFound(NotFound):
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
+
+
+class Product(BaseModel):
+    """What the cart needs of a product, read from the product service's answer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    name: str
+    # The JSON number the product service wrote with two places, parsed back exactly.
+    price: LenientMoney
+    stock: int
+    imageUrl: str | None = None
+
+
+_PRODUCTS = TypeAdapter(list[Product])
+
+
+class Catalogue:
+    def __init__(self, client: ServiceClient) -> None:
+        self.client = client
+
+    async def products(self, ids: Collection[str]) -> dict[str, Product]:
+        """The products among ``ids`` that exist, by id: one call per BATCH ids (a cart
+        holds at most MAX_LINES products, so one call but in a rare race), none for no ids.
+        A product service that is down, slow or answers nonsense raises 503."""
+        wanted = sorted(ids)
+        found: dict[str, Product] = {}
+        for start in range(0, len(wanted), BATCH):
+            batch = ",".join(wanted[start : start + BATCH])
+            reply = await self.client.get(f"/api/products?ids={batch}&limit={BATCH}")
+            if reply.status != 200:
+                raise UpstreamUnavailable(
+                    f"The product service answered {reply.status} to a product look-up; "
+                    "try again shortly."
+                )
+            try:
+                products = _PRODUCTS.validate_python(reply.data)
+            except ValidationError:
+                raise UpstreamUnavailable(
+                    "The product service answered a product look-up with something "
+                    "unexpected; try again shortly."
+                ) from None
+            found.update((product.id, product) for product in products)
+        return found
+
+
+def _iso_from_ms(moment_ms: int) -> str:
+    moment = datetime.fromtimestamp(moment_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def priced_cart(user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> dict[str, Any]:
+    """A stored cart as the API shows it (see schemas.CartOut), with each product's current
+    name, price and image. A product the catalogue no longer has is left out, and counts
+    toward neither the total nor item_count. Money is Decimal throughout: 3 x 19.99 is
+    59.97 exactly."""
+    items = []
+    total = Decimal("0.00")
+    item_count = 0
+    for product_id, quantity in cart.lines:
+        product = products.get(product_id)
+        if product is None:
+            continue
+        subtotal = (product.price * quantity).quantize(CENT)
+        items.append(
+            {
+                "product_id": product_id,
+                "name": product.name,
+                "price": product.price,
+                "quantity": quantity,
+                "imageUrl": product.imageUrl,
+                "subtotal": subtotal,
+            }
+        )
+        total += subtotal
+        item_count += quantity
+    expires_at_ms = cart.expires_at_ms
+    return {
+        "user_id": int(user_id),
+        "items": items,
+        "total": total,
+        "item_count": item_count,
+        "expires_at": None if expires_at_ms is None else _iso_from_ms(expires_at_ms),
+        "version": cart.version,
+    }

