@@ -51,8 +51,9 @@ def _merge(lines: list[tuple[str, int]]) -> dict[str, int]:
     return merged
 
 
-def request_hash(wanted: dict[str, int], from_cart: bool) -> str:
-    canonical = orjson.dumps({"cart": from_cart, "items": sorted(wanted.items())})
+def request_hash(wanted: dict[str, int] | None) -> str:
+    """What an Idempotency-Key promises: these items, or (None) the caller's cart."""
+    canonical = orjson.dumps({"cart": wanted is None, "items": sorted((wanted or {}).items())})
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -80,16 +81,17 @@ class Checkout:
         idempotency_key: str | None,
     ) -> tuple[int, bool]:
         """Check out; return the order id and whether it was placed before (a replay)."""
-        cart_version = None
-        if explicit:
-            wanted = _merge(explicit)
-        else:
-            wanted, cart_version = await self._cart_lines(user_id)
-        fingerprint = request_hash(wanted, cart_version is not None)
+        # "Check out my cart" is one request whatever the cart holds, so a repeat is known
+        # before the cart is read (a cart the first request already emptied included).
+        wanted = _merge(explicit) if explicit else None
+        fingerprint = request_hash(wanted)
         if idempotency_key is not None:
             earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier, True
+        cart_version = None
+        if wanted is None:
+            wanted, cart_version = await self._cart_lines(user_id)
         lines = await self._priced_lines(wanted)
         try:
             order_id = await self.store.record_intent(

@@ -171,17 +171,23 @@ def redis_server_uri() -> Iterator[str]:
 
 
 @pytest.fixture
-async def cart_product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
-    """The real product service on a port of its own: the one the cart service calls."""
+async def product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
+    """The real product service on a port of its own, for the services that call it."""
     return await aiohttp_server(create_product_app(product_settings))
 
 
 @pytest.fixture
-def cart_settings(redis_server_uri: str, cart_product_server: TestServer) -> CartSettings:
+async def products(aiohttp_client: Any, product_server: TestServer) -> TestClient:
+    """A client of that same product service (to set up and check what the others see)."""
+    return await aiohttp_client(product_server)
+
+
+@pytest.fixture
+def cart_settings(redis_server_uri: str, product_server: TestServer) -> CartSettings:
     return CartSettings.from_env(
         service_env(
             REDIS_URL=redis_server_uri,
-            PRODUCT_SERVICE_URL=str(cart_product_server.make_url("")),
+            PRODUCT_SERVICE_URL=str(product_server.make_url("")),
         )
     )
 

@@ -76,9 +76,9 @@ def shopper(shoppers: Callable[[], Shopper]) -> Shopper:
 
 
 @pytest.fixture
-async def catalogue(aiohttp_client: Any, cart_product_server: TestServer) -> TestClient:
+async def catalogue(aiohttp_client: Any, product_server: TestServer) -> TestClient:
     """A client of the product service the cart service calls, to stock the catalogue."""
-    return await aiohttp_client(cart_product_server)
+    return await aiohttp_client(product_server)
 
 
 @pytest.fixture
@@ -177,9 +177,9 @@ async def refused_on_each(
 
 
 async def test_a_cart_never_filled_is_empty_and_needs_no_catalogue(
-    cart: TestClient, cart_product_server: TestServer, shopper: Shopper, redis_client: Redis
+    cart: TestClient, product_server: TestServer, shopper: Shopper, redis_client: Redis
 ) -> None:
-    await cart_product_server.close()  # an empty cart is answered without asking for products
+    await product_server.close()  # an empty cart is answered without asking for products
     data = await view(cart, shopper)
     assert data == {
         "user_id": int(shopper.user_id),
@@ -830,7 +830,7 @@ async def test_a_user_id_that_is_not_a_positive_integer_is_404(
 
 async def test_a_product_service_that_is_down_is_503_and_the_cart_is_untouched(
     cart: TestClient,
-    cart_product_server: TestServer,
+    product_server: TestServer,
     shopper: Shopper,
     stock: Callable[..., Any],
     redis_client: Redis,
@@ -839,7 +839,7 @@ async def test_a_product_service_that_is_down_is_503_and_the_cart_is_untouched(
     other_id = await stock(stock=9)
     await add(cart, shopper, product_id, 2)
     before = await redis_client.get(shopper.key)
-    await cart_product_server.close()
+    await product_server.close()
 
     # With the product in the cart, and with one that is not in it yet.
     for looked_up in (product_id, other_id):

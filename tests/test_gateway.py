@@ -20,11 +20,6 @@ from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 
 
-@pytest.fixture
-async def product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
-    return await aiohttp_server(create_product_app(product_settings))
-
-
 def gateway_settings(**urls: str) -> GatewaySettings:
     return GatewaySettings.from_env({"HOST": "127.0.0.1", **urls})
 

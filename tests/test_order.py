@@ -14,21 +14,8 @@ from support import JWT_SECRET, call, create_product, customer
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
 from svc_order.schemas import OrderOut
-from svc_product.app import ProductSettings
-from svc_product.app import create_app as create_product_app
 
 ANN, BOB = customer(101), customer(102)
-
-
-@pytest.fixture
-async def product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
-    return await aiohttp_server(create_product_app(product_settings))
-
-
-@pytest.fixture
-async def products(aiohttp_client: Any, product_server: TestServer) -> TestClient:
-    """A client of the product service the order service uses (to set up and check stock)."""
-    return await aiohttp_client(product_server)
 
 
 def order_settings(postgres_uri: str, product_url: str, **extra: str) -> OrderSettings:

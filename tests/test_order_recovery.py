@@ -28,16 +28,6 @@ ANN = customer(101)
 
 
 @pytest.fixture
-async def product_server(aiohttp_server: Any, product_settings: ProductSettings) -> TestServer:
-    return await aiohttp_server(create_product_app(product_settings))
-
-
-@pytest.fixture
-async def products(aiohttp_client: Any, product_server: TestServer) -> TestClient:
-    return await aiohttp_client(product_server)
-
-
-@pytest.fixture
 async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestServer) -> TestClient:
     settings = order_settings(
         postgres_uri, str(product_server.make_url("")), RECOVERY_INTERVAL_SECONDS="3600"
