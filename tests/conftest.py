@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
@@ -32,18 +33,25 @@ from svc_user.app import UserSettings
 from svc_user.app import create_app as create_user_app
 
 
-@pytest.fixture(scope="session")
-def mongo_server_uri() -> Iterator[str]:
-    """A MongoDB-protocol server: MONGODB_URI's, or an embedded one for this session."""
-    given = os.environ.get("MONGODB_URI")
+@contextmanager
+def given_or_embedded(variable: str, start: Callable[[], embedded.EmbeddedServer]) -> Iterator[str]:
+    """The server the environment names, or an embedded one for as long as it is needed."""
+    given = os.environ.get(variable)
     if given:
         yield given
         return
-    server = embedded.start_mongo(None)
+    server = start()
     try:
         yield server.uri
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server_uri() -> Iterator[str]:
+    """A MongoDB-protocol server: MONGODB_URI's, or an embedded one for this session."""
+    with given_or_embedded("MONGODB_URI", lambda: embedded.start_mongo(None)) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -61,15 +69,9 @@ async def mongo_uri(mongo_server_uri: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def postgres_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL server: DATABASE_URL's, or an embedded one for this session."""
-    given = os.environ.get("DATABASE_URL")
-    if given:
-        yield given
-        return
-    server = embedded.start_postgres(tmp_path_factory.mktemp("postgres") / "data")
-    try:
-        yield server.uri
-    finally:
-        server.stop()
+    data = tmp_path_factory.mktemp("postgres") / "data"
+    with given_or_embedded("DATABASE_URL", lambda: embedded.start_postgres(data)) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -159,15 +161,8 @@ def json_logs() -> Any:
 def redis_server_uri() -> Iterator[str]:
     """A Redis server: REDIS_URL's, or an embedded one for this session. Tests share it and
     keep apart by using user ids of their own: nothing is ever flushed."""
-    given = os.environ.get("REDIS_URL")
-    if given:
-        yield given
-        return
-    server = embedded.start_redis(None)
-    try:
-        yield server.uri
-    finally:
-        server.stop()
+    with given_or_embedded("REDIS_URL", lambda: embedded.start_redis(None)) as uri:
+        yield uri
 
 
 @pytest.fixture
