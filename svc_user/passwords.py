@@ -6,8 +6,11 @@ import asyncio
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import bcrypt
+
+T = TypeVar("T")
 
 
 class PasswordHasher:
