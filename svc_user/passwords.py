@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ class PasswordHasher:
         )
         self._dummy_hash: bytes | None = None
 
-    async def _run(self, function, *args):
+    async def _run(self, function: Callable[..., T], *args: bytes) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def start(self) -> None:
