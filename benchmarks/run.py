@@ -15,13 +15,10 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import resource
 import secrets
 import signal
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,10 +30,11 @@ from typing import Any
 # Nothing of ours may land in the repo, not even the bytecode of what is imported below.
 sys.dont_write_bytecode = True
 
-import drivers  # noqa: E402 - a sibling module (this is a script), imported after the flag
-import psutil  # noqa: E402
+import drivers  # noqa: E402 - sibling modules (this is a script), imported after the flag
+import harness  # noqa: E402
 import pymongo  # noqa: E402
 from bson import ObjectId  # noqa: E402
+from harness import BenchmarkError, err  # noqa: E402
 from pymongo.errors import PyMongoError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -48,13 +46,6 @@ HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
 CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "sports", "tools", "toys")
 LIST_PATH = f"/api/products?limit={drivers.PAGE_SIZE}"
-
-err = Console(stderr=True, highlight=False)
-
-
-class BenchmarkError(Exception):
-    """Something the benchmark needs did not work; the message says what."""
-
 
 # -- what runs ------------------------------------------------------------------------------
 
@@ -131,17 +122,6 @@ def datastore(work_dir: Path) -> Iterator[tuple[str, str, processes.ManagedProce
         server.stop()
 
 
-def _answers_health(name: str, process: processes.ManagedProcess, url: str) -> bool:
-    if not process.alive():
-        tail = processes.log_tail(process.log_path)
-        raise BenchmarkError(f"{name} exited while starting; its log ends:\n{tail}")
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def start_stack(products: int) -> Iterator[Stack]:
     """The datastore, seeded, and the three apps answering; all stopped when the block ends."""
@@ -189,17 +169,7 @@ def start_stack(products: int) -> Iterator[Stack]:
             )
             stack.running[name] = started[-1]
         for name in commands:
-            process, url = stack.running[name], stack.urls[name]
-            err.print(f"waiting for {name} (pid {process.pid}) on {url}")
-            if not processes.wait_until(
-                lambda n=name, p=process, u=url: _answers_health(n, p, u),
-                START_TIMEOUT,
-                interval=0.05,
-            ):
-                tail = processes.log_tail(process.log_path)
-                raise BenchmarkError(
-                    f"{name} did not answer /health within {START_TIMEOUT:g} s; log ends:\n{tail}"
-                )
+            harness.wait_for_health(name, stack.running[name], stack.urls[name], START_TIMEOUT)
         check_answers(stack)
         yield stack
 
@@ -232,38 +202,10 @@ def check_answers(stack: Stack) -> None:
 
 
 @dataclass
-class Measurement:
-    name: str
-    what: str
-    driver: str
-    rate: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-    first_error: str
-    # Process name -> cores it kept busy during the line (warm-up included); "driver" is the
-    # load generator, "other" whatever else ran on the machine meanwhile.
-    cpu: dict[str, float]
+class Measurement(harness.Measurement):
     # CPU time the process under test spent per answered request, in microseconds.
     cpu_us_per_request: float
     rounds: int = 1
-
-
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-def _driver_cpu_seconds() -> float:
-    # This process (the PyMongo and Python HTTP drivers) plus its reaped children (wrk).
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _busy_seconds(times: Any) -> float:
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 @dataclass
@@ -279,28 +221,14 @@ class Line:
 
 def measure(stack: Stack, line: Line) -> Measurement:
     """Run one line, accounting the CPU each process spent on it."""
-    watched = {key: psutil.Process(process.pid) for key, process in stack.running.items()}
-    before = {key: _cpu_seconds(process) for key, process in watched.items()}
-    driver_before = _driver_cpu_seconds()
-    machine_before = _busy_seconds(psutil.cpu_times())
-    started = time.perf_counter()
+    meter = harness.CpuMeter({key: process.pid for key, process in stack.running.items()})
     result = line.run()
-    wall = time.perf_counter() - started
-    busy = (_busy_seconds(psutil.cpu_times()) - machine_before) / wall
-    cpu = {key: (_cpu_seconds(process) - before[key]) / wall for key, process in watched.items()}
-    cpu["driver"] = (_driver_cpu_seconds() - driver_before) / wall
-    cpu["other"] = max(0.0, busy - sum(cpu.values()))
+    cpu = meter.read()
     return Measurement(
         name=line.name,
         what=line.what,
         driver=line.driver,
-        rate=result.rate,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        requests=result.requests,
-        errors=result.errors,
-        first_error=result.first_error,
-        cpu={key: round(value, 2) for key, value in cpu.items()},
+        **harness.figures(result, cpu),
         # Cores over requests per second; the warm-up runs at the same rate, so it cancels.
         cpu_us_per_request=cpu[line.process] / result.rate * 1e6 if result.rate else 0.0,
     )
@@ -313,11 +241,12 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
     load = {"connections": args.connections, "duration": args.duration, "warmup": args.warmup}
 
     def http(base: str, paths: list[str]) -> Callable[[], drivers.LoadResult]:
+        requests = [drivers.HttpRequest(path) for path in paths]
         if use_wrk:
             return lambda: drivers.wrk_load(
-                stack.urls[base], paths, threads=args.threads, work_dir=stack.work_dir, **load
+                stack.urls[base], requests, threads=args.threads, work_dir=stack.work_dir, **load
             )
-        return lambda: drivers.python_http_load(stack.urls[base], paths, **load)
+        return lambda: drivers.python_http_load(stack.urls[base], requests, **load)
 
     def mongo(read: str) -> Callable[[], drivers.LoadResult]:
         return lambda: drivers.mongo_load(stack.mongo_uri, read, object_ids, **load)
@@ -378,29 +307,18 @@ CPU_COLUMNS = ("datastore", "product", "gateway", "bare", "driver", "other")
 
 
 def print_report(console: Console, results: list[Measurement], header: str) -> None:
-    table = Table(
-        title=header,
-        title_justify="left",
-        caption="CPU µs/req: CPU time of the process under test per request; the last six "
+    table = harness.lines_table(
+        header,
+        "CPU µs/req: CPU time of the process under test per request; the last six "
         "columns: cores each process kept busy (driver: the load generator, other: anything "
         "else on this machine)",
-        caption_justify="left",
+        "CPU µs/req",
+        CPU_COLUMNS,
     )
-    for column in ("line", "what"):
-        table.add_column(column)
-    for column in ("req/s", "p50 ms", "p99 ms", "errors", "CPU µs/req", *CPU_COLUMNS):
-        table.add_column(column, justify="right")
     for m in results:
-        table.add_row(
-            m.name,
-            m.what,
-            f"{m.rate:,.0f}",
-            f"{m.p50_ms:.1f}",
-            f"{m.p99_ms:.1f}",
-            str(m.errors) if not m.errors else f"[red]{m.errors}[/] {m.first_error}",
-            f"{m.cpu_us_per_request:,.0f}",
-            *(f"{m.cpu[key]:.2f}" if key in m.cpu else "-" for key in CPU_COLUMNS),
-        )
+        figures = (f"{m.rate:,.0f}", f"{m.p50_ms:.1f}", f"{m.p99_ms:.1f}")
+        per_request = f"{m.cpu_us_per_request:,.0f}"
+        table.add_row(*harness.line_cells(m, figures, per_request, CPU_COLUMNS))
     console.print(table)
 
     summary = Table(title="ratios of req/s", title_justify="left")
@@ -427,27 +345,13 @@ def print_report(console: Console, results: list[Measurement], header: str) -> N
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--duration", type=float, default=10, help="seconds measured per line")
-    parser.add_argument(
-        "--warmup", type=float, default=2, help="unmeasured seconds before each line"
-    )
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--products", type=int, default=200, help="products to seed (>= 20)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="measure every line this often; report the best"
     )
-    parser.add_argument(
-        "--driver",
-        choices=("auto", "wrk", "python"),
-        default="auto",
-        help="HTTP load driver; auto: wrk when it is on PATH, else the Python driver",
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    harness.add_driver_options(parser, "HTTP load driver")
     args = parser.parse_args(argv)
     if args.products < drivers.PAGE_SIZE:
         parser.error(f"--products must be at least {drivers.PAGE_SIZE} (one full page)")
@@ -456,14 +360,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, harness.interrupt)
     if args.driver == "wrk" and not drivers.wrk_available():
         err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
         return 1
@@ -489,28 +388,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{rounds}, {args.products} products; HTTP load: {'wrk' if use_wrk else 'Python driver'};"
         f" datastore: {described}"
     )
-    console = Console()
-    if not console.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=160)
-    print_report(console, results, header)
+    print_report(harness.report_console(), results, header)
     if args.json:
-        report = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-            "settings": {
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "connections": args.connections,
-                "products": args.products,
-                "rounds": args.rounds,
-                "http_driver": "wrk" if use_wrk else "python",
-                "datastore": described,
-            },
-            "results": [asdict(m) for m in results],
-            "ratios": ratios(results),
+        settings = {
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "connections": args.connections,
+            "products": args.products,
+            "rounds": args.rounds,
+            "http_driver": "wrk" if use_wrk else "python",
+            "datastore": described,
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        err.print(f"results written to {args.json}")
+        harness.write_json(
+            args.json,
+            settings,
+            results=[asdict(m) for m in results],
+            ratios=ratios(results),
+        )
     return 0
 
 
