@@ -50,5 +50,11 @@ class PasswordHasher:
         matches = await self._run(bcrypt.checkpw, candidate, target)
         return matches and hashed is not None
 
+    def outdated(self, hashed: str) -> bool:
+        """True when ``hashed`` was made with another cost than the configured one."""
+        # A bcrypt hash reads $2b$<cost>$<salt and hash>.
+        parts = hashed.split("$")
+        return len(parts) < 4 or parts[2] != f"{self.rounds:02d}"
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

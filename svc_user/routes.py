@@ -64,7 +64,7 @@ def _too_many(seconds: float) -> TooManyRequests:
 async def login(request: web.Request, body: LoginBody) -> web.Response:
     store, hasher = request.app[STORE], request.app[HASHER]
     email = body.email.strip().lower()
-    locked = await store.locked_for(email)
+    locked, failed_before = await store.failures(email)
     if locked:
         raise _too_many(locked)
     row = await store.by_email(email)
@@ -73,7 +73,12 @@ async def login(request: web.Request, body: LoginBody) -> web.Response:
         if locked:
             raise _too_many(locked)
         raise Unauthorized("The email or password is incorrect.", code="invalid_credentials")
-    await store.clear_failures(email)
+    if failed_before:
+        await store.clear_failures(email)
+    if hasher.outdated(row["password_hash"]):
+        # BCRYPT_ROUNDS changed since this hash was made: bring it up to date now that we
+        # have the password, so every account costs the same to check (no timing tell).
+        await store.update(row["id"], {"password_hash": await hasher.hash(body.password)})
     user = user_out(row)
     return ok({"user": user, "token": _token_for(request, user)})
 

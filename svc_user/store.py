@@ -99,14 +99,17 @@ class UserStore:
 
     # -- the login throttle ------------------------------------------------------------------
 
-    async def locked_for(self, email: str) -> float:
-        """Seconds until ``email`` may try to log in again (0: now)."""
-        seconds = await self.pool.fetchval(
-            """SELECT extract(epoch FROM locked_until - now()) FROM login_failures
-               WHERE email = $1 AND locked_until > now()""",
+    async def failures(self, email: str) -> tuple[float, bool]:
+        """Seconds until ``email`` may try to log in again (0: now), and whether it has
+        failures on record at all."""
+        row = await self.pool.fetchrow(
+            """SELECT greatest(extract(epoch FROM locked_until - now()), 0) AS locked
+               FROM login_failures WHERE email = $1""",
             email,
         )
-        return float(seconds or 0)
+        if row is None:
+            return 0.0, False
+        return float(row["locked"] or 0), True
 
     async def record_failure(self, email: str) -> float:
         """Count a failed login; return the seconds it is now locked for (0: not locked)."""

@@ -456,3 +456,21 @@ def test_bad_user_settings_name_the_variable(environ: dict[str, str], message: s
         UserSettings.from_env({**base, **environ})
     assert message in str(caught.value)
     assert "long-enough" not in str(caught.value) and "short" not in str(caught.value)
+
+
+async def test_a_login_brings_an_old_hash_up_to_the_configured_cost(
+    user: TestClient, aiohttp_client: Any, user_settings: UserSettings, postgres_uri: str
+) -> None:
+    await register(user, "ann@shop.test")
+    stronger = user_settings.model_copy(update={"bcrypt_rounds": 5})
+    restarted = await aiohttp_client(create_user_app(stronger))
+    await login(restarted, "ann@shop.test")
+    connection = await asyncpg.connect(postgres_uri)
+    try:
+        stored = await connection.fetchval(
+            "SELECT password_hash FROM users WHERE email = 'ann@shop.test'"
+        )
+    finally:
+        await connection.close()
+    assert stored.startswith("$2b$05$")
+    await login(restarted, "ann@shop.test")
