@@ -1,4 +1,4 @@
-"""The gateway owns nothing: it routes /api/* to the services and (later) serves the pages."""
+"""The gateway owns nothing: it routes /api/* to the services and serves the shop's pages."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pydantic import BeforeValidator, Field, SecretStr
 
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
-from shopkit.openapi import endpoint
-from shopkit.responses import ok
 from shopkit.settings import HttpUrl, ServiceSettings
 from svc_gateway.keys import BACKENDS
+from svc_gateway.pages import setup_pages
+from svc_gateway.pages_admin import routes as admin_pages
+from svc_gateway.pages_shop import routes as shop_pages
 from svc_gateway.proxy import METHODS, ROUTES, backends_ready, proxy_to
+from svc_gateway.session import SessionKeys
 
 
 def _comma_list(value: object) -> object:
@@ -27,9 +29,15 @@ def _comma_list(value: object) -> object:
 class GatewaySettings(ServiceSettings):
     service_name: ClassVar[str] = "gateway"
     default_port: ClassVar[int] = 3000
+    secret_variables: ClassVar[frozenset[str]] = ServiceSettings.secret_variables | {
+        "SESSION_SECRET"
+    }
 
-    # The gateway verifies no token itself (each backend does); the pages will use it.
+    # Optional: the API verifies no token here (each backend does). The pages use it to
+    # verify the login cookie, and derive their signing key from it without SESSION_SECRET.
     jwt_secret: SecretStr | None = Field(None, alias="JWT_SECRET", min_length=32)
+    # Signs the pages' CSRF tokens and flash messages; replicas must share it.
+    session_secret: SecretStr | None = Field(None, alias="SESSION_SECRET", min_length=32)
     product_service_url: HttpUrl | None = Field(None, alias="PRODUCT_SERVICE_URL")
     user_service_url: HttpUrl | None = Field(None, alias="USER_SERVICE_URL")
     order_service_url: HttpUrl | None = Field(None, alias="ORDER_SERVICE_URL")
@@ -45,17 +53,6 @@ class GatewaySettings(ServiceSettings):
         return {name: url for name, url in urls.items() if url}
 
 
-@endpoint("What this is", response=dict)
-async def index(request: web.Request) -> web.Response:
-    return ok(
-        {
-            "service": "gateway",
-            "message": "The web shop's pages arrive in a later release; the API is under /api/.",
-            "api": [f"/api/{prefix}" for prefix in ROUTES],
-        }
-    )
-
-
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(settings, ready_check=backends_ready, http_client=True)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, connect=2)
@@ -63,7 +60,15 @@ def create_app(settings: GatewaySettings) -> web.Application:
         name: ServiceClient(app, name, url, timeout=timeout)
         for name, url in settings.backend_urls().items()
     }
-    app.router.add_get("/", index)
+    setup_pages(
+        app,
+        SessionKeys.from_secrets(
+            settings.session_secret.get_secret_value() if settings.session_secret else None,
+            settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        ),
+    )
+    app.router.add_routes(shop_pages)
+    app.router.add_routes(admin_pages)
     proxy_routes = []
     for prefix, backend in ROUTES.items():
         handler = proxy_to(backend)

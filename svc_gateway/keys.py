@@ -1,8 +1,23 @@
-"""The gateway's app keys."""
+"""The gateway's app and request keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from shopkit.client import ServiceClient
 
+if TYPE_CHECKING:
+    from svc_gateway.assets import Assets
+    from svc_gateway.session import PageSession, SessionKeys
+
 # Backend name -> client, for the backends this gateway is configured with.
 BACKENDS = web.AppKey("backends", dict[str, ServiceClient])
+# The keys that sign the pages' CSRF tokens and flash messages (and verify logins).
+SESSION_KEYS: web.AppKey[SessionKeys] = web.AppKey("session_keys")
+# The pages' static files, by their content-hashed names (loaded at start-up).
+ASSETS: web.AppKey[Assets] = web.AppKey("assets")
+
+# Who is browsing and what goes back into the page cookies, for a page request.
+PAGE_SESSION: web.RequestKey[PageSession] = web.RequestKey("page_session")

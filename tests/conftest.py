@@ -191,3 +191,86 @@ def cart_settings(redis_server_uri: str, product_server: TestServer) -> CartSett
 async def cart(aiohttp_client: Any, cart_settings: CartSettings) -> TestClient:
     """The real cart service over HTTP, on Redis, pricing with the real product service."""
     return await aiohttp_client(create_cart_app(cart_settings))
+
+
+# == The whole shop behind the gateway, as a browser sees it (tests/test_pages*.py) ============
+# Every service real and listening on a port of its own, the gateway in front of them with
+# the environment `shopctl up` gives it. Imports are local to keep this block self-contained.
+
+
+@pytest.fixture
+async def orders_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
+    """A second database of this test's own, for the order service (postgres_uri is the user
+    service's: both keep a schema_migrations table), dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(postgres_server_uri)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        yield embedded.database_url(postgres_server_uri, name)
+        await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def shop_services(
+    aiohttp_server: Any,
+    product_server: TestServer,
+    user_settings: UserSettings,
+    cart_settings: CartSettings,
+    orders_postgres_uri: str,
+) -> AsyncIterator[dict[str, TestServer]]:
+    """The product, user, cart and order services, all real, by backend name."""
+    import secrets
+
+    from svc_order.app import OrderSettings
+    from svc_order.app import create_app as create_order_app
+
+    user_server = await aiohttp_server(create_user_app(user_settings))
+    cart_server = await aiohttp_server(create_cart_app(cart_settings))
+    order_settings = OrderSettings.from_env(
+        service_env(
+            DATABASE_URL=orders_postgres_uri,
+            PRODUCT_SERVICE_URL=str(product_server.make_url("")),
+            CART_SERVICE_URL=str(cart_server.make_url("")),
+        )
+    )
+    order_server = await aiohttp_server(create_order_app(order_settings))
+    # Carts live in a Redis shared with other tests (and maybe other runs): accounts made
+    # now get user ids of their own, far from the small ids every fresh database starts at.
+    first_id = 10**12 + secrets.randbelow(10**15)
+    connection = await asyncpg.connect(user_settings.database_url)
+    try:
+        await connection.execute(f"ALTER TABLE users ALTER COLUMN id RESTART WITH {first_id}")
+    finally:
+        await connection.close()
+    yield {
+        "product": product_server,
+        "user": user_server,
+        "cart": cart_server,
+        "order": order_server,
+    }
+    # Stopped here, before their databases are dropped (aiohttp_server would stop them later).
+    for server in (order_server, cart_server, user_server):
+        await server.close()
+
+
+@pytest.fixture
+def gateway_env(shop_services: dict[str, TestServer]) -> dict[str, str]:
+    """The gateway's environment in front of those services (JWT_SECRET too, as shopctl up
+    gives it)."""
+    urls = {
+        f"{name.upper()}_SERVICE_URL": str(server.make_url(""))
+        for name, server in shop_services.items()
+    }
+    return service_env(**urls)
+
+
+@pytest.fixture
+async def web_shop(aiohttp_client: Any, gateway_env: dict[str, str]) -> TestClient:
+    """A browser on the whole shop: a client of the gateway (it keeps cookies between
+    requests and follows redirects)."""
+    from svc_gateway.app import GatewaySettings
+    from svc_gateway.app import create_app as create_gateway_app
+
+    return await aiohttp_client(create_gateway_app(GatewaySettings.from_env(gateway_env)))
