@@ -1,0 +1,262 @@
+"""What the browser tests share: the running shop and its seed catalogue, API calls that set
+up a scene and check what the pages did to the real services, and small page helpers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import BrowserContext, Locator, Page, expect
+from test_shopctl_e2e import http
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "test-results" / "screenshots"
+ADMIN_EMAIL = "admin@shop.local"
+PASSWORD = "browser-test-password"
+SCRIPT_NAME = "<script>alert(1)</script>"
+# pytest-playwright's `new_context` fixture: a browser context made with these options (and
+# closed after the test).
+NewContext = Callable[..., BrowserContext]
+# A product whose picture is gone: the page falls back to its generated one.
+MISSING_IMAGE = "/static/images/pocket-notebook.jpg"
+
+# The seed catalogue. Only these products are in "kitchen" (the filter test counts on it);
+# tests that need stock of their own create products in other categories.
+SEED_PRODUCTS: list[dict[str, Any]] = [
+    {
+        "name": "Enamel Camping Mug",
+        "description": "A sturdy enamel mug for coffee by the campfire.",
+        "price": 19.99,
+        "category": "kitchen",
+        "stock": 25,
+    },
+    {
+        "name": "Cast Iron Skillet",
+        "description": "Pre-seasoned, 26 cm, for hob, oven and fire.",
+        "price": 44.50,
+        "category": "kitchen",
+        "stock": 8,
+    },
+    {
+        "name": "Chef's Knife",
+        "description": "A 20 cm carbon steel blade with a walnut handle.",
+        "price": 79.00,
+        "category": "kitchen",
+        "stock": 3,
+    },
+    {
+        "name": "Copper Kettle",
+        "description": "Whistles when the water boils.",
+        "price": 34.99,
+        "category": "kitchen",
+        "stock": 0,
+    },
+    {
+        "name": "Tea Towel Set",
+        "description": "Three linen towels in stripes.",
+        "price": 9.50,
+        "category": "kitchen",
+        "stock": 30,
+    },
+    {
+        "name": "Watering Can",
+        "description": "Galvanised steel, 5 litres, with a brass rose.",
+        "price": 24.99,
+        "category": "garden",
+        "stock": 12,
+    },
+    {
+        "name": "Pruning Shears",
+        "description": "Bypass shears for stems up to 2 cm.",
+        "price": 19.99,
+        "category": "garden",
+        "stock": 4,
+    },
+    {
+        "name": "Seed Starter Kit",
+        "description": "Trays, pots and compost for forty seedlings.",
+        "price": 12.75,
+        "category": "garden",
+        "stock": 40,
+    },
+    {
+        "name": "The Patient Gardener",
+        "description": "A year of small jobs in a small garden, in 240 pages.",
+        "price": 29.95,
+        "category": "books",
+        "stock": 15,
+    },
+    {
+        "name": "Pocket Notebook",
+        "description": "Dotted pages, 9 x 14 cm, lies flat.",
+        "price": 4.99,
+        "category": "books",
+        "stock": 100,
+        "imageUrl": MISSING_IMAGE,
+    },
+    {
+        "name": "Desk Lamp",
+        "description": "An adjustable arm and a warm LED.",
+        "price": 39.99,
+        "category": "home",
+        "stock": 6,
+    },
+    {
+        "name": "Wool Throw Blanket",
+        "description": "130 x 170 cm of undyed wool.",
+        "price": 59.00,
+        "category": "home",
+        "stock": 9,
+    },
+    {
+        "name": "Insulated Travel Mug",
+        "description": "Keeps tea hot for six hours.",
+        "price": 27.50,
+        "category": "outdoors",
+        "stock": 14,
+    },
+    {
+        "name": SCRIPT_NAME,
+        "description": "A name that is markup: every page must show it as plain text.",
+        "price": 9.99,
+        "category": "curiosities",
+        "stock": 5,
+    },
+]
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: int
+    email: str
+    first_name: str
+    token: str
+    password: str = PASSWORD
+
+
+@dataclass(frozen=True)
+class Shop:
+    """The shop `shopctl up` started, reached over HTTP as any client would."""
+
+    url: str
+    data_dir: Path
+    admin_password: str
+    admin_token: str
+    products: dict[str, dict[str, Any]]  # the seed catalogue by name, as created
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        expected_status: int = 200,
+    ) -> dict[str, Any]:
+        """The whole JSON envelope of an API call through the gateway, status checked."""
+        status, reply = http(method, self.url + path, body, token)
+        assert status == expected_status, f"{method} {path}: {status} {reply}"
+        return reply
+
+    def create_product(self, **fields: Any) -> dict[str, Any]:
+        body = {"description": "Made for a browser test.", "category": "test", **fields}
+        return self.api("POST", "/api/products", body, token=self.admin_token, expected_status=201)[
+            "data"
+        ]
+
+    def stock(self, product_id: str) -> int:
+        return self.api("GET", f"/api/products/{product_id}")["data"]["stock"]
+
+    def register_customer(self, first_name: str = "Ann", last_name: str = "Shopper") -> Customer:
+        email = f"{first_name.lower()}.{uuid.uuid4().hex[:10]}@example.com"
+        body = {
+            "email": email,
+            "password": PASSWORD,
+            "first_name": first_name,
+            "last_name": last_name,
+        }
+        data = self.api("POST", "/api/users/register", body, expected_status=201)["data"]
+        return Customer(data["user"]["id"], email, first_name, data["token"])
+
+    def add_to_cart(self, customer: Customer, product_id: str, quantity: int) -> None:
+        body = {"product_id": product_id, "quantity": quantity}
+        self.api("POST", f"/api/cart/{customer.id}/items", body, token=customer.token)
+
+    def cart(self, customer: Customer) -> dict[str, Any]:
+        return self.api("GET", f"/api/cart/{customer.id}", token=customer.token)["data"]
+
+    def place_order(self, customer: Customer, items: list[tuple[str, int]]) -> dict[str, Any]:
+        body = {"items": [{"product_id": pid, "quantity": quantity} for pid, quantity in items]}
+        reply = self.api("POST", "/api/orders", body, token=customer.token, expected_status=201)
+        return reply["data"]
+
+    def orders_of(self, customer: Customer) -> list[dict[str, Any]]:
+        path = f"/api/orders/user/{customer.id}?limit=100"
+        return self.api("GET", path, token=customer.token)["data"]
+
+    def order(self, order_id: int | str) -> dict[str, Any]:
+        return self.api("GET", f"/api/orders/{order_id}", token=self.admin_token)["data"]
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+def flash(page: Page) -> Locator:
+    """The flash messages' live region."""
+    return page.get_by_role("status")
+
+
+def heading(page: Page) -> Locator:
+    return page.get_by_role("heading", level=1)
+
+
+def card_names(page: Page) -> Locator:
+    """The names on the catalogue's product cards, in page order."""
+    return page.get_by_role("article").get_by_role("heading", level=2)
+
+
+def log_in(page: Page, email: str, password: str) -> None:
+    """Log in through the login form, as a person would."""
+    page.goto("/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(flash(page)).to_contain_text("Welcome back")
+
+
+def accept_next_dialog(page: Page) -> list[str]:
+    """Say OK to the next confirm() the page asks; the list gets its question."""
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    return questions
+
+
+CONFIRMATION_URL = re.compile(r"/orders/(\d+)/confirmation$")
+
+
+def confirmed_order_id(page: Page) -> int:
+    """The order id of the confirmation page the browser is on."""
+    expect(page).to_have_url(CONFIRMATION_URL)
+    expect(heading(page)).to_have_text("Thank you for your order!")
+    match = CONFIRMATION_URL.search(page.url)
+    assert match is not None, page.url
+    return int(match.group(1))
+
+
+def checkout_form_fields(page: Page) -> dict[str, str]:
+    """The hidden fields of the cart's checkout form (CSRF token, idempotency key); hidden
+    inputs have no role or label, so they are found by name."""
+    form = page.locator("form[action='/checkout']")
+    return {
+        name: form.locator(f"input[name='{name}']").input_value()
+        for name in ("csrf_token", "idempotency_key")
+    }
