@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -74,17 +74,24 @@ def postgres_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield uri
 
 
-@pytest.fixture
-async def postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """A database of this test's own (the service migrates it), dropped afterwards."""
+@asynccontextmanager
+async def throwaway_database(server_uri: str) -> AsyncIterator[str]:
+    """A new empty database on the server, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(postgres_server_uri)
+    connection = await asyncpg.connect(server_uri)
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')
-        yield embedded.database_url(postgres_server_uri, name)
+        yield embedded.database_url(server_uri, name)
         await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
+    """A database of this test's own (the service migrates it), dropped afterwards."""
+    async with throwaway_database(postgres_server_uri) as uri:
+        yield uri
 
 
 def service_env(**values: str) -> dict[str, str]:
@@ -202,14 +209,8 @@ async def cart(aiohttp_client: Any, cart_settings: CartSettings) -> TestClient:
 async def orders_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
     """A second database of this test's own, for the order service (postgres_uri is the user
     service's: both keep a schema_migrations table), dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(postgres_server_uri)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-        yield embedded.database_url(postgres_server_uri, name)
-        await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    async with throwaway_database(postgres_server_uri) as uri:
+        yield uri
 
 
 @pytest.fixture
