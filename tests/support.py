@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -9,6 +11,16 @@ from aiohttp.test_utils import TestClient
 JWT_SECRET = "test-secret-" + "x" * 60
 ADMIN_EMAIL = "boss@shop.test"
 ADMIN_PASSWORD = "correct horse battery staple"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` once ``within`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not happen within {within} s")
+        await asyncio.sleep(0.01)
 
 
 def bearer(token: str) -> dict[str, str]:
