@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -25,6 +26,29 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def forged(claims: dict[str, Any], *, secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
+    """A token with an admin's claims, changed by ``claims``, signed as asked: for attacks."""
+    import jwt
+
+    now = datetime.now(UTC)
+    base = {
+        "sub": "1",
+        "email": "admin@shop.test",
+        "role": "admin",
+        "iat": now,
+        "exp": now + timedelta(hours=1),
+    }
+    return jwt.encode({**base, **claims}, secret, algorithm=algorithm)
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """The same claims under ``alg: none``, with no signature."""
+    import jwt
+
+    header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    return f"{header}.{forged(claims).split('.')[1]}."
 
 
 def customer(user_id: int) -> dict[str, str]:

@@ -12,7 +12,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient
-from support import JWT_SECRET, bearer, call, create_product, product_body
+from support import JWT_SECRET, bearer, call, create_product, forged, product_body, unsigned
 
 from shopkit.auth import issue_token
 from svc_product.schemas import CategoryOut, ProductOut
@@ -383,24 +383,6 @@ async def test_stock_race_never_goes_below_zero(
 
 
 # -- who may do what --------------------------------------------------------------------------
-
-
-def forged(claims: dict[str, Any], *, secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
-    now = datetime.now(UTC)
-    base = {
-        "sub": "1",
-        "email": "admin@shop.test",
-        "role": "admin",
-        "iat": now,
-        "exp": now + timedelta(hours=1),
-    }
-    return jwt.encode({**base, **claims}, secret, algorithm=algorithm)
-
-
-def unsigned(claims: dict[str, Any]) -> str:
-    token = forged(claims)
-    header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
-    return f"{header}.{token.split('.')[1]}."
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, call
+from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, call, forged, unsigned
 
 from shopkit.auth import service_token
 from svc_user.app import UserSettings
@@ -254,23 +254,6 @@ async def test_profile_is_the_callers_own(user: TestClient) -> None:
         user, "GET", "/api/users/profile", headers=bearer(bob["token"]), expected_status=200
     )
     assert theirs["data"]["first_name"] == "Bob"
-
-
-def forged(claims: dict[str, Any], *, secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
-    now = datetime.now(UTC)
-    base = {
-        "sub": "1",
-        "email": "ann@shop.test",
-        "role": "customer",
-        "iat": now,
-        "exp": now + timedelta(hours=1),
-    }
-    return jwt.encode({**base, **claims}, secret, algorithm=algorithm)
-
-
-def unsigned(claims: dict[str, Any]) -> str:
-    header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
-    return f"{header}.{forged(claims).split('.')[1]}."
 
 
 async def test_token_attacks_are_401(user: TestClient, postgres_uri: str) -> None:
