@@ -47,10 +47,8 @@ import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import drivers  # noqa: E402 - sibling modules (this is a script), imported after the flag
 import harness  # noqa: E402
-import pymongo  # noqa: E402
 import redis  # noqa: E402
 from harness import BenchmarkError, err  # noqa: E402
-from pymongo.errors import PyMongoError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -103,34 +101,13 @@ class Backing:
 @contextlib.contextmanager
 def mongo_database(backing: Backing, work_dir: Path) -> Iterator[None]:
     """MONGODB_URI's server with a fresh database (dropped afterwards), else nx-27017 in memory."""
-    given = os.environ.get("MONGODB_URI")
-    if given:
-        name = f"shop_checkout_{secrets.token_hex(4)}"
-        backing.mongo_uri = embedded.database_url(given, name)
-        backing.described["MongoDB"] = f"MONGODB_URI {mask_url(backing.mongo_uri)}"
-        if (pid := harness.listening_pid(given, 27017)) is not None:
+    with harness.mongo_database(work_dir, "shop_checkout", "products") as (uri, described, server):
+        backing.mongo_uri = uri
+        backing.described["MongoDB"] = described
+        pid = server.pid if server else harness.listening_pid(uri, 27017)
+        if pid is not None:
             backing.pids["mongodb"] = pid
-        try:
-            yield
-        finally:
-            with (
-                contextlib.suppress(PyMongoError),
-                pymongo.MongoClient(given, serverSelectionTimeoutMS=5000) as client,
-            ):
-                client.drop_database(name)
-        return
-    err.print("starting the embedded MongoDB-protocol server (nx-27017, in memory)")
-    try:
-        server = embedded.start_mongo(None, log_dir=work_dir / "mongodb")
-    except embedded.EmbeddedServerError as exc:
-        raise BenchmarkError(str(exc)) from None
-    try:
-        backing.mongo_uri = embedded.database_url(server.uri, "products")
-        backing.described["MongoDB"] = "nx-27017, in memory"
-        backing.pids["mongodb"] = server.pid
         yield
-    finally:
-        server.stop()
 
 
 def _redis_answers(url: str) -> bool:

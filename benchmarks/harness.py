@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -24,10 +25,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import drivers
 import psutil
+import pymongo
+from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.table import Table
 
 from shopctl import embedded, processes
+from shopkit.logs import mask_url
 
 err = Console(stderr=True, highlight=False)
 
@@ -288,3 +292,39 @@ class CpuMeter:
         cpu["driver"] = (_driver_cpu_seconds() - self._driver_before) / wall
         cpu["other"] = max(0.0, busy - sum(cpu.values()))
         return cpu
+
+
+@contextlib.contextmanager
+def mongo_database(
+    work_dir: Path, prefix: str, embedded_name: str
+) -> Iterator[tuple[str, str, processes.ManagedProcess | None]]:
+    """(URI of a fresh database, a description, the server process if we started it):
+    MONGODB_URI's server with a database made up for the run (dropped afterwards), else
+    nx-27017 in memory."""
+    given = os.environ.get("MONGODB_URI")
+    if given:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        uri = embedded.database_url(given, name)
+        try:
+            yield uri, f"MONGODB_URI {mask_url(uri)}", None
+        finally:
+            # If the server went away there is nothing to drop (and nothing to add to the error).
+            with (
+                contextlib.suppress(PyMongoError),
+                pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client,
+            ):
+                client.drop_database(name)
+        return
+    err.print("starting the embedded MongoDB-protocol server (nx-27017, in memory)")
+    try:
+        server = embedded.start_mongo(None, log_dir=work_dir / "mongodb")
+    except embedded.EmbeddedServerError as exc:
+        raise BenchmarkError(str(exc)) from None
+    try:
+        yield (
+            embedded.database_url(server.uri, embedded_name),
+            "nx-27017, in memory",
+            server.process,
+        )
+    finally:
+        server.stop()

@@ -39,7 +39,7 @@ from pymongo.errors import PyMongoError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from shopctl import embedded, processes  # noqa: E402
+from shopctl import processes  # noqa: E402
 from shopkit.logs import mask_url  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -95,39 +95,13 @@ def seed_products(uri: str, count: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def datastore(work_dir: Path) -> Iterator[tuple[str, str, processes.ManagedProcess | None]]:
-    """(URI of a fresh database, a description, the server process if we started it)."""
-    given = os.environ.get("MONGODB_URI")
-    if given:
-        name = f"shop_benchmark_{secrets.token_hex(4)}"
-        uri = embedded.database_url(given, name)
-        try:
-            yield uri, f"MONGODB_URI {mask_url(uri)}", None
-        finally:
-            # If the server went away there is nothing to drop (and nothing to add to the error).
-            with (
-                contextlib.suppress(PyMongoError),
-                pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client,
-            ):
-                client.drop_database(name)
-        return
-    err.print("starting the embedded MongoDB-protocol server (nx-27017, in memory)")
-    try:
-        server = embedded.start_mongo(None, log_dir=work_dir / "mongodb")
-    except embedded.EmbeddedServerError as exc:
-        raise BenchmarkError(str(exc)) from None
-    try:
-        yield embedded.database_url(server.uri, "benchmark"), "nx-27017, in memory", server.process
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
 def start_stack(products: int) -> Iterator[Stack]:
     """The datastore, seeded, and the three apps answering; all stopped when the block ends."""
     with contextlib.ExitStack() as cleanup:
         work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="shop-bench-")))
-        mongo_uri, described, mongo_process = cleanup.enter_context(datastore(work_dir))
+        mongo_uri, described, mongo_process = cleanup.enter_context(
+            harness.mongo_database(work_dir, "shop_benchmark", "benchmark")
+        )
         err.print(f"seeding {products} products")
         stack = Stack(work_dir, mongo_uri, seed_products(mongo_uri, products))
         stack.datastore = described
