@@ -662,10 +662,10 @@ def run_all(args: argparse.Namespace, use_wrk: bool) -> tuple[Bench, list[Refusa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, harness.interrupt)
-    if args.driver == "wrk" and not drivers.wrk_available():
+    use_wrk = drivers.use_wrk(args.driver)
+    if use_wrk is None:
         err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
         return 1
-    use_wrk = args.driver == "wrk" or (args.driver == "auto" and drivers.wrk_available())
     err.print(f"profile reads driven by {'wrk' if use_wrk else 'the Python aiohttp driver'}")
     try:
         bench, refusals = run_all(args, use_wrk)

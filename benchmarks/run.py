@@ -337,10 +337,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, harness.interrupt)
-    if args.driver == "wrk" and not drivers.wrk_available():
+    use_wrk = drivers.use_wrk(args.driver)
+    if use_wrk is None:
         err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
         return 1
-    use_wrk = args.driver == "wrk" or (args.driver == "auto" and drivers.wrk_available())
     http_driver = "wrk" if use_wrk else "the Python aiohttp driver (no wrk on PATH)"
     err.print(f"HTTP load from {http_driver}")
     if not use_wrk:
