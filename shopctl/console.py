@@ -9,6 +9,14 @@ from dataclasses import dataclass
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from shopctl.errors import ShopctlError
 
@@ -42,3 +50,15 @@ def failures_reported(consoles: Consoles) -> Iterator[None]:
     except ShopctlError as error:
         consoles.err.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress display long commands share: what, a bar, done/total, time so far."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from shopctl.checkout import checkout
 from shopctl.console import Consoles
 from shopctl.down import down
+from shopctl.envs import env_app
+from shopctl.seed import seed
 from shopctl.status import status
 from shopctl.up import up
 
@@ -27,3 +30,6 @@ def main(ctx: typer.Context) -> None:
 app.command()(up)
 app.command()(down)
 app.command()(status)
+app.command()(seed)
+app.command()(checkout)
+app.add_typer(env_app)

@@ -47,3 +47,26 @@ BasePort = Annotated[
         max=65535 - max(service.port_offset for service in SERVICES),
     ),
 ]
+
+EnvName = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        "-e",
+        help="The environment to target, by name from shopctl.toml (see `shopctl env list`); "
+        "default: local, the shop `shopctl up` runs. Example: --env staging",
+        envvar="SHOP_ENV",
+        show_default=False,
+    ),
+]
+
+TargetUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="A gateway's URL to target instead of a named environment (or to override its "
+        "URL). Example: --url http://127.0.0.1:3000",
+        envvar="SHOP_URL",
+        show_default=False,
+    ),
+]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shopctl import embedded, local_secrets, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
+from shopctl.environments import DEFAULT_ADMIN_EMAIL
 from shopctl.errors import ShopctlError
 from shopctl.probes import ServiceHealth, check_services
 from shopctl.services import (
@@ -25,7 +26,6 @@ from shopctl.services import (
 from shopctl.state import RunningService, ShopState, load_state
 from shopkit.logs import mask_url
 
-DEFAULT_ADMIN_EMAIL = "admin@shop.local"
 LOG_TAIL_LINES = 15
 
 Report = Callable[[str], None]

@@ -2,36 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from shopctl import probes, views
 from shopctl.console import Consoles, failures_reported, get_consoles
+from shopctl.environments import resolve_environment
 from shopctl.errors import ShopctlError
-from shopctl.options import DataDir
+from shopctl.options import DataDir, EnvName, TargetUrl
 from shopctl.state import load_state
 
 
 def status(
     ctx: typer.Context,
     data_dir: DataDir,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            "--url",
-            help="A gateway's URL: show what its /ready reports about each backend.",
-            envvar="SHOP_URL",
-        ),
-    ] = None,
+    env: EnvName = None,
+    url: TargetUrl = None,
 ) -> None:
     """Show each service's health, readiness, PID and uptime.
 
-    Exits 1 unless every service (or, with --url, the gateway) is ready.
+    For the local shop it probes every service; for another environment (or --url) it
+    shows what the gateway's /ready reports about each backend. Exits 1 unless all are
+    ready.
+
+    Examples: shopctl status; shopctl status --env staging
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):
-        ready = _gateway_status(url, consoles) if url else _local_status(data_dir, consoles)
+        target = resolve_environment(env, url, data_dir)
+        if target.is_local and url is None:
+            ready = _local_status(data_dir, consoles)
+        else:
+            ready = _gateway_status(target.url, consoles)
     if not ready:
         raise typer.Exit(1)
 
