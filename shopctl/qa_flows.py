@@ -1,0 +1,616 @@
+"""Scripted shoppers for `shopctl checkout`.
+
+Each shopper signs up (or, on a rerun with the same --seed, logs in), browses and searches
+the catalogue, fills a cart and checks out, then reads its order back; every answer is
+checked against the contract (status, envelope, exact totals from the prices it saw, an
+emptied cart). Scenarios vary the ending: a cancel that must restock, a retried checkout
+that must not buy twice, and a product with too little stock for everyone who wants it.
+
+The run keeps a ledger of the units its orders bought; at the end, for every product it
+touched, units sold + stock left must equal the stock at the start. That holds only if
+nobody else buys those products during the run: point it at a shop QA owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from shopctl.errors import ShopctlError
+from shopctl.qa_report import Recorder, RunSummary, StockCheck
+from shopctl.shop_client import Reply, ShopClient, list_all_products
+
+CENTS = Decimal("0.01")
+POOL_SIZE = 24
+MIN_POOL_STOCK = 10
+MAX_LINES = 3
+MAX_QUANTITY = 2
+SCARCE_CATEGORY = "QA"
+SOLD_OUT = "insufficient_stock"
+
+
+class Scenario(StrEnum):
+    HAPPY = "happy"
+    SHORT_STOCK = "short-stock"
+    CANCEL = "cancel"
+    RETRY = "idempotent-retry"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    users: int
+    concurrency: int
+    duration: float | None
+    seed: int
+    scenarios: list[Scenario]
+
+    @property
+    def password(self) -> str:
+        """The shoppers' password: the same for a given seed, so a rerun can log in."""
+        return f"qa-shopper-{self.seed}"
+
+    def scenario_of(self, number: int) -> Scenario:
+        return self.scenarios[(number - 1) % len(self.scenarios)]
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass
+class Ledger:
+    """What this run's orders did: units sold by product id, orders by outcome."""
+
+    sold: Counter[str] = field(default_factory=Counter)
+    placed: int = 0
+    cancelled: int = 0
+    sold_out: int = 0
+
+
+@dataclass(frozen=True)
+class Line:
+    product: dict[str, Any]
+    quantity: int
+
+    @property
+    def product_id(self) -> str:
+        return self.product["id"]
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(str(self.product["price"]))
+
+    @property
+    def subtotal(self) -> Decimal:
+        return (self.price * self.quantity).quantize(CENTS)
+
+
+def money(value: Any) -> Decimal:
+    """A JSON number from the shop as an exact Decimal (the client parses floats that way)."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise InvalidOperation(f"{value!r} is not a number")
+    return Decimal(value)
+
+
+class QaRun:
+    """One run: the client, what it measures, the products it plays with, its ledger."""
+
+    def __init__(self, client: ShopClient, config: RunConfig) -> None:
+        self.client = client
+        self.config = config
+        self.recorder = Recorder()
+        self.ledger = Ledger()
+        self.pool: list[dict[str, Any]] = []
+        self.catalogue_size = 0
+        self.scarce: dict[str, Any] | None = None
+        self.admin_token: str | None = None
+        self.stock_at_start: dict[str, int] = {}
+        self.sessions = 0
+
+    def products_touched(self) -> list[dict[str, Any]]:
+        return [*self.pool, *([self.scarce] if self.scarce else [])]
+
+
+class Shopper:
+    """One virtual user: its account, its token, and the scenario it plays."""
+
+    def __init__(self, run: QaRun, number: int) -> None:
+        self.run = run
+        self.number = number
+        self.scenario = run.config.scenario_of(number)
+        self.label = f"shopper {number}"
+        self.email = f"qa-{run.config.seed}-{number}@example.com"
+        self.token: str | None = None
+        self.user_id: int | None = None
+        self.iteration = 0
+        self.step = ""
+
+    # -- calls and checks ------------------------------------------------------------------
+
+    async def call(
+        self, step: str, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs
+    ) -> Reply:
+        """Make a call as this shopper, time it under `step`, and check its status and its
+        envelope; anything unexpected ends the session as a failure of `step`."""
+        self.step = step
+        reply = await self.run.client.call(method, path, token=self.token, **kwargs)
+        self.run.recorder.timed(step, reply.seconds)
+        if reply.status not in expect:
+            wanted = " or ".join(map(str, expect))
+            raise StepFailed(step, f"expected {wanted}: {reply.describe()}", reply.request_id)
+        body = reply.body
+        envelope_ok = isinstance(body, dict) and body.get("success") is reply.ok
+        if reply.ok:
+            envelope_ok = envelope_ok and "data" in body
+        else:
+            envelope_ok = envelope_ok and isinstance(body.get("error"), str) and "code" in body
+        self.check(envelope_ok, reply, f"not the JSON envelope: {str(body)[:120]}")
+        return reply
+
+    def check(self, condition: bool, reply: Reply, message: str) -> None:
+        if not condition:
+            raise StepFailed(self.step, f"{reply.method} {reply.path}: {message}", reply.request_id)
+
+    def rng(self, purpose: str) -> random.Random:
+        """Randomness that depends only on the seed, this shopper and this iteration."""
+        return random.Random(f"{self.run.config.seed}:{self.number}:{self.iteration}:{purpose}")
+
+    def plan(self) -> list[Line]:
+        """The products and quantities this iteration buys (for the pool scenarios)."""
+        rng = self.rng("cart")
+        count = rng.randint(1, min(MAX_LINES, len(self.run.pool)))
+        products = rng.sample(self.run.pool, count)
+        return [Line(product, rng.randint(1, MAX_QUANTITY)) for product in products]
+
+    # -- one session -------------------------------------------------------------------------
+
+    async def session(self) -> None:
+        """Sign in if needed, then play the scenario once; a failure is recorded, not raised."""
+        try:
+            if self.token is None:
+                await self.sign_in()
+            await SCENARIOS[self.scenario](self)
+        except StepFailed as failure:
+            self.run.recorder.failed(failure.step, self.label, failure.message, failure.request_id)
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as error:
+            self.run.recorder.failed(self.step, self.label, f"malformed answer: {error!r}")
+        finally:
+            self.iteration += 1
+            self.run.sessions += 1
+
+    async def sign_in(self) -> None:
+        account = {
+            "email": self.email,
+            "password": self.run.config.password,
+            "first_name": "QA",
+            "last_name": f"Shopper {self.number}",
+        }
+        reply = await self.call(
+            "register", "POST", "/api/users/register", json_body=account, expect=(201, 409)
+        )
+        if reply.status == 409:
+            credentials = {"email": self.email, "password": self.run.config.password}
+            reply = await self.call("login", "POST", "/api/users/login", json_body=credentials)
+        user = reply.data["user"]
+        self.check(user["email"] == self.email, reply, f"signed in as {user['email']}")
+        self.check(user["role"] == "customer", reply, f"role is {user['role']!r}")
+        self.check(not any("password" in key for key in user), reply, "it shows a password")
+        self.token = reply.data["token"]
+        self.user_id = int(user["id"])
+        # A rerun with the same --seed logs in again: start from an empty cart.
+        cart = await self.read_cart("read cart")
+        if cart["items"]:
+            await self.call("clear cart", "DELETE", f"/api/cart/{self.user_id}")
+
+    async def browse(self) -> None:
+        rng = self.rng("browse")
+        pages = max(1, math.ceil(self.run.catalogue_size / 20))
+        page = rng.randint(1, min(pages, 5))
+        params = {"page": str(page), "limit": "20"}
+        reply = await self.call("browse", "GET", "/api/products", params=params)
+        body = reply.body
+        self.check(body["page"] == page and body["limit"] == 20, reply, "wrong page or limit")
+        self.check(body["count"] == len(reply.data), reply, "count is not the page's length")
+        reply = await self.call("categories", "GET", "/api/products/categories")
+        self.check(all(c["count"] >= 1 for c in reply.data), reply, "an empty category")
+
+    async def search(self, product: dict[str, Any]) -> None:
+        params = {"q": product["name"], "limit": "100"}
+        reply = await self.call("search", "GET", "/api/products", params=params)
+        found = {item["id"] for item in reply.data}
+        self.check(product["id"] in found, reply, f"searching {product['name']!r} misses it")
+
+    async def view(self, product_id: str) -> dict[str, Any]:
+        reply = await self.call("view product", "GET", f"/api/products/{product_id}")
+        product = reply.data
+        self.check(product["id"] == product_id, reply, f"answered product {product['id']}")
+        self.check(money(product["price"]) > 0, reply, f"price {product['price']}")
+        return product
+
+    async def read_cart(self, step: str) -> dict[str, Any]:
+        reply = await self.call(step, "GET", f"/api/cart/{self.user_id}")
+        cart = reply.data
+        self.check(cart["user_id"] == self.user_id, reply, f"cart of user {cart['user_id']}")
+        return cart
+
+    async def fill_cart(self, lines: list[Line]) -> None:
+        for line in lines:
+            body = {"product_id": line.product_id, "quantity": line.quantity}
+            await self.call(
+                "add to cart", "POST", f"/api/cart/{self.user_id}/items", json_body=body
+            )
+        reply = await self.call("read cart", "GET", f"/api/cart/{self.user_id}")
+        self.check_cart(reply, lines)
+
+    def check_cart(self, reply: Reply, lines: list[Line]) -> None:
+        """The cart holds exactly `lines`, at the prices seen, with exact sums."""
+        cart = reply.data
+        items = {item["product_id"]: item for item in cart["items"]}
+        self.check(set(items) == {line.product_id for line in lines}, reply, "wrong products")
+        for line in lines:
+            item = items[line.product_id]
+            self.check(item["quantity"] == line.quantity, reply, f"quantity {item['quantity']}")
+            self.check(money(item["price"]) == line.price, reply, f"price {item['price']}")
+            subtotal = money(item["subtotal"])
+            self.check(subtotal == line.subtotal, reply, f"subtotal {subtotal} not {line.subtotal}")
+        total = sum((line.subtotal for line in lines), Decimal("0.00"))
+        self.check(money(cart["total"]) == total, reply, f"total {cart['total']} not {total}")
+        units = sum(line.quantity for line in lines)
+        self.check(cart["item_count"] == units, reply, f"item_count {cart['item_count']}")
+
+    def idempotency_key(self) -> dict[str, str]:
+        return {"Idempotency-Key": f"{self.run.client.run_id}-{self.number}-{self.iteration}"}
+
+    async def checkout(self, lines: list[Line], step: str = "checkout") -> dict[str, Any]:
+        reply = await self.call(
+            step, "POST", "/api/orders", json_body={}, headers=self.idempotency_key(), expect=(201,)
+        )
+        order = self.check_order(reply, lines)
+        self.record_sale(order, lines)
+        return order
+
+    def check_order(self, reply: Reply, lines: list[Line]) -> dict[str, Any]:
+        """A placed order: pending, ours, exactly the lines at the prices seen."""
+        order = reply.data
+        self.check(order["status"] == "pending", reply, f"status {order['status']!r}")
+        self.check(order["user_id"] == self.user_id, reply, f"user_id {order['user_id']}")
+        expected = {line.product_id: line for line in lines}
+        got = {item["product_id"]: item for item in order["items"]}
+        self.check(set(got) == set(expected), reply, "the order's products are not the cart's")
+        for product_id, item in got.items():
+            line = expected[product_id]
+            self.check(item["quantity"] == line.quantity, reply, f"quantity {item['quantity']}")
+            self.check(money(item["price"]) == line.price, reply, f"price {item['price']}")
+            self.check(item["product_name"] == line.product["name"], reply, "wrong name")
+        total = sum((line.subtotal for line in lines), Decimal("0.00"))
+        got_total = money(order["total_amount"])
+        self.check(got_total == total, reply, f"total_amount {got_total}, expected {total}")
+        return order
+
+    def record_sale(self, order: dict[str, Any], lines: list[Line]) -> None:
+        self.run.ledger.placed += 1
+        for line in lines:
+            self.run.ledger.sold[line.product_id] += line.quantity
+
+    async def after_checkout(self, order: dict[str, Any]) -> None:
+        """The cart is empty and the order reads back as placed, also in the list."""
+        cart = await self.read_cart("cart emptied")
+        if cart["items"]:
+            raise StepFailed("cart emptied", f"{len(cart['items'])} lines still in the cart")
+        reply = await self.call("read order", "GET", f"/api/orders/{order['id']}")
+        self.check(reply.data["id"] == order["id"], reply, "another order")
+        self.check(money(reply.data["total_amount"]) == money(order["total_amount"]), reply, "")
+        reply = await self.call("list orders", "GET", "/api/orders", params={"limit": "100"})
+        self.check(order["id"] in {o["id"] for o in reply.data}, reply, "the order is missing")
+
+    async def shop(self) -> tuple[list[Line], dict[str, Any]]:
+        """Browse, search, view, fill the cart, check out: the start of every pool scenario."""
+        lines = self.plan()
+        await self.browse()
+        await self.search(lines[0].product)
+        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
+        await self.fill_cart(seen)
+        return seen, await self.checkout(seen)
+
+    # -- scenarios ---------------------------------------------------------------------------
+
+    async def happy(self) -> None:
+        _, order = await self.shop()
+        await self.after_checkout(order)
+
+    async def cancel(self) -> None:
+        lines, order = await self.shop()
+        await self.after_checkout(order)
+        reply = await self.call(
+            "cancel",
+            "PATCH",
+            f"/api/orders/{order['id']}/status",
+            json_body={"status": "cancelled"},
+        )
+        self.check(reply.data["status"] == "cancelled", reply, f"status {reply.data['status']}")
+        history = [entry["status"] for entry in reply.data["history"]]
+        self.check(history[-1] == "cancelled", reply, f"history {history}")
+        self.run.ledger.cancelled += 1
+        for line in lines:
+            self.run.ledger.sold[line.product_id] -= line.quantity
+
+    async def retry(self) -> None:
+        """A checkout sent twice at once, then once more later, with one Idempotency-Key:
+        one order, one sale."""
+        lines = self.plan()
+        await self.browse()
+        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
+        await self.fill_cart(seen)
+        key = self.idempotency_key()
+
+        async def send() -> Reply:
+            return await self.call(
+                "checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
+            )
+
+        first, second = await asyncio.gather(send(), send())
+        orders = [self.check_order(reply, seen) for reply in (first, second)]
+        self.check(orders[0]["id"] == orders[1]["id"], second, "two orders for one key")
+        self.record_sale(orders[0], seen)
+        again = await self.call(
+            "retry checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
+        )
+        self.check(again.data["id"] == orders[0]["id"], again, "a retry made a new order")
+        replayed = again.headers.get("Idempotent-Replayed")
+        self.check(replayed == "true", again, "a retry not marked Idempotent-Replayed")
+        await self.after_checkout(orders[0])
+
+    async def short_stock(self) -> None:
+        """Everyone wants one unit of a product with stock for half of them: the shop must
+        sell exactly its stock and refuse the rest with 409, leaving their carts alone."""
+        scarce = self.run.scarce
+        assert scarce is not None
+        product = await self.view(scarce["id"])
+        line = Line(product, 1)
+        body = {"product_id": line.product_id, "quantity": 1}
+        path = f"/api/cart/{self.user_id}/items"
+        reply = await self.call("add to cart", "POST", path, json_body=body, expect=(200, 409))
+        if reply.status == 409:
+            await self.check_sold_out(reply)
+            return
+        reply = await self.call(
+            "checkout",
+            "POST",
+            "/api/orders",
+            json_body={},
+            headers=self.idempotency_key(),
+            expect=(201, 409),
+        )
+        if reply.status == 409:
+            await self.check_sold_out(reply)
+            kept = await self.call("cart kept", "GET", f"/api/cart/{self.user_id}")
+            self.check_cart(kept, [line])
+            await self.call("clear cart", "DELETE", f"/api/cart/{self.user_id}")
+            return
+        order = self.check_order(reply, [line])
+        self.record_sale(order, [line])
+        await self.after_checkout(order)
+
+    async def check_sold_out(self, refusal: Reply) -> None:
+        """A refusal must say insufficient_stock, and be true: stock only falls during the
+        run, so any stock seen after the refusal was there before it."""
+        self.check(refusal.code == SOLD_OUT, refusal, f"refused with code {refusal.code!r}")
+        assert self.run.scarce is not None
+        reply = await self.call("view product", "GET", f"/api/products/{self.run.scarce['id']}")
+        left = reply.data["stock"]
+        self.check(left == 0, refusal, f"refused for lack of stock, but {left} are left")
+        self.run.ledger.sold_out += 1
+
+
+SCENARIOS: dict[Scenario, Callable[[Shopper], Any]] = {
+    Scenario.HAPPY: Shopper.happy,
+    Scenario.SHORT_STOCK: Shopper.short_stock,
+    Scenario.CANCEL: Shopper.cancel,
+    Scenario.RETRY: Shopper.retry,
+}
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def check_ready(client: ShopClient) -> None:
+    """Refuse to start against a shop that says it is not ready, naming what is down."""
+    reply = await client.call("GET", "/ready")
+    if reply.status is None:
+        raise ShopctlError(f"the shop at {client.base_url} does not answer: {reply.error}")
+    if reply.status == 200:
+        return
+    backends = (reply.data or {}).get("backends") if isinstance(reply.data, dict) else None
+    down = [
+        name
+        for name, report in (backends or {}).items()
+        if not (isinstance(report, dict) and report.get("ready"))
+    ]
+    which = f": {', '.join(down)} not ready" if down else f" ({reply.describe()})"
+    raise ShopctlError(
+        f"the shop at {client.base_url} is not ready{which}; no shopper was started "
+        f"[request {reply.request_id}]"
+    )
+
+
+async def prepare(run: QaRun) -> None:
+    """Pick the products to play with and note their stock; make the scarce product."""
+    catalogue = await list_all_products(run.client)
+    run.catalogue_size = len(catalogue)
+    plenty = sorted(
+        (p for p in catalogue if p["stock"] >= MIN_POOL_STOCK and p["category"] != SCARCE_CATEGORY),
+        key=lambda product: product["id"],
+    )
+    pool_scenarios = set(run.config.scenarios) - {Scenario.SHORT_STOCK}
+    if pool_scenarios and not plenty:
+        raise ShopctlError(
+            f"no product at {run.client.base_url} has {MIN_POOL_STOCK} or more in stock; "
+            "load the demo catalogue first: shopctl seed"
+        )
+    chooser = random.Random(run.config.seed)
+    run.pool = chooser.sample(plenty, min(POOL_SIZE, len(plenty))) if pool_scenarios else []
+    if pool_scenarios and run.config.duration is None:
+        check_enough_stock(run)
+    if Scenario.SHORT_STOCK in run.config.scenarios:
+        run.scarce = await create_scarce_product(run)
+    for product in run.products_touched():
+        run.stock_at_start[product["id"]] = product["stock"]
+
+
+def check_enough_stock(run: QaRun) -> None:
+    """With a fixed number of shoppers, every cart is known in advance: make sure the shop
+    can sell them all, so a sold-out product is never mistaken for a failure."""
+    wanted: Counter[str] = Counter()
+    for number in range(1, run.config.users + 1):
+        shopper = Shopper(run, number)
+        if shopper.scenario is not Scenario.SHORT_STOCK:
+            for line in shopper.plan():
+                wanted[line.product_id] += line.quantity
+    for product in run.pool:
+        if wanted[product["id"]] > product["stock"]:
+            raise ShopctlError(
+                f"{product['name']!r} has {product['stock']} in stock but this run's shoppers "
+                f"want {wanted[product['id']]}; restock with `shopctl seed` or use fewer --users"
+            )
+
+
+async def create_scarce_product(run: QaRun) -> dict[str, Any]:
+    if run.admin_token is None:
+        raise ShopctlError("the short-stock scenario needs the admin's credentials")
+    contenders = sum(
+        1
+        for number in range(1, run.config.users + 1)
+        if run.config.scenario_of(number) is Scenario.SHORT_STOCK
+    )
+    body = {
+        "name": f"QA short stock {run.client.run_id}",
+        "description": "Made by shopctl checkout for its short-stock scenario; deleted after.",
+        "price": Decimal("4.99"),
+        "category": SCARCE_CATEGORY,
+        "stock": max(1, contenders // 2),
+    }
+    reply = await run.client.call("POST", "/api/products", json_body=body, token=run.admin_token)
+    if reply.status != 201:
+        raise ShopctlError(
+            f"cannot make the short-stock product: {reply.describe()} [request {reply.request_id}]"
+        )
+    return reply.data
+
+
+async def delete_scarce_product(run: QaRun) -> None:
+    if run.scarce is not None and run.admin_token is not None:
+        path = f"/api/products/{run.scarce['id']}"
+        reply = await run.client.call("DELETE", path, token=run.admin_token)
+        if not reply.ok:
+            run.recorder.failed("clean up", "", f"{reply.describe()}", reply.request_id)
+
+
+async def stock_checks(run: QaRun) -> list[StockCheck]:
+    """Units sold + stock left = stock at start, for every product the run touched."""
+    checks = []
+    for product in run.products_touched():
+        reply = await run.client.call("GET", f"/api/products/{product['id']}")
+        left = reply.data["stock"] if reply.ok else None
+        if left is None:
+            run.recorder.failed("conservation", "", reply.describe(), reply.request_id)
+        checks.append(
+            StockCheck(
+                product_id=product["id"],
+                name=product["name"],
+                at_start=run.stock_at_start[product["id"]],
+                sold=run.ledger.sold[product["id"]],
+                left=left,
+            )
+        )
+    return checks
+
+
+def scarce_verdict(run: QaRun) -> None:
+    """With more contenders than stock, exactly the stock was sold."""
+    if run.scarce is None:
+        return
+    stock = run.stock_at_start[run.scarce["id"]]
+    sold = run.ledger.sold[run.scarce["id"]]
+    contenders = sold + run.ledger.sold_out
+    if contenders >= stock and sold != stock:
+        run.recorder.failed(
+            "short stock", "", f"{sold} of {stock} units sold to {contenders} contenders"
+        )
+
+
+async def run_shoppers(
+    run: QaRun, on_session_done: Callable[[], None], stop_at: float | None
+) -> None:
+    """`users` shoppers, at most `concurrency` at once; each plays once, or, until
+    `stop_at`, again and again (never two sessions of one shopper at a time)."""
+    waiting: asyncio.Queue[Shopper] = asyncio.Queue()
+    for number in range(1, run.config.users + 1):
+        waiting.put_nowait(Shopper(run, number))
+
+    async def worker() -> None:
+        while stop_at is None or time.monotonic() < stop_at:
+            try:
+                shopper = waiting.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await shopper.session()
+            on_session_done()
+            if stop_at is not None:
+                waiting.put_nowait(shopper)
+
+    workers = min(run.config.concurrency, run.config.users)
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def start_run(client: ShopClient, config: RunConfig, admin_token: str | None) -> QaRun:
+    """Check the shop is ready and prepare the run; nothing is bought yet."""
+    await check_ready(client)
+    run = QaRun(client, config)
+    run.admin_token = admin_token
+    await prepare(run)
+    return run
+
+
+async def run_checkout(
+    run: QaRun, *, target: str, on_session_done: Callable[[], None]
+) -> RunSummary:
+    """Let the shoppers go, then verify the stock and clean up."""
+    config = run.config
+    started = time.monotonic()
+    stop_at = None if config.duration is None else started + config.duration
+    try:
+        await run_shoppers(run, on_session_done, stop_at)
+    finally:
+        elapsed = time.monotonic() - started
+        checks = await stock_checks(run)
+        scarce_verdict(run)
+        await delete_scarce_product(run)
+    return RunSummary(
+        run_id=run.client.run_id,
+        target=target,
+        url=run.client.base_url,
+        seed=config.seed,
+        scenarios=[scenario.value for scenario in config.scenarios],
+        users=config.users,
+        concurrency=config.concurrency,
+        duration=config.duration,
+        elapsed=elapsed,
+        sessions=run.sessions,
+        orders_placed=run.ledger.placed,
+        orders_cancelled=run.ledger.cancelled,
+        sold_out_answers=run.ledger.sold_out,
+        recorder=run.recorder,
+        stock=checks,
+    )
