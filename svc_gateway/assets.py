@@ -3,6 +3,10 @@
 ``shop.css`` is served as ``/static/shop.<hash>.css``: a new version is a new URL, so each
 one can be cached for a year (``immutable``) and a deploy never serves a stale stylesheet.
 The files are few and small, so they are read once at start-up.
+
+The catalogue's pictures (``static/catalogue/``) are different: product documents store
+their URL, so each keeps one stable, unhashed address, ``/images/catalogue/<name>``, cached
+for a day and revalidated by its ETag.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from pathlib import PurePosixPath
 
 from aiohttp import web
 
-from shopkit.errors import NotFound
-from svc_gateway.keys import ASSETS
+from shopkit.errors import NotFound, error_body
+from shopkit.openapi import endpoint
+from shopkit.responses import json_response
+from svc_gateway.keys import ASSETS, CATALOGUE_IMAGES
 
 STATIC_PREFIX = "/static/"
 CACHE_FOREVER = "public, max-age=31536000, immutable"
+CATALOGUE_PREFIX = "/images/catalogue/"
+CATALOGUE_FOLDER = "static/catalogue"
+CACHE_A_DAY = "public, max-age=86400"
 _CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -55,9 +64,15 @@ class Assets:
     def get(self, hashed_name: str) -> Asset | None:
         return self._by_hashed_name.get(hashed_name)
 
+    def named(self, name: str) -> Asset | None:
+        """A file by its own name, e.g. ``kitchen-skillet.svg`` (for stable URLs)."""
+        hashed = self._hashed_names.get(name)
+        return None if hashed is None else self._by_hashed_name[hashed]
+
 
 def read_assets(package: str = "svc_gateway", folder: str = "static") -> Assets:
-    root = resources.files(package) / folder
+    """The files directly in ``folder`` (a path inside the package; sub-folders are not read)."""
+    root = resources.files(package).joinpath(*folder.split("/"))
     files = {
         entry.name: entry.read_bytes()
         for entry in root.iterdir()
@@ -67,15 +82,48 @@ def read_assets(package: str = "svc_gateway", folder: str = "static") -> Assets:
 
 
 async def load_assets(app: web.Application) -> None:
-    """on_startup: read the static files (a handful of small files, once)."""
+    """on_startup: read the static files and the catalogue's pictures (small files, once)."""
     app[ASSETS] = read_assets()
+    app[CATALOGUE_IMAGES] = read_assets(folder=CATALOGUE_FOLDER)
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names this ETag (weakly compared, as RFC 9110
+    asks for ``If-None-Match``), or is ``*``."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+
+
+def _file_response(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
+    headers = {"Cache-Control": cache_control, "ETag": asset.etag}
+    if _etag_matches(request.headers.get("If-None-Match"), asset.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
 
 
 async def static_file(request: web.Request) -> web.Response:
     asset = request.app[ASSETS].get(request.match_info["name"])
     if asset is None:
         raise NotFound("There is no such file.")
-    headers = {"Cache-Control": CACHE_FOREVER, "ETag": asset.etag}
-    if request.headers.get("If-None-Match") == asset.etag:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
+    return _file_response(request, asset, CACHE_FOREVER)
+
+
+@endpoint(
+    "A picture of the demo catalogue, by its file name",
+    description="The address product documents store as imageUrl, so it never changes with "
+    "the picture: cached for a day and revalidated with its ETag (If-None-Match: 304).",
+    raw=True,
+    response={"type": "string"},
+    content_type="image/svg+xml",
+    errors=(404,),
+)
+async def catalogue_image(request: web.Request) -> web.Response:
+    asset = request.app[CATALOGUE_IMAGES].named(request.match_info["name"])
+    if asset is None:
+        # Asked for by an <img> or a script, not read by a person: the API's JSON 404.
+        body = error_body("There is no such image in the catalogue.", NotFound.code)
+        return json_response(body, status=404)
+    return _file_response(request, asset, CACHE_A_DAY)

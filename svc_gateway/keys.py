@@ -18,6 +18,8 @@ BACKENDS = web.AppKey("backends", dict[str, ServiceClient])
 SESSION_KEYS: web.AppKey[SessionKeys] = web.AppKey("session_keys")
 # The pages' static files, by their content-hashed names (loaded at start-up).
 ASSETS: web.AppKey[Assets] = web.AppKey("assets")
+# The demo catalogue's pictures, by their own (unhashed) names (loaded at start-up).
+CATALOGUE_IMAGES: web.AppKey[Assets] = web.AppKey("catalogue_images")
 
 # Who is browsing and what goes back into the page cookies, for a page request.
 PAGE_SESSION: web.RequestKey[PageSession] = web.RequestKey("page_session")

@@ -32,7 +32,13 @@ from shopkit.auth import Identity
 from shopkit.client import ServiceReply
 from shopkit.context import REQUEST_ID
 from shopkit.errors import Forbidden, NotFound, ShopError, UpstreamUnavailable
-from svc_gateway.assets import STATIC_PREFIX, load_assets, static_file
+from svc_gateway.assets import (
+    CATALOGUE_PREFIX,
+    STATIC_PREFIX,
+    catalogue_image,
+    load_assets,
+    static_file,
+)
 from svc_gateway.keys import ASSETS, BACKENDS, PAGE_SESSION, SESSION_KEYS
 from svc_gateway.session import CSRF_FIELD, PageSession, SessionKeys
 
@@ -589,3 +595,4 @@ def setup_pages(app: web.Application, keys: SessionKeys) -> None:
     app.on_startup.append(load_assets)
     app.middlewares.append(page_middleware)
     app.router.add_get(STATIC_PREFIX + "{name}", static_file, name="static")
+    app.router.add_get(CATALOGUE_PREFIX + "{name}", catalogue_image, name="catalogue_image")
