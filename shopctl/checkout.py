@@ -80,6 +80,15 @@ def checkout(
             show_default=False,
         ),
     ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop starting new sessions after this many failures (a broken shop "
+            "fails fast). Default: no limit.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     json_path: Annotated[
         Path | None,
         typer.Option(
@@ -108,6 +117,7 @@ def checkout(
         duration=parse_duration(duration),
         seed=secrets.randbelow(1_000_000) if seed is None else seed,
         scenarios=list(dict.fromkeys(scenario or [Scenario.HAPPY])),
+        max_failures=max_failures,
     )
     with failures_reported(consoles):
         target = resolve_environment(env, url, data_dir)
@@ -173,7 +183,7 @@ def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> 
     if bad:
         human.print(conservation_table(bad))
     for line in outcome_lines(summary):
-        human.print(line, markup=False, soft_wrap=True)
+        human.print(line, markup=False)
     if json_path is not None:
         document = json.dumps(summary.to_json(), indent=2)
         if json_to_stdout:

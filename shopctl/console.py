@@ -31,8 +31,9 @@ class Consoles:
         return cls(Console(highlight=False), Console(stderr=True, highlight=False))
 
     def say(self, message: str) -> None:
-        """Print a plain line (no markup: messages hold paths, URLs and log text)."""
-        self.out.print(message, markup=False, soft_wrap=True)
+        """Print a plain line (no markup: messages hold paths, URLs and log text), wrapped
+        to the terminal's width."""
+        self.out.print(message, markup=False)
 
 
 def get_consoles(ctx: typer.Context) -> Consoles:

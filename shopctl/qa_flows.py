@@ -51,6 +51,7 @@ class RunConfig:
     duration: float | None
     seed: int
     scenarios: list[Scenario]
+    max_failures: int | None = None
 
     @property
     def password(self) -> str:
@@ -554,13 +555,20 @@ async def run_shoppers(
     run: QaRun, on_session_done: Callable[[], None], stop_at: float | None
 ) -> None:
     """`users` shoppers, at most `concurrency` at once; each plays once, or, until
-    `stop_at`, again and again (never two sessions of one shopper at a time)."""
+    `stop_at`, again and again (never two sessions of one shopper at a time). No new
+    session starts once `max_failures` failures are counted."""
     waiting: asyncio.Queue[Shopper] = asyncio.Queue()
     for number in range(1, run.config.users + 1):
         waiting.put_nowait(Shopper(run, number))
 
+    def should_stop() -> bool:
+        limit = run.config.max_failures
+        if limit is not None and run.recorder.failure_count >= limit:
+            return True
+        return stop_at is not None and time.monotonic() >= stop_at
+
     async def worker() -> None:
-        while stop_at is None or time.monotonic() < stop_at:
+        while not should_stop():
             try:
                 shopper = waiting.get_nowait()
             except asyncio.QueueEmpty:

@@ -1,0 +1,312 @@
+"""`shopctl seed` and `shopctl checkout` against a real shop started by the tests with
+`shopctl up` (embedded servers, free ports), driven as a user would (`python -m shopctl`);
+every claim the commands make is checked again through the shop's own API."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_shopctl_e2e import REPO, admin_token, free_base_port, http, shop_env, shopctl
+
+from shopctl import processes
+from shopctl.seeding import load_demo_data
+from shopctl.state import load_state
+
+pytestmark = pytest.mark.slow
+
+DEMO = load_demo_data()
+
+
+@dataclass(frozen=True)
+class Shop:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    token: str
+
+    def run(self, *args: str | Path, **extra_env: str) -> subprocess.CompletedProcess:
+        """shopctl against this shop (its data dir makes it `local`)."""
+        return shopctl(*args, "--data-dir", self.data_dir, env={**self.env, **extra_env})
+
+    def products(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            code, reply = http("GET", f"{self.url}/api/products?limit=100&page={page}")
+            assert code == 200, reply
+            found += reply["data"]
+            if len(found) >= reply["total"]:
+                return found
+            page += 1
+
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {product["name"]: product for product in self.products()}
+
+    def delete_all_products(self) -> None:
+        for product in self.products():
+            code, reply = http(
+                "DELETE", f"{self.url}/api/products/{product['id']}", None, self.token
+            )
+            assert code == 200, reply
+
+    def orders(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            url = f"{self.url}/api/orders?limit=100&page={page}"
+            code, reply = http("GET", url, None, self.token)
+            assert code == 200, reply
+            found += reply["data"]
+            if len(found) >= reply["total"]:
+                return found
+            page += 1
+
+
+def start_shop(tmp_path: Path) -> Iterator[Shop]:
+    data_dir = tmp_path / "shop"
+    base = free_base_port()
+    # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
+    env = shop_env(BCRYPT_ROUNDS="4")
+    try:
+        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        url = f"http://127.0.0.1:{base}"
+        yield Shop(url, data_dir, env, admin_token(url, data_dir))
+    finally:
+        down = shopctl("down", "--data-dir", data_dir, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    """One shop for this module's seed and checkout runs."""
+    yield from start_shop(tmp_path_factory.mktemp("qa"))
+
+
+def counts(output: str, kind: str) -> list[int]:
+    """The numbers in the summary table's row for `kind` (created, updated, unchanged,
+    deleted, failed)."""
+    row = next(line for line in output.splitlines() if re.search(rf"│ {kind}\s+│", line))
+    return [int(number) for number in re.findall(r"\b\d+\b", row)]
+
+
+def test_seed_completes_a_shop_that_has_some_of_the_products(shop: Shop) -> None:
+    shop.delete_all_products()
+    kept, changed = DEMO.products[0], DEMO.products[1]
+    for product, price in ((kept, kept.price), (changed, changed.price + 1)):
+        body = {**product.body(), "price": float(price)}
+        code, reply = http("POST", f"{shop.url}/api/products", body, shop.token)
+        assert code == 201, reply
+
+    seeded = shop.run("seed")
+
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    total = len(DEMO.products)
+    assert counts(seeded.stdout, "products") == [total - 2, 1, 1, 0, 0]
+    products = shop.by_name()
+    assert len(products) == total
+    # Put back as shipped (json reads 19.50 as the float 19.5: compare as decimals).
+    assert Decimal(str(products[changed.name]["price"])) == changed.price
+    for demo in DEMO.products:
+        product = products[demo.name]
+        assert (product["stock"], product["category"]) == (demo.stock, demo.category)
+    assert len(DEMO.categories) >= 8
+
+
+def test_a_second_seed_changes_nothing_and_says_so(shop: Shop) -> None:
+    first = shop.run("seed")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = shop.by_name()
+
+    again = shop.run("seed")
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert counts(again.stdout, "products") == [0, 0, len(DEMO.products), 0, 0]
+    assert counts(again.stdout, "customers") == [0, 0, len(DEMO.customers), 0, 0]
+    assert "Nothing changed" in again.stdout
+    assert shop.by_name() == before
+    # The demo customers can log in with the demo password.
+    login = {"email": DEMO.customers[0].email, "password": "shop-demo-password"}
+    code, reply = http("POST", f"{shop.url}/api/users/login", login)
+    assert code == 200, reply
+
+
+def test_dry_run_tells_what_would_change_and_changes_nothing(shop: Shop) -> None:
+    assert shop.run("seed").returncode == 0
+    product = shop.by_name()[DEMO.products[2].name]
+    path = f"{shop.url}/api/products/{product['id']}"
+    code, reply = http("PUT", path, {"stock": product["stock"] + 7}, shop.token)
+    assert code == 200, reply
+
+    dry = shop.run("seed", "--dry-run")
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "dry run" in dry.stdout and "to update" in dry.stdout
+    assert counts(dry.stdout, "products") == [0, 1, len(DEMO.products) - 1, 0, 0]
+    assert shop.by_name()[product["name"]]["stock"] == product["stock"] + 7
+
+    real = shop.run("seed", "--no-customers")
+    assert counts(real.stdout, "products") == [0, 1, len(DEMO.products) - 1, 0, 0]
+    assert shop.by_name()[product["name"]]["stock"] == product["stock"]
+
+
+def test_reset_asks_first_and_then_reloads_everything(shop: Shop) -> None:
+    assert shop.run("seed").returncode == 0
+    before = {product["id"] for product in shop.products()}
+
+    refused = shop.run("seed", "--reset")  # no terminal to ask at: refused, not guessed
+
+    assert refused.returncode == 1
+    assert f"--reset deletes all {len(before)} products" in refused.stderr
+    assert "--yes" in refused.stderr
+    assert {product["id"] for product in shop.products()} == before
+
+    reset = shop.run("seed", "--reset", "--yes", "--no-customers")
+
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    total = len(DEMO.products)
+    assert counts(reset.stdout, "products") == [total, 0, 0, total, 0]
+    after = {product["id"] for product in shop.products()}
+    assert len(after) == total and not after & before
+
+
+def test_a_checkout_run_with_every_scenario_passes_and_adds_up(shop: Shop, tmp_path: Path) -> None:
+    assert shop.run("seed", "--no-customers").returncode == 0
+    stock_before = {p["id"]: p["stock"] for p in shop.products()}
+    orders_before = {order["id"] for order in shop.orders()}
+    report = tmp_path / "report.json"
+
+    run = shop.run(
+        "checkout",
+        "--users", "16", "--concurrency", "6", "--seed", "11",
+        "-s", "happy", "-s", "short-stock", "-s", "cancel", "-s", "idempotent-retry",
+        "--json", report,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASSED" in run.stdout
+    result = json.loads(report.read_text())
+    assert result["passed"] and result["failure_count"] == 0
+    assert result["sessions"] == 16
+    steps = {step["step"]: step for step in result["steps"]}
+    for name in ("register", "browse", "search", "add to cart", "checkout", "cancel"):
+        assert steps[name]["count"] > 0 and steps[name]["failures"] == 0
+        assert steps[name]["p50_ms"] <= steps[name]["p95_ms"] <= steps[name]["p99_ms"]
+    assert steps["retry checkout"]["count"] == 4
+    # 4 shoppers want one unit of a product with 2: exactly 2 sold, 2 refused.
+    assert result["orders"]["sold_out_answers"] == 2
+    assert result["conservation"]["ok"]
+
+    # Check it again through the shop: the new orders account for every unit of stock gone.
+    new_orders = [o for o in shop.orders() if o["id"] not in orders_before]
+    assert len(new_orders) == result["orders"]["placed"]
+    cancelled = [o for o in new_orders if o["status"] == "cancelled"]
+    assert len(cancelled) == result["orders"]["cancelled"] == 4
+    sold: dict[str, int] = {}
+    for order in new_orders:
+        if order["status"] != "cancelled":
+            for item in order["items"]:
+                sold[item["product_id"]] = sold.get(item["product_id"], 0) + item["quantity"]
+    stock_after = {p["id"]: p["stock"] for p in shop.products()}
+    assert set(stock_after) == set(stock_before)  # the short-stock product is gone again
+    for product_id, stock in stock_before.items():
+        assert stock - stock_after[product_id] == sold.get(product_id, 0), product_id
+    assert sum(sold.values()) > 0
+
+
+def test_the_same_seed_logs_the_shoppers_in_again_and_url_targets_any_shop(
+    shop: Shop, tmp_path: Path
+) -> None:
+    assert shop.run("seed", "--no-customers").returncode == 0
+    args = ("checkout", "--users", "3", "--concurrency", "3", "--seed", "23", "--json", "-")
+    first = shop.run(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    # From anywhere, by URL (no data dir of that shop), with the admin's password given.
+    env = {**shop.env, "SHOP_DATA_DIR": str(tmp_path / "elsewhere")}
+    password = (shop.data_dir / "admin_password").read_text().strip()
+    env["SHOP_ADMIN_PASSWORD"] = password
+    again = shopctl(*args, "--url", shop.url, "-s", "happy", "-s", "short-stock", env=env)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    result = json.loads(again.stdout)  # with --json -, stdout is only the JSON
+    assert result["url"] == shop.url and result["passed"]
+    steps = {step["step"]: step["count"] for step in result["steps"]}
+    assert steps["register"] == 3 and steps["login"] == 3  # taken: logged in instead
+    assert "Steps" in again.stderr
+
+
+def test_a_run_that_cannot_be_served_says_so_before_starting(shop: Shop) -> None:
+    assert shop.run("seed", "--no-customers").returncode == 0
+    greedy = shop.run("checkout", "--users", "2000", "--concurrency", "1", "--seed", "1")
+    assert greedy.returncode == 1
+    assert "restock with `shopctl seed` or use fewer --users" in greedy.stderr
+    assert "Traceback" not in greedy.stderr
+
+
+def test_output_fits_80_columns_and_has_no_colour_without_a_terminal(shop: Shop) -> None:
+    narrow = {"COLUMNS": "80"}
+    for args in (("seed", "--dry-run"), ("checkout", "--users", "2", "--seed", "3")):
+        result = shop.run(*args, **narrow)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for line in (result.stdout + result.stderr).splitlines():
+            assert len(line) <= 80, line
+        assert "\x1b[" not in result.stdout + result.stderr
+    forced = shop.run("seed", "--dry-run", FORCE_COLOR="1", **narrow)
+    assert re.search(r"\x1b\[[0-9;]*3\dm", forced.stdout)
+    plain = shop.run("seed", "--dry-run", FORCE_COLOR="1", NO_COLOR="1", **narrow)
+    assert not re.search(r"\x1b\[[0-9;]*3\dm", plain.stdout)
+
+
+@pytest.fixture
+def broken_shop(tmp_path: Path) -> Iterator[Shop]:
+    """A shop of its own, seeded, for a test that stops one of its services."""
+    for shop in start_shop(tmp_path):
+        assert shop.run("seed", "--no-customers").returncode == 0
+        yield shop
+
+
+def stop_service(shop: Shop, name: str) -> None:
+    state = load_state(shop.data_dir)
+    assert state is not None
+    service = next(service for service in state.services if service.name == name)
+    processes.stop(service.process, timeout=10)
+
+
+def test_a_broken_shop_fails_the_run_with_a_clear_report(broken_shop: Shop) -> None:
+    shop = broken_shop
+    orders_before = len(shop.orders())
+    command = [sys.executable, "-m", "shopctl", "checkout", "--data-dir", str(shop.data_dir)]
+    command += ["--users", "4", "--concurrency", "2", "--duration", "2m", "--seed", "5"]
+    command += ["--max-failures", "3"]
+    # The product service stops in the middle of a run.
+    running = subprocess.Popen(
+        command, env=shop.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        placed = processes.wait_until(lambda: len(shop.orders()) > orders_before, timeout=60)
+        assert placed, "no order was placed"
+        stop_service(shop, "product")
+        stdout, stderr = running.communicate(timeout=120)
+    finally:
+        running.kill()
+    assert running.returncode == 1, stdout + stderr
+    assert "FAILED" in stderr
+    failures = [line for line in stderr.splitlines() if line.startswith("✗")]
+    assert failures, stderr
+    assert any("503 upstream_unavailable" in line for line in failures), failures
+    assert all(re.search(r"\[request qa-[0-9a-f]{8}-\d{6}\]", line) for line in failures)
+
+    # And a run against the shop as it is now refuses to start, naming what is down.
+    refused = shop.run("checkout", "--users", "2")
+    assert refused.returncode == 1
+    assert "is not ready: product not ready; no shopper was started" in refused.stderr
