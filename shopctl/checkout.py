@@ -65,8 +65,10 @@ def checkout(
         typer.Option(
             "--scenario",
             "-s",
-            help="What the shoppers do; repeat to mix (shoppers take them in turn). "
-            "short-stock needs the admin's credentials.",
+            help="What the shoppers do: happy, short-stock, cancel or idempotent-retry; "
+            "repeat to mix (shoppers take them in turn). short-stock needs the admin's "
+            "credentials.",
+            metavar="NAME",
             case_sensitive=False,
             show_default="happy",
         ),
@@ -107,8 +109,10 @@ def checkout(
     run it where nobody else is buying those products). Exits 1 on any failure, printing
     the first ones with their request ids.
 
-    Examples: shopctl checkout --users 50 --concurrency 10;
-    shopctl checkout -s cancel -s idempotent-retry --duration 1m --seed 7 --json report.json
+    Examples:
+
+    * `shopctl checkout --users 50 --concurrency 10`
+    * `shopctl checkout -s cancel -s short-stock --duration 1m --seed 7 --json out.json`
     """
     consoles = get_consoles(ctx)
     config = RunConfig(

@@ -14,6 +14,11 @@ def down(ctx: typer.Context, data_dir: DataDir) -> None:
 
     Stops, by PID, exactly the services and embedded servers listed in the data directory's
     state.json: the services first, then the servers.
+
+    Examples:
+
+    * `shopctl down`
+    * `shopctl down --data-dir /tmp/shop2`
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):

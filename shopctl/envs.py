@@ -42,7 +42,7 @@ def _deploys_to(environment: Environment) -> str:
 def list_environments(ctx: typer.Context, data_dir: DataDir) -> None:
     """List every environment: `local` (built in) and those in shopctl.toml files.
 
-    Example: shopctl env list
+    Example: `shopctl env list`
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):
@@ -75,7 +75,7 @@ def show_environment(
 ) -> None:
     """Show everything one environment sets, and which credentials are available now.
 
-    Example: shopctl env show local
+    Example: `shopctl env show local`
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):

@@ -17,6 +17,8 @@ app = typer.Typer(
     help="Run, check and operate the shop.",
     no_args_is_help=True,
     add_completion=False,
+    # Markdown: docstring paragraphs are re-flowed to the terminal's width.
+    rich_markup_mode="markdown",
 )
 
 

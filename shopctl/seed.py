@@ -92,7 +92,11 @@ def seed(
     as shipped (price, stock, ...), the rest are left alone: a second run changes nothing.
     The admin's credentials come from the environment (see `shopctl env show NAME`).
 
-    Examples: shopctl seed; shopctl seed --dry-run --env staging; shopctl seed --reset --yes
+    Examples:
+
+    * `shopctl seed`
+    * `shopctl seed --dry-run --env staging`
+    * `shopctl seed --reset --yes --url http://127.0.0.1:3000`
     """
     consoles = get_consoles(ctx)
     options = SeedOptions(dry_run, reset, yes, concurrency, customers, customer_password)

@@ -24,7 +24,11 @@ def status(
     shows what the gateway's /ready reports about each backend. Exits 1 unless all are
     ready.
 
-    Examples: shopctl status; shopctl status --env staging
+    Examples:
+
+    * `shopctl status`
+    * `shopctl status --env staging`
+    * `shopctl status --url http://127.0.0.1:3000`
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):

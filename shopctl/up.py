@@ -47,6 +47,11 @@ def up(
     An embedded backing server is started under the data directory for each of
     MONGODB_URI, DATABASE_URL and REDIS_URL that is not set. In the foreground it shows each
     service's state until Ctrl-C; with --detach it returns once every service is ready.
+
+    Examples:
+
+    * `shopctl up` (Ctrl-C stops it)
+    * `shopctl up --detach --base-port 4000 --data-dir /tmp/shop2`
     """
     consoles = get_consoles(ctx)
     config = UpConfig(data_dir, base_port, log_level.value, dict(os.environ), foreground=not detach)

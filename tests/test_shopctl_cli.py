@@ -9,8 +9,10 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 from shopctl import processes, stack
@@ -169,3 +171,20 @@ def test_a_damaged_state_file_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke("status", "--data-dir", str(tmp_path))
     assert result.exit_code == 1, result.output
     assert "is damaged" in result.output and "Traceback" not in result.output
+
+
+def _command_paths(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command's words, sub-commands of groups (`env list`) included."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@pytest.mark.parametrize("path", list(_command_paths(typer.main.get_command(app))), ids=" ".join)
+def test_every_command_has_help_with_an_example_in_80_columns(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
