@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,22 @@ def free_base_port() -> int:
         base = processes.free_port()
         if base + 4 < 65536 and not any(processes.port_in_use(base + k) for k in range(5)):
             return base
+
+
+@contextmanager
+def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A whole shop from `shopctl up --detach` on free ports: its gateway URL and the
+    environment shopctl runs with; stopped afterwards, whatever happened."""
+    base = free_base_port()
+    # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
+    env = shop_env(BCRYPT_ROUNDS="4")
+    try:
+        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield f"http://127.0.0.1:{base}", env
+    finally:
+        down = shopctl("down", "--data-dir", data_dir, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:

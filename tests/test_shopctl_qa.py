@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_shopctl_e2e import REPO, admin_token, free_base_port, http, shop_env, shopctl
+from test_shopctl_e2e import REPO, admin_token, http, running_shop, shopctl
 
 from shopctl import processes
 from shopctl.seeding import load_demo_data
@@ -73,17 +73,8 @@ class Shop:
 
 def start_shop(tmp_path: Path) -> Iterator[Shop]:
     data_dir = tmp_path / "shop"
-    base = free_base_port()
-    # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
-    env = shop_env(BCRYPT_ROUNDS="4")
-    try:
-        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
-        assert up.returncode == 0, up.stdout + up.stderr
-        url = f"http://127.0.0.1:{base}"
+    with running_shop(data_dir) as (url, env):
         yield Shop(url, data_dir, env, admin_token(url, data_dir))
-    finally:
-        down = shopctl("down", "--data-dir", data_dir, env=env)
-        assert down.returncode == 0, down.stdout + down.stderr
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from browser_support import REPO, SEED_PRODUCTS, Shop
 from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
-from test_shopctl_e2e import admin_token, free_base_port, http, shop_env, shopctl
+from test_shopctl_e2e import admin_token, http, running_shop
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -95,13 +95,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     """The whole shop on free ports and a fresh data dir, with the seed catalogue; stopped
     at the end of the session, whatever happened."""
     data_dir = tmp_path_factory.mktemp("browser") / "shop"
-    base = free_base_port()
-    # Few bcrypt rounds keep logins quick; the default (12) is measured in benchmarks/.
-    env = shop_env(BCRYPT_ROUNDS="4")
-    try:
-        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
-        assert up.returncode == 0, up.stdout + up.stderr
-        url = f"http://127.0.0.1:{base}"
+    with running_shop(data_dir) as (url, _):
         token = admin_token(url, data_dir)
         products = {}
         for body in SEED_PRODUCTS:
@@ -115,9 +109,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             admin_token=token,
             products=products,
         )
-    finally:
-        down = shopctl("down", "--data-dir", data_dir, env=env)
-        assert down.returncode == 0, down.stdout + down.stderr
 
 
 @pytest.fixture(scope="session")
