@@ -23,6 +23,8 @@ class CartSettings(ServiceSettings):
 
     redis_url: RedisUrl = Field(alias="REDIS_URL")
     product_service_url: HttpUrl = Field(alias="PRODUCT_SERVICE_URL")
+    # How old the names and prices a cart read shows may be (0: always ask the catalogue).
+    catalogue_cache_seconds: float = Field(1.0, alias="CATALOGUE_CACHE_SECONDS", ge=0, le=60)
 
 
 async def redis_ready(app: web.Application) -> dict[str, Any]:
@@ -37,7 +39,10 @@ def create_app(settings: CartSettings) -> web.Application:
         unavailable_errors=REDIS_UNAVAILABLE,
         http_client=True,
     )
-    app[CATALOGUE] = Catalogue(ServiceClient(app, "product", settings.product_service_url))
+    app[CATALOGUE] = Catalogue(
+        ServiceClient(app, "product", settings.product_service_url),
+        max_age=settings.catalogue_cache_seconds,
+    )
     app.cleanup_ctx.append(redis_ctx)
     app.router.add_routes(routes)
     return app

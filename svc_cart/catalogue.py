@@ -1,8 +1,15 @@
 """The cart's view of the product service: current names, prices, images and stock, many
-products in one call, and a stored cart priced with them as the API shows it."""
+products in one call, and a stored cart priced with them as the API shows it.
+
+Reading a cart may use what was looked up at most ``max_age`` seconds ago
+(CATALOGUE_CACHE_SECONDS, default 1): a cart read is then one Redis round trip instead of
+also a product service call and a MongoDB query, and a price or name change shows in carts
+within that second. Changing a cart always looks its products up afresh, because it checks
+their stock; checkout never takes a price from the cart at all."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +23,7 @@ from shopkit.money import CENT, LenientMoney
 from svc_cart.store import StoredCart
 
 BATCH = 100  # the most ids GET /api/products?ids= takes at once
+CACHE_LIMIT = 10_000  # products remembered at most; past it the cache starts again
 
 
 class ProductNotFound(NotFound):
@@ -40,14 +48,45 @@ _PRODUCTS = TypeAdapter(list[Product])
 
 
 class Catalogue:
-    def __init__(self, client: ServiceClient) -> None:
+    def __init__(self, client: ServiceClient, max_age: float = 0.0) -> None:
         self.client = client
+        self.max_age = max_age
+        # id -> (when it was looked up, the product, or None: the catalogue has no such id)
+        self._seen: dict[str, tuple[float, Product | None]] = {}
 
-    async def products(self, ids: Collection[str]) -> dict[str, Product]:
-        """The products among ``ids`` that exist, by id: one call per BATCH ids (a cart
-        holds at most MAX_LINES products, so one call but in a rare race), none for no ids.
-        A product service that is down, slow or answers nonsense raises 503."""
-        wanted = sorted(ids)
+    async def products(self, ids: Collection[str], *, fresh: bool = True) -> dict[str, Product]:
+        """The products among ``ids`` that exist, by id. ``fresh=False`` (reading a cart)
+        accepts what was looked up at most ``max_age`` seconds ago; anything else is asked
+        of the product service. A product service that is down, slow or answers nonsense
+        raises 503."""
+        found: dict[str, Product] = {}
+        wanted = set(ids)
+        if not fresh and self.max_age > 0:
+            oldest = time.monotonic() - self.max_age
+            for product_id in ids:
+                seen = self._seen.get(product_id)
+                if seen is not None and seen[0] >= oldest:
+                    wanted.discard(product_id)
+                    if seen[1] is not None:
+                        found[product_id] = seen[1]
+        if wanted:
+            looked_up = await self._look_up(sorted(wanted))
+            found.update(looked_up)
+            self._remember(wanted, looked_up)
+        return found
+
+    def _remember(self, asked: set[str], found: Mapping[str, Product]) -> None:
+        if self.max_age <= 0:
+            return
+        if len(self._seen) + len(asked) > CACHE_LIMIT:
+            self._seen.clear()
+        now = time.monotonic()
+        for product_id in asked:
+            self._seen[product_id] = (now, found.get(product_id))
+
+    async def _look_up(self, wanted: list[str]) -> dict[str, Product]:
+        """One call per BATCH ids (a cart holds at most MAX_LINES products, so one call
+        but in a rare race)."""
         found: dict[str, Product] = {}
         for start in range(0, len(wanted), BATCH):
             batch = ",".join(wanted[start : start + BATCH])

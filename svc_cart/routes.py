@@ -85,12 +85,13 @@ async def _answer(
     roles=(),
     errors=(403, 404, 503),
     description="A cart never filled, emptied or expired is an empty cart (200), not a 404. "
-    + _ACCESS,
+    "Names, prices and images may be up to CATALOGUE_CACHE_SECONDS (default 1) old; a "
+    "change to the cart always prices it afresh. " + _ACCESS,
 )
 async def get_cart(request: web.Request) -> web.Response:
     user_id = _cart_owner(request)
     cart = await request.app[STORE].get(user_id)
-    products = await request.app[CATALOGUE].products(cart.product_ids)
+    products = await request.app[CATALOGUE].products(cart.product_ids, fresh=False)
     return ok(priced_cart(user_id, cart, products))
 
 

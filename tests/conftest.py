@@ -185,11 +185,21 @@ async def products(aiohttp_client: Any, product_server: TestServer) -> TestClien
 
 
 @pytest.fixture
-def cart_settings(redis_server_uri: str, product_server: TestServer) -> CartSettings:
+def catalogue_cache_seconds() -> str:
+    """The cart service's CATALOGUE_CACHE_SECONDS: its default, unless a test parametrizes
+    this name."""
+    return "1"
+
+
+@pytest.fixture
+def cart_settings(
+    redis_server_uri: str, product_server: TestServer, catalogue_cache_seconds: str
+) -> CartSettings:
     return CartSettings.from_env(
         service_env(
             REDIS_URL=redis_server_uri,
             PRODUCT_SERVICE_URL=str(product_server.make_url("")),
+            CATALOGUE_CACHE_SECONDS=catalogue_cache_seconds,
         )
     )
 

@@ -231,6 +231,8 @@ async def test_totals_are_exact_and_written_with_two_places(
     assert data["item_count"] == 6 and data["version"] == 2
 
 
+# The cart asks the catalogue on every read here (no remembered prices).
+@pytest.mark.parametrize("catalogue_cache_seconds", ["0"])
 async def test_the_cart_shows_the_current_name_and_price(
     cart: TestClient,
     catalogue: TestClient,
@@ -252,6 +254,57 @@ async def test_the_cart_shows_the_current_name_and_price(
     assert (item["name"], item["price"], item["subtotal"]) == ("Desk Lamp", 12.5, 25)
 
 
+@pytest.mark.parametrize("catalogue_cache_seconds", ["60"])
+async def test_a_cart_read_may_show_what_the_catalogue_said_a_moment_ago(
+    cart: TestClient,
+    catalogue: TestClient,
+    product_server: TestServer,
+    admin_headers: dict[str, str],
+    shopper: Shopper,
+    stock: Callable[..., Any],
+) -> None:
+    lamp = await stock(name="Lamp", price=10, stock=5)
+    await add(cart, shopper, lamp, 1)  # looked up afresh, and remembered
+    change = {"price": 12.5}
+    path = f"/api/products/{lamp}"
+    await call(catalogue, "PUT", path, json=change, headers=admin_headers, expected_status=200)
+
+    # Within CATALOGUE_CACHE_SECONDS a read shows what the catalogue said then...
+    assert (await view(cart, shopper))["items"][0]["price"] == 10
+    # ...but a change to the cart looks its products up afresh (it checks their stock), and
+    # the reads after it show that.
+    changed = (await add(cart, shopper, lamp, 1))["data"]
+    assert (changed["items"][0]["price"], changed["total"]) == (12.5, 25)
+    assert (await view(cart, shopper))["total"] == 25
+
+    # With the product service gone, reads within that age still answer; changes cannot.
+    await product_server.close()
+    assert (await view(cart, shopper))["total"] == 25
+    await add(cart, shopper, lamp, 1, expected_status=503)
+
+
+@pytest.mark.parametrize("catalogue_cache_seconds", ["0.2"])
+async def test_a_remembered_price_gives_way_to_the_new_one(
+    cart: TestClient,
+    catalogue: TestClient,
+    admin_headers: dict[str, str],
+    shopper: Shopper,
+    stock: Callable[..., Any],
+) -> None:
+    lamp = await stock(name="Lamp", price=10, stock=5)
+    await add(cart, shopper, lamp, 2)
+    change = {"price": 12.5}
+    path = f"/api/products/{lamp}"
+    await call(catalogue, "PUT", path, json=change, headers=admin_headers, expected_status=200)
+
+    async def shows_the_new_price() -> bool:
+        return (await view(cart, shopper))["total"] == 25
+
+    await eventually(shows_the_new_price, "the cart showing the new price", within=10)
+
+
+# The cart asks the catalogue on every read here (no remembered prices).
+@pytest.mark.parametrize("catalogue_cache_seconds", ["0"])
 async def test_a_deleted_product_disappears_from_the_cart(
     cart: TestClient,
     catalogue: TestClient,
@@ -831,6 +884,8 @@ async def test_a_user_id_that_is_not_a_positive_integer_is_404(
 # -- dependencies down ------------------------------------------------------------------------
 
 
+# The cart asks the catalogue on every read here (no remembered prices).
+@pytest.mark.parametrize("catalogue_cache_seconds", ["0"])
 async def test_a_product_service_that_is_down_is_503_and_the_cart_is_untouched(
     cart: TestClient,
     product_server: TestServer,
