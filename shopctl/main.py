@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from shopctl.build import build
 from shopctl.checkout import checkout
 from shopctl.console import Consoles
 from shopctl.down import down
@@ -35,3 +36,4 @@ app.command()(status)
 app.command()(seed)
 app.command()(checkout)
 app.add_typer(env_app)
+app.command()(build)

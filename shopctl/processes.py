@@ -1,9 +1,11 @@
-"""The one place that starts and stops processes for shopctl: services and backing servers."""
+"""The one place that starts and stops processes for shopctl: services, backing servers and
+the tools it drives (git, container tools, kubectl)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,3 +232,57 @@ def log_tail(path: Path | None, lines: int = 20) -> str:
         log.seek(max(0, size - 64 * 1024))
         text = log.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def find_program(name: str) -> str | None:
+    """The full path of program `name` on PATH, or None when there is none."""
+    return shutil.which(name)
+
+
+def run_program(
+    command: Sequence[str],
+    *,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool (git, docker, kubectl, ...) to completion and capture its output; never
+    raises for its exit code. A missing program raises FileNotFoundError; one that outlives
+    `timeout` is killed and raises subprocess.TimeoutExpired."""
+    return subprocess.run(
+        list(command),
+        input=input,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        stdin=subprocess.DEVNULL if input is None else None,
+    )
+
+
+def stream_program(
+    command: Sequence[str], on_line: Callable[[str], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run a long tool (an image build) with no time limit, handing each line it prints
+    (stdout and stderr merged) to `on_line` as it comes; `stdout` of the result keeps them
+    all. A missing program raises FileNotFoundError."""
+    kept: list[str] = []
+    with subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            kept.append(line)
+            on_line(line.rstrip("\n"))
+        returncode = child.wait()
+    return subprocess.CompletedProcess(list(command), returncode, "".join(kept), "")
+
+
+def last_line(output: str) -> str:
+    """The last non-blank line a tool printed: usually the one that says what went wrong."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

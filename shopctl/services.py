@@ -12,6 +12,9 @@ from urllib.parse import urlsplit
 from shopctl.embedded import database_url
 
 HOST = "127.0.0.1"
+# The ports the contract gives the services (gateway 3000 ... cart 3004): images and
+# manifests use them; `shopctl up --base-port` may move them on this machine.
+CONTRACT_BASE_PORT = 3000
 ADMIN_VARIABLES = ("ADMIN_EMAIL", "ADMIN_PASSWORD")
 
 

@@ -140,6 +140,10 @@ def run(
             access_log=None,
             print=None,
             loop=_new_event_loop(),
+            # On SIGTERM (Kubernetes stopping the pod; the service is PID 1) aiohttp stops
+            # listening, gives the requests in flight up to this long to finish, then runs
+            # the cleanup contexts, which close the pools. Body bytes that arrive after
+            # SIGTERM are dropped: the pod's preStop pause lets traffic drain first.
             shutdown_timeout=10,
         )
     except StartupError as exc:

