@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -110,3 +112,22 @@ async def create_product(
         expected_status=201,
     )
     return body["data"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def manifests_with_secrets(destination: Path) -> Path:
+    """A copy of manifests/ at `destination` whose overlays have their secrets files, made
+    from the committed `*.env.example` with every empty value filled in, as an operator
+    would (the real files are never committed)."""
+    shutil.copytree(REPO / "manifests", destination, ignore=shutil.ignore_patterns("*.env"))
+    for example in destination.glob("overlays/*/secrets/*.env.example"):
+        lines = []
+        for line in example.read_text().splitlines():
+            key, equals, value = line.partition("=")
+            if equals and not line.startswith("#") and not value:
+                line = f"{key}=test-{key.lower().replace('_', '-')}-{'x' * 32}"
+            lines.append(line)
+        example.with_suffix("").write_text("\n".join(lines) + "\n")
+    return destination
