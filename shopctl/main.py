@@ -7,6 +7,7 @@ import typer
 from shopctl.build import build
 from shopctl.checkout import checkout
 from shopctl.console import Consoles
+from shopctl.deploy import deploy
 from shopctl.down import down
 from shopctl.envs import env_app
 from shopctl.seed import seed
@@ -37,3 +38,4 @@ app.command()(seed)
 app.command()(checkout)
 app.add_typer(env_app)
 app.command()(build)
+app.command()(deploy)
