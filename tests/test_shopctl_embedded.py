@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +122,31 @@ def test_postgres_creates_databases_answers_and_restarts(tmp_path: Path) -> None
     with running(embedded.start_postgres(data_dir)) as again:
         users = embedded.database_url(again.uri, "users")
         assert asyncio.run(_query(users, "SELECT count(*) FROM kept")) == 0
+
+
+def test_a_postgres_left_running_by_a_failed_start_is_stopped(tmp_path: Path) -> None:
+    data_dir = tmp_path / "postgres"
+    server = embedded.start_postgres(data_dir)  # as `pg_ctl -w start` leaves it on a timeout
+    try:
+        assert embedded.stop_orphaned_postgres(data_dir)
+        assert processes.wait_until(lambda: not server.alive(), timeout=15)
+    finally:
+        server.stop()
+    assert not embedded.stop_orphaned_postgres(data_dir)  # nothing left to stop
+
+
+def test_a_stale_postmaster_pid_never_stops_another_process(tmp_path: Path) -> None:
+    bystander = processes.spawn(
+        [sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "sleep.log"
+    )
+    try:
+        data_dir = tmp_path / "postgres"
+        data_dir.mkdir()
+        (data_dir / "postmaster.pid").write_text(f"{bystander.pid}\n{data_dir}\n")
+        assert not embedded.stop_orphaned_postgres(data_dir)
+        assert bystander.alive()
+    finally:
+        processes.stop(bystander)
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
