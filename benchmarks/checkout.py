@@ -47,7 +47,6 @@ import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import drivers  # noqa: E402 - sibling modules (this is a script), imported after the flag
 import harness  # noqa: E402
-import redis  # noqa: E402
 from harness import BenchmarkError, err  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -57,7 +56,6 @@ from shopkit.auth import issue_token  # noqa: E402
 from shopkit.logs import mask_url  # noqa: E402
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
-MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 BATCH = 100  # the most ids GET /api/products?ids= answers at once
@@ -110,52 +108,16 @@ def mongo_database(backing: Backing, work_dir: Path) -> Iterator[None]:
         yield
 
 
-def _redis_answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def _delete_carts(url: str, keys: list[str]) -> None:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-            for start in range(0, len(keys), 500):
-                client.delete(*keys[start : start + 500])
-    except (redis.RedisError, OSError) as exc:
-        err.print(f"[yellow]could not delete this run's carts ({len(keys)} cart:* keys): {exc}")
-
-
 @contextlib.contextmanager
 def redis_server(backing: Backing, work_dir: Path) -> Iterator[None]:
     """REDIS_URL's server, else this machine's, else an embedded one; the run's carts are
     deleted from it when the block ends."""
-    given = os.environ.get("REDIS_URL")
-    server = None
-    if given:
-        backing.redis_url = given
-        backing.described["Redis"] = f"REDIS_URL {mask_url(given)}"
-    elif _redis_answers(MACHINE_REDIS):
-        backing.redis_url = MACHINE_REDIS
-        backing.described["Redis"] = "this machine's, on 127.0.0.1:6379"
-    else:
-        err.print("no Redis on 127.0.0.1:6379: starting an embedded one")
-        try:
-            server = embedded.start_redis(None, log_dir=work_dir / "redis")
-        except embedded.EmbeddedServerError as exc:
-            raise BenchmarkError(str(exc)) from None
-        backing.redis_url = server.uri
-        backing.described["Redis"] = "embedded redis-server"
-    if (pid := harness.listening_pid(backing.redis_url, 6379)) is not None:
-        backing.pids["redis"] = pid
-    try:
+    with harness.redis_server(work_dir, backing.cart_keys) as (url, described, pid):
+        backing.redis_url = url
+        backing.described["Redis"] = described
+        if pid is not None:
+            backing.pids["redis"] = pid
         yield
-    finally:
-        if backing.cart_keys:
-            _delete_carts(backing.redis_url, backing.cart_keys)
-        if server is not None:
-            server.stop()
 
 
 @contextlib.contextmanager

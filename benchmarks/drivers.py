@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import aiohttp
 from bson import ObjectId
 from pymongo import DESCENDING, AsyncMongoClient
+from redis.asyncio import Redis
 
 # What svc_product.store does for the same two reads (ProductStore.get and .find_page with
 # the default sort): same filter, same projection, same sort, same concurrent count.
@@ -166,6 +167,32 @@ def mongo_load(
     """`read` is "id" (find_one by a random seeded _id) or "list" (the first page plus the
     count), each the way the product service does it."""
     return run_async(_mongo_load(uri, read, ids, connections, duration, warmup))
+
+
+# -- the carts' datastore, through a bare redis.asyncio client -------------------------------
+
+
+async def _redis_load(
+    url: str, keys: Sequence[str], connections: int, duration: float, warmup: float
+) -> LoadResult:
+    # What svc_cart.store does to read a cart: one GET of its key.
+    client = Redis.from_url(url, client_name="shop-benchmark")
+
+    async def get(rng: random.Random) -> None:
+        if await client.get(rng.choice(keys)) is None:
+            raise LookupError("a seeded cart was not found")
+
+    try:
+        return await closed_loop(get, connections=connections, duration=duration, warmup=warmup)
+    finally:
+        await client.aclose()
+
+
+def redis_load(
+    url: str, keys: Sequence[str], *, connections: int, duration: float, warmup: float
+) -> LoadResult:
+    """GET of a random one of `keys`, as the cart service reads a cart."""
+    return run_async(_redis_load(url, keys, connections, duration, warmup))
 
 
 # -- HTTP: wrk, or a Python driver with the same semantics ---------------------------------

@@ -26,6 +26,7 @@ import asyncpg
 import drivers
 import psutil
 import pymongo
+import redis
 from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.table import Table
@@ -328,3 +329,51 @@ def mongo_database(
         )
     finally:
         server.stop()
+
+
+MACHINE_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def delete_keys(url: str, keys: Sequence[str]) -> None:
+    """Remove the keys a run wrote (its carts); say so if that cannot be done."""
+    try:
+        with redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+    except (redis.RedisError, OSError) as exc:
+        err.print(f"[yellow]could not delete this run's {len(keys)} keys (cart:*): {exc}")
+
+
+@contextlib.contextmanager
+def redis_server(work_dir: Path, written: Sequence[str]) -> Iterator[tuple[str, str, int | None]]:
+    """(URL, a description, the server's PID when it runs here): REDIS_URL's server, else
+    this machine's, else an embedded one. The keys in `written` (filled in by the caller as
+    it goes) are deleted when the block ends."""
+    given = os.environ.get("REDIS_URL")
+    server = None
+    if given:
+        url, described = given, f"REDIS_URL {mask_url(given)}"
+    elif redis_answers(MACHINE_REDIS):
+        url, described = MACHINE_REDIS, "this machine's, on 127.0.0.1:6379"
+    else:
+        err.print("no Redis on 127.0.0.1:6379: starting an embedded one")
+        try:
+            server = embedded.start_redis(None, log_dir=work_dir / "redis")
+        except embedded.EmbeddedServerError as exc:
+            raise BenchmarkError(str(exc)) from None
+        url, described = server.uri, "embedded redis-server"
+    try:
+        yield url, described, listening_pid(url, 6379)
+    finally:
+        if written:
+            delete_keys(url, written)
+        if server is not None:
+            server.stop()

@@ -1,12 +1,16 @@
-"""Measure the catalogue's read path against its ceilings, in one run, and print the ratios.
+"""Measure the read paths (catalogue and carts) against their ceilings, in one run, and
+print the ratios.
 
     .venv/bin/python benchmarks/run.py [--duration 10] [--connections 32] [--json FILE]
 
-Starts a MongoDB-protocol datastore (or uses MONGODB_URI, in a fresh database), seeds it,
-starts a bare aiohttp app, the product service and the gateway on free ports, then measures
-one after another: bare aiohttp; the datastore through a bare PyMongo client doing the
-product service's reads; the product service; the gateway in front of it. Everything it
-started is stopped on the way out, also on Ctrl-C or an error. See benchmarks/README.md.
+Starts a MongoDB-protocol datastore (or uses MONGODB_URI, in a fresh database) and seeds it;
+uses Redis (REDIS_URL, else this machine's, else an embedded one); starts a bare aiohttp
+app, the product service, the gateway and the cart service on free ports, fills carts, then
+measures one after another: bare aiohttp; the datastore through a bare PyMongo client doing
+the product service's reads; the product service; the gateway in front of it; Redis through
+a bare client doing the cart service's read; cart reads. Everything it started is stopped
+and every cart it wrote deleted on the way out, also on Ctrl-C or an error. See
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -40,12 +44,17 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from shopctl import processes  # noqa: E402
+from shopkit.auth import issue_token  # noqa: E402
 from shopkit.logs import mask_url  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
 CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "sports", "tools", "toys")
 LIST_PATH = f"/api/products?limit={drivers.PAGE_SIZE}"
+CARTS = 100  # carts filled, each with CART_LINES products; a cart read picks one at random
+CART_LINES = 3
+# The old Node.js seed's own figures on a machine like this one (requests per second).
+NODE_SEED_RATES = {"product by id": 1_100.0, "cart read": 5_100.0}
 
 # -- what runs ------------------------------------------------------------------------------
 
@@ -60,7 +69,15 @@ class Stack:
     urls: dict[str, str] = field(default_factory=dict)
     # Name -> process, for the CPU column: the datastore (when we started it) and the apps.
     running: dict[str, processes.ManagedProcess] = field(default_factory=dict)
+    # Other processes whose CPU counts (Redis, when it runs on this machine).
+    pids: dict[str, int] = field(default_factory=dict)
     datastore: str = ""
+    redis_url: str = ""
+    redis: str = ""
+    jwt_secret: str = ""
+    # (user id, token) of each filled cart, and the Redis keys to delete afterwards.
+    carts: list[tuple[str, str]] = field(default_factory=list)
+    cart_keys: list[str] = field(default_factory=list)
 
 
 def seed_products(uri: str, count: int) -> list[str]:
@@ -107,27 +124,39 @@ def start_stack(products: int) -> Iterator[Stack]:
         stack.datastore = described
         if mongo_process is not None:
             stack.running["datastore"] = mongo_process
+        redis_url, stack.redis, redis_pid = cleanup.enter_context(
+            harness.redis_server(work_dir, stack.cart_keys)
+        )
+        stack.redis_url = redis_url
+        if redis_pid is not None:
+            stack.pids["redis"] = redis_pid
 
         ports: dict[str, int] = {}
-        for name in ("bare", "product", "gateway"):
+        for name in ("bare", "product", "gateway", "cart"):
             ports[name] = processes.free_port(avoid=ports.values())
         stack.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        stack.jwt_secret = secrets.token_urlsafe(48)
         base_env = {
             **os.environ,
             "HOST": "127.0.0.1",
-            "JWT_SECRET": secrets.token_urlsafe(48),
+            "JWT_SECRET": stack.jwt_secret,
             # INFO (one access-log line per request) unless the caller asks otherwise.
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         for other in ("USER", "ORDER", "CART"):
             base_env.pop(f"{other}_SERVICE_URL", None)
+        base_env.pop("REDIS_URL", None)
         commands = {
             "bare": ([sys.executable, str(HERE / "bare_app.py")], {}),
             "product": ([sys.executable, "-m", "svc_product"], {"MONGODB_URI": mongo_uri}),
             "gateway": (
                 [sys.executable, "-m", "svc_gateway"],
                 {"PRODUCT_SERVICE_URL": stack.urls["product"]},
+            ),
+            "cart": (
+                [sys.executable, "-m", "svc_cart"],
+                {"REDIS_URL": redis_url, "PRODUCT_SERVICE_URL": stack.urls["product"]},
             ),
         }
         started: list[processes.ManagedProcess] = []
@@ -144,14 +173,40 @@ def start_stack(products: int) -> Iterator[Stack]:
             stack.running[name] = started[-1]
         for name in commands:
             harness.wait_for_health(name, stack.running[name], stack.urls[name], START_TIMEOUT)
+        fill_carts(stack)
         check_answers(stack)
         yield stack
 
 
-def _get_json(url: str) -> Any:
+def fill_carts(stack: Stack) -> None:
+    """CARTS customers' carts, CART_LINES products each, through the cart service itself (so
+    they are stored as it stores them)."""
+    in_stock = [pid for number, pid in enumerate(stack.product_ids) if number % 50 >= 5]
+    for number in range(CARTS):
+        user_id = str(900_000_000 + number)
+        token = issue_token(
+            stack.jwt_secret, sub=user_id, email=f"bench{number}@shop.test", role="customer"
+        )
+        stack.cart_keys.append(f"cart:{user_id}")
+        for line in range(CART_LINES):
+            product_id = in_stock[(number * CART_LINES + line) % len(in_stock)]
+            body = json.dumps({"product_id": product_id, "quantity": 1}).encode()
+            url = f"{stack.urls['cart']}/api/cart/{user_id}/items"
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            request = urllib.request.Request(url, body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    pass
+            except urllib.error.HTTPError as exc:
+                raise BenchmarkError(f"filling a cart: {exc.code} {exc.read()[:300]!r}") from None
+        stack.carts.append((user_id, token))
+
+
+def _get_json(url: str, headers: dict[str, str] | None = None) -> Any:
     # No If-None-Match: every measured request is a full 200 answer, never a cached 304.
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=10) as response:
             if response.status != 200:
                 raise BenchmarkError(f"GET {url} answered {response.status}, not 200")
             return json.load(response)
@@ -170,6 +225,12 @@ def check_answers(stack: Stack) -> None:
         page = _get_json(stack.urls[name] + LIST_PATH)
         if page.get("count") != drivers.PAGE_SIZE or page.get("total") != len(stack.product_ids):
             raise BenchmarkError(f"{name} answered an unexpected page: {str(page)[:300]}")
+    user_id, token = stack.carts[0]
+    cart = _get_json(
+        f"{stack.urls['cart']}/api/cart/{user_id}", {"Authorization": f"Bearer {token}"}
+    )
+    if len(cart.get("data", {}).get("items", [])) != CART_LINES:
+        raise BenchmarkError(f"the cart service answered an unexpected cart: {str(cart)[:300]}")
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -195,7 +256,9 @@ class Line:
 
 def measure(stack: Stack, line: Line) -> Measurement:
     """Run one line, accounting the CPU each process spent on it."""
-    meter = harness.CpuMeter({key: process.pid for key, process in stack.running.items()})
+    meter = harness.CpuMeter(
+        {**stack.pids, **{key: process.pid for key, process in stack.running.items()}}
+    )
     result = line.run()
     cpu = meter.read()
     return Measurement(
@@ -214,8 +277,10 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
     object_ids = [ObjectId(product_id) for product_id in stack.product_ids]
     load = {"connections": args.connections, "duration": args.duration, "warmup": args.warmup}
 
-    def http(base: str, paths: list[str]) -> Callable[[], drivers.LoadResult]:
-        requests = [drivers.HttpRequest(path) for path in paths]
+    def http(
+        base: str, paths: list[str], requests: list[drivers.HttpRequest] | None = None
+    ) -> Callable[[], drivers.LoadResult]:
+        requests = requests or [drivers.HttpRequest(path) for path in paths]
         if use_wrk:
             return lambda: drivers.wrk_load(
                 stack.urls[base], requests, threads=args.threads, work_dir=stack.work_dir, **load
@@ -224,6 +289,14 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
 
     def mongo(read: str) -> Callable[[], drivers.LoadResult]:
         return lambda: drivers.mongo_load(stack.mongo_uri, read, object_ids, **load)
+
+    cart_reads = [
+        drivers.HttpRequest(f"/api/cart/{user_id}", headers={"Authorization": f"Bearer {token}"})
+        for user_id, token in stack.carts
+    ]
+
+    def redis() -> drivers.LoadResult:
+        return drivers.redis_load(stack.redis_url, stack.cart_keys, **load)
 
     by_id, page = "GET /api/products/:id", f"GET {LIST_PATH}"
     return [
@@ -234,6 +307,10 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
         Line("product list", page, http_driver, "product", http("product", [LIST_PATH])),
         Line("gateway by id", by_id, http_driver, "gateway", http("gateway", id_paths)),
         Line("gateway list", page, http_driver, "gateway", http("gateway", [LIST_PATH])),
+        Line("datastore cart", "GET cart:{userId}", "redis-py", "driver", redis),
+        Line(
+            "cart read", "GET /api/cart/:userId", http_driver, "cart", http("cart", [], cart_reads)
+        ),
     ]
 
 
@@ -265,6 +342,7 @@ RATIOS = [
     ("gateway / direct, by id", "gateway by id", "product by id", 0.60, 0.7),
     ("gateway / direct, list", "gateway list", "product list", 0.60, None),
     ("product / bare aiohttp, by id", "product by id", "bare aiohttp", None, None),
+    ("cart read / datastore", "cart read", "datastore cart", None, None),
 ]
 
 
@@ -277,13 +355,13 @@ def ratios(results: list[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
-CPU_COLUMNS = ("datastore", "product", "gateway", "bare", "driver", "other")
+CPU_COLUMNS = ("datastore", "product", "gateway", "cart", "redis", "bare", "driver", "other")
 
 
 def print_report(console: Console, results: list[Measurement], header: str) -> None:
     table = harness.lines_table(
         header,
-        "CPU µs/req: CPU time of the process under test per request; the last six "
+        "CPU µs/req: CPU time of the process under test per request; the last eight "
         "columns: cores each process kept busy (driver: the load generator, other: anything "
         "else on this machine)",
         "CPU µs/req",
@@ -313,6 +391,15 @@ def print_report(console: Console, results: list[Measurement], header: str) -> N
             ", ".join(verdicts),
         )
     console.print(summary)
+
+    rates = {m.name: m.rate for m in results}
+    node = Table(title="against the Node.js seed's own rates", title_justify="left")
+    for column in ("line", "req/s", "Node.js seed", ""):
+        node.add_column(column, justify="left" if column in ("line", "") else "right")
+    for name, node_rate in NODE_SEED_RATES.items():
+        verdict = "beats Node.js" if rates[name] > node_rate else "[red]not above Node.js[/]"
+        node.add_row(name, f"{rates[name]:,.0f}", f"~{node_rate:,.0f}", verdict)
+    console.print(node)
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -349,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with start_stack(args.products) as stack:
             results = run_all(stack, args, use_wrk)
-            described = stack.datastore
+            described, redis = stack.datastore, stack.redis
     except BenchmarkError as exc:
         err.print(f"[red]benchmark failed:[/] {exc}")
         return 1
@@ -360,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{os.cpu_count()} cores, {args.connections} connections, {args.duration:g} s per line"
         f"{rounds}, {args.products} products; HTTP load: {'wrk' if use_wrk else 'Python driver'};"
-        f" datastore: {described}"
+        f" datastore: {described}; Redis: {redis}"
     )
     print_report(harness.report_console(), results, header)
     if args.json:
@@ -372,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "http_driver": "wrk" if use_wrk else "python",
             "datastore": described,
+            "redis": redis,
         }
         harness.write_json(
             args.json,
