@@ -70,6 +70,14 @@ class UpstreamUnavailable(ShopError):
     code = "upstream_unavailable"
 
 
+class ServiceBusy(ShopError):
+    """This service has more work queued than it will take on; the client should retry
+    (say when with a Retry-After header)."""
+
+    status = 503
+    code = "busy"
+
+
 def error_body(
     message: str,
     code: str,

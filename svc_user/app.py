@@ -31,6 +31,8 @@ class UserSettings(ServiceSettings):
 
     database_url: PostgresUrl = Field(alias="DATABASE_URL")
     bcrypt_rounds: int = Field(12, alias="BCRYPT_ROUNDS", ge=4, le=16)
+    # Password checks taken on at once (running or waiting); past it, 503 busy.
+    bcrypt_queue_limit: int = Field(32, alias="BCRYPT_QUEUE_LIMIT", ge=1, le=10_000)
     admin_email: Annotated[str, AfterValidator(normalise_email)] | None = Field(
         None, alias="ADMIN_EMAIL"
     )
@@ -48,7 +50,8 @@ class UserSettings(ServiceSettings):
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the bcrypt thread pool."""
-    hasher = PasswordHasher(app[SETTINGS].bcrypt_rounds)
+    settings = app[SETTINGS]
+    hasher = PasswordHasher(settings.bcrypt_rounds, queue_limit=settings.bcrypt_queue_limit)
     await hasher.start()
     app[HASHER] = hasher
     yield

@@ -1,4 +1,5 @@
-"""bcrypt, off the event loop: hashing on a pool of as many threads as there are cores."""
+"""bcrypt, off the event loop: hashing on a pool of as many threads as there are cores, with
+a bound on how much may wait for it."""
 
 from __future__ import annotations
 
@@ -11,22 +12,41 @@ from typing import TypeVar
 
 import bcrypt
 
+from shopkit.errors import ServiceBusy
+
 T = TypeVar("T")
 
 
 class PasswordHasher:
     """bcrypt releases the GIL, so one thread per core hashes in parallel while the event
-    loop keeps answering; more threads than cores would only queue inside the CPU."""
+    loop keeps answering; more threads than cores would only queue inside the CPU.
 
-    def __init__(self, rounds: int, workers: int | None = None) -> None:
+    At most ``queue_limit`` hashes are taken on at once (running or waiting): each costs a
+    quarter of a second of a core, so a flood of logins (say, for unknown emails) would
+    otherwise queue without end and every login would wait behind it. Past the limit the
+    answer is at once a 503 ``busy`` with Retry-After, and nothing is recorded."""
+
+    def __init__(self, rounds: int, workers: int | None = None, queue_limit: int = 32) -> None:
         self.rounds = rounds
+        self.queue_limit = queue_limit
         self._executor = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="bcrypt"
         )
         self._dummy_hash: bytes | None = None
+        self._taken = 0
 
     async def _run(self, function: Callable[..., T], *args: bytes) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        if self._taken >= self.queue_limit:
+            raise ServiceBusy(
+                "Too many passwords are being checked right now; try again in a moment.",
+                headers={"Retry-After": "1"},
+            )
+        self._taken += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, function, *args)
+        finally:
+            self._taken -= 1
 
     async def start(self) -> None:
         # A real hash of nothing anyone knows, to check unknown emails against, so that an

@@ -29,7 +29,7 @@ def _token_for(request: web.Request, user: dict) -> str:
     body=RegisterBody,
     response=AuthOut,
     status=201,
-    errors=(409,),
+    errors=(409, 503),
 )
 async def register(request: web.Request, body: RegisterBody) -> web.Response:
     password_hash = await request.app[HASHER].hash(body.password)
@@ -57,9 +57,10 @@ def _too_many(seconds: float) -> TooManyRequests:
     "Log in with email and password",
     body=LoginBody,
     response=AuthOut,
-    errors=(401, 429),
+    errors=(401, 429, 503),
     description="An unknown email and a wrong password answer alike. Repeated failures for "
-    "one email are throttled (429 with Retry-After), across every replica.",
+    "one email are throttled (429 with Retry-After), across every replica. 503 busy (with "
+    "Retry-After): more password checks are under way than BCRYPT_QUEUE_LIMIT allows.",
 )
 async def login(request: web.Request, body: LoginBody) -> web.Response:
     store, hasher = request.app[STORE], request.app[HASHER]
@@ -105,7 +106,7 @@ async def get_profile(request: web.Request) -> web.Response:
     body=ProfileUpdate,
     response=UserOut,
     roles=(),
-    errors=(403,),
+    errors=(403, 503),
 )
 async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Response:
     row = await _own_account(request, request[IDENTITY])

@@ -14,8 +14,10 @@ from pydantic import SecretStr
 from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, call, forged, unsigned
 
 from shopkit.auth import service_token
+from shopkit.errors import ServiceBusy
 from svc_user.app import UserSettings
 from svc_user.app import create_app as create_user_app
+from svc_user.passwords import PasswordHasher
 from svc_user.schemas import AuthOut, UserOut
 from svc_user.store import FREE_FAILURES
 
@@ -457,3 +459,40 @@ async def test_a_login_brings_an_old_hash_up_to_the_configured_cost(
         await connection.close()
     assert stored.startswith("$2b$05$")
     await login(restarted, "ann@shop.test")
+
+
+async def test_password_checks_past_the_queue_limit_are_refused_at_once() -> None:
+    hasher = PasswordHasher(rounds=4, workers=1, queue_limit=2)
+    await hasher.start()
+    try:
+        hashed = await hasher.hash("correct horse")
+        outcomes = await asyncio.gather(
+            *(hasher.verify("correct horse", hashed) for _ in range(3)), return_exceptions=True
+        )
+        # The first two are taken on (one runs, one waits); the third is refused, not queued.
+        assert outcomes[:2] == [True, True]
+        assert isinstance(outcomes[2], ServiceBusy)
+        assert outcomes[2].headers == {"Retry-After": "1"}
+        assert await hasher.verify("correct horse", hashed)  # room again once they are done
+    finally:
+        hasher.close()
+
+
+async def test_a_login_flood_gets_503_busy_and_records_no_failure(
+    aiohttp_client: Any, user_settings: UserSettings
+) -> None:
+    # Costly hashes and room for one: while one login's check runs, the others are refused.
+    settings = user_settings.model_copy(update={"bcrypt_rounds": 14, "bcrypt_queue_limit": 1})
+    client = await aiohttp_client(create_user_app(settings))
+    login = {"email": ADMIN_EMAIL, "password": "not the password"}
+    answers = await asyncio.gather(*(client.post("/api/users/login", json=login) for _ in range(4)))
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses[0] == 401 and 503 in statuses, statuses
+    for answer in answers:
+        if answer.status == 503:
+            body = await answer.json()
+            assert body["code"] == "busy" and body["success"] is False
+            assert answer.headers["Retry-After"] == "1"
+    # Only the check that ran counts toward the throttle: the admin can still log in.
+    good = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    await call(client, "POST", "/api/users/login", json=good, expected_status=200)
