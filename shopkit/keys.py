@@ -6,12 +6,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 if TYPE_CHECKING:
     from shopkit.auth import Identity
     from shopkit.metrics import Metrics
+    from shopkit.postgres import FairPool
     from shopkit.settings import ServiceSettings
 
 SETTINGS: web.AppKey[ServiceSettings] = web.AppKey("settings")
@@ -20,7 +20,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 READY_CHECK = web.AppKey("ready_check", Callable[[web.Application], Awaitable[None]])
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 # The pool of a service that owns a PostgreSQL database (user, order).
-POSTGRES = web.AppKey("postgres", asyncpg.Pool)
+POSTGRES: web.AppKey[FairPool] = web.AppKey("postgres")
 # Exception types that mean "a dependency is down" and answer 503 instead of 500.
 UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
 

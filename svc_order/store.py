@@ -10,6 +10,7 @@ import asyncpg
 
 from shopkit.errors import Conflict, NotFound
 from shopkit.money import cents_to_money
+from shopkit.postgres import FairPool
 
 # The lifecycle: where each status may go next.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -70,7 +71,7 @@ _ORDER = "id, user_id, status, total_cents, created_at, updated_at"
 
 
 class OrderStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: FairPool) -> None:
         self.pool = pool
 
     # -- the checkout saga ---------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, ClassVar
 
-import asyncpg
 from aiohttp import web
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from shopkit.app import create_service_app
 from shopkit.keys import SETTINGS
-from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
+from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool, postgres_ctx, postgres_ready
 from shopkit.settings import PostgresUrl, ServiceSettings
 from svc_user.keys import HASHER, STORE
 from svc_user.passwords import PasswordHasher
@@ -58,7 +57,7 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
     hasher.close()
 
 
-async def bootstrap_admin(app: web.Application, pool: asyncpg.Pool) -> None:
+async def bootstrap_admin(app: web.Application, pool: FairPool) -> None:
     """Make sure the configured admin account exists, with its configured password."""
     store = app[STORE] = UserStore(pool)
     settings = app[SETTINGS]

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from shopkit.errors import Conflict
+from shopkit.postgres import FairPool
 
 log = logging.getLogger("shop.user.store")
 
@@ -43,7 +44,7 @@ def user_out(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class UserStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: FairPool) -> None:
         self.pool = pool
 
     async def create(
