@@ -12,7 +12,7 @@ from shopkit.app import create_service_app
 from shopkit.settings import MongoUrl, ServiceSettings
 from svc_product.keys import MONGO
 from svc_product.routes import routes
-from svc_product.store import mongo_ctx
+from svc_product.store import mongo_ctx, prune_stock_moves_ctx
 
 
 class ProductSettings(ServiceSettings):
@@ -20,6 +20,12 @@ class ProductSettings(ServiceSettings):
     default_port: ClassVar[int] = 3001
 
     mongodb_uri: MongoUrl = Field(alias="MONGODB_URI")
+    # How long the record of a checkout's stock change is kept (it must outlive any retry or
+    # undo of that checkout: its lease is 30 s), and how often old records are forgotten.
+    stock_moves_keep_seconds: float = Field(86_400, alias="STOCK_MOVES_KEEP_SECONDS", ge=600)
+    stock_moves_prune_interval: float = Field(
+        3_600, alias="STOCK_MOVES_PRUNE_INTERVAL", gt=0, le=86_400
+    )
 
 
 async def mongo_ready(app: web.Application) -> dict[str, Any]:
@@ -32,5 +38,6 @@ def create_app(settings: ProductSettings) -> web.Application:
         settings, ready_check=mongo_ready, unavailable_errors=(ConnectionFailure,)
     )
     app.cleanup_ctx.append(mongo_ctx)
+    app.cleanup_ctx.append(prune_stock_moves_ctx)
     app.router.add_routes(routes)
     return app

@@ -7,8 +7,10 @@ develop against (nx-27017) cannot store Decimal128.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,13 +38,14 @@ _SORTS = {
     "name": [("sort_name", ASCENDING), ("_id", ASCENDING)],
     "-createdAt": [("createdAt", DESCENDING), ("_id", DESCENDING)],
 }
-# sort_name and stock_moves are ours, not the client's.
-_PUBLIC = {"sort_name": False, "stock_moves": False}
+# sort_name and the stock moves are ours, not the client's.
+_PUBLIC = {"sort_name": False, "stock_moves": False, "stock_moved_at": False}
 # Each stock change made with a reference is remembered in the product's stock_moves map,
 # reference -> units (or "undone"), in the same atomic update as the change, so a retried
 # change never applies twice and an undo applies exactly once. (One document, one update:
-# no multi-document transaction, which a standalone MongoDB does not offer.) The map grows
-# by one small entry per order line; see the README's notes.
+# no multi-document transaction, which a standalone MongoDB does not offer.) The map gains
+# one small entry per order line; stock_moved_at says when (epoch seconds), so that
+# prune_stock_moves can forget the entries of checkouts that ended long ago.
 UNDONE = "undone"
 
 
@@ -238,16 +241,17 @@ class ProductStore:
             units = moves.get(reference)
             if units == UNDONE:
                 return await self.get(product_id)
+            marked = {key: UNDONE, f"stock_moved_at.{reference}": int(time.time())}
             if units is None:
                 selector: dict[str, Any] = {"_id": oid, key: {"$exists": False}}
-                change: dict[str, Any] = {"$set": {key: UNDONE}}
+                change: dict[str, Any] = {"$set": marked}
             else:
                 selector = {"_id": oid, key: units}
                 if units > 0:  # taking back units that were added needs them to be there
                     selector["stock"] = {"$gte": units}
                 change = {
                     "$inc": {"stock": -units},
-                    "$set": {key: UNDONE},
+                    "$set": marked,
                     "$currentDate": {"updatedAt": True},
                 }
             doc = await self.collection.find_one_and_update(
@@ -281,7 +285,10 @@ class ProductStore:
         change: dict[str, Any] = {"$inc": {"stock": delta}, "$currentDate": {"updatedAt": True}}
         if reference is not None:
             selector[f"stock_moves.{reference}"] = {"$exists": False}
-            change["$set"] = {f"stock_moves.{reference}": delta}
+            change["$set"] = {
+                f"stock_moves.{reference}": delta,
+                f"stock_moved_at.{reference}": int(time.time()),
+            }
         doc = await self.collection.find_one_and_update(
             selector, change, projection=_PUBLIC, return_document=ReturnDocument.AFTER
         )
@@ -300,6 +307,58 @@ class ProductStore:
             f"Stock cannot exceed {MAX_STOCK} units ({current['stock']} now, {delta} to add).",
             code="stock_limit",
         )
+
+    async def prune_stock_moves(self, older_than: float) -> int:
+        """Forget the stock moves recorded before ``older_than`` (epoch seconds); how many
+        were forgotten. Only the checkout saga uses references, and a checkout either ends
+        or is undone within its lease (seconds), so nothing retries or undoes a move a day
+        old. Moves recorded before moves had times are stamped now, and forgotten one
+        keeping period later. Each product is one update, guarded by the times it read, so
+        a move stamped again meanwhile (an undo) is left for the next round."""
+        forgotten = 0
+        now = int(time.time())
+        wanted = {"stock_moves": True, "stock_moved_at": True}
+        async for doc in self.collection.find({"stock_moves": {"$exists": True}}, wanted):
+            moves, stamps = doc.get("stock_moves") or {}, doc.get("stock_moved_at") or {}
+            unstamped = [reference for reference in moves if reference not in stamps]
+            if unstamped:
+                stamp = {f"stock_moved_at.{reference}": now for reference in unstamped}
+                await self.collection.update_one({"_id": doc["_id"]}, {"$set": stamp})
+            old = {ref: moment for ref, moment in stamps.items() if moment < older_than}
+            if not old:
+                continue
+            guard = {f"stock_moved_at.{ref}": moment for ref, moment in old.items()}
+            forget = {f"stock_moves.{ref}": "" for ref in old}
+            forget.update({f"stock_moved_at.{ref}": "" for ref in old})
+            result = await self.collection.update_one(
+                {"_id": doc["_id"], **guard}, {"$unset": forget}
+            )
+            forgotten += len(old) if result.modified_count else 0
+        return forgotten
+
+
+async def prune_stock_moves_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: every STOCK_MOVES_PRUNE_INTERVAL seconds, forget the stock moves older
+    than STOCK_MOVES_KEEP_SECONDS (each replica does; doing it twice changes nothing)."""
+    settings = app[SETTINGS]
+
+    async def prune_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.stock_moves_prune_interval)
+            try:
+                older_than = time.time() - settings.stock_moves_keep_seconds
+                forgotten = await app[STORE].prune_stock_moves(older_than)
+            except PyMongoError as exc:
+                log.warning("could not prune stock moves: %s", exc)
+            else:
+                if forgotten:
+                    log.info("forgot %d stock moves older than a keeping period", forgotten)
+
+    task = asyncio.create_task(prune_forever(), name="prune-stock-moves")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
