@@ -51,6 +51,9 @@ class EndpointSpec:
     description: str | None = None
     raw: bool = False  # the answer is not the JSON envelope (metrics, proxies)
     content_type: str = "application/json"
+    # Raises (403, 404) when the caller may not reach what the path names; runs before the
+    # query and body are read, so nobody learns how their input would have been judged.
+    access: Callable[[web.Request], Any] | None = None
 
 
 def endpoint(
@@ -66,6 +69,7 @@ def endpoint(
     description: str | None = None,
     raw: bool = False,
     content_type: str = "application/json",
+    access: Callable[[web.Request], Any] | None = None,
 ) -> Callable[[Handler], Handler]:
     spec = EndpointSpec(
         summary,
@@ -79,6 +83,7 @@ def endpoint(
         description,
         raw,
         content_type,
+        access,
     )
 
     def decorate(handler: Handler) -> Handler:
@@ -87,6 +92,8 @@ def endpoint(
             kwargs: dict[str, Any] = {}
             if roles is not None:  # auth first: an anonymous caller learns nothing more
                 request[IDENTITY] = require_roles(request, *roles)
+            if access is not None:  # then whether it may reach this resource
+                access(request)
             if query is not None:
                 kwargs["query"] = validate_query(query, request.query)
             if body is not None:

@@ -83,6 +83,7 @@ async def _answer(
     "A cart, priced with the catalogue's current names, prices and images",
     response=CartOut,
     roles=(),
+    access=_cart_owner,
     errors=(403, 404, 503),
     description="A cart never filled, emptied or expired is an empty cart (200), not a 404. "
     "Names, prices and images may be up to CATALOGUE_CACHE_SECONDS (default 1) old; a "
@@ -101,6 +102,7 @@ async def get_cart(request: web.Request) -> web.Response:
     body=AddItem,
     response=CartOut,
     roles=(),
+    access=_cart_owner,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart (200: the cart exists either way). A product "
     "already in the cart gets the units added to its quantity. 404 product_not_found: no "
@@ -123,6 +125,7 @@ async def add_item(request: web.Request, body: AddItem) -> web.Response:
     body=SetQuantity,
     response=CartOut,
     roles=(),
+    access=_cart_owner,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart. A product not yet in the cart is put in (the "
     "quantity is set, whatever it was). Above the product's stock is 409 "
@@ -148,6 +151,7 @@ async def set_quantity(request: web.Request, body: SetQuantity) -> web.Response:
     "Take a product out of a cart",
     response=CartOut,
     roles=(),
+    access=_cart_owner,
     errors=(403, 404, 503),
     description="Answers the whole cart. Taking out a product the cart does not hold "
     "changes nothing and is not an error (a repeated click). " + _ACCESS,
@@ -166,6 +170,7 @@ async def remove_item(request: web.Request) -> web.Response:
     query=ClearQuery,
     response=CartOut,
     roles=(),
+    access=_cart_owner,
     errors=(403, 404, 409),
     description="Answers the emptied cart. With ?version=N (the version a GET answered) "
     "the cart is emptied only if nothing changed it since; otherwise 409 cart_changed, "

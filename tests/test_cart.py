@@ -825,6 +825,20 @@ async def test_a_customer_reaches_only_its_own_cart(
         cart, owner.path, routes, headers=other.headers, expected_status=403, code="forbidden"
     )
     await refused_on_each(cart, owner.path, routes, expected_status=401, code="unauthorized")
+    # Someone else's cart is refused before the body is even read: a malformed or invalid
+    # body gets the same 403, so it tells nothing about how it would have been judged.
+    for body in ({"product_id": product_id, "quantity": "two"}, {"nonsense": True}, [1]):
+        await call(
+            cart,
+            "POST",
+            f"{owner.path}/items",
+            json=body,
+            headers=other.headers,
+            expected_status=403,
+        )
+    await call(
+        cart, "DELETE", f"{owner.path}?version=abc", headers=other.headers, expected_status=403
+    )
     assert await redis_client.get(owner.key) == before
 
 
