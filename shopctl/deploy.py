@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from shopctl import processes
@@ -89,7 +90,7 @@ def deploy(
         context = None if dry_run else cluster_context(environment)
         overlay = overlay_dir(manifests, environment)
         kubectl = find_kubectl()
-        check_secrets_files(overlay, complete=not dry_run)
+        unfilled = check_secrets_files(overlay, complete=not dry_run)
         documents = render(kubectl, overlay)
         documents = set_images(documents, environment.registry, image_tag)
         documents = set_namespace(documents, environment.namespace)
@@ -103,6 +104,8 @@ def deploy(
                 "masked; nothing applied.",
                 markup=False,
             )
+            for warning in unfilled:
+                consoles.err.print(f"[yellow]Warning:[/] {escape(warning)}")
             return
         assert context is not None
         cluster = Cluster(kubectl, context, environment.namespace)
@@ -147,9 +150,11 @@ def cluster_context(environment: Environment) -> str:
     return environment.kube_context
 
 
-def check_secrets_files(overlay: Path, *, complete: bool) -> None:
+def check_secrets_files(overlay: Path, *, complete: bool) -> list[str]:
     """The files the overlay's secretGenerator reads exist (they are never committed) and,
-    before a real deploy, set every key they list."""
+    before a real deploy, set every key they list. With `complete=False` (a dry run) empty
+    keys are not an error: they are returned as sentences to warn with."""
+    warnings: list[str] = []
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text()) or {}
     for generator in kustomization.get("secretGenerator", []):
         for source in [*generator.get("envs", []), *generator.get("files", [])]:
@@ -161,10 +166,16 @@ def check_secrets_files(overlay: Path, *, complete: bool) -> None:
                 if example.is_file():
                     hint = f"copy {example.name} beside it and fill it in"
                 raise ShopctlError(f"{path} is missing: {hint} (it is never committed)")
-            if complete and source in generator.get("envs", []):
+            if source in generator.get("envs", []):
                 empty = [key for key, value in env_file(path).items() if not value]
-                if empty:
+                if empty and complete:
                     raise ShopctlError(f"{path}: fill in {', '.join(empty)} before deploying")
+                if empty:
+                    warnings.append(
+                        f"{path}: {', '.join(empty)} empty; a real deploy refuses until they "
+                        "are filled in"
+                    )
+    return warnings
 
 
 def env_file(path: Path) -> dict[str, str]:

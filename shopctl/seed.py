@@ -136,7 +136,7 @@ async def _seed(
             bar = progress.add_task(f"{verb} {target.url}", total=len(deletions) + len(loads))
 
             def advance(task: Task) -> None:
-                progress.update(bar, advance=1, description=f"{verb} {task.kind.value}")
+                progress.update(bar, advance=1)
 
             # Deletions finish before anything is created, so no name is taken twice.
             for phase in (deletions, loads):

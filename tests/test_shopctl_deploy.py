@@ -342,6 +342,11 @@ def test_empty_secrets_are_refused_before_anything_is_applied(setup: dict[str, A
     assert result.returncode == 1, result.stdout + result.stderr
     assert "fill in JWT_SECRET before deploying" in result.stderr
     assert calls(setup["bin"]) == []
+    # A dry run still shows the manifests, but says what a real deploy would refuse.
+    if REAL_KUBECTL is not None:
+        dry = shopctl_deploy(setup, "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "Warning:" in dry.stderr and "JWT_SECRET empty" in dry.stderr
 
 
 def test_an_environment_without_a_kube_context_is_refused(setup: dict[str, Any]) -> None:
