@@ -231,6 +231,24 @@ async def test_totals_are_exact_and_written_with_two_places(
     assert data["item_count"] == 6 and data["version"] == 2
 
 
+async def repriced_lamp(
+    cart: TestClient,
+    catalogue: TestClient,
+    admin_headers: dict[str, str],
+    shopper: Shopper,
+    stock: Callable[..., Any],
+    units: int,
+) -> str:
+    """A lamp at 10.00, `units` of it put in the cart, then renamed and repriced to 12.50
+    in the catalogue; its id."""
+    lamp = await stock(name="Lamp", price=10, stock=5)
+    await add(cart, shopper, lamp, units)
+    change = {"name": "Desk Lamp", "price": 12.5}
+    path = f"/api/products/{lamp}"
+    await call(catalogue, "PUT", path, json=change, headers=admin_headers, expected_status=200)
+    return lamp
+
+
 # The cart asks the catalogue on every read here (no remembered prices).
 @pytest.mark.parametrize("catalogue_cache_seconds", ["0"])
 async def test_the_cart_shows_the_current_name_and_price(
@@ -240,16 +258,7 @@ async def test_the_cart_shows_the_current_name_and_price(
     shopper: Shopper,
     stock: Callable[..., Any],
 ) -> None:
-    lamp = await stock(name="Lamp", price=10, stock=5)
-    await add(cart, shopper, lamp, 2)
-    await call(
-        catalogue,
-        "PUT",
-        f"/api/products/{lamp}",
-        json={"name": "Desk Lamp", "price": 12.5},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await repriced_lamp(cart, catalogue, admin_headers, shopper, stock, 2)
     (item,) = (await view(cart, shopper))["items"]
     assert (item["name"], item["price"], item["subtotal"]) == ("Desk Lamp", 12.5, 25)
 
@@ -263,11 +272,8 @@ async def test_a_cart_read_may_show_what_the_catalogue_said_a_moment_ago(
     shopper: Shopper,
     stock: Callable[..., Any],
 ) -> None:
-    lamp = await stock(name="Lamp", price=10, stock=5)
-    await add(cart, shopper, lamp, 1)  # looked up afresh, and remembered
-    change = {"price": 12.5}
-    path = f"/api/products/{lamp}"
-    await call(catalogue, "PUT", path, json=change, headers=admin_headers, expected_status=200)
+    # The add looks the lamp up afresh, and remembers it.
+    lamp = await repriced_lamp(cart, catalogue, admin_headers, shopper, stock, 1)
 
     # Within CATALOGUE_CACHE_SECONDS a read shows what the catalogue said then...
     assert (await view(cart, shopper))["items"][0]["price"] == 10
@@ -291,11 +297,7 @@ async def test_a_remembered_price_gives_way_to_the_new_one(
     shopper: Shopper,
     stock: Callable[..., Any],
 ) -> None:
-    lamp = await stock(name="Lamp", price=10, stock=5)
-    await add(cart, shopper, lamp, 2)
-    change = {"price": 12.5}
-    path = f"/api/products/{lamp}"
-    await call(catalogue, "PUT", path, json=change, headers=admin_headers, expected_status=200)
+    await repriced_lamp(cart, catalogue, admin_headers, shopper, stock, 2)
 
     async def shows_the_new_price() -> bool:
         return (await view(cart, shopper))["total"] == 25
