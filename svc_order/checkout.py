@@ -79,8 +79,9 @@ class Checkout:
         user_id: int,
         explicit: list[tuple[str, int]] | None,
         idempotency_key: str | None,
-    ) -> tuple[int, bool]:
-        """Check out; return the order id and whether it was placed before (a replay)."""
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Check out; return the order id and, when this call placed it, the order as the
+        API shows it (None: a replay of an order placed before; read it)."""
         # "Check out my cart" is one request whatever the cart holds, so a repeat is known
         # before the cart is read (a cart the first request already emptied included).
         wanted = _merge(explicit) if explicit else None
@@ -88,7 +89,7 @@ class Checkout:
         if idempotency_key is not None:
             earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
             if earlier is not None:
-                return earlier, True
+                return earlier, None
         cart_version = None
         if wanted is None:
             wanted, cart_version = await self._cart_lines(user_id)
@@ -111,14 +112,15 @@ class Checkout:
                     "A checkout with this Idempotency-Key just failed; send it again.",
                     code="idempotency_retry",
                 ) from None
-            return earlier, True
+            return earlier, None
         await self._take_stock(order_id, lines)
-        if not await self.store.mark_placed(order_id):
+        order = await self.store.mark_placed(order_id, lines)
+        if order is None:
             # Too slow: recovery took the order over and is undoing it.
             raise UpstreamUnavailable("The checkout took too long and was undone; try again.")
         if cart_version is not None:
             await self._clear_cart(order_id, user_id, cart_version)
-        return order_id, False
+        return order_id, order
 
     async def _cart_lines(self, user_id: int) -> tuple[dict[str, int], int]:
         reply = await self.carts.get(f"/api/cart/{user_id}", token=self.token)

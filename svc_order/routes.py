@@ -53,11 +53,11 @@ async def create_order(request: web.Request, body: CheckoutBody) -> web.Response
             code="invalid_idempotency_key",
         )
     explicit = [(line.product_id, line.quantity) for line in body.items or []]
-    order_id, replayed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
-    order = await request.app[STORE].get(order_id)
+    order_id, placed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
     headers = {"Location": f"/api/orders/{order_id}"}
-    if replayed:
+    if placed is None:  # a replay: the order placed before, as it is now
         headers["Idempotent-Replayed"] = "true"
+    order = placed or await request.app[STORE].get(order_id)
     return json_response({"success": True, "data": order}, status=201, headers=headers)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +45,7 @@ def _iso(moment: datetime) -> str:
 
 
 def order_out(
-    row: asyncpg.Record, lines: list[asyncpg.Record], history: list[asyncpg.Record]
+    row: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
     """A stored order as the API shows it (see schemas.OrderOut)."""
     return {
@@ -121,21 +122,35 @@ class OrderStore:
             raise IdempotencyKeyTaken() from None
         return order_id
 
-    async def mark_placed(self, order_id: int) -> bool:
-        """Placed, unless recovery took the order over (its lease ran out) meanwhile."""
+    async def mark_placed(self, order_id: int, lines: list[Line]) -> dict[str, Any] | None:
+        """Placed, unless recovery took the order over (its lease ran out) meanwhile; the
+        order as the API shows it, built from what the caller holds (its ``lines``) and
+        what the two writes return, so the answer costs no read."""
         async with self.pool.acquire() as connection, connection.transaction():
-            placed = await connection.fetchval(
-                """UPDATE orders SET checkout_state = 'placed', updated_at = now()
-                   WHERE id = $1 AND checkout_state = 'reserving' AND lease_until > now()
-                   RETURNING id""",
+            row = await connection.fetchrow(
+                f"""UPDATE orders SET checkout_state = 'placed', updated_at = now()
+                    WHERE id = $1 AND checkout_state = 'reserving' AND lease_until > now()
+                    RETURNING {_ORDER}""",
                 order_id,
             )
-            if placed is None:
-                return False
-            await connection.execute(
-                "INSERT INTO order_history (order_id, status) VALUES ($1, 'pending')", order_id
+            if row is None:
+                return None
+            entry = await connection.fetchrow(
+                """INSERT INTO order_history (order_id, status) VALUES ($1, 'pending')
+                   RETURNING status, at""",
+                order_id,
             )
-        return True
+        # In the order a read gives them (ORDER BY product_id).
+        items = [
+            {
+                "product_id": line.product_id,
+                "product_name": line.product_name,
+                "quantity": line.quantity,
+                "price_cents": line.price_cents,
+            }
+            for line in sorted(lines, key=lambda line: line.product_id)
+        ]
+        return order_out(row, items, [entry])
 
     async def start_compensating(self, order_id: int) -> None:
         await self.pool.execute(
