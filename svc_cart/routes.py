@@ -32,13 +32,18 @@ _ACCESS = (
 
 
 def _cart_owner(request: web.Request) -> str:
-    """The userId of the cart asked for, once the caller may reach it."""
-    user_id = request.match_info["userId"]
+    """The userId in the path: every cart route's access hook has already checked it."""
+    return request.match_info["userId"]
+
+
+def _check_cart_access(request: web.Request) -> None:
+    """Each cart route's access hook (run before its body is read): 404 for a userId that
+    names no one, 403 for someone else's cart."""
+    user_id = _cart_owner(request)
     if not _USER_ID.match(user_id):
         raise NotFound(f"There is no cart for user {user_id!r}.", code="cart_not_found")
     if not request[IDENTITY].may_act_for(user_id):
         raise Forbidden("A customer reaches only its own cart.")
-    return user_id
 
 
 def _product_id(value: str) -> str:
@@ -83,7 +88,7 @@ async def _answer(
     "A cart, priced with the catalogue's current names, prices and images",
     response=CartOut,
     roles=(),
-    access=_cart_owner,
+    access=_check_cart_access,
     errors=(403, 404, 503),
     description="A cart never filled, emptied or expired is an empty cart (200), not a 404. "
     "Names, prices and images may be up to CATALOGUE_CACHE_SECONDS (default 1) old; a "
@@ -102,7 +107,7 @@ async def get_cart(request: web.Request) -> web.Response:
     body=AddItem,
     response=CartOut,
     roles=(),
-    access=_cart_owner,
+    access=_check_cart_access,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart (200: the cart exists either way). A product "
     "already in the cart gets the units added to its quantity. 404 product_not_found: no "
@@ -125,7 +130,7 @@ async def add_item(request: web.Request, body: AddItem) -> web.Response:
     body=SetQuantity,
     response=CartOut,
     roles=(),
-    access=_cart_owner,
+    access=_check_cart_access,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart. A product not yet in the cart is put in (the "
     "quantity is set, whatever it was). Above the product's stock is 409 "
@@ -151,7 +156,7 @@ async def set_quantity(request: web.Request, body: SetQuantity) -> web.Response:
     "Take a product out of a cart",
     response=CartOut,
     roles=(),
-    access=_cart_owner,
+    access=_check_cart_access,
     errors=(403, 404, 503),
     description="Answers the whole cart. Taking out a product the cart does not hold "
     "changes nothing and is not an error (a repeated click). " + _ACCESS,
@@ -170,7 +175,7 @@ async def remove_item(request: web.Request) -> web.Response:
     query=ClearQuery,
     response=CartOut,
     roles=(),
-    access=_cart_owner,
+    access=_check_cart_access,
     errors=(403, 404, 409),
     description="Answers the emptied cart. With ?version=N (the version a GET answered) "
     "the cart is emptied only if nothing changed it since; otherwise 409 cart_changed, "
