@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
 from shopctl.environments import (
@@ -26,7 +25,6 @@ from shopctl.qa_flows import QaRun, RunConfig, Scenario, run_checkout, start_run
 from shopctl.qa_report import RunSummary, conservation_table, outcome_lines, steps_table
 from shopctl.shop_client import ShopClient, new_run_id
 
-FAILURES_SHOWN = 10
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
 
 
@@ -201,11 +199,8 @@ def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> 
     if summary.passed:
         human.print("[bold green]PASSED[/]: every step as the contract says.")
         return
-    for failure in recorder.failures[:FAILURES_SHOWN]:
-        consoles.err.print(f"[red]✗[/] {escape(failure.line())}", soft_wrap=True)
-    more = recorder.failure_count - min(FAILURES_SHOWN, len(recorder.failures))
-    if more > 0:
-        consoles.err.print(f"... and {more} more failures", soft_wrap=True)
+    lines = [failure.line() for failure in recorder.failures]
+    consoles.list_failures(lines, recorder.failure_count, "[red]✗[/]")
     consoles.err.print(
         f"[bold red]FAILED[/]: {recorder.failure_count} failures"
         + (", stock does not add up" if bad else "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,6 +20,8 @@ from rich.progress import (
 
 from shopctl.errors import ShopctlError
 
+FAILURES_SHOWN = 10  # a command lists at most this many failures, then counts the rest
+
 
 @dataclass(frozen=True)
 class Consoles:
@@ -29,6 +31,15 @@ class Consoles:
     @classmethod
     def create(cls) -> Consoles:
         return cls(Console(highlight=False), Console(stderr=True, highlight=False))
+
+    def list_failures(self, lines: Sequence[str], total: int, marker: str) -> None:
+        """The first FAILURES_SHOWN of `lines` on stderr after `marker` (markup), then how
+        many more there were of `total` (which may count some not kept in `lines`)."""
+        shown = lines[:FAILURES_SHOWN]
+        for line in shown:
+            self.err.print(f"{marker} {escape(line)}", soft_wrap=True)
+        if total > len(shown):
+            self.err.print(f"... and {total - len(shown)} more failures", soft_wrap=True)
 
     def say(self, message: str) -> None:
         """Print a plain line (no markup: messages hold paths, URLs and log text), wrapped

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
@@ -31,7 +30,6 @@ from shopctl.seeding import (
 from shopctl.shop_client import ShopClient, list_all_products, new_run_id
 
 DEMO_PASSWORD = "shop-demo-password"
-FAILURES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -183,11 +181,7 @@ def _print_report(
         counts = report.counts[kind]
         table.add_row(kind.value, *(str(counts[outcome]) for outcome in outcomes))
     consoles.out.print(table)
-    for failure in report.failures[:FAILURES_SHOWN]:
-        consoles.err.print(f"[red]failed[/] {escape(failure)}", soft_wrap=True)
-    hidden = len(report.failures) - FAILURES_SHOWN
-    if hidden > 0:
-        consoles.err.print(f"... and {hidden} more failures", soft_wrap=True)
+    consoles.list_failures(report.failures, len(report.failures), "[red]failed[/]")
     if report.failed:
         consoles.err.print(
             f"[bold red]Error:[/] {len(report.failures)} items could not be loaded; "

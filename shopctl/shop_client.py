@@ -133,7 +133,7 @@ class ShopClient:
                 request_id = headers.get("X-Request-ID", request_id)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             reason = str(error) or type(error).__name__
-            if isinstance(error, asyncio.TimeoutError | TimeoutError):
+            if isinstance(error, TimeoutError):
                 reason = f"no answer within {self._timeout.total:g} s"
             return Reply(
                 method, path, None, None, request_id, time.perf_counter() - started, reason
