@@ -37,16 +37,20 @@ class Shop:
         """shopctl against this shop (its data dir makes it `local`)."""
         return shopctl(*args, "--data-dir", self.data_dir, env={**self.env, **extra_env})
 
-    def products(self) -> list[dict[str, Any]]:
+    def every(self, path: str, token: str | None = None) -> list[dict[str, Any]]:
+        """Every item of a listed route, page by page."""
         found: list[dict[str, Any]] = []
         page = 1
         while True:
-            code, reply = http("GET", f"{self.url}/api/products?limit=100&page={page}")
+            code, reply = http("GET", f"{self.url}{path}?limit=100&page={page}", None, token)
             assert code == 200, reply
             found += reply["data"]
             if len(found) >= reply["total"]:
                 return found
             page += 1
+
+    def products(self) -> list[dict[str, Any]]:
+        return self.every("/api/products")
 
     def by_name(self) -> dict[str, dict[str, Any]]:
         return {product["name"]: product for product in self.products()}
@@ -59,16 +63,7 @@ class Shop:
             assert code == 200, reply
 
     def orders(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            url = f"{self.url}/api/orders?limit=100&page={page}"
-            code, reply = http("GET", url, None, self.token)
-            assert code == 200, reply
-            found += reply["data"]
-            if len(found) >= reply["total"]:
-                return found
-            page += 1
+        return self.every("/api/orders", self.token)
 
 
 def start_shop(tmp_path: Path) -> Iterator[Shop]:
