@@ -155,7 +155,13 @@ def check_secrets_files(overlay: Path, *, complete: bool) -> list[str]:
     before a real deploy, set every key they list. With `complete=False` (a dry run) empty
     keys are not an error: they are returned as sentences to warn with."""
     warnings: list[str] = []
-    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text()) or {}
+    file = overlay / "kustomization.yaml"
+    try:
+        kustomization = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ShopctlError(f"cannot read {file}: {error}") from None
+    if not isinstance(kustomization, dict):
+        raise ShopctlError(f"{file} is not a kustomization (a YAML mapping)")
     for generator in kustomization.get("secretGenerator", []):
         for source in [*generator.get("envs", []), *generator.get("files", [])]:
             # A `files` entry may be `key=path`.

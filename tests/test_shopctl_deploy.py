@@ -380,3 +380,12 @@ def test_image_references_split_into_name_and_tag(
     reference: str, expected: tuple[str, str | None]
 ) -> None:
     assert split_image(reference) == expected
+
+
+def test_a_broken_kustomization_is_one_line_and_exit_1(setup: dict[str, Any]) -> None:
+    write_environment(setup["tmp"], "https://shop.staging.test")
+    (setup["manifests"] / "overlays" / "dev" / "kustomization.yaml").write_text("a: [b\n")
+    result = shopctl_deploy(setup, "--dry-run")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cannot read" in result.stderr and "kustomization.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
