@@ -662,9 +662,8 @@ def run_all(args: argparse.Namespace, use_wrk: bool) -> tuple[Bench, list[Refusa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, harness.interrupt)
-    use_wrk = drivers.use_wrk(args.driver)
+    use_wrk = harness.http_driver(args.driver)
     if use_wrk is None:
-        err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
         return 1
     err.print(f"profile reads driven by {'wrk' if use_wrk else 'the Python aiohttp driver'}")
     try:

@@ -67,6 +67,15 @@ def add_driver_options(parser: argparse.ArgumentParser, driver_help: str) -> Non
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
 
 
+def http_driver(choice: str) -> bool | None:
+    """Whether wrk drives the HTTP load for ``--driver`` `choice`; None (said on stderr)
+    when wrk was asked for and is not on PATH."""
+    use_wrk = drivers.use_wrk(choice)
+    if use_wrk is None:
+        err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
+    return use_wrk
+
+
 def report_console() -> Console:
     """The console the results table goes to."""
     console = Console()

@@ -424,9 +424,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, harness.interrupt)
-    use_wrk = drivers.use_wrk(args.driver)
+    use_wrk = harness.http_driver(args.driver)
     if use_wrk is None:
-        err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
         return 1
     http_driver = "wrk" if use_wrk else "the Python aiohttp driver (no wrk on PATH)"
     err.print(f"HTTP load from {http_driver}")
