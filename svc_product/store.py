@@ -324,7 +324,11 @@ class ProductStore:
             if unstamped:
                 stamp = {f"stock_moved_at.{reference}": now for reference in unstamped}
                 await self.collection.update_one({"_id": doc["_id"]}, {"$set": stamp})
-            old = {ref: moment for ref, moment in stamps.items() if moment < older_than}
+            old = {
+                ref: moment
+                for ref, moment in stamps.items()
+                if isinstance(moment, int | float) and moment < older_than
+            }
             if not old:
                 continue
             guard = {f"stock_moved_at.{ref}": moment for ref, moment in old.items()}
@@ -350,6 +354,9 @@ async def prune_stock_moves_ctx(app: web.Application) -> AsyncIterator[None]:
                 forgotten = await app[STORE].prune_stock_moves(older_than)
             except PyMongoError as exc:
                 log.warning("could not prune stock moves: %s", exc)
+            except Exception:
+                # Never let one bad round end the loop for the life of the process.
+                log.exception("pruning stock moves failed; trying again next round")
             else:
                 if forgotten:
                     log.info("forgot %d stock moves older than a keeping period", forgotten)
