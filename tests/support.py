@@ -114,6 +114,35 @@ async def create_product(
     return body["data"]
 
 
+async def stock_of(client: TestClient, product_id: str) -> int:
+    """A product's stock, as its public read shows it."""
+    reply = await call(client, "GET", f"/api/products/{product_id}", expected_status=200)
+    return reply["data"]["stock"]
+
+
+async def change_stock(
+    client: TestClient,
+    headers: dict[str, str],
+    product_id: str,
+    quantity: int,
+    *,
+    reference: str | None = None,
+    expected_status: int = 200,
+) -> dict[str, Any]:
+    """PATCH a product's stock by `quantity` (with a saga `reference` when given)."""
+    body: dict[str, Any] = {"quantity": quantity}
+    if reference is not None:
+        body["reference"] = reference
+    return await call(
+        client,
+        "PATCH",
+        f"/api/products/{product_id}/stock",
+        json=body,
+        headers=headers,
+        expected_status=expected_status,
+    )
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

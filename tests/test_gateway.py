@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from support import call, create_product, product_body
+from support import call, change_stock, create_product, product_body
 
 from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
@@ -87,14 +87,7 @@ async def test_writes_forward_the_token_and_the_backend_decides(
         expected_status=403,
     )
     created = await create_product(gateway, admin_headers)
-    body = await call(
-        gateway,
-        "PATCH",
-        f"/api/products/{created['id']}/stock",
-        json={"quantity": -11},
-        headers=admin_headers,
-        expected_status=409,
-    )
+    body = await change_stock(gateway, admin_headers, created["id"], -11, expected_status=409)
     assert body["code"] == "insufficient_stock"
     body = await call(
         gateway,

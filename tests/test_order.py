@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, call, create_product, customer
+from support import JWT_SECRET, call, change_stock, create_product, customer, stock_of
 
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
@@ -34,11 +34,6 @@ def order_settings(postgres_uri: str, product_url: str, **extra: str) -> OrderSe
 async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestServer) -> TestClient:
     settings = order_settings(postgres_uri, str(product_server.make_url("")))
     return await aiohttp_client(create_order_app(settings))
-
-
-async def stock_of(products: TestClient, product_id: str) -> int:
-    reply = await call(products, "GET", f"/api/products/{product_id}", expected_status=200)
-    return reply["data"]["stock"]
 
 
 async def checkout(
@@ -119,14 +114,7 @@ async def test_short_stock_on_a_later_line_puts_the_earlier_ones_back(
     second = await create_product(products, admin_headers, name="B", stock=5)
     ordered = sorted([first["id"], second["id"]])  # lines are taken in product id order
     # Empty the later line's product after the price lookup could still see it: take it all.
-    await call(
-        products,
-        "PATCH",
-        f"/api/products/{ordered[1]}/stock",
-        json={"quantity": -4},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(products, admin_headers, ordered[1], -4)
     reply = await checkout(orders, ANN, [(ordered[0], 2), (ordered[1], 2)], expected_status=409)
     assert reply["code"] == "insufficient_stock" and reply["available"] == 1
     assert await stock_of(products, ordered[0]) == 5
@@ -221,14 +209,7 @@ async def test_a_failed_checkout_frees_its_key(
 ) -> None:
     mug = await create_product(products, admin_headers, stock=1)
     await checkout(orders, ANN, [(mug["id"], 2)], key="try", expected_status=409)
-    await call(
-        products,
-        "PATCH",
-        f"/api/products/{mug['id']}/stock",
-        json={"quantity": 1},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(products, admin_headers, mug["id"], 1)
     await checkout(orders, ANN, [(mug["id"], 2)], key="try")
     assert await stock_of(products, mug["id"]) == 0
 

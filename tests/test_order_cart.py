@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import call, create_product, customer
-from test_order import order_settings, rows_in, stock_of
+from support import call, change_stock, create_product, customer, stock_of
+from test_order import order_settings, rows_in
 
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
@@ -89,14 +89,7 @@ async def test_a_failed_cart_checkout_leaves_cart_and_stock_alone(
     await add(carts, first["id"], 2)
     await add(carts, second["id"], 4)
     before = await cart_of(carts)
-    await call(
-        products,
-        "PATCH",
-        f"/api/products/{second['id']}/stock",
-        json={"quantity": -3},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(products, admin_headers, second["id"], -3)
     reply = await call(orders, "POST", "/api/orders", json={}, headers=ANN, expected_status=409)
     assert reply["code"] == "insufficient_stock"
     after = await cart_of(carts)

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, call, create_product, customer, eventually
-from test_order import checkout, order_settings, rows_in, stock_of
+from support import JWT_SECRET, call, change_stock, create_product, customer, eventually, stock_of
+from test_order import checkout, order_settings, rows_in
 
 from shopctl import processes
 from svc_order.app import create_app as create_order_app
@@ -58,14 +58,7 @@ async def test_recovery_undoes_a_checkout_that_died_half_way(
         cart_version=None,
         lease_seconds=30,
     )
-    await call(
-        products,
-        "PATCH",
-        f"/api/products/{first['id']}/stock",
-        json={"quantity": -2, "reference": f"order-{order_id}"},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(products, admin_headers, first["id"], -2, reference=f"order-{order_id}")
     await app[CHECKOUT].recover()
     assert await stock_of(products, first["id"]) == 3  # the lease still holds: hands off
     await expire_leases(postgres_uri)
@@ -74,14 +67,7 @@ async def test_recovery_undoes_a_checkout_that_died_half_way(
     assert await stock_of(products, second["id"]) == 5
     assert await rows_in(postgres_uri, "orders") == 0
     # The request that was in flight for the second line arrives late: it changes nothing.
-    await call(
-        products,
-        "PATCH",
-        f"/api/products/{second['id']}/stock",
-        json={"quantity": -1, "reference": f"order-{order_id}"},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(products, admin_headers, second["id"], -1, reference=f"order-{order_id}")
     assert await stock_of(products, second["id"]) == 5
     # And the key is free again.
     await checkout(orders, ANN, [(first["id"], 1)], key="crashed")

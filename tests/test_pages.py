@@ -15,7 +15,15 @@ from urllib.parse import unquote, urlencode
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, call, create_product
+from support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    JWT_SECRET,
+    call,
+    change_stock,
+    create_product,
+    stock_of,
+)
 
 from shopkit.auth import issue_token
 from svc_gateway.pages import SHOP_NAME
@@ -223,11 +231,6 @@ async def admin_token(client: TestClient) -> dict[str, str]:
     body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     reply = await call(client, "POST", "/api/users/login", json=body, expected_status=200)
     return {"Authorization": f"Bearer {reply['data']['token']}"}
-
-
-async def stock_of(client: TestClient, product_id: str) -> int:
-    reply = await call(client, "GET", f"/api/products/{product_id}", expected_status=200)
-    return reply["data"]["stock"]
 
 
 async def add_to_cart(client: TestClient, product_id: str, quantity: int) -> Page:
@@ -699,14 +702,7 @@ async def test_short_stock_is_said_plainly_and_buys_nothing(web_shop: TestClient
     await add_to_cart(web_shop, lamp["id"], 3)
     too_many = await add_to_cart(web_shop, lamp["id"], 1)
     assert too_many.flashes() == ["error: Not enough stock: 3 left, and your cart already holds 3."]
-    await call(
-        web_shop,
-        "PATCH",
-        f"/api/products/{lamp['id']}/stock",
-        json={"quantity": -2},
-        headers=admin,
-        expected_status=200,
-    )
+    await change_stock(web_shop, admin, lamp["id"], -2)
     cart = await get_page(web_shop, "/cart")
     assert "Some items are short of stock." in cart.text and "Only 1 left in stock." in cart.text
     refused = await submit(web_shop, cart, "/checkout")

@@ -18,10 +18,12 @@ from support import (
     JWT_SECRET,
     bearer,
     call,
+    change_stock,
     create_product,
     eventually,
     forged,
     product_body,
+    stock_of,
     unsigned,
 )
 
@@ -559,11 +561,6 @@ async def test_admin_token_minted_elsewhere_works(product: TestClient) -> None:
 # -- stock changes with a reference (the checkout saga's steps) ------------------------------
 
 
-async def stock_of(product: TestClient, product_id: str) -> int:
-    body = await call(product, "GET", f"/api/products/{product_id}", expected_status=200)
-    return body["data"]["stock"]
-
-
 async def take(
     product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
 ) -> int:
@@ -619,14 +616,7 @@ async def test_a_short_referenced_change_is_409_and_can_be_tried_again(
 ) -> None:
     product_id = (await create_product(product, admin_headers, stock=2))["id"]
     assert await take(product, service_headers, product_id, -3, "order:4") == 409
-    await call(
-        product,
-        "PATCH",
-        f"/api/products/{product_id}/stock",
-        json={"quantity": 5},
-        headers=admin_headers,
-        expected_status=200,
-    )
+    await change_stock(product, admin_headers, product_id, 5)
     assert await take(product, service_headers, product_id, -3, "order:4") == 200
     assert await stock_of(product, product_id) == 4
 
