@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer
+from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, postgres
 
 from shopctl import embedded
 from shopkit.auth import issue_token, service_token
@@ -78,13 +77,10 @@ def postgres_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 async def throwaway_database(server_uri: str) -> AsyncIterator[str]:
     """A new empty database on the server, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(server_uri)
-    try:
+    async with postgres(server_uri) as connection:
         await connection.execute(f'CREATE DATABASE "{name}"')
         yield embedded.database_url(server_uri, name)
         await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -250,11 +246,8 @@ async def shop_services(
     # Carts live in a Redis shared with other tests (and maybe other runs): accounts made
     # now get user ids of their own, far from the small ids every fresh database starts at.
     first_id = 10**12 + secrets.randbelow(10**15)
-    connection = await asyncpg.connect(user_settings.database_url)
-    try:
+    async with postgres(user_settings.database_url) as connection:
         await connection.execute(f"ALTER TABLE users ALTER COLUMN id RESTART WITH {first_id}")
-    finally:
-        await connection.close()
     yield {
         "product": product_server,
         "user": user_server,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp.test_utils import TestClient
 
 JWT_SECRET = "test-secret-" + "x" * 60
@@ -112,6 +114,16 @@ async def create_product(
         expected_status=201,
     )
     return body["data"]
+
+
+@asynccontextmanager
+async def postgres(uri: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to a database, closed afterwards."""
+    connection = await asyncpg.connect(uri)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 async def stock_of(client: TestClient, product_id: str) -> int:

@@ -6,10 +6,9 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, call, change_stock, create_product, customer, stock_of
+from support import JWT_SECRET, call, change_stock, create_product, customer, postgres, stock_of
 
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
@@ -57,11 +56,8 @@ async def checkout(
 
 
 async def rows_in(postgres_uri: str, table: str) -> int:
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         return await connection.fetchval(f"SELECT count(*) FROM {table}")
-    finally:
-        await connection.close()
 
 
 # -- checkout ---------------------------------------------------------------------------------
@@ -157,12 +153,9 @@ async def test_the_oversell_race(
         assert statuses.count(201) == 10, statuses
         assert statuses.count(409) == 30, statuses
         assert await stock_of(products, product["id"]) == 0
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         states = await connection.fetch("SELECT checkout_state, count(*) FROM orders GROUP BY 1")
         units = await connection.fetchval("SELECT sum(quantity) FROM order_items")
-    finally:
-        await connection.close()
     assert [(row[0], row[1]) for row in states] == [("placed", 20)]
     assert units == 20
 

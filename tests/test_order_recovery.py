@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, call, change_stock, create_product, customer, eventually, stock_of
+from support import (
+    JWT_SECRET,
+    call,
+    change_stock,
+    create_product,
+    customer,
+    eventually,
+    postgres,
+    stock_of,
+)
 from test_order import checkout, order_settings, rows_in
 
 from shopctl import processes
@@ -36,11 +44,8 @@ async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestSer
 
 
 async def expire_leases(postgres_uri: str) -> None:
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         await connection.execute("UPDATE orders SET lease_until = now() - interval '1 second'")
-    finally:
-        await connection.close()
 
 
 async def test_recovery_undoes_a_checkout_that_died_half_way(
@@ -194,8 +199,7 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
 
         service = start_order_service(env)
         await wait_ready(url, service)
-        connection = await asyncpg.connect(postgres_uri)
-        try:
+        async with postgres(postgres_uri) as connection:
 
             async def all_settled() -> bool:
                 unsettled = "SELECT count(*) FROM orders WHERE checkout_state <> 'placed'"
@@ -210,8 +214,6 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
                 )
             )
             placed = await connection.fetchval("SELECT count(*) FROM orders")
-        finally:
-            await connection.close()
         assert placed >= succeeded > 0
         for product_id in catalogue:
             assert await stock_of(products, product_id) + sold.get(product_id, 0) == 30

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import pymongo
 import pytest
 import redis
+from support import postgres
 
 from shopctl import embedded, processes
 
@@ -99,11 +99,8 @@ def test_redis_data_dir_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def _query(url: str, sql: str) -> object:
-    connection = await asyncpg.connect(url)
-    try:
+    async with postgres(url) as connection:
         return await connection.fetchval(sql)
-    finally:
-        await connection.close()
 
 
 def test_postgres_creates_databases_answers_and_restarts(tmp_path: Path) -> None:

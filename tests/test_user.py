@@ -6,12 +6,20 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, call, forged, unsigned
+from support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    JWT_SECRET,
+    bearer,
+    call,
+    forged,
+    postgres,
+    unsigned,
+)
 
 from shopkit.auth import service_token
 from shopkit.errors import ServiceBusy
@@ -88,13 +96,10 @@ async def test_concurrent_registrations_of_one_email_make_one_account(
 
     statuses = await asyncio.gather(*(attempt() for _ in range(10)))
     assert sorted(statuses) == [201] + [409] * 9
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         count = await connection.fetchval(
             "SELECT count(*) FROM users WHERE email = 'race@shop.test'"
         )
-    finally:
-        await connection.close()
     assert count == 1
 
 
@@ -279,11 +284,8 @@ async def test_token_attacks_are_401(user: TestClient, postgres_uri: str) -> Non
         reply = await call(user, "GET", "/api/users/profile", headers=headers, expected_status=401)
         assert reply["code"] in {"unauthorized", "invalid_token", "token_expired"}, name
 
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         await connection.execute("DELETE FROM users WHERE id = $1", ann["user"]["id"])
-    finally:
-        await connection.close()
     await call(user, "GET", "/api/users/profile", headers=bearer(ann["token"]), expected_status=401)
 
 
@@ -399,12 +401,9 @@ async def test_the_bootstrap_is_idempotent_across_replicas_and_restarts(
     changed = user_settings.model_copy(update={"admin_password": SecretStr("rotated-password")})
     third = await aiohttp_client(create_user_app(changed))
     await login(third, ADMIN_EMAIL, "rotated-password")
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         admins = await connection.fetch("SELECT role FROM users WHERE email = $1", ADMIN_EMAIL)
         versions = await connection.fetch("SELECT version FROM schema_migrations")
-    finally:
-        await connection.close()
     assert [row["role"] for row in admins] == ["admin"]
     assert [row["version"] for row in versions] == [1]
 
@@ -450,13 +449,10 @@ async def test_a_login_brings_an_old_hash_up_to_the_configured_cost(
     stronger = user_settings.model_copy(update={"bcrypt_rounds": 5})
     restarted = await aiohttp_client(create_user_app(stronger))
     await login(restarted, "ann@shop.test")
-    connection = await asyncpg.connect(postgres_uri)
-    try:
+    async with postgres(postgres_uri) as connection:
         stored = await connection.fetchval(
             "SELECT password_hash FROM users WHERE email = 'ann@shop.test'"
         )
-    finally:
-        await connection.close()
     assert stored.startswith("$2b$05$")
     await login(restarted, "ann@shop.test")
 
