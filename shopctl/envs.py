@@ -10,8 +10,13 @@ import typer
 from rich.table import Table
 
 from shopctl.console import failures_reported, get_consoles
-from shopctl.environments import Environment, config_files, load_environments, user_config
-from shopctl.errors import ShopctlError
+from shopctl.environments import (
+    Environment,
+    config_files,
+    load_environments,
+    resolve_environment,
+    user_config,
+)
 from shopctl.options import DataDir
 
 env_app = typer.Typer(
@@ -79,11 +84,7 @@ def show_environment(
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):
-        environments = load_environments(data_dir)
-        environment = environments.get(name)
-        if environment is None:
-            known = ", ".join(sorted(environments))
-            raise ShopctlError(f"no environment named {name!r}; known: {known}")
+        environment = resolve_environment(name, None, data_dir)
     table = Table(title=f"Environment {environment.name}", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
