@@ -108,15 +108,15 @@ def money(value: Any) -> Decimal:
 class QaRun:
     """One run: the client, what it measures, the products it plays with, its ledger."""
 
-    def __init__(self, client: ShopClient, config: RunConfig) -> None:
+    def __init__(self, client: ShopClient, config: RunConfig, admin_token: str | None) -> None:
         self.client = client
         self.config = config
+        self.admin_token = admin_token
         self.recorder = Recorder()
         self.ledger = Ledger()
         self.pool: list[dict[str, Any]] = []
         self.catalogue_size = 0
         self.scarce: dict[str, Any] | None = None
-        self.admin_token: str | None = None
         self.stock_at_start: dict[str, int] = {}
         self.sessions = 0
 
@@ -586,8 +586,7 @@ async def run_shoppers(
 async def start_run(client: ShopClient, config: RunConfig, admin_token: str | None) -> QaRun:
     """Check the shop is ready and prepare the run; nothing is bought yet."""
     await check_ready(client)
-    run = QaRun(client, config)
-    run.admin_token = admin_token
+    run = QaRun(client, config, admin_token)
     await prepare(run)
     return run
 
