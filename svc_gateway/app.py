@@ -12,11 +12,12 @@ from pydantic import BeforeValidator, Field, SecretStr
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
 from shopkit.settings import HttpUrl, ServiceSettings
-from svc_gateway.keys import BACKENDS
+from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages import setup_pages
 from svc_gateway.pages_admin import routes as admin_pages
 from svc_gateway.pages_shop import routes as shop_pages
-from svc_gateway.proxy import METHODS, ROUTES, backends_ready, proxy_to
+from svc_gateway.paths import path_guard
+from svc_gateway.proxy import METHODS, ROUTES, gateway_ready, proxy_to
 from svc_gateway.session import SessionKeys
 
 
@@ -46,6 +47,10 @@ class GatewaySettings(ServiceSettings):
         default_factory=list, alias="CORS_ORIGINS"
     )
     upstream_timeout: float = Field(10.0, alias="UPSTREAM_TIMEOUT", gt=0, le=300)
+    # A checkout whose answer was lost is asked again (same Idempotency-Key) until its
+    # outcome is certain or this many seconds pass: long enough for a crashed order
+    # service to be restarted (see svc_gateway/checkout.py).
+    checkout_deadline: float = Field(30.0, alias="CHECKOUT_DEADLINE_SECONDS", gt=0, le=300)
 
     def backend_urls(self) -> dict[str, str]:
         """Backend name -> base URL, for the backends that are configured."""
@@ -54,7 +59,10 @@ class GatewaySettings(ServiceSettings):
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = create_service_app(settings, ready_check=backends_ready, http_client=True)
+    app = create_service_app(settings, ready_check=gateway_ready, http_client=True)
+    # After shop_middleware, so that a refused path is answered in the JSON envelope.
+    app.middlewares.append(path_guard)
+    app[CHECKOUT_DEADLINE] = settings.checkout_deadline
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, connect=2)
     app[BACKENDS] = {
         name: ServiceClient(app, name, url, timeout=timeout)
@@ -71,14 +79,14 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(admin_pages)
     proxy_routes = []
     for prefix, backend in ROUTES.items():
-        handler = proxy_to(backend)
+        handler = proxy_to(prefix, backend)
         for path in (f"/api/{prefix}", f"/api/{prefix}/{{tail:.*}}"):
             for method in METHODS:
                 proxy_routes.append(app.router.add_route(method, path, handler))
     if settings.cors_origins:
         options = aiohttp_cors.ResourceOptions(
             allow_credentials=False,
-            expose_headers=("X-Request-ID", "ETag", "Location", "Retry-After"),
+            expose_headers=("X-Request-ID", "ETag", "Location", "Retry-After", "Idempotency-Key"),
             allow_headers=(
                 "Authorization",
                 "Content-Type",

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 # Backend name -> client, for the backends this gateway is configured with.
 BACKENDS = web.AppKey("backends", dict[str, ServiceClient])
+# How long a checkout may take, retries included, before its outcome is called unknown.
+CHECKOUT_DEADLINE = web.AppKey("checkout_deadline", float)
 # The keys that sign the pages' CSRF tokens and flash messages (and verify logins).
 SESSION_KEYS: web.AppKey[SessionKeys] = web.AppKey("session_keys")
 # The pages' static files, by their content-hashed names (loaded at start-up).

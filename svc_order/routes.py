@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from shopkit.auth import Identity
-from shopkit.errors import BadRequest, Forbidden
+from shopkit.errors import Forbidden
+from shopkit.idempotency import idempotency_key
 from shopkit.keys import IDENTITY
 from shopkit.openapi import endpoint
 from shopkit.responses import json_response, ok, ok_page
@@ -16,7 +15,6 @@ from svc_order.schemas import CheckoutBody, OrderOut, OrderQuery, StatusChange
 from svc_order.store import OrderNotFound
 
 routes = web.RouteTableDef()
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII
 
 
 def _customer_id(identity: Identity) -> int:
@@ -46,12 +44,7 @@ def _order_id(request: web.Request) -> int:
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
     user_id = _customer_id(request[IDENTITY])
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise BadRequest(
-            "The Idempotency-Key header must be 1 to 255 visible ASCII characters.",
-            code="invalid_idempotency_key",
-        )
+    key = idempotency_key(request.headers)
     explicit = [(line.product_id, line.quantity) for line in body.items or []]
     order_id, placed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
     headers = {"Location": f"/api/orders/{order_id}"}
