@@ -13,7 +13,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
+from shopkit.client_address import client_behind_hops
 from shopkit.errors import NotFound, UpstreamUnavailable
+from shopkit.keys import SETTINGS
 from svc_gateway.pages import (
     NEXT_STATUSES,
     ORDER_NOT_FOUND,
@@ -272,6 +274,10 @@ async def login(request: web.Request) -> web.Response:
         "POST",
         "/api/users/login",
         json={"email": values["email"], "password": str(form.get("password", ""))},
+        # The shopper's address, not ours: the user service limits failed logins by it.
+        headers={
+            "X-Forwarded-For": client_behind_hops(request, request.app[SETTINGS].trusted_proxy_hops)
+        },
         as_shopper=False,
     )
     if reply.status == 200:

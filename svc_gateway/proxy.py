@@ -12,10 +12,12 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from shopkit.client import ServiceClient
+from shopkit.client_address import client_behind_hops
 from shopkit.context import REQUEST_ID
 from shopkit.errors import UpstreamUnavailable
 from shopkit.idempotency import HEADER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
+from shopkit.keys import SETTINGS
 from shopkit.openapi import Handler, endpoint
 from svc_gateway.checkout import certain_checkout, checkout_key
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
@@ -70,9 +72,11 @@ def _request_headers(request: web.Request) -> dict[str, str]:
         for name in _FORWARDED_REQUEST_HEADERS
         if name in request.headers
     }
-    peer = request.remote or ""
-    earlier = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
+    # The client's address as this gateway established it, never as a client wrote it: the
+    # user service limits logins by it (shopkit.client_address says whom each side trusts).
+    headers["X-Forwarded-For"] = client_behind_hops(
+        request, request.app[SETTINGS].trusted_proxy_hops
+    )
     headers["X-Forwarded-Proto"] = request.scheme
     return headers
 
