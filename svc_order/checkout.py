@@ -10,9 +10,16 @@
    marks it so it never will), and the order is deleted: no order, stock as before.
 
 Recovery, at start-up and every few seconds on every replica, takes over checkouts whose
-lease ran out (their process died) and undoes them, puts back the stock of cancelled orders
-that is not back yet, and clears carts that a placed order could not clear. Every step is
-idempotent, so replicas and restarts may repeat any of them safely.
+process died (its owner lock is free: see store.OwnerLock) or whose lease ran out (it hung)
+and undoes them, puts back the stock of cancelled orders that is not back yet, and clears
+carts that a placed order could not clear. Every step is idempotent, so replicas and
+restarts may repeat any of them safely.
+
+A repeat of a checkout (same user, same Idempotency-Key) answers the order the key placed;
+while the first attempt is still running it waits a little for it, then answers 409
+``checkout_in_progress`` with Retry-After; an attempt whose process died is undone on the
+spot and the repeat places the order itself, so that a retry after a crash (the gateway's,
+see svc_gateway/checkout.py) never waits out the lease.
 """
 
 from __future__ import annotations
@@ -34,9 +41,14 @@ from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUn
 from shopkit.keys import POSTGRES, SETTINGS
 from shopkit.money import money_to_cents
 from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
-from svc_order.store import IdempotencyKeyTaken, Line, OrderStore
+from svc_order.store import IdempotencyKeyTaken, Line, OrderStore, OwnerLock
 
 log = logging.getLogger("shop.order.checkout")
+
+# How long a repeat waits for a live first attempt with its key (a checkout takes well under
+# a second) before answering 409 checkout_in_progress; what its Retry-After says.
+IN_PROGRESS_WAIT = 3.0
+IN_PROGRESS_RETRY_AFTER = "1"
 
 
 def reference(order_id: int) -> str:
@@ -65,12 +77,20 @@ class Checkout:
         carts: ServiceClient,
         token: str,
         lease_seconds: float,
+        owner: OwnerLock | None = None,
     ) -> None:
         self.store = store
         self.products = products
         self.carts = carts
         self.token = token
         self.lease_seconds = lease_seconds
+        self.owner = owner
+
+    @property
+    def owner_id(self) -> int | None:
+        """The owner recorded on this process's checkouts; None while the lock is not held
+        (then only their lease says when they are abandoned)."""
+        return self.owner.id if self.owner is not None and self.owner.held else None
 
     # -- placing an order ------------------------------------------------------------------
 
@@ -102,6 +122,7 @@ class Checkout:
                 request_hash=fingerprint,
                 cart_version=cart_version,
                 lease_seconds=self.lease_seconds,
+                owner=self.owner_id,
             )
         except IdempotencyKeyTaken:
             # A request with the same key raced us and won: its order is our answer.
@@ -133,9 +154,13 @@ class Checkout:
         return _merge(items), int(cart.get("version") or 0)
 
     async def _earlier_order(self, user_id: int, key: str, fingerprint: str) -> int | None:
-        """The order this key already made, waiting for one still in progress; None when
-        there is none (or it failed and was undone)."""
-        for _ in range(int(self.lease_seconds * 20) + 1):
+        """The order this key already made; None when there is none (it failed and was
+        undone, or its process died and it is undone now). A first attempt still running
+        is waited for briefly, then answered 409 checkout_in_progress."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + IN_PROGRESS_WAIT
+        pause = 0.02
+        while True:
             row = await self.store.by_idempotency_key(user_id, key)
             if row is None:
                 return None
@@ -146,11 +171,31 @@ class Checkout:
                 )
             if row["checkout_state"] == "placed":
                 return row["id"]
-            await asyncio.sleep(0.05)
-        raise Conflict(
-            "A checkout with this Idempotency-Key is still in progress.",
-            code="idempotency_in_progress",
-        )
+            if row["abandoned"]:
+                await self._take_over(row["id"])
+                continue  # gone now (the key is free), or another process is undoing it
+            if loop.time() >= give_up:
+                raise Conflict(
+                    "A checkout with this Idempotency-Key is still in progress; ask again "
+                    "shortly for its outcome.",
+                    code="checkout_in_progress",
+                    headers={"Retry-After": IN_PROGRESS_RETRY_AFTER},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    async def _take_over(self, order_id: int) -> None:
+        """Undo an attempt whose process died, now, instead of leaving the repeat to wait
+        for recovery; it never placed its order (only 'reserving' becomes 'placed')."""
+        claimed = await self.store.claim_abandoned(self.lease_seconds, self.owner_id, order_id)
+        if not claimed:
+            return  # another process took it over first
+        log.info("order %s: undoing the abandoned attempt a repeat found", order_id)
+        if not await self.undo(order_id):
+            raise UpstreamUnavailable(
+                "An earlier attempt with this Idempotency-Key failed and is still being "
+                "undone; no order was placed. Try again shortly."
+            )
 
     async def _priced_lines(self, wanted: dict[str, int]) -> list[Line]:
         """Names and prices from the product service, never from the client."""
@@ -260,7 +305,9 @@ class Checkout:
 
     async def recover(self) -> None:
         """One pass over everything a crash or an outage left unfinished."""
-        for order_id in await self.store.claim_abandoned(self.lease_seconds):
+        if self.owner is not None:
+            await self.owner.hold()  # again, if the database lost it (a restart)
+        for order_id in await self.store.claim_abandoned(self.lease_seconds, self.owner_id):
             log.info("order %s: undoing an abandoned checkout", order_id)
             await self.undo(order_id)
         for order_id in await self.store.restocks_pending():
@@ -286,12 +333,15 @@ async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the pool's): the saga, and recovery at start-up and periodically."""
     settings = app[SETTINGS]
     store = app[STORE] = OrderStore(app[POSTGRES])
+    owner = OwnerLock(settings.database_url)
+    await owner.hold()
     checkout = app[CHECKOUT] = Checkout(
         store,
         app[PRODUCTS],
         app[CARTS],
         service_token(settings.jwt_secret.get_secret_value(), "order"),
         settings.checkout_lease_seconds,
+        owner,
     )
 
     async def recover_forever() -> None:
@@ -304,8 +354,11 @@ async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.exception("recovery pass failed")
             await asyncio.sleep(settings.recovery_interval_seconds)
 
+    # The first pass runs now, at start-up: a restarted service takes over at once what
+    # its dead predecessor left (its owner lock died with it), not a lease later.
     task = asyncio.create_task(recover_forever(), name="order-recovery")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await owner.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +13,9 @@ import asyncpg
 
 from shopkit.errors import Conflict, NotFound
 from shopkit.money import cents_to_money
-from shopkit.postgres import FairPool
+from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
+
+log = logging.getLogger("shop.order.store")
 
 # The lifecycle: where each status may go next.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -70,6 +74,55 @@ def order_out(
 
 _ORDER = "id, user_id, status, total_cents, created_at, updated_at"
 
+# The first key of every owner lock (pg_advisory_lock(int, int)): "ordr".
+OWNER_LOCK_SPACE = 0x6F726472
+# A checkout nobody works on any more: its lease ran out (its process hung or vanished
+# without closing its connection), or its owner's lock is free (its process died: the
+# database ended the session, and with it the lock, the moment the connection closed).
+_ABANDONED = f"""(lease_until < now() OR (owner IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND objsubid = 2
+          AND classid = {OWNER_LOCK_SPACE}::oid AND objid = owner::oid
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))))"""
+
+
+class OwnerLock:
+    """This process's mark on the checkouts it runs: a session advisory lock held on a
+    connection of its own for as long as the process lives, so that the others (and this
+    service restarted) can tell at once that a checkout's process is gone."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.id = secrets.randbelow(2**31 - 2) + 1
+        self._connection: asyncpg.Connection | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed()
+
+    async def hold(self) -> None:
+        """Take the lock, or take it again after the connection was lost (a database
+        restart): until then this process's checkouts are recorded with no owner."""
+        if self.held:
+            return
+        await self.release()
+        try:
+            connection = await asyncpg.connect(self.database_url, timeout=5)
+        except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("cannot take the checkout owner lock: %s", exc)
+            return
+        try:
+            await connection.execute("SELECT pg_advisory_lock($1, $2)", OWNER_LOCK_SPACE, self.id)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+
+    async def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            await connection.close()
+
 
 class OrderStore:
     def __init__(self, pool: FairPool) -> None:
@@ -86,16 +139,17 @@ class OrderStore:
         request_hash: str,
         cart_version: int | None,
         lease_seconds: float,
+        owner: int | None = None,
     ) -> int:
         """Write the order down before any stock is touched, so a crash from here on
-        leaves a row that recovery finds."""
+        leaves a row that recovery finds (at once when its ``owner``'s lock is free)."""
         total = sum(line.price_cents * line.quantity for line in lines)
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 order_id = await connection.fetchval(
                     """INSERT INTO orders (user_id, total_cents, lease_until, idempotency_key,
-                                           request_hash, cart_version)
-                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6)
+                                           request_hash, cart_version, owner)
+                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7)
                        RETURNING id""",
                     user_id,
                     total,
@@ -103,6 +157,7 @@ class OrderStore:
                     idempotency_key,
                     request_hash,
                     cart_version,
+                    owner,
                 )
                 await connection.executemany(
                     """INSERT INTO order_items (order_id, product_id, product_name, quantity,
@@ -165,15 +220,21 @@ class OrderStore:
             "DELETE FROM orders WHERE id = $1 AND checkout_state <> 'placed'", order_id
         )
 
-    async def claim_abandoned(self, lease_seconds: float) -> list[int]:
-        """Checkouts whose lease ran out (their process crashed or hung): take them over
-        for undoing, with a fresh lease so that only one replica works on each."""
+    async def claim_abandoned(
+        self, lease_seconds: float, owner: int | None, order_id: int | None = None
+    ) -> list[int]:
+        """Checkouts whose process died or hung (all of them, or just ``order_id``): take
+        them over for undoing, with a fresh lease and this process as their owner, so that
+        only one process works on each."""
         rows = await self.pool.fetch(
-            """UPDATE orders SET checkout_state = 'compensating',
-                                 lease_until = now() + make_interval(secs => $1)
-               WHERE checkout_state <> 'placed' AND lease_until < now()
-               RETURNING id""",
+            f"""UPDATE orders SET checkout_state = 'compensating', owner = $2,
+                                  lease_until = now() + make_interval(secs => $1)
+                WHERE checkout_state <> 'placed' AND ($3::bigint IS NULL OR id = $3)
+                  AND {_ABANDONED}
+                RETURNING id""",
             lease_seconds,
+            owner,
+            order_id,
         )
         return [row["id"] for row in rows]
 
@@ -191,8 +252,9 @@ class OrderStore:
 
     async def by_idempotency_key(self, user_id: int, key: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
-            """SELECT id, checkout_state, request_hash FROM orders
-               WHERE user_id = $1 AND idempotency_key = $2""",
+            f"""SELECT id, checkout_state, request_hash,
+                       checkout_state <> 'placed' AND {_ABANDONED} AS abandoned
+                FROM orders WHERE user_id = $1 AND idempotency_key = $2""",
             user_id,
             key,
         )

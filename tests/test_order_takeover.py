@@ -1,0 +1,129 @@
+"""A checkout whose process died is taken over at once, not a lease later: by a repeat with
+its Idempotency-Key, and by recovery (at start-up and periodically). A repeat while the
+first attempt is alive and running answers 409 checkout_in_progress with Retry-After."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from support import JWT_SECRET, call, change_stock, create_product, customer, postgres, stock_of
+
+from svc_order.app import OrderSettings
+from svc_order.app import create_app as create_order_app
+from svc_order.checkout import request_hash
+from svc_order.keys import CHECKOUT, STORE
+from svc_order.store import Line, OwnerLock
+
+ANN = customer(111)
+
+
+@pytest.fixture
+async def orders(
+    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, user_service_url: str
+) -> TestClient:
+    settings = OrderSettings.from_env(
+        {
+            "JWT_SECRET": JWT_SECRET,
+            "DATABASE_URL": postgres_uri,
+            "PRODUCT_SERVICE_URL": str(product_server.make_url("")),
+            "CART_SERVICE_URL": "http://127.0.0.1:9",  # explicit-items checkouts only here
+            "USER_SERVICE_URL": user_service_url,
+            "RECOVERY_INTERVAL_SECONDS": "3600",  # recovery runs when the test says
+        }
+    )
+    return await aiohttp_client(create_order_app(settings))
+
+
+async def half_done_checkout(
+    orders: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    product_id: str,
+    *,
+    owner: int | None,
+    key: str = "crash-key",
+) -> int:
+    """What a process leaves when it dies after taking the stock of a 2-unit checkout: the
+    intent (with a lease far from over) and the stock taken under the order's reference."""
+    order_id = await orders.server.app[STORE].record_intent(
+        user_id=111,
+        lines=[Line(product_id, "Mug", 2, 1250)],
+        idempotency_key=key,
+        request_hash=request_hash({product_id: 2}),
+        cart_version=None,
+        lease_seconds=30,
+        owner=owner,
+    )
+    await change_stock(products, admin_headers, product_id, -2, reference=f"order-{order_id}")
+    return order_id
+
+
+def dead_owner(postgres_uri: str) -> int:
+    """The owner id of a process that is gone: nobody holds its lock."""
+    return OwnerLock(postgres_uri).id
+
+
+async def order_rows(postgres_uri: str) -> list[tuple[int, str]]:
+    async with postgres(postgres_uri) as connection:
+        rows = await connection.fetch("SELECT id, checkout_state FROM orders ORDER BY id")
+    return [(row["id"], row["checkout_state"]) for row in rows]
+
+
+async def test_a_repeat_of_a_dead_attempt_takes_it_over_at_once_and_buys_once(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    dead = await half_done_checkout(
+        orders, products, admin_headers, mug["id"], owner=dead_owner(postgres_uri)
+    )
+    body = {"items": [{"product_id": mug["id"], "quantity": 2}]}
+    reply = await call(
+        orders,
+        "POST",
+        "/api/orders",
+        json=body,
+        headers={**ANN, "Idempotency-Key": "crash-key"},
+        expected_status=201,
+    )
+    assert reply["data"]["id"] != dead
+    assert await order_rows(postgres_uri) == [(reply["data"]["id"], "placed")]
+    assert await stock_of(products, mug["id"]) == 8
+
+
+async def test_a_repeat_while_the_first_attempt_lives_is_409_checkout_in_progress(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    alive = orders.server.app[CHECKOUT].owner_id
+    assert alive is not None  # this service holds its owner lock
+    running = await half_done_checkout(orders, products, admin_headers, mug["id"], owner=alive)
+    body = {"items": [{"product_id": mug["id"], "quantity": 2}]}
+    response = await orders.post(
+        "/api/orders", json=body, headers={**ANN, "Idempotency-Key": "crash-key"}
+    )
+    reply = await response.json()
+    assert response.status == 409, reply
+    assert reply["code"] == "checkout_in_progress"
+    assert int(response.headers["Retry-After"]) >= 1
+    # Nothing was touched: the first attempt is its own process's to finish.
+    assert await order_rows(postgres_uri) == [(running, "reserving")]
+    assert await stock_of(products, mug["id"]) == 8
+
+
+async def test_recovery_undoes_a_dead_owners_checkout_before_its_lease_ends(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    alive = orders.server.app[CHECKOUT].owner_id
+    await half_done_checkout(
+        orders, products, admin_headers, mug["id"], owner=dead_owner(postgres_uri), key="a"
+    )
+    living = await half_done_checkout(
+        orders, products, admin_headers, mug["id"], owner=alive, key="b"
+    )
+    await orders.server.app[CHECKOUT].recover()
+    # The dead process's checkout is undone; the living one's is left to it.
+    assert await order_rows(postgres_uri) == [(living, "reserving")]
+    assert await stock_of(products, mug["id"]) == 8
