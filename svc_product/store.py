@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -26,7 +26,8 @@ from shopkit.errors import Conflict, NotFound
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
-from svc_product.keys import MONGO, STORE
+from shopkit.readiness import DatastoreAnswers
+from svc_product.keys import MONGO, MONGO_ANSWERS, STORE
 
 log = logging.getLogger("shop.product.store")
 
@@ -368,11 +369,34 @@ async def prune_stock_moves_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
+    """Notes each command MongoDB answers, and each heartbeat that could not reach it."""
+
+    def __init__(self, answers: DatastoreAnswers) -> None:
+        self.answers = answers
+
+    def started(self, event: Any) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandSucceededEvent):
+            self.answers.answered()
+
+    def failed(self, event: Any) -> None:
+        if isinstance(event, monitoring.ServerHeartbeatFailedEvent):
+            self.answers.failed()
+
+
 async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the MongoDB client, checked and indexed before the service takes traffic."""
     uri = app[SETTINGS].mongodb_uri
+    answers = app[MONGO_ANSWERS] = DatastoreAnswers()
     client: AsyncMongoClient = AsyncMongoClient(
-        uri, tz_aware=True, serverSelectionTimeoutMS=5000, appname="shop-product"
+        uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=5000,
+        appname="shop-product",
+        event_listeners=[MongoAnswers(answers)],
     )
     database = client.get_default_database("products")
     log.info("connecting to MongoDB at %s, database %s", mask_url(uri), database.name)
