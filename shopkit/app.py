@@ -22,10 +22,10 @@ from shopkit.middleware import shop_middleware
 from shopkit.openapi import build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
+from shopkit.validation import MAX_BODY
 
 log = logging.getLogger("shop.app")
 
-MAX_BODY = 1024 * 1024  # 1 MiB; larger bodies get 413
 READY_TIMEOUT = 2.0
 
 ReadyCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
@@ -58,7 +58,13 @@ def create_service_app(
     http_client: bool = False,
 ) -> web.Application:
     """A service's application with everything shopkit provides wired in. Does no I/O."""
-    app = web.Application(middlewares=[shop_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[shop_middleware],
+        client_max_size=MAX_BODY,
+        # Bodies are decoded by shopkit.validation.read_body, which answers every encoding
+        # problem in the envelope (aiohttp's own decoder would make some of them 500s).
+        handler_args={"auto_decompress": False},
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(settings.service_name)
     app[READY_CHECK] = ready_check

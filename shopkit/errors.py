@@ -60,6 +60,20 @@ class Conflict(ShopError):
     code = "conflict"
 
 
+class PayloadTooLarge(ShopError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ShopError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    code = "unsupported_content_encoding"
+
+
 class TooManyRequests(ShopError):
     status = 429
     code = "too_many_requests"

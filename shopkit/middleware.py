@@ -19,7 +19,7 @@ from shopkit.responses import json_response
 access_log = logging.getLogger("shop.access")
 error_log = logging.getLogger("shop.error")
 
-_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large...) in our words.
 _HTTP_CODES = {
@@ -32,7 +32,7 @@ _HTTP_CODES = {
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
-    return given if _GOOD_REQUEST_ID.match(given) else os.urandom(16).hex()
+    return given if _GOOD_REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
 
 
 def _route_template(request: web.Request) -> str:
@@ -99,7 +99,12 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await _answer(request, handler)
         if not response.prepared:
-            response.headers["X-Request-ID"] = request_id
+            headers = response.headers
+            headers["X-Request-ID"] = request_id
+            # Answers are personal (profiles, tokens, carts, orders) unless a route says they
+            # may be kept (the catalogue does): no cache stores them, no browser sniffs them.
+            headers.setdefault("Cache-Control", "no-store")
+            headers.setdefault("X-Content-Type-Options", "nosniff")
         elapsed = time.perf_counter() - started
         request.app[METRICS].observe(
             request.method, _route_template(request), response.status, elapsed

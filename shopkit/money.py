@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
 
-CENT = Decimal("0.01")
-# Far above any price or total, well inside what a Decimal quantises and an int64 holds.
-LIMIT = Decimal(10) ** 15
+from shopkit.parsing import CENT, exact_amount, parse_amount
+
+__all__ = ["CENT", "LenientMoney", "Money", "cents_to_money", "money_schema", "money_to_cents"]
 
 
 def cents_to_money(cents: int) -> Decimal:
@@ -20,33 +20,18 @@ def money_to_cents(amount: Decimal) -> int:
     return int(amount.scaleb(2))
 
 
-def _exact(amount: Decimal) -> Decimal:
-    if not amount.is_finite():
-        raise ValueError("must be a finite number")
-    if abs(amount) >= LIMIT:
-        raise ValueError("is too large")
-    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
-        raise ValueError("must have at most two decimal places")
-    return amount.quantize(CENT)
-
-
 def _money_from_json(value: Any) -> Decimal:
     # JSON bodies are parsed with parse_float=Decimal, so a price arrives as int or Decimal;
     # a string, a bool or anything else is refused, as the contract's strict types demand.
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise ValueError("must be a number")
-    return _exact(Decimal(value))
+    return exact_amount(Decimal(value))
 
 
 def _money_from_text(value: Any) -> Decimal:
-    if isinstance(value, bool):
-        raise ValueError("must be a number such as 19.99")
-    if isinstance(value, int | Decimal):
-        return _exact(Decimal(value))
-    try:
-        return _exact(Decimal(str(value).strip()))
-    except InvalidOperation:
-        raise ValueError("must be a number such as 19.99") from None
+    # A float is an answer read back by a client's JSON parser: its shortest repr is the
+    # two-place decimal we wrote.
+    return parse_amount(repr(value) if isinstance(value, float) else value)
 
 
 _SCHEMA = {"type": "number", "multipleOf": 0.01}

@@ -8,18 +8,30 @@ or repeated parameters.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import zlib
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Self, TypeVar
 
 from aiohttp import web
+from aiohttp.streams import EofStream
 from multidict import MultiMapping
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from shopkit.errors import BadRequest, ValidationFailed
+from shopkit.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding, ValidationFailed
+from shopkit.parsing import QueryInt, check_text
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY = 1024 * 1024  # 1 MiB, compressed or not; larger bodies get 413
+
+MAX_PAGE = 10_000
+MAX_PAGE_SIZE = 100
+# ?page= and ?limit= of every list.
+PageNumber = QueryInt(1, MAX_PAGE)
+PageSize = QueryInt(1, MAX_PAGE_SIZE)
 
 
 class Body(BaseModel):
@@ -72,9 +84,81 @@ def parse_json(raw: bytes) -> Any:
         ) from None
 
 
+# Content-Encodings a body may arrive in, and the zlib window that reads each. The services
+# ask aiohttp not to decode bodies itself (create_service_app): its decoder turns a body that
+# is not what its header says into a 500, and br / zstd into a plain-text 400 before any
+# middleware runs. Here every failure is one of ours, in the envelope.
+_ZLIB_WINDOWS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
+IDENTITY_ENCODINGS = frozenset({"", "identity"})
+
+
+def content_encoding(request: web.Request) -> str:
+    """The body's Content-Encoding, trimmed and lower-cased ("" when there is none)."""
+    return request.headers.get("Content-Encoding", "").strip().lower()
+
+
+class ClientWentAway(BadRequest):
+    """The client closed the connection before its body arrived: nobody hears the answer,
+    and it is not a server error."""
+
+    code = "incomplete_body"
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decoded from gzip or deflate; 400 when it cannot be decoded, 413
+    past ``MAX_BODY`` (before or after decoding), 415 for any other encoding."""
+    encoding = content_encoding(request)
+    if encoding not in IDENTITY_ENCODINGS and encoding not in _ZLIB_WINDOWS:
+        raise UnsupportedEncoding(
+            f"The body's Content-Encoding {encoding[:40]!r} is not one this service accepts; "
+            "send it uncompressed, or as gzip or deflate.",
+            extra={"accepted": ["identity", "gzip", "deflate"]},
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large() from None
+    except (ConnectionError, asyncio.IncompleteReadError, EofStream) as exc:
+        raise ClientWentAway(
+            "The connection closed before the whole request body arrived."
+        ) from exc
+    if encoding in IDENTITY_ENCODINGS or not raw:
+        return raw
+    return _inflate(raw, encoding)
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the {MAX_BODY // 1024} KiB limit.")
+
+
+def _inflate(raw: bytes, encoding: str) -> bytes:
+    window = _ZLIB_WINDOWS[encoding]
+    if encoding == "deflate":
+        # "deflate" is meant to be zlib-wrapped, but many clients send raw deflate: the
+        # first byte tells them apart (RFC 1950: its low four bits are 8), as aiohttp does.
+        window = zlib.MAX_WBITS if raw[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(window)
+    try:
+        body = decoder.decompress(raw, MAX_BODY + 1)  # bounded: a small bomb stays small
+    except zlib.error:
+        raise _undecodable(encoding) from None
+    if len(body) > MAX_BODY or decoder.unconsumed_tail:
+        raise _too_large()
+    if not decoder.eof or decoder.unused_data:
+        raise _undecodable(encoding)
+    return body
+
+
+def _undecodable(encoding: str) -> BadRequest:
+    return BadRequest(
+        f"The request body is not valid {encoding} data, as its Content-Encoding says.",
+        code="invalid_content_encoding",
+    )
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; an empty body is an empty object."""
-    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     data = parse_json(raw)
@@ -107,7 +191,39 @@ def _fail(exc: ValidationError, whole: str, what: str) -> ValidationFailed:
     return ValidationFailed(f"The {what} is invalid: {problem}{more}.", details=details)
 
 
+def _text_problems(value: Any, path: tuple[str, ...]) -> list[dict[str, str]]:
+    """Every string in a parsed body or query, keys included, checked once: no control
+    characters but tab and line breaks, no lone surrogates. Fields that must be a single
+    line say so in their own type (shopkit.parsing.Line)."""
+    if isinstance(value, str):
+        try:
+            check_text(value, multiline=True)
+        except ValueError as exc:
+            return [{"field": ".".join(path) or "body", "message": str(exc)}]
+        return []
+    problems: list[dict[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problems += _text_problems(key, path) or _text_problems(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += _text_problems(item, (*path, str(index)))
+    return problems
+
+
+def _refuse_bad_text(data: Any, what: str) -> None:
+    details = _text_problems(data, ())
+    if details:
+        first = details[0]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise ValidationFailed(
+            f"The {what} is invalid: {first['field']}: {first['message']}{more}.",
+            details=details,
+        )
+
+
 def validate_body(model: type[M], data: Mapping[str, Any]) -> M:
+    _refuse_bad_text(data, "request body")
     try:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
@@ -121,7 +237,9 @@ def validate_query(model: type[M], query: MultiMapping[str]) -> M:
         raise ValidationFailed(
             f"The query string is invalid: {repeated[0]} is given more than once.", details=details
         )
+    values = dict(query)
+    _refuse_bad_text(values, "query string")
     try:
-        return model.model_validate(dict(query))
+        return model.model_validate(values)
     except ValidationError as exc:
         raise _fail(exc, "query", "query string") from None

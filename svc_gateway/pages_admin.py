@@ -6,8 +6,7 @@ check the admin's token again on every change.
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from shopkit.errors import NotFound
+from shopkit.parsing import MAX_ID, parse_amount, parse_int
 from svc_gateway.pages import (
     NEXT_STATUSES,
     ORDER_NOT_FOUND,
@@ -50,24 +50,22 @@ PRODUCT_FIELDS = {
     "stock": "Stock",
     "imageUrl": "Image URL",
 }
-_WHOLE = re.compile(r"^[+-]?[0-9]{1,12}$")
 
 
 def _number(text: str) -> Decimal | str:
     """A form's price as an exact decimal for the API; anything else is sent as it is, so
     the API's own validation says what is wrong with it, next to the field."""
     try:
-        value = Decimal(text.strip().removeprefix("$").replace(",", ""))
-    except InvalidOperation:
+        return parse_amount(text.strip().removeprefix("$").replace(",", ""))
+    except ValueError:
         return text
-    if not value.is_finite():
-        return text
-    return Decimal(format(value, "f"))  # 1E+2 is written 100
 
 
 def _whole(text: str) -> int | str:
-    text = text.strip()
-    return int(text) if _WHOLE.match(text) else text
+    try:
+        return parse_int(text.strip(), low=-MAX_ID, high=MAX_ID)
+    except ValueError:
+        return text
 
 
 def product_body(form: MultiMapping[Any], *, creating: bool) -> dict[str, Any]:

@@ -26,13 +26,13 @@ from shopkit.errors import Conflict, NotFound
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
+from shopkit.parsing import parse_product_id
 from shopkit.readiness import DatastoreAnswers
 from svc_product.keys import MONGO, MONGO_ANSWERS, STORE
 
 log = logging.getLogger("shop.product.store")
 
 MAX_STOCK = 1_000_000_000
-_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _SORTS = {
     "price": [("price_cents", ASCENDING), ("_id", ASCENDING)],
     "-price": [("price_cents", DESCENDING), ("_id", ASCENDING)],
@@ -66,9 +66,10 @@ class NotEnoughStock(Conflict):
 
 def _object_id(product_id: str) -> ObjectId:
     # A malformed id cannot name a product, so it is simply not found (never a 500).
-    if not _OBJECT_ID.match(product_id):
+    canonical = parse_product_id(product_id)
+    if canonical is None:
         raise ProductNotFound(product_id)
-    return ObjectId(product_id)
+    return ObjectId(canonical)
 
 
 def _now() -> datetime:
@@ -121,7 +122,7 @@ def catalogue_filter(
     query: dict[str, Any] = {}
     if ids is not None:
         # A malformed id names no product, so it simply matches nothing.
-        query["_id"] = {"$in": [ObjectId(i) for i in ids if _OBJECT_ID.match(i)]}
+        query["_id"] = {"$in": [ObjectId(i) for i in map(parse_product_id, ids) if i]}
     words = (q or "").split()[:10]
     if words:
         # Every word must appear in the name or the description, case-insensitively. A
