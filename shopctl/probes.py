@@ -44,6 +44,22 @@ def get(url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         return Answer(None, error=str(reason))
 
 
+def backends_not_ready(body: Any) -> list[str]:
+    """The backends a gateway's /ready body reports configured but not ready. The gateway
+    itself stays ready when a backend is down (it serves what does not need it), so this
+    is where the aggregate state is read."""
+    data = body.get("data") if isinstance(body, dict) else None
+    backends = data.get("backends") if isinstance(data, dict) else None
+    if not isinstance(backends, dict):
+        return []
+    return sorted(
+        str(name)
+        for name, report in backends.items()
+        if not (isinstance(report, dict) and report.get("configured") is False)
+        and not (isinstance(report, dict) and report.get("ready") is True)
+    )
+
+
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from shopctl.errors import ShopctlError
+from shopctl.probes import backends_not_ready
 from shopctl.qa_report import Recorder, RunSummary, StockCheck
 from shopctl.shop_client import Reply, ShopClient, list_all_products
 
@@ -428,18 +429,14 @@ SCENARIOS: dict[Scenario, Callable[[Shopper], Any]] = {
 
 
 async def check_ready(client: ShopClient) -> None:
-    """Refuse to start against a shop that says it is not ready, naming what is down."""
+    """Refuse to start against a shop that says it is not ready, naming what is down (the
+    gateway stays ready when a backend is down: its body says which)."""
     reply = await client.call("GET", "/ready")
     if reply.status is None:
         raise ShopctlError(f"the shop at {client.base_url} does not answer: {reply.error}")
-    if reply.status == 200:
+    down = backends_not_ready({"data": reply.data})
+    if reply.status == 200 and not down:
         return
-    backends = (reply.data or {}).get("backends") if isinstance(reply.data, dict) else None
-    down = [
-        name
-        for name, report in (backends or {}).items()
-        if not (isinstance(report, dict) and report.get("ready"))
-    ]
     which = f": {', '.join(down)} not ready" if down else f" ({reply.describe()})"
     raise ShopctlError(
         f"the shop at {client.base_url} is not ready{which}; no shopper was started "

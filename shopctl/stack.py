@@ -238,9 +238,9 @@ def wait_until_ready(state: ShopState, timeout: float) -> list[ServiceHealth]:
 
 
 def _describe_failures(state: ShopState, failed: list[ServiceHealth], what: str) -> str:
-    """One line naming the failed services, then the end of the logs that explain it: the
-    gateway is ready only when its backends are, so its own log matters only when it alone
-    failed."""
+    """One line naming the failed services, then the end of the logs that explain it: a
+    backend's own log explains more than the gateway's, so the gateway's is shown only when
+    it alone failed."""
     failed = sorted(failed, key=lambda check: check.name == "gateway")
     names = ", ".join(check.name for check in failed)
     lines = [f"{names} {what}"]

@@ -20,9 +20,9 @@ def status(
 ) -> None:
     """Show each service's health, readiness, PID and uptime.
 
-    For the local shop it probes every service; for another environment (or --url) it
-    shows what the gateway's /ready reports about each backend. Exits 1 unless all are
-    ready.
+    For the local shop it probes every service's own /ready; for another environment (or
+    --url) it shows what the gateway's /ready reports about each backend (the gateway stays
+    ready when a backend is down). Exits 1 unless the gateway and every backend are ready.
 
     Examples:
 
@@ -60,4 +60,4 @@ def _gateway_status(url: str, consoles: Consoles) -> bool:
     if answer.status is None:
         raise ShopctlError(f"the gateway at {url} does not answer: {answer.error}")
     consoles.out.print(views.gateway_table(url, answer))
-    return answer.ok
+    return answer.ok and not probes.backends_not_ready(answer.body)

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shopctl.embedded import EmbeddedServer
-from shopctl.probes import Answer, ServiceHealth, format_uptime
+from shopctl.probes import Answer, ServiceHealth, backends_not_ready, format_uptime
 
 STATE_STYLES = {"ready": "green", "not ready": "yellow", "starting": "cyan"}
 
@@ -49,13 +49,17 @@ def backends_table(servers: Iterable[EmbeddedServer]) -> Table:
 
 
 def gateway_table(url: str, answer: Answer) -> Table:
-    """What a gateway's /ready says about each backend. Its body is
-    `{"success": ..., "data": {"status": ..., "backends": {name: {"ready": bool, ...}}}}`."""
+    """What a gateway's /ready says about each backend (never their URLs). Its body is
+    `{"success": ..., "data": {"status": ..., "backends": {name: {"ready": bool, ...}}}}`;
+    the gateway itself is ready while a backend is down, so the title says which are."""
     data = answer.body.get("data") if isinstance(answer.body, Mapping) else None
     data = data if isinstance(data, Mapping) else {}
     status = data.get("status") or ("ready" if answer.ok else "not ready")
+    down = backends_not_ready(answer.body)
+    if answer.ok and down:
+        status = f"{status}, but {', '.join(down)} not ready"
     table = Table(title=f"Gateway {url}: {status}", title_justify="left")
-    for column in ("backend", "ready", "URL", "detail"):
+    for column in ("backend", "ready", "detail"):
         table.add_column(column, overflow="fold")
     backends = data.get("backends")
     for name, report in backends.items() if isinstance(backends, Mapping) else []:
@@ -68,5 +72,5 @@ def gateway_table(url: str, answer: Answer) -> Table:
             state = Text("not ready", style="yellow")
         shown = {"ready", "url", "configured"}
         detail = ", ".join(f"{key}={value}" for key, value in report.items() if key not in shown)
-        table.add_row(str(name), state, str(report.get("url") or ""), detail)
+        table.add_row(str(name), state, detail)
     return table
