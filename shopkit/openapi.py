@@ -19,6 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from shopkit.auth import require_roles
 from shopkit.keys import IDENTITY
+from shopkit.parsing import TEXT_PATTERN
 from shopkit.validation import read_json_object, validate_body, validate_query
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -54,6 +55,11 @@ class EndpointSpec:
     # Raises (403, 404) when the caller may not reach what the path names; runs before the
     # query and body are read, so nobody learns how their input would have been judged.
     access: Callable[[web.Request], Any] | None = None
+    # Documentation only: what each path parameter holds (the handlers read them with
+    # shopkit.parsing, and a malformed one is a 404), and the request headers the route
+    # reads, as OpenAPI parameter objects.
+    path: type[BaseModel] | None = None
+    headers: tuple[dict[str, Any], ...] = ()
 
 
 def endpoint(
@@ -70,6 +76,8 @@ def endpoint(
     raw: bool = False,
     content_type: str = "application/json",
     access: Callable[[web.Request], Any] | None = None,
+    path: type[BaseModel] | None = None,
+    headers: tuple[dict[str, Any], ...] = (),
 ) -> Callable[[Handler], Handler]:
     spec = EndpointSpec(
         summary,
@@ -84,6 +92,8 @@ def endpoint(
         raw,
         content_type,
         access,
+        path,
+        headers,
     )
 
     def decorate(handler: Handler) -> Handler:
@@ -140,8 +150,44 @@ def _response_schema(spec: EndpointSpec) -> dict[str, Any]:
     return schema
 
 
+def _text_rules(schema: Any, definitions: dict[str, Any], seen: set[str]) -> None:
+    """Give every string a client sends, in ``schema`` and the definitions it refers to,
+    the rule shopkit.validation applies to all of them (no control characters but tab and
+    line breaks), unless it has a stricter pattern, an enum or a format of its own."""
+    if isinstance(schema, list):
+        for item in schema:
+            _text_rules(item, definitions, seen)
+        return
+    if not isinstance(schema, dict):
+        return
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_REF.format(model="")):
+        name = ref.rsplit("/", 1)[1]
+        if name not in seen and name in definitions:
+            seen.add(name)
+            _text_rules(definitions[name], definitions, seen)
+    if schema.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(schema):
+        schema["pattern"] = TEXT_PATTERN
+    for key, value in schema.items():
+        if key != "$ref":
+            _text_rules(value, definitions, seen)
+
+
+def _path_parameters(path: str, model: type[BaseModel] | None) -> list[dict[str, Any]]:
+    properties = model.model_json_schema(by_alias=True)["properties"] if model else {}
+    parameters = []
+    for name in _PATH_PARAM.findall(path):
+        schema = dict(properties.get(name, {"type": "string"}))
+        description = schema.pop("description", None)
+        schema.pop("title", None)
+        parameter = {"name": name, "in": "path", "required": True, "schema": schema}
+        parameters.append(parameter | ({"description": description} if description else {}))
+    return parameters
+
+
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True)
+    _text_rules(schema, {}, set())
     required = set(schema.get("required", []))
     return [
         {
@@ -186,10 +232,8 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         operation: dict[str, Any] = {"summary": spec.summary, "parameters": []}
         if spec.description:
             operation["description"] = spec.description
-        operation["parameters"] += [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _PATH_PARAM.findall(path)
-        ]
+        operation["parameters"] += _path_parameters(path, spec.path)
+        operation["parameters"] += [dict(header) for header in spec.headers]
         if spec.query is not None:
             operation["parameters"] += _query_parameters(spec.query)
         if spec.body is not None:
@@ -226,8 +270,12 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         operation["responses"] = responses
         paths.setdefault(path, {})[method] = operation
 
-    _, definitions = models_json_schema(list(models), ref_template=_REF)
+    refs, definitions = models_json_schema(list(models), ref_template=_REF)
     schemas = dict(definitions.get("$defs", {}))
+    accepted: set[str] = set()
+    for (_model, mode), ref in refs.items():
+        if mode == "validation":
+            _text_rules(ref, schemas, accepted)
     schemas["Error"] = ERROR_SCHEMA
     return {
         "openapi": "3.1.0",

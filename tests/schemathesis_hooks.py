@@ -1,0 +1,79 @@
+"""Schemathesis hooks for tests/test_fuzz_openapi.py (loaded by its CLI, not by pytest).
+
+They keep "valid data was refused" (positive_data_acceptance) a finding about the documents
+by teaching the generator the few rules JSON Schema cannot state and the documents say in
+words. Only the cases meant to be valid are touched; negative cases are sent as generated.
+
+The contract's integers are strict: ``2.0`` is not an integer, as ``"2"`` is not a number
+(CONTRACT.md, "types are strict"). JSON Schema cannot say so (to it, 2.0 is an integer), and
+schemathesis deliberately sends whole floats where a schema says integer. In the cases it
+means to be valid, this writes them as integers again, so that "valid data was refused"
+stays a finding about the document and not about that choice; the negative cases still
+send them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+from schemathesis.generation import GenerationMode
+
+
+def _plain_integers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain_integers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_integers(item) for item in value]
+    return value
+
+
+def _positive(case: Any) -> bool:
+    meta = case.meta
+    return meta is not None and meta.generation.mode == GenerationMode.POSITIVE
+
+
+def _too_long_password(body: Any) -> bool:
+    # Passwords are 8 to 72 bytes in UTF-8 (bcrypt reads no further): JSON Schema counts
+    # characters only.
+    if not isinstance(body, dict):
+        return False
+    return any(
+        isinstance(body.get(name), str) and len(body[name].encode()) > 72 for name in ("password",)
+    )
+
+
+def _price_range_upside_down(query: Any) -> bool:
+    # GET /api/products: minPrice must not be above maxPrice (a 400, as its document says).
+    try:
+        return float(query["minPrice"]) > float(query["maxPrice"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _cart_checkout(case: Any) -> bool:
+    # POST /api/orders without items checks out the caller's cart, and an empty cart is a
+    # 400 empty_cart (tests/test_order_cart.py): whether it is empty is not in the request.
+    return (
+        case.operation.label == "POST /api/orders"
+        and isinstance(case.body, dict)
+        and not case.body.get("items")
+    )
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    if not _positive(case):
+        return True
+    if _too_long_password(case.body) or _cart_checkout(case):
+        return False
+    return not (isinstance(case.query, dict) and _price_range_upside_down(case.query))
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    if _positive(case):
+        case.body = _plain_integers(case.body)
+    return case
