@@ -109,11 +109,7 @@ async def read_body(request: web.Request) -> bytes:
     past ``MAX_BODY`` (before or after decoding), 415 for any other encoding."""
     encoding = content_encoding(request)
     if encoding not in IDENTITY_ENCODINGS and encoding not in _ZLIB_WINDOWS:
-        raise UnsupportedEncoding(
-            f"The body's Content-Encoding {encoding[:40]!r} is not one this service accepts; "
-            "send it uncompressed, or as gzip or deflate.",
-            extra={"accepted": ["identity", "gzip", "deflate"]},
-        )
+        raise _unsupported(encoding)  # before reading what could not be read anyway
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -122,16 +118,27 @@ async def read_body(request: web.Request) -> bytes:
         raise ClientWentAway(
             "The connection closed before the whole request body arrived."
         ) from exc
-    if encoding in IDENTITY_ENCODINGS or not raw:
-        return raw
-    return _inflate(raw, encoding)
+    return decode_body(raw, encoding)
+
+
+def _unsupported(encoding: str) -> UnsupportedEncoding:
+    return UnsupportedEncoding(
+        f"The body's Content-Encoding {encoding[:40]!r} is not one this service accepts; "
+        "send it uncompressed, or as gzip or deflate.",
+        extra={"accepted": ["identity", "gzip", "deflate"]},
+    )
 
 
 def _too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than the {MAX_BODY // 1024} KiB limit.")
+    return PayloadTooLarge(f"The request body is larger than the {MAX_BODY >> 20} MiB limit.")
 
 
-def _inflate(raw: bytes, encoding: str) -> bytes:
+def decode_body(raw: bytes, encoding: str) -> bytes:
+    """``raw`` decoded from ``encoding`` (a trimmed, lower-cased Content-Encoding)."""
+    if encoding in IDENTITY_ENCODINGS or not raw:
+        return raw
+    if encoding not in _ZLIB_WINDOWS:
+        raise _unsupported(encoding)
     window = _ZLIB_WINDOWS[encoding]
     if encoding == "deflate":
         # "deflate" is meant to be zlib-wrapped, but many clients send raw deflate: the
