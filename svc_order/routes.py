@@ -40,7 +40,9 @@ def _order_id(request: web.Request) -> int:
     errors=(403, 404, 409, 503),
     description="Names and prices come from the product service. On any failure there is "
     "no order, stock is as before and the cart untouched. With an Idempotency-Key header, "
-    "a repeat by the same user answers the first order (header Idempotent-Replayed: true).",
+    "a repeat by the same user answers the first order (header Idempotent-Replayed: true); "
+    "while the first attempt is still running, 409 checkout_in_progress with Retry-After. "
+    "The key is 1 to 255 visible ASCII characters (else 400 invalid_idempotency_key).",
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
     user_id = _customer_id(request[IDENTITY])
