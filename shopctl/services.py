@@ -55,10 +55,11 @@ class Service:
 
 SERVICES: tuple[Service, ...] = (
     Service("gateway", "svc_gateway", 0, calls=("product", "user", "order", "cart")),
-    Service("product", "svc_product", 1, Backend.MONGODB, "products"),
+    # Every service that verifies users' tokens calls the user service: has it revoked them?
+    Service("product", "svc_product", 1, Backend.MONGODB, "products", calls=("user",)),
     Service("user", "svc_user", 2, Backend.POSTGRES, "users", owns_admin_account=True),
-    Service("order", "svc_order", 3, Backend.POSTGRES, "orders", calls=("product", "cart")),
-    Service("cart", "svc_cart", 4, Backend.REDIS, calls=("product",)),
+    Service("order", "svc_order", 3, Backend.POSTGRES, "orders", calls=("product", "cart", "user")),
+    Service("cart", "svc_cart", 4, Backend.REDIS, calls=("product", "user")),
 )
 
 

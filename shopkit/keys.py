@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from shopkit.auth import Identity
     from shopkit.metrics import Metrics
     from shopkit.postgres import FairPool
+    from shopkit.revocation import TokenStatus
     from shopkit.settings import ServiceSettings
 
 SETTINGS: web.AppKey[ServiceSettings] = web.AppKey("settings")
@@ -23,5 +24,7 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 POSTGRES: web.AppKey[FairPool] = web.AppKey("postgres")
 # Exception types that mean "a dependency is down" and answer 503 instead of 500.
 UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
+# Whether a user's token was revoked (shopkit.revocation); every service that checks tokens.
+TOKEN_STATUS: web.AppKey[TokenStatus] = web.AppKey("token_status")
 
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -17,9 +17,9 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from shopkit.auth import require_roles
 from shopkit.keys import IDENTITY
 from shopkit.parsing import TEXT_PATTERN
+from shopkit.revocation import authorize
 from shopkit.validation import read_json_object, validate_body, validate_query
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -101,7 +101,7 @@ def endpoint(
         async def validated(request: web.Request) -> web.StreamResponse:
             kwargs: dict[str, Any] = {}
             if roles is not None:  # auth first: an anonymous caller learns nothing more
-                request[IDENTITY] = require_roles(request, *roles)
+                request[IDENTITY] = await authorize(request, roles)
             if access is not None:  # then whether it may reach this resource
                 access(request)
             if query is not None:
@@ -259,6 +259,7 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
             errors.add(413)
         if spec.roles is not None:
             errors.add(401)
+            errors.add(503)  # whether the token was revoked could not be confirmed
             operation["security"] = [{"bearerAuth": []}]
             if spec.roles:
                 errors.add(403)

@@ -10,14 +10,15 @@ from pydantic import Field
 
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
-from shopkit.settings import HttpUrl, RedisUrl, ServiceSettings
+from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
+from shopkit.settings import HttpUrl, RedisUrl
 from svc_cart.catalogue import Catalogue
 from svc_cart.keys import CATALOGUE, REDIS
 from svc_cart.routes import routes
 from svc_cart.store import REDIS_UNAVAILABLE, redis_ctx
 
 
-class CartSettings(ServiceSettings):
+class CartSettings(TokenCheckingSettings):
     service_name: ClassVar[str] = "cart"
     default_port: ClassVar[int] = 3004
 
@@ -42,6 +43,9 @@ def create_app(settings: CartSettings) -> web.Application:
     app[CATALOGUE] = Catalogue(
         ServiceClient(app, "product", settings.product_service_url),
         max_age=settings.catalogue_cache_seconds,
+    )
+    check_tokens_with_user_service(
+        app, settings.user_service_url, settings.token_status_cache_seconds
     )
     app.cleanup_ctx.append(redis_ctx)
     app.router.add_routes(routes)

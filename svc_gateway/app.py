@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, SecretStr
 
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
+from shopkit.revocation import check_tokens_with_user_service
 from shopkit.settings import HttpUrl, ServiceSettings
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages import setup_pages
@@ -71,6 +72,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
         name: ServiceClient(app, name, url, timeout=timeout)
         for name, url in settings.backend_urls().items()
     }
+    if settings.jwt_secret is not None and settings.user_service_url is not None:
+        # The pages treat a revoked login cookie as logged out (svc_gateway.session).
+        check_tokens_with_user_service(app, settings.user_service_url)
     setup_pages(
         app,
         SessionKeys.from_secrets(

@@ -32,6 +32,7 @@ from shopkit.auth import Identity
 from shopkit.client import ServiceReply
 from shopkit.context import REQUEST_ID
 from shopkit.errors import Forbidden, NotFound, ShopError, UpstreamUnavailable
+from shopkit.keys import TOKEN_STATUS
 from svc_gateway.assets import (
     CATALOGUE_PREFIX,
     STATIC_PREFIX,
@@ -558,6 +559,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not is_page_path(request.path):
         return await handler(request)
     session = PageSession(request, request.app[SESSION_KEYS])
+    await session.confirm(request.app.get(TOKEN_STATUS))  # a revoked login is logged out
     request[PAGE_SESSION] = session
     response = await _answer(request, handler, session)
     session.apply(response)

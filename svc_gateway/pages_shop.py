@@ -300,10 +300,24 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
+    """Log out everywhere: the user service ends every token of this user (so a copy of the
+    cookie stops working too), then this browser forgets its own."""
     session = session_of(request)
     if session.user is not None:
+        try:
+            reply = await call_backend(request, "user", "POST", "/api/users/logout")
+            ended = reply.status in (200, 401)  # 401: that token had already ended
+        except UpstreamUnavailable:
+            ended = False
         session.log_out()
-        session.flash("info", "You have logged out. See you soon!")
+        if ended:
+            session.flash("info", "You have logged out. See you soon!")
+        else:
+            session.flash(
+                "error",
+                "You are logged out in this browser, but your other sessions could not be "
+                "ended right now: log out again later, or change your password.",
+            )
     raise Redirect("/")
 
 
@@ -368,6 +382,8 @@ async def change_password(request: web.Request) -> web.Response:
         body = {"current_password": current, "password": new}
         reply = await call_backend(request, "user", "PUT", "/api/users/profile", json=body)
         if reply.status == 200:
+            # Every other session just ended; this browser goes on with the fresh token.
+            _log_in(request, reply.data["token"])
             session_of(request).flash("success", "Your password is changed.")
             raise Redirect("/profile")
         refusal = BackendRefused(reply)

@@ -5,7 +5,9 @@ Three cookies, all ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and ``Secure`` ove
 - ``shop_session``: the JWT the user service issued at log-in, as it is. The gateway reads
   its claims only to know who is browsing (the header, the cart's user id, whether to offer
   the admin pages); every backend still verifies the token itself. With ``JWT_SECRET`` set
-  the gateway verifies it too, so a forged or expired cookie simply means "logged out".
+  the gateway verifies it too, and asks the user service (as every service does, see
+  shopkit.revocation) whether it was revoked: a forged, expired or revoked cookie simply
+  means "logged out", on every page.
 - ``shop_csrf``: a random nonce for this browser. Every form that changes something carries
   ``HMAC(key, nonce | session token)`` and the gateway refuses a POST without the right one
   (a signed double-submit token): another site can neither read the nonce nor compute the
@@ -31,11 +33,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from aiohttp import web
 
-from shopkit.auth import ALGORITHM, ROLES, TOKEN_LIFETIME, Identity, verify_token
-from shopkit.errors import Unauthorized
+from shopkit.auth import TOKEN_LIFETIME, Identity, unverified_identity, verify_token
+from shopkit.errors import Unauthorized, UpstreamUnavailable
+from shopkit.revocation import TokenStatus
 
 log = logging.getLogger("shop.gateway.session")
 
@@ -49,7 +51,6 @@ MAX_FLASHES = 4
 MAX_FLASH_TEXT = 300
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{32}$")
-_REQUIRED_CLAIMS = ["sub", "email", "role", "iat", "exp"]
 
 
 def _b64(raw: bytes) -> str:
@@ -95,25 +96,14 @@ class Flash:
 
 
 def read_token(keys: SessionKeys, token: str) -> Identity | None:
-    """Who the token names, or None for a token that is malformed, expired or (when the
-    gateway knows JWT_SECRET) not signed with it."""
+    """Who the token names, or None for a token that is malformed, expired, whose claims are
+    not exactly as issued or (when the gateway knows JWT_SECRET) not signed with it."""
     if keys.jwt_secret is not None:
         try:
             return verify_token(keys.jwt_secret, token)
         except Unauthorized:
             return None
-    try:
-        claims = jwt.decode(
-            token,
-            algorithms=[ALGORITHM],
-            options={"verify_signature": False, "verify_exp": True, "require": _REQUIRED_CLAIMS},
-        )
-    except jwt.InvalidTokenError:
-        return None
-    sub, email, role = claims["sub"], claims["email"], claims["role"]
-    if not isinstance(sub, str) or not sub or not isinstance(email, str) or role not in ROLES:
-        return None
-    return Identity(user_id=sub, email=email, role=role)
+    return unverified_identity(token)
 
 
 def _sign(key: bytes, message: str) -> str:
@@ -196,6 +186,20 @@ class PageSession:
 
     def log_out(self) -> None:
         self.token, self.user, self._logged_in = None, None, False
+
+    async def confirm(self, status: TokenStatus | None) -> None:
+        """Log out a browser whose login was revoked (a logout elsewhere, a password change,
+        an account removed). When the user service cannot say, the login stands for this
+        page: every backend it calls checks the token itself and answers 503 meanwhile."""
+        if status is None or self.user is None or self._logged_in:
+            return
+        try:
+            await status.ensure_current(self.user)
+        except Unauthorized:
+            self.log_out()
+            self.flash("info", "Your session has ended; please log in again.")
+        except UpstreamUnavailable:
+            pass
 
     # -- CSRF ---------------------------------------------------------------------------------
 

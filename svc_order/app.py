@@ -11,7 +11,8 @@ from pydantic import Field
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
-from shopkit.settings import HttpUrl, PostgresUrl, ServiceSettings
+from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
+from shopkit.settings import HttpUrl, PostgresUrl
 from svc_order.checkout import checkout_ctx
 from svc_order.keys import CARTS, PRODUCTS
 from svc_order.routes import routes
@@ -20,7 +21,7 @@ from svc_order.routes import routes
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
 
 
-class OrderSettings(ServiceSettings):
+class OrderSettings(TokenCheckingSettings):
     service_name: ClassVar[str] = "order"
     default_port: ClassVar[int] = 3003
 
@@ -40,6 +41,9 @@ def create_app(settings: OrderSettings) -> web.Application:
     )
     app[PRODUCTS] = ServiceClient(app, "product", settings.product_service_url, CALL_TIMEOUT)
     app[CARTS] = ServiceClient(app, "cart", settings.cart_service_url, CALL_TIMEOUT)
+    check_tokens_with_user_service(
+        app, settings.user_service_url, settings.token_status_cache_seconds
+    )
     app.cleanup_ctx.append(postgres_ctx("svc_order.migrations"))
     app.cleanup_ctx.append(checkout_ctx)
     app.router.add_routes(routes)

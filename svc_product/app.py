@@ -9,13 +9,14 @@ from pydantic import Field
 from pymongo.errors import ConnectionFailure
 
 from shopkit.app import create_service_app
-from shopkit.settings import MongoUrl, ServiceSettings
+from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
+from shopkit.settings import MongoUrl
 from svc_product.keys import MONGO, MONGO_ANSWERS
 from svc_product.routes import routes
 from svc_product.store import mongo_ctx, prune_stock_moves_ctx
 
 
-class ProductSettings(ServiceSettings):
+class ProductSettings(TokenCheckingSettings):
     service_name: ClassVar[str] = "product"
     default_port: ClassVar[int] = 3001
 
@@ -37,8 +38,15 @@ async def mongo_ready(app: web.Application) -> dict[str, Any]:
 
 
 def create_app(settings: ProductSettings) -> web.Application:
+    # The HTTP client is for the user service: the admin routes check tokens' revocation.
     app = create_service_app(
-        settings, ready_check=mongo_ready, unavailable_errors=(ConnectionFailure,)
+        settings,
+        ready_check=mongo_ready,
+        unavailable_errors=(ConnectionFailure,),
+        http_client=True,
+    )
+    check_tokens_with_user_service(
+        app, settings.user_service_url, settings.token_status_cache_seconds
     )
     app.cleanup_ctx.append(mongo_ctx)
     app.cleanup_ctx.append(prune_stock_moves_ctx)

@@ -9,8 +9,9 @@ from aiohttp import web
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from shopkit.app import create_service_app
-from shopkit.keys import SETTINGS
+from shopkit.keys import SETTINGS, TOKEN_STATUS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool, postgres_ctx, postgres_ready
+from shopkit.revocation import TokenStatus
 from shopkit.settings import PostgresUrl, ServiceSettings
 from svc_user.keys import HASHER, STORE
 from svc_user.passwords import PasswordHasher
@@ -81,4 +82,6 @@ def create_app(settings: UserSettings) -> web.Application:
     app.cleanup_ctx.append(hasher_ctx)
     app.cleanup_ctx.append(postgres_ctx("svc_user.migrations", after_migrations=bootstrap_admin))
     app.router.add_routes(routes)
+    # The owner of tokens_valid_from checks it exactly, in its own database, every time.
+    app[TOKEN_STATUS] = TokenStatus(lambda user_id: app[STORE].tokens_valid_from(user_id), 0)
     return app

@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import math
 
+import asyncpg
 from aiohttp import web
 
 from shopkit.auth import Identity, issue_token
-from shopkit.errors import Forbidden, TooManyRequests, Unauthorized
+from shopkit.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from shopkit.keys import IDENTITY, SETTINGS
 from shopkit.openapi import endpoint
+from shopkit.parsing import parse_id
 from shopkit.responses import ok
 from svc_user.keys import HASHER, STORE
-from svc_user.schemas import AuthOut, LoginBody, ProfileUpdate, RegisterBody, UserOut
+from svc_user.schemas import (
+    AccountRemoval,
+    AccountRemoved,
+    AuthOut,
+    LoggedOut,
+    LoginBody,
+    ProfileChanged,
+    ProfileUpdate,
+    RegisterBody,
+    TokenStatusOut,
+    UserOut,
+)
 from svc_user.store import user_out
 
 routes = web.RouteTableDef()
 
 
-def _token_for(request: web.Request, user: dict) -> str:
+def _token_for(request: web.Request, row: asyncpg.Record) -> str:
+    """A token for the stored user ``row``: issued no earlier than its tokens_valid_from, so
+    that a login right after a logout (in the same second) is not born revoked."""
     secret = request.app[SETTINGS].jwt_secret.get_secret_value()
-    return issue_token(secret, sub=str(user["id"]), email=user["email"], role=user["role"])
+    return issue_token(
+        secret,
+        sub=str(row["id"]),
+        email=row["email"],
+        role=row["role"],
+        not_before=row["tokens_valid_from"],
+    )
 
 
 @routes.post("/api/users/register")
@@ -39,8 +60,7 @@ async def register(request: web.Request, body: RegisterBody) -> web.Response:
         first_name=body.first_name,
         last_name=body.last_name,
     )
-    user = user_out(row)
-    return ok({"user": user, "token": _token_for(request, user)}, status=201)
+    return ok({"user": user_out(row), "token": _token_for(request, row)}, status=201)
 
 
 def _too_many(seconds: float) -> TooManyRequests:
@@ -80,14 +100,13 @@ async def login(request: web.Request, body: LoginBody) -> web.Response:
         # BCRYPT_ROUNDS changed since this hash was made: bring it up to date now that we
         # have the password, so every account costs the same to check (no timing tell).
         await store.update(row["id"], {"password_hash": await hasher.hash(body.password)})
-    user = user_out(row)
-    return ok({"user": user, "token": _token_for(request, user)})
+    return ok({"user": user_out(row), "token": _token_for(request, row)})
 
 
-async def _own_account(request: web.Request, identity: Identity):
-    if not identity.user_id.isdigit():
+async def _own_account(request: web.Request, identity: Identity) -> asyncpg.Record:
+    if identity.user_number is None:  # a service's token names no user
         raise Forbidden("Only a user's own token reaches a profile.", code="not_a_user")
-    row = await request.app[STORE].by_id(int(identity.user_id))
+    row = await request.app[STORE].by_id(identity.user_number)
     if row is None:
         # A valid signature for an account that is gone: the token no longer names anyone.
         raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
@@ -104,9 +123,12 @@ async def get_profile(request: web.Request) -> web.Response:
 @endpoint(
     "Change names, or the password (with current_password)",
     body=ProfileUpdate,
-    response=UserOut,
+    response=ProfileChanged,
     roles=(),
     errors=(403, 503),
+    description="A new password ends every token issued before it, at every service within "
+    "TOKEN_STATUS_CACHE_SECONDS (this one at once); the answer then carries `token`, a "
+    "fresh one for the client that made the change.",
 )
 async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Response:
     row = await _own_account(request, request[IDENTITY])
@@ -115,12 +137,74 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
         for field in ("first_name", "last_name")
         if field in body.model_fields_set
     }
-    if "password" in body.model_fields_set:
+    new_password = "password" in body.model_fields_set
+    if new_password:
         hasher = request.app[HASHER]
         if not await hasher.verify(body.current_password, row["password_hash"]):
             raise Forbidden("The current password is incorrect.", code="wrong_password")
         changes["password_hash"] = await hasher.hash(body.password)
-    updated = await request.app[STORE].update(row["id"], changes)
+    updated = await request.app[STORE].update(row["id"], changes, revoke_tokens=new_password)
     if updated is None:
         raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+    if new_password:
+        return ok({**user_out(updated), "token": _token_for(request, updated)})
     return ok(user_out(updated))
+
+
+@routes.post("/api/users/logout")
+@endpoint(
+    "Log out everywhere: end every token of the caller issued so far",
+    response=LoggedOut,
+    roles=(),
+    errors=(403, 503),
+    description="Every token of this user issued before now (this one included) stops "
+    "working at every service within TOKEN_STATUS_CACHE_SECONDS (default 2; the user "
+    "service at once). A login afterwards, even in the same second, gets a working token.",
+)
+async def logout(request: web.Request) -> web.Response:
+    row = await _own_account(request, request[IDENTITY])
+    if await request.app[STORE].revoke_tokens(row["id"]) is None:
+        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+    return ok({"logged_out": True})
+
+
+@routes.delete("/api/users/profile")
+@endpoint(
+    "Remove the caller's own account (with current_password)",
+    body=AccountRemoval,
+    response=AccountRemoved,
+    roles=(),
+    errors=(403, 503),
+    description="Every token naming the account stops working at every service within "
+    "TOKEN_STATUS_CACHE_SECONDS. Its orders are kept (they are the shop's records); its "
+    "cart expires. 403 wrong_password; 403 admin_account: an admin account is not removed "
+    "this way.",
+)
+async def remove_account(request: web.Request, body: AccountRemoval) -> web.Response:
+    row = await _own_account(request, request[IDENTITY])
+    if row["role"] == "admin":
+        raise Forbidden("An admin account cannot remove itself.", code="admin_account")
+    if not await request.app[HASHER].verify(body.current_password, row["password_hash"]):
+        raise Forbidden("The current password is incorrect.", code="wrong_password")
+    if not await request.app[STORE].delete(row["id"]):
+        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+    return ok({"id": row["id"], "deleted": True})
+
+
+@routes.get("/internal/users/{id}/token-status")
+@endpoint(
+    "Internal: the first iat a user's tokens may have (service tokens only)",
+    response=TokenStatusOut,
+    roles=("service",),
+    errors=(404,),
+    description="How every other service learns whether a user's token was revoked: a token "
+    "is good only if its iat >= tokens_valid_from. 404 user_not_found: no such user (its "
+    "tokens name no one). Not under /api/, so the gateway never routes it.",
+)
+async def token_status(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    user_id = parse_id(raw)
+    valid_from = None if user_id is None else await request.app[STORE].tokens_valid_from(user_id)
+    if valid_from is None:
+        raise NotFound(f"There is no user {raw!r}.", code="user_not_found")
+    return ok({"user_id": user_id, "tokens_valid_from": valid_from})

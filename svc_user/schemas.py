@@ -92,3 +92,33 @@ class UserOut(BaseModel):
 class AuthOut(BaseModel):
     user: UserOut
     token: str = Field(description="A JWT for Authorization: Bearer, valid for 24 hours")
+
+
+class ProfileChanged(UserOut):
+    token: str | None = Field(
+        None,
+        description="Only when the password changed: a fresh token for this client (every "
+        "token issued before the change no longer works)",
+    )
+
+
+class LoggedOut(BaseModel):
+    logged_out: bool
+
+
+class AccountRemoval(Body):
+    model_config = Body.model_config | {"str_strip_whitespace": False}
+
+    current_password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class AccountRemoved(BaseModel):
+    id: int
+    deleted: bool
+
+
+class TokenStatusOut(BaseModel):
+    user_id: int
+    tokens_valid_from: int = Field(
+        description="Epoch seconds: the user's tokens with an earlier iat are revoked"
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import UTC
 from typing import Any
 
@@ -13,7 +15,14 @@ from shopkit.postgres import FairPool
 
 log = logging.getLogger("shop.user.store")
 
-_COLUMNS = "id, email, password_hash, first_name, last_name, role, created_at"
+_COLUMNS = "id, email, password_hash, first_name, last_name, role, created_at, tokens_valid_from"
+# Revoking a user's tokens moves tokens_valid_from to $N: the caller's next second (tokens
+# issued this second end too), or one past its last value when that is later, so that each
+# of several revocations within a second ends the tokens issued between them; but never
+# more than REVOKE_AHEAD_SECONDS ahead, well inside the iat leeway every service allows.
+# $N is the user service's clock, the one that stamps iat on the tokens it issues.
+REVOKE_AHEAD_SECONDS = 30
+_REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_AHEAD_SECONDS) + ")"
 
 # The throttle: this many failures for one email within WINDOW are free; after that each
 # failure locks the email for LOCK_BASE seconds, doubling, up to LOCK_MAX.
@@ -21,6 +30,11 @@ FREE_FAILURES = 5
 WINDOW_SECONDS = 15 * 60
 LOCK_BASE_SECONDS = 30
 LOCK_MAX_SECONDS = 15 * 60
+
+
+def revocation_second() -> int:
+    """The first second whose tokens a revocation made now lets live: the next one."""
+    return math.floor(time.time()) + 1
 
 
 class EmailTaken(Conflict):
@@ -69,14 +83,44 @@ class UserStore:
     async def by_id(self, user_id: int) -> asyncpg.Record | None:
         return await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id)
 
-    async def update(self, user_id: int, changes: dict[str, str]) -> asyncpg.Record | None:
-        """Set the given columns (names from our own model, values as parameters)."""
-        assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=2))
+    async def update(
+        self, user_id: int, changes: dict[str, str], *, revoke_tokens: bool = False
+    ) -> asyncpg.Record | None:
+        """Set the given columns (names from our own model, values as parameters); with
+        ``revoke_tokens``, in the same statement end every token issued so far."""
+        assignments = [f"{column} = ${n}" for n, column in enumerate(changes, start=2)]
+        values: list[object] = list(changes.values())
+        if revoke_tokens:
+            values.append(revocation_second())
+            assignments.append("tokens_valid_from = " + _REVOKED.format(n=len(values) + 1))
         return await self.pool.fetchrow(
-            f"""UPDATE users SET {assignments}, updated_at = now()
+            f"""UPDATE users SET {", ".join(assignments)}, updated_at = now()
                 WHERE id = $1 RETURNING {_COLUMNS}""",
             user_id,
-            *changes.values(),
+            *values,
+        )
+
+    async def revoke_tokens(self, user_id: int) -> int | None:
+        """End every token of the user issued so far; its new tokens_valid_from, or None
+        when there is no such user."""
+        return await self.pool.fetchval(
+            f"""UPDATE users SET tokens_valid_from = {_REVOKED.format(n=2)}
+                WHERE id = $1 RETURNING tokens_valid_from""",
+            user_id,
+            revocation_second(),
+        )
+
+    async def tokens_valid_from(self, user_id: int) -> int | None:
+        """The first iat the user's tokens may have, or None when there is no such user."""
+        return await self.pool.fetchval(
+            "SELECT tokens_valid_from FROM users WHERE id = $1", user_id
+        )
+
+    async def delete(self, user_id: int) -> bool:
+        """Remove the account; its tokens then name no one, at every service."""
+        return (
+            await self.pool.fetchval("DELETE FROM users WHERE id = $1 RETURNING true", user_id)
+            is not None
         )
 
     async def ensure_admin(self, email: str, password_hash_for: Any) -> None:
@@ -91,10 +135,16 @@ class UserStore:
         )
         new_hash = await password_hash_for(row["password_hash"] or None)
         if new_hash is not None:
+            # A changed password ends the tokens issued with the old one, as a user's would
+            # (a new account has none: its tokens_valid_from stays 0).
             await self.pool.execute(
-                "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+                f"""UPDATE users SET password_hash = $2, updated_at = now(),
+                        tokens_valid_from = CASE WHEN password_hash = '' THEN tokens_valid_from
+                                                 ELSE {_REVOKED.format(n=3)} END
+                    WHERE id = $1""",
                 row["id"],
                 new_hash,
+                revocation_second(),
             )
             log.info("admin account %s made ready", email)
 

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, bearer, postgres
+from support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    JWT_SECRET,
+    TEST_ACCOUNTS,
+    add_accounts,
+    bearer,
+    postgres,
+)
 
 from shopctl import embedded
 from shopkit.auth import issue_token, service_token
@@ -95,16 +103,19 @@ def service_env(**values: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def product_settings(mongo_uri: str) -> ProductSettings:
-    return ProductSettings.from_env(service_env(MONGODB_URI=mongo_uri))
+async def users_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
+    """The user service's database of this test's own (postgres_uri is the order service's
+    in the order tests: both keep a schema_migrations table), dropped afterwards."""
+    async with throwaway_database(postgres_server_uri) as uri:
+        yield uri
 
 
 @pytest.fixture
-def user_settings(postgres_uri: str) -> UserSettings:
+def user_settings(users_postgres_uri: str) -> UserSettings:
     # Few bcrypt rounds keep the suite fast; the default (12) is measured in benchmarks/.
     return UserSettings.from_env(
         service_env(
-            DATABASE_URL=postgres_uri,
+            DATABASE_URL=users_postgres_uri,
             BCRYPT_ROUNDS="4",
             ADMIN_EMAIL=ADMIN_EMAIL,
             ADMIN_PASSWORD=ADMIN_PASSWORD,
@@ -116,6 +127,32 @@ def user_settings(postgres_uri: str) -> UserSettings:
 async def user(aiohttp_client: Any, user_settings: UserSettings) -> TestClient:
     """The real user service over HTTP, on its own database."""
     return await aiohttp_client(create_user_app(user_settings))
+
+
+@pytest.fixture
+async def user_server(aiohttp_server: Any, user_settings: UserSettings) -> TestServer:
+    """The real user service on a port of its own: every other service asks it whether a
+    token was revoked (USER_SERVICE_URL). Its accounts are those the tests' tokens name: the
+    admin (id 1, made at start-up) and customers 2 to TEST_ACCOUNTS - 1 (support.customer);
+    accounts registered later get ids after them."""
+    server = await aiohttp_server(create_user_app(user_settings))
+    async with postgres(user_settings.database_url) as connection:
+        await add_accounts(connection, range(2, TEST_ACCOUNTS))
+        await connection.execute(f"ALTER TABLE users ALTER COLUMN id RESTART WITH {TEST_ACCOUNTS}")
+    return server
+
+
+@pytest.fixture
+def user_service_url(user_server: TestServer) -> str:
+    """USER_SERVICE_URL for the services that check tokens."""
+    return str(user_server.make_url(""))
+
+
+@pytest.fixture
+def product_settings(mongo_uri: str, user_service_url: str) -> ProductSettings:
+    return ProductSettings.from_env(
+        service_env(MONGODB_URI=mongo_uri, USER_SERVICE_URL=user_service_url)
+    )
 
 
 @pytest.fixture
@@ -189,12 +226,16 @@ def catalogue_cache_seconds() -> str:
 
 @pytest.fixture
 def cart_settings(
-    redis_server_uri: str, product_server: TestServer, catalogue_cache_seconds: str
+    redis_server_uri: str,
+    product_server: TestServer,
+    user_service_url: str,
+    catalogue_cache_seconds: str,
 ) -> CartSettings:
     return CartSettings.from_env(
         service_env(
             REDIS_URL=redis_server_uri,
             PRODUCT_SERVICE_URL=str(product_server.make_url("")),
+            USER_SERVICE_URL=user_service_url,
             CATALOGUE_CACHE_SECONDS=catalogue_cache_seconds,
         )
     )
@@ -223,6 +264,7 @@ async def orders_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
 async def shop_services(
     aiohttp_server: Any,
     product_server: TestServer,
+    user_server: TestServer,
     user_settings: UserSettings,
     cart_settings: CartSettings,
     orders_postgres_uri: str,
@@ -233,13 +275,13 @@ async def shop_services(
     from svc_order.app import OrderSettings
     from svc_order.app import create_app as create_order_app
 
-    user_server = await aiohttp_server(create_user_app(user_settings))
     cart_server = await aiohttp_server(create_cart_app(cart_settings))
     order_settings = OrderSettings.from_env(
         service_env(
             DATABASE_URL=orders_postgres_uri,
             PRODUCT_SERVICE_URL=str(product_server.make_url("")),
             CART_SERVICE_URL=str(cart_server.make_url("")),
+            USER_SERVICE_URL=str(user_server.make_url("")),
         )
     )
     order_server = await aiohttp_server(create_order_app(order_settings))

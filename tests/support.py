@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,8 +55,30 @@ def unsigned(claims: dict[str, Any]) -> str:
     return f"{header}.{forged(claims).split('.')[1]}."
 
 
+# The user service the other services ask about tokens (conftest's user_server) holds the
+# admin (id 1) and customers 2 .. TEST_ACCOUNTS - 1: the users test tokens name.
+TEST_ACCOUNTS = 10_000
+TEST_ACCOUNT_PASSWORD = "test-account-password"
+
+
+async def add_accounts(connection: asyncpg.Connection, ids: Iterable[int]) -> None:
+    """Customers with these ids (email u<id>@shop.test, password TEST_ACCOUNT_PASSWORD) in
+    a user service's database, made directly so that thousands cost one statement."""
+    import bcrypt
+
+    password_hash = bcrypt.hashpw(TEST_ACCOUNT_PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    await connection.execute(
+        """INSERT INTO users (id, email, password_hash) OVERRIDING SYSTEM VALUE
+           SELECT id, 'u' || id || '@shop.test', $2 FROM unnest($1::bigint[]) AS id
+           ON CONFLICT DO NOTHING""",
+        list(ids),
+        password_hash,
+    )
+
+
 def customer(user_id: int) -> dict[str, str]:
-    """Headers of a customer with this id (a token as the user service would issue it)."""
+    """Headers of a customer with this id (a token as the user service would issue it); the
+    services accept it when the user service they ask has the account (see TEST_ACCOUNTS)."""
     from shopkit.auth import issue_token
 
     token = issue_token(

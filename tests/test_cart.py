@@ -19,7 +19,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 from redis.asyncio import Redis
-from support import JWT_SECRET, bearer, call, create_product, eventually
+from support import (
+    JWT_SECRET,
+    add_accounts,
+    bearer,
+    call,
+    create_product,
+    eventually,
+    postgres,
+)
 
 from shopctl import embedded, processes
 from shopkit.auth import issue_token
@@ -27,6 +35,7 @@ from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_cart.schemas import CartOut
 from svc_cart.store import CART_TTL_SECONDS, MAX_LINES, MAX_QUANTITY, cart_key
+from svc_user.app import UserSettings
 
 MISSING_ID = "0123456789abcdef01234567"
 
@@ -53,14 +62,24 @@ class Shopper:
         return cart_key(self.user_id)
 
 
+SHOPPERS = 64  # the most customers one test makes
+
+
 @pytest.fixture
-async def shoppers(redis_client: Redis) -> AsyncIterator[Callable[[], Shopper]]:
-    """Makes customers with random user ids of their own, so no two tests share a cart;
-    their carts are deleted afterwards."""
+async def shoppers(
+    redis_client: Redis, user_server: TestServer, user_settings: UserSettings
+) -> AsyncIterator[Callable[[], Shopper]]:
+    """Makes customers with user ids of their own (a random block, so no two tests share a
+    cart), with accounts at the user service the cart service asks; their carts are deleted
+    afterwards."""
+    first = 10**12 + secrets.randbelow(10**15)
+    async with postgres(user_settings.database_url) as connection:
+        await add_accounts(connection, range(first, first + SHOPPERS))
     made: list[Shopper] = []
 
     def make() -> Shopper:
-        user_id = str(10**12 + secrets.randbelow(10**15))
+        assert len(made) < SHOPPERS, "make SHOPPERS larger"
+        user_id = str(first + len(made))
         token = issue_token(JWT_SECRET, sub=user_id, email=f"{user_id}@shop.test", role="customer")
         made.append(Shopper(user_id, bearer(token)))
         return made[-1]
@@ -957,9 +976,10 @@ async def test_a_redis_outage_is_503_and_not_ready(
 
 def _run_cart_service(**env: str) -> subprocess.CompletedProcess[str]:
     base = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "PORT")}
+    required = {"JWT_SECRET": JWT_SECRET, "USER_SERVICE_URL": "http://127.0.0.1:1"}
     return subprocess.run(
         [sys.executable, "-m", "svc_cart"],
-        env={**base, "JWT_SECRET": JWT_SECRET, "HOST": "127.0.0.1", **env},
+        env={**base, **required, "HOST": "127.0.0.1", **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -973,6 +993,14 @@ def test_it_refuses_to_start_without_its_settings() -> None:
     result = _run_cart_service(REDIS_URL="redis://127.0.0.1:1", PRODUCT_SERVICE_URL="nope")
     assert result.returncode == 2
     assert "PRODUCT_SERVICE_URL is malformed" in result.stderr
+    # It checks users' tokens, so it must be able to ask the user service about revocation.
+    result = _run_cart_service(
+        REDIS_URL="redis://127.0.0.1:1",
+        PRODUCT_SERVICE_URL="http://127.0.0.1:1",
+        USER_SERVICE_URL="",
+    )
+    assert result.returncode == 2
+    assert "USER_SERVICE_URL is required but not set" in result.stderr
 
 
 def test_it_refuses_to_start_when_redis_does_not_answer() -> None:

@@ -17,12 +17,15 @@ from svc_order.schemas import OrderOut
 ANN, BOB = customer(101), customer(102)
 
 
-def order_settings(postgres_uri: str, product_url: str, **extra: str) -> OrderSettings:
+def order_settings(
+    postgres_uri: str, product_url: str, user_url: str, **extra: str
+) -> OrderSettings:
     return OrderSettings.from_env(
         {
             "JWT_SECRET": JWT_SECRET,
             "DATABASE_URL": postgres_uri,
             "PRODUCT_SERVICE_URL": product_url,
+            "USER_SERVICE_URL": user_url,
             "CART_SERVICE_URL": "http://127.0.0.1:9",  # explicit-items checkouts only here
             **extra,
         }
@@ -30,8 +33,10 @@ def order_settings(postgres_uri: str, product_url: str, **extra: str) -> OrderSe
 
 
 @pytest.fixture
-async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestServer) -> TestClient:
-    settings = order_settings(postgres_uri, str(product_server.make_url("")))
+async def orders(
+    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, user_service_url: str
+) -> TestClient:
+    settings = order_settings(postgres_uri, str(product_server.make_url("")), user_service_url)
     return await aiohttp_client(create_order_app(settings))
 
 

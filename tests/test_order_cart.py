@@ -24,11 +24,16 @@ async def cart_server(aiohttp_server: Any, cart_settings: CartSettings) -> TestS
 
 @pytest.fixture
 async def orders(
-    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, cart_server: TestServer
+    aiohttp_client: Any,
+    postgres_uri: str,
+    product_server: TestServer,
+    cart_server: TestServer,
+    user_service_url: str,
 ) -> TestClient:
     settings = order_settings(
         postgres_uri,
         str(product_server.make_url("")),
+        user_service_url,
         CART_SERVICE_URL=str(cart_server.make_url("")),
     )
     return await aiohttp_client(create_order_app(settings))

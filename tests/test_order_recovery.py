@@ -36,9 +36,14 @@ ANN = customer(101)
 
 
 @pytest.fixture
-async def orders(aiohttp_client: Any, postgres_uri: str, product_server: TestServer) -> TestClient:
+async def orders(
+    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, user_service_url: str
+) -> TestClient:
     settings = order_settings(
-        postgres_uri, str(product_server.make_url("")), RECOVERY_INTERVAL_SECONDS="3600"
+        postgres_uri,
+        str(product_server.make_url("")),
+        user_service_url,
+        RECOVERY_INTERVAL_SECONDS="3600",
     )
     return await aiohttp_client(create_order_app(settings))
 
@@ -148,6 +153,7 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
     product_server: TestServer,
     admin_headers: dict[str, str],
     postgres_uri: str,
+    user_service_url: str,
 ) -> None:
     catalogue = [
         (await create_product(products, admin_headers, name=f"P{n}", stock=30))["id"]
@@ -164,6 +170,7 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
         "DATABASE_URL": postgres_uri,
         "PRODUCT_SERVICE_URL": str(product_server.make_url("")),
         "CART_SERVICE_URL": "http://127.0.0.1:9",
+        "USER_SERVICE_URL": user_service_url,
         "CHECKOUT_LEASE_SECONDS": "2",
         "RECOVERY_INTERVAL_SECONDS": "0.3",
         "LOG_LEVEL": "WARNING",

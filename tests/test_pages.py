@@ -22,6 +22,7 @@ from support import (
     call,
     change_stock,
     create_product,
+    eventually,
     stock_of,
 )
 
@@ -743,3 +744,70 @@ async def test_other_peoples_orders_are_not_found(
     response = await other.post(f"{order_path}/cancel", data={"csrf_token": token})
     assert response.status == 404
     assert "Pending" in (await get_page(web_shop, order_path)).text
+
+
+# -- revocation: a login cookie ends everywhere it was copied ------------------------------------
+
+
+async def browser_with(aiohttp_client: Any, web_shop: TestClient, cookie: str) -> TestClient:
+    """Another browser on the same gateway, holding a copy of a login cookie."""
+    other = await aiohttp_client(web_shop.server)
+    set_cookie(other, "shop_session", cookie)
+    return other
+
+
+def session_cookie(client: TestClient) -> str:
+    return next(c.value for c in client.session.cookie_jar if c.key == "shop_session")
+
+
+async def shows_logged_out(client: TestClient) -> bool:
+    """The home page shows this browser as logged out."""
+    home = await get_page(client, "/")
+    return not home.has_form("/logout")
+
+
+async def test_logging_out_ends_every_copy_of_the_cookie(
+    web_shop: TestClient, aiohttp_client: Any
+) -> None:
+    await register(web_shop, "copied@shop.test")
+    old = session_cookie(web_shop)
+    copy = await browser_with(aiohttp_client, web_shop, old)
+    assert not await shows_logged_out(copy)  # the copy works, for now
+    out = await submit(web_shop, await get_page(web_shop, "/"), "/logout")
+    assert out.flashes() == ["info: You have logged out. See you soon!"]
+
+    # Every page treats the old cookie as logged out: the profile at once (the user service
+    # checks it), the others once the gateway's memory of the user's token state runs out.
+    profile = await get_page(copy, "/profile")
+    assert unquote(profile.path) == "/login?next=/profile"
+    assert "Your session has ended; please log in again." in profile.text
+    stale = await browser_with(aiohttp_client, web_shop, old)
+    await eventually(lambda: shows_logged_out(stale), "the copied cookie logged out", within=15)
+    again = await browser_with(aiohttp_client, web_shop, old)
+    response = await again.get("/cart", allow_redirects=False)
+    assert response.status == 303 and cookie_header(response, "shop_session").startswith(
+        'shop_session=""'
+    )
+    # The browser that logged out logs in again at once.
+    assert (await log_in(web_shop, "copied@shop.test", PASSWORD)).has_form("/logout")
+
+
+async def test_a_password_change_keeps_this_browser_and_ends_the_others(
+    web_shop: TestClient, aiohttp_client: Any
+) -> None:
+    await register(web_shop, "rotating@shop.test")
+    other = await browser_with(aiohttp_client, web_shop, session_cookie(web_shop))
+    profile = await get_page(web_shop, "/profile")
+    changed = await submit(
+        web_shop,
+        profile,
+        "/profile/password",
+        current_password=PASSWORD,
+        password="rotated-secret-1",
+        password_confirm="rotated-secret-1",
+    )
+    assert changed.flashes() == ["success: Your password is changed."]
+    assert changed.has_form("/logout")  # still logged in, with a fresh token
+    assert (await get_page(web_shop, "/cart")).has_form("/logout")
+    await eventually(lambda: shows_logged_out(other), "the other browser logged out", within=15)
+    assert (await get_page(web_shop, "/orders")).has_form("/logout")

@@ -131,12 +131,21 @@ async def test_openapi_describes_every_route_with_its_models(product: TestClient
 # -- settings -------------------------------------------------------------------------------
 
 
+# The product service checks admins' tokens, so it must be able to ask about revocation.
+USER_SERVICE = {"USER_SERVICE_URL": "http://user:3002"}
+
+
 def test_settings_read_the_contract_names() -> None:
     settings = ProductSettings.from_env(
         {"MONGODB_URI": "mongodb://db:27017/products", "JWT_SECRET": JWT_SECRET, "PORT": "4001"}
+        | USER_SERVICE
     )
     assert settings.port == 4001 and settings.mongodb_uri == "mongodb://db:27017/products"
-    default = ProductSettings.from_env({"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET})
+    assert settings.user_service_url == "http://user:3002"
+    assert settings.token_status_cache_seconds == 2
+    default = ProductSettings.from_env(
+        {"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET} | USER_SERVICE
+    )
     assert default.port == 3001 and default.host == "0.0.0.0"
 
 
@@ -150,13 +159,17 @@ def test_settings_read_the_contract_names() -> None:
         ({"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET, "PORT": "http"}, "PORT is"),
         ({"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET, "PORT": "70000"}, "PORT is"),
         ({"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET, "LOG_LEVEL": "loud"}, "LOG_LEV"),
+        (
+            {"MONGODB_URI": "mongodb://db", "JWT_SECRET": JWT_SECRET, "USER_SERVICE_URL": ""},
+            "USER_SERVICE_URL is required but not set",
+        ),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_variable(
     environ: dict[str, str], message: str
 ) -> None:
     with pytest.raises(SettingsError) as caught:
-        ProductSettings.from_env(environ)
+        ProductSettings.from_env(USER_SERVICE | environ)
     text = str(caught.value)
     assert text.startswith(message)
     assert "\n" not in text
@@ -176,7 +189,7 @@ def test_gateway_settings_list_the_configured_backends() -> None:
 def run_service(module: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module],
-        env={"PATH": "/usr/bin:/bin", **environ},
+        env={"PATH": "/usr/bin:/bin", **USER_SERVICE, **environ},
         capture_output=True,
         text=True,
         timeout=60,

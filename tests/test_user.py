@@ -86,7 +86,7 @@ async def test_a_taken_email_is_409_whatever_its_case(user: TestClient) -> None:
 
 
 async def test_concurrent_registrations_of_one_email_make_one_account(
-    user: TestClient, postgres_uri: str
+    user: TestClient, users_postgres_uri: str
 ) -> None:
     async def attempt() -> int:
         body = {"email": "race@shop.test", "password": PASSWORD}
@@ -96,7 +96,7 @@ async def test_concurrent_registrations_of_one_email_make_one_account(
 
     statuses = await asyncio.gather(*(attempt() for _ in range(10)))
     assert sorted(statuses) == [201] + [409] * 9
-    async with postgres(postgres_uri) as connection:
+    async with postgres(users_postgres_uri) as connection:
         count = await connection.fetchval(
             "SELECT count(*) FROM users WHERE email = 'race@shop.test'"
         )
@@ -263,7 +263,7 @@ async def test_profile_is_the_callers_own(user: TestClient) -> None:
     assert theirs["data"]["first_name"] == "Bob"
 
 
-async def test_token_attacks_are_401(user: TestClient, postgres_uri: str) -> None:
+async def test_token_attacks_are_401(user: TestClient, users_postgres_uri: str) -> None:
     ann = await register(user, "ann@shop.test")
     sub = str(ann["user"]["id"])
     attacks = {
@@ -284,7 +284,7 @@ async def test_token_attacks_are_401(user: TestClient, postgres_uri: str) -> Non
         reply = await call(user, "GET", "/api/users/profile", headers=headers, expected_status=401)
         assert reply["code"] in {"unauthorized", "invalid_token", "token_expired"}, name
 
-    async with postgres(postgres_uri) as connection:
+    async with postgres(users_postgres_uri) as connection:
         await connection.execute("DELETE FROM users WHERE id = $1", ann["user"]["id"])
     await call(user, "GET", "/api/users/profile", headers=bearer(ann["token"]), expected_status=401)
 
@@ -389,7 +389,7 @@ async def test_the_bootstrap_admin_can_log_in_as_admin(user: TestClient) -> None
 
 
 async def test_the_bootstrap_is_idempotent_across_replicas_and_restarts(
-    aiohttp_client: Any, user_settings: UserSettings, postgres_uri: str
+    aiohttp_client: Any, user_settings: UserSettings, users_postgres_uri: str
 ) -> None:
     # Two replicas starting at once on a fresh database, then a restart with a new password.
     first, second = await asyncio.gather(
@@ -401,7 +401,7 @@ async def test_the_bootstrap_is_idempotent_across_replicas_and_restarts(
     changed = user_settings.model_copy(update={"admin_password": SecretStr("rotated-password")})
     third = await aiohttp_client(create_user_app(changed))
     await login(third, ADMIN_EMAIL, "rotated-password")
-    async with postgres(postgres_uri) as connection:
+    async with postgres(users_postgres_uri) as connection:
         admins = await connection.fetch("SELECT role FROM users WHERE email = $1", ADMIN_EMAIL)
         versions = await connection.fetch("SELECT version FROM schema_migrations")
     assert [row["role"] for row in admins] == ["admin"]
@@ -443,13 +443,13 @@ def test_bad_user_settings_name_the_variable(environ: dict[str, str], message: s
 
 
 async def test_a_login_brings_an_old_hash_up_to_the_configured_cost(
-    user: TestClient, aiohttp_client: Any, user_settings: UserSettings, postgres_uri: str
+    user: TestClient, aiohttp_client: Any, user_settings: UserSettings, users_postgres_uri: str
 ) -> None:
     await register(user, "ann@shop.test")
     stronger = user_settings.model_copy(update={"bcrypt_rounds": 5})
     restarted = await aiohttp_client(create_user_app(stronger))
     await login(restarted, "ann@shop.test")
-    async with postgres(postgres_uri) as connection:
+    async with postgres(users_postgres_uri) as connection:
         stored = await connection.fetchval(
             "SELECT password_hash FROM users WHERE email = 'ann@shop.test'"
         )
