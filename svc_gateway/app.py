@@ -48,10 +48,10 @@ class GatewaySettings(ServiceSettings):
         default_factory=list, alias="CORS_ORIGINS"
     )
     upstream_timeout: float = Field(10.0, alias="UPSTREAM_TIMEOUT", gt=0, le=300)
-    # A checkout whose answer was lost is asked again (same Idempotency-Key) until its
     # Proxies in front of the gateway that append the client to X-Forwarded-For (an ingress
     # controller: 1). 0: clients connect directly and whatever they send there is ignored.
     trusted_proxy_hops: int = Field(0, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
+    # A checkout whose answer was lost is asked again (same Idempotency-Key) until its
     # outcome is certain or this many seconds pass: long enough for a crashed order
     # service to be restarted (see svc_gateway/checkout.py).
     checkout_deadline: float = Field(30.0, alias="CHECKOUT_DEADLINE_SECONDS", gt=0, le=300)
