@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import statistics
@@ -127,6 +128,9 @@ def user_service(work_dir: Path, database_url: str, rounds: int) -> Iterator[Ser
         # INFO (one access-log line per request) unless the caller asks otherwise.
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # Every request comes from this one address: its failed logins (two per refusal
+        # probe) would otherwise meet the limit on password spraying from one address.
+        "LOGIN_ADDRESS_FREE_FAILURES": "100000",
     }
     # No admin bootstrap: it would only add a hash to the start-up.
     for name in ("ADMIN_EMAIL", "ADMIN_PASSWORD"):
@@ -236,7 +240,7 @@ async def _time_refusals(
     async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=30)) as session:
         for number in range(probes):
             # A different account (and a never-seen email) each time: one failure per email
-            # stays well inside the throttle's free failures.
+            # stays well inside the free failures of the login limit per email and address.
             account = accounts[number]
             attempts = {
                 "unknown": {
@@ -323,12 +327,14 @@ class Bench:
         rounds: int | None = None,
         alongside: str = "",
         per_request: bool = True,
+        cost_of: str = "service",
     ) -> None:
         """Measure one line (name, what, driver) with `run`, accounting the CPU each process
         spends on it. A line measured `alongside` a load (its name) runs both and gives both
         results, the line's first; the service's CPU is then counted per request of the load.
         Without `per_request`, none is reported (a light probe's share of an idle service's
-        background work is no cost per request)."""
+        background work is no cost per request). `cost_of` names the process whose CPU is
+        counted per request: the service, or "postgres" for a line that only queries it."""
         name, what, driver = line
         pids = {"service": service.process.pid}
         if self.postgres.pid is not None:
@@ -345,7 +351,9 @@ class Bench:
                 driver=driver,
                 **harness.figures(result, cpu),
                 cpu_ms_per_request=(
-                    cpu["service"] / counted.rate * 1000 if per_request and counted.rate else None
+                    cpu[cost_of] / counted.rate * 1000
+                    if per_request and counted.rate and cost_of in cpu
+                    else None
                 ),
                 rounds=rounds,
                 alongside={"load": alongside, **asdict(counted)} if alongside else {},
@@ -430,6 +438,61 @@ class Bench:
             rounds=service.rounds,
         )
 
+    def login_reservation(self, service: Service, accounts: list[Account], database: str) -> None:
+        """What the login limits add to a login: the two calls the service makes around the
+        bcrypt check (take_login_attempt, finish_login_attempt), straight on its database
+        from this process, as random users from 200 addresses that then succeed."""
+        connections = self.settings.login_connections
+        emails = [account.email for account in accounts]
+        addresses = [f"10.{n // 250}.{n % 250}.1" for n in range(200)]
+
+        async def reserve_all() -> drivers.LoadResult:
+            import asyncpg
+
+            from svc_user.store import LoginLimits
+
+            limits = LoginLimits()
+            pool = await asyncpg.create_pool(database, min_size=connections, max_size=connections)
+
+            async def reserve(rng: random.Random) -> None:
+                email, address = rng.choice(emails), rng.choice(addresses)
+                async with pool.acquire() as connection:
+                    rows = await connection.fetch(
+                        "SELECT * FROM take_login_attempt($1, $2, $3, $4, $5)",
+                        email,
+                        address,
+                        limits.free_by_scope(),
+                        float(limits.window_seconds),
+                        float(limits.known_address_seconds),
+                    )
+                    if not rows[0]["taken"]:
+                        raise RuntimeError(f"the attempt was refused: {[dict(r) for r in rows]}")
+                    await connection.execute(
+                        "SELECT finish_login_attempt($1, $2, $3, $4, $5, $6)",
+                        email,
+                        address,
+                        "succeeded",
+                        limits.free_by_scope(),
+                        float(limits.lock_seconds),
+                        float(limits.lock_max_seconds),
+                    )
+
+            try:
+                return await drivers.closed_loop(reserve, connections=connections, **self._window())
+            finally:
+                await pool.close()
+
+        what = (
+            "take_login_attempt + finish_login_attempt (succeeded) on the service's database, "
+            f"random users and addresses, {connections} conns"
+        )
+        self._measure(
+            service,
+            ("login reservation", what, "asyncpg"),
+            lambda: drivers.run_async(reserve_all()),
+            cost_of="postgres",
+        )
+
     def health_under_login(self, service: Service, accounts: list[Account]) -> None:
         async def both() -> tuple[drivers.LoadResult, drivers.LoadResult]:
             # One event loop, so the probe's window is exactly the login load's.
@@ -506,7 +569,8 @@ def print_report(
     table = harness.lines_table(
         header,
         "CPU ms/req: the service's CPU time per request of the line's load (for health under "
-        "login: per login); the last four columns: cores each kept busy (driver: the load "
+        "login: per login; for login reservation: PostgreSQL's per reservation); the last "
+        "four columns: cores each kept busy (driver: the load "
         "generators, other: anything else on this machine, PostgreSQL too when it is not "
         "shown)",
         "CPU ms/req",
@@ -542,6 +606,22 @@ def print_report(
             "yes" if r.bodies_alike else "[red]no[/]",
         )
     console.print(refused)
+    reservation = next((m for m in results if m.name == "login reservation"), None)
+    if reservation is not None and refusals:
+        one = refusals[0]
+        login = next((m for m in results if m.name == f"login, {one.rounds} rounds"), None)
+        line = (
+            f"login reservation (the login limits' two calls, {reservation.what.split()[-2]} "
+            f"at once): p50 {reservation.p50_ms:.2f} ms against {one.correct_password_ms:.0f} "
+            f"ms for one login alone at {one.rounds} rounds"
+        )
+        if reservation.cpu_ms_per_request is not None and login and login.cpu_ms_per_request:
+            share = reservation.cpu_ms_per_request / login.cpu_ms_per_request
+            line += (
+                f"; {reservation.cpu_ms_per_request:.2f} ms of PostgreSQL's CPU per login "
+                f"against {login.cpu_ms_per_request:.0f} ms of the service's: {share:.2%} more"
+            )
+        console.print(line + ".")
 
     summary = Table(title="does bcrypt block other requests?", title_justify="left")
     for column in ("rounds", "logins/s", "Node.js seed", "one login ms", "health p99 ms", ""):
@@ -653,6 +733,7 @@ def run_all(args: argparse.Namespace, use_wrk: bool) -> tuple[Bench, list[Refusa
                 if index == 0:
                     bench.profile_reads(service, accounts)
                     bench.health_alone(service)
+                    bench.login_reservation(service, accounts, database)
                 refusals.append(time_refusals(service, accounts, args.probes))
                 bench.login(service, accounts)
                 bench.health_under_login(service, accounts)

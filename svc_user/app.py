@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, ClassVar
 
 from aiohttp import web
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
 from shopkit.app import create_service_app
+from shopkit.client_address import IpNetwork, parse_networks
 from shopkit.keys import SETTINGS, TOKEN_STATUS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenStatus
@@ -17,7 +18,23 @@ from svc_user.keys import HASHER, STORE
 from svc_user.passwords import PasswordHasher
 from svc_user.routes import routes
 from svc_user.schemas import check_password, normalise_email
-from svc_user.store import UserStore
+from svc_user.store import (
+    ACCOUNT_FREE_FAILURES,
+    ADDRESS_FREE_FAILURES,
+    FREE_FAILURES,
+    LOCK_BASE_SECONDS,
+    LOCK_MAX_SECONDS,
+    WINDOW_SECONDS,
+    LoginLimits,
+    UserStore,
+    prune_login_attempts_ctx,
+)
+
+DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128"
+
+
+def _networks(value: object) -> object:
+    return parse_networks(value) if isinstance(value, str) else value
 
 
 def _check_secret_password(value: SecretStr) -> SecretStr:
@@ -39,6 +56,30 @@ class UserSettings(ServiceSettings):
     admin_password: Annotated[SecretStr, AfterValidator(_check_secret_password)] | None = Field(
         None, alias="ADMIN_PASSWORD"
     )
+    # The login limits (README "Login limits"): failures free per email from one address,
+    # per address over every email, per email from everywhere, within a window; past them
+    # each failure locks for LOGIN_LOCK_SECONDS, doubling up to LOGIN_LOCK_MAX_SECONDS.
+    login_free_failures: int = Field(FREE_FAILURES, alias="LOGIN_FREE_FAILURES", ge=1, le=10_000)
+    login_address_free_failures: int = Field(
+        ADDRESS_FREE_FAILURES, alias="LOGIN_ADDRESS_FREE_FAILURES", ge=1, le=100_000
+    )
+    login_account_free_failures: int = Field(
+        ACCOUNT_FREE_FAILURES, alias="LOGIN_ACCOUNT_FREE_FAILURES", ge=1, le=100_000
+    )
+    login_window_seconds: int = Field(
+        WINDOW_SECONDS, alias="LOGIN_WINDOW_SECONDS", ge=1, le=7 * 24 * 3600
+    )
+    login_lock_seconds: int = Field(LOCK_BASE_SECONDS, alias="LOGIN_LOCK_SECONDS", ge=1, le=86_400)
+    login_lock_max_seconds: int = Field(
+        LOCK_MAX_SECONDS, alias="LOGIN_LOCK_MAX_SECONDS", ge=1, le=7 * 24 * 3600
+    )
+    # Peers whose X-Forwarded-For names the client (CIDRs, or "none"). Loopback by default:
+    # `shopctl up` runs the gateway beside us on 127.0.0.1, and anything else that can reach
+    # a service listening there runs on this machine too. In Kubernetes the manifests set
+    # the cluster's private ranges: the NetworkPolicy lets only the gateway reach us.
+    trusted_proxies: Annotated[list[IpNetwork], BeforeValidator(_networks)] = Field(
+        default_factory=lambda: parse_networks(DEFAULT_TRUSTED_PROXIES), alias="TRUSTED_PROXIES"
+    )
 
     @model_validator(mode="after")
     def _admin_pair(self) -> UserSettings:
@@ -46,6 +87,16 @@ class UserSettings(ServiceSettings):
             missing = "ADMIN_PASSWORD" if self.admin_password is None else "ADMIN_EMAIL"
             raise ValueError(f"{missing} must be set together with the other admin setting")
         return self
+
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(
+            free_failures=self.login_free_failures,
+            address_free_failures=self.login_address_free_failures,
+            account_free_failures=self.login_account_free_failures,
+            window_seconds=self.login_window_seconds,
+            lock_seconds=self.login_lock_seconds,
+            lock_max_seconds=max(self.login_lock_seconds, self.login_lock_max_seconds),
+        )
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -60,8 +111,8 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def bootstrap_admin(app: web.Application, pool: FairPool) -> None:
     """Make sure the configured admin account exists, with its configured password."""
-    store = app[STORE] = UserStore(pool)
     settings = app[SETTINGS]
+    store = app[STORE] = UserStore(pool, settings.login_limits())
     if settings.admin_email is None:
         return
     password = settings.admin_password.get_secret_value()
@@ -81,6 +132,7 @@ def create_app(settings: UserSettings) -> web.Application:
     )
     app.cleanup_ctx.append(hasher_ctx)
     app.cleanup_ctx.append(postgres_ctx("svc_user.migrations", after_migrations=bootstrap_admin))
+    app.cleanup_ctx.append(prune_login_attempts_ctx)
     app.router.add_routes(routes)
     # The owner of tokens_valid_from checks it exactly, in its own database, every time.
     app[TOKEN_STATUS] = TokenStatus(lambda user_id: app[STORE].tokens_valid_from(user_id), 0)

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from shopkit.auth import Identity, issue_token
+from shopkit.client_address import client_from_trusted, limit_key
 from shopkit.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from shopkit.keys import IDENTITY, SETTINGS
 from shopkit.openapi import endpoint
@@ -26,7 +27,7 @@ from svc_user.schemas import (
     TokenStatusOut,
     UserOut,
 )
-from svc_user.store import user_out
+from svc_user.store import LoginLimited, user_out
 
 routes = web.RouteTableDef()
 
@@ -63,10 +64,24 @@ async def register(request: web.Request, body: RegisterBody) -> web.Response:
     return ok({"user": user_out(row), "token": _token_for(request, row)}, status=201)
 
 
-def _too_many(seconds: float) -> TooManyRequests:
-    wait = max(1, math.ceil(seconds))
+# What a person can do about each limit; none says whether the email has an account (the
+# limits count unknown emails the same way).
+_LIMITED = {
+    "pair": "Too many failed logins for this email from your network address",
+    "address": "Too many failed logins from your network address, whichever the email",
+    "account": "Too many failed logins for this email from many network addresses",
+}
+_LIMITED_ADVICE = {
+    "account": "; try again in {wait} seconds, or from a network address where you have "
+    "logged in to this account before.",
+}
+
+
+def _too_many(limited: LoginLimited) -> TooManyRequests:
+    wait = max(1, math.ceil(limited.seconds))
+    advice = _LIMITED_ADVICE.get(limited.scope, "; try again in {wait} seconds.")
     return TooManyRequests(
-        f"Too many failed logins for this email; try again in {wait} seconds.",
+        _LIMITED[limited.scope] + advice.format(wait=wait),
         code="too_many_attempts",
         headers={"Retry-After": str(wait)},
     )
@@ -78,24 +93,33 @@ def _too_many(seconds: float) -> TooManyRequests:
     body=LoginBody,
     response=AuthOut,
     errors=(401, 429, 503),
-    description="An unknown email and a wrong password answer alike. Repeated failures for "
-    "one email are throttled (429 with Retry-After), across every replica. 503 busy (with "
-    "Retry-After): more password checks are under way than BCRYPT_QUEUE_LIMIT allows.",
+    description="An unknown email and a wrong password answer alike. Failed logins are "
+    "limited (429 too_many_attempts, with Retry-After) per email from one client address, "
+    "per client address over every email, and per email from every address, across every "
+    "replica; each attempt is counted before its password is checked (README: Login "
+    "limits). 503 busy (with Retry-After): more password checks are under way than "
+    "BCRYPT_QUEUE_LIMIT allows; it counts toward no limit.",
 )
 async def login(request: web.Request, body: LoginBody) -> web.Response:
     store, hasher = request.app[STORE], request.app[HASHER]
     email = body.email.strip().lower()
-    locked, failed_before = await store.failures(email)
-    if locked:
-        raise _too_many(locked)
-    row = await store.by_email(email)
-    if not await hasher.verify(body.password, row["password_hash"] if row else None):
-        locked = await store.record_failure(email)
-        if locked:
-            raise _too_many(locked)
+    address = limit_key(client_from_trusted(request, request.app[SETTINGS].trusted_proxies))
+    try:
+        await store.take_login_attempt(email, address)
+    except LoginLimited as limited:
+        raise _too_many(limited) from None
+    try:
+        row = await store.by_email(email)
+        matches = await hasher.verify(body.password, row["password_hash"] if row else None)
+    except BaseException:
+        # No password was checked (bcrypt busy, the database gone, the request cancelled):
+        # the attempt counts for nothing.
+        await store.finish_login_attempt(email, address, "unchecked")
+        raise
+    if not matches:
+        await store.finish_login_attempt(email, address, "failed")
         raise Unauthorized("The email or password is incorrect.", code="invalid_credentials")
-    if failed_before:
-        await store.clear_failures(email)
+    await store.finish_login_attempt(email, address, "succeeded")
     if hasher.outdated(row["password_hash"]):
         # BCRYPT_ROUNDS changed since this hash was made: bring it up to date now that we
         # have the password, so every account costs the same to check (no timing tell).

@@ -1,17 +1,24 @@
-"""The user service's data layer: the ``users`` table and the login throttle, via asyncpg."""
+"""The user service's data layer: the ``users`` table and the login limits, via asyncpg."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
+from aiohttp import web
 
 from shopkit.errors import Conflict
 from shopkit.postgres import FairPool
+from svc_user.keys import STORE
 
 log = logging.getLogger("shop.user.store")
 
@@ -24,12 +31,78 @@ _COLUMNS = "id, email, password_hash, first_name, last_name, role, created_at, t
 REVOKE_AHEAD_SECONDS = 30
 _REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_AHEAD_SECONDS) + ")"
 
-# The throttle: this many failures for one email within WINDOW are free; after that each
-# failure locks the email for LOCK_BASE seconds, doubling, up to LOCK_MAX.
+# The login limits' defaults (UserSettings LOGIN_*; the README's "Login limits" says why).
+# Failures free within a window: per email from one address, per address over every email,
+# per email from every address. Past them each failure locks for LOCK_BASE seconds,
+# doubling, up to LOCK_MAX. An address the account logged in from within KNOWN_ADDRESS
+# seconds is let through the account-wide lock.
 FREE_FAILURES = 5
+ADDRESS_FREE_FAILURES = 30
+ACCOUNT_FREE_FAILURES = 100
 WINDOW_SECONDS = 15 * 60
 LOCK_BASE_SECONDS = 30
 LOCK_MAX_SECONDS = 15 * 60
+KNOWN_ADDRESS_SECONDS = 90 * 24 * 3600
+# How often each replica forgets counts whose window has passed.
+PRUNE_INTERVAL_SECONDS = 300
+
+# Which limit a refusal names when several hold it for as long: this address's own first.
+LIMIT_PRECEDENCE = ("account", "pair", "address")
+LoginOutcome = Literal["failed", "succeeded", "unchecked"]
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """The numbers the login limits run on (UserSettings.login_limits())."""
+
+    free_failures: int = FREE_FAILURES
+    address_free_failures: int = ADDRESS_FREE_FAILURES
+    account_free_failures: int = ACCOUNT_FREE_FAILURES
+    window_seconds: float = WINDOW_SECONDS
+    lock_seconds: float = LOCK_BASE_SECONDS
+    lock_max_seconds: float = LOCK_MAX_SECONDS
+    known_address_seconds: float = KNOWN_ADDRESS_SECONDS
+
+    def free(self, scope: str) -> int:
+        return {
+            "account": self.account_free_failures,
+            "address": self.address_free_failures,
+            "pair": self.free_failures,
+        }[scope]
+
+    def free_by_scope(self) -> list[int]:
+        """The free failures in the order the SQL functions take them."""
+        return [self.account_free_failures, self.address_free_failures, self.free_failures]
+
+    def lock_for(self, failures: int, free: int) -> float:
+        """How long ``failures`` in a window lock for, past ``free`` of them (as SQL does)."""
+        if failures < free:
+            return 0.0
+        return min(self.lock_max_seconds, self.lock_seconds * 2 ** min(failures - free, 30))
+
+
+# A btree entry holds at most about 2.7 kB, and NFKC can stretch a 320-character login email
+# to 10 kB. No such email belongs to an account (registration takes 254 characters), so it is
+# counted under its digest instead.
+_LONGEST_EMAIL_KEY = 512
+
+
+def _email_key(email: str) -> str:
+    raw = email.encode()
+    if len(raw) <= _LONGEST_EMAIL_KEY:
+        return email
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class LoginLimited(Exception):
+    """A login refused before its password is checked: ``scope`` is the limit that holds it
+    ("pair": this email from this address, "address": this address for every email,
+    "account": this email from unknown addresses), for ``seconds``."""
+
+    def __init__(self, scope: str, seconds: float) -> None:
+        super().__init__(f"login limited by {scope} for {seconds:.0f} s")
+        self.scope = scope
+        self.seconds = seconds
 
 
 def revocation_second() -> int:
@@ -58,8 +131,9 @@ def user_out(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class UserStore:
-    def __init__(self, pool: FairPool) -> None:
+    def __init__(self, pool: FairPool, login_limits: LoginLimits | None = None) -> None:
         self.pool = pool
+        self.login_limits = login_limits or LoginLimits()
 
     async def create(
         self, *, email: str, password_hash: str, first_name: str, last_name: str
@@ -148,45 +222,92 @@ class UserStore:
             )
             log.info("admin account %s made ready", email)
 
-    # -- the login throttle ------------------------------------------------------------------
+    # -- the login limits ---------------------------------------------------------------------
 
-    async def failures(self, email: str) -> tuple[float, bool]:
-        """Seconds until ``email`` may try to log in again (0: now), and whether it has
-        failures on record at all."""
-        row = await self.pool.fetchrow(
-            """SELECT greatest(extract(epoch FROM locked_until - now()), 0) AS locked
-               FROM login_failures WHERE email = $1""",
-            email,
+    async def take_login_attempt(self, email: str, address: str) -> None:
+        """Take one password check for ``email`` from ``address`` (a limit key: see
+        shopkit.client_address.limit_key) before it runs, or raise LoginLimited. One call
+        checks every limit and counts the check as a failure until it is finished, under
+        row locks in PostgreSQL: N guesses at once, at any replicas, get exactly the checks
+        the limits allow. Every taken attempt must be finished (finish_login_attempt)."""
+        limits = self.login_limits
+        rows = await self.pool.fetch(
+            "SELECT * FROM take_login_attempt($1, $2, $3, $4, $5)",
+            _email_key(email),
+            address,
+            limits.free_by_scope(),
+            float(limits.window_seconds),
+            float(limits.known_address_seconds),
         )
-        if row is None:
-            return 0.0, False
-        return float(row["locked"] or 0), True
+        if rows[0]["taken"]:
+            return
+        waits = [
+            (
+                # Locked: until the lock ends. Full of checks under way: as long as the lock
+                # they will set if they all fail, the likely case.
+                float(row["locked_seconds"])
+                or limits.lock_for(row["failures"] + row["pending"], limits.free(row["scope"])),
+                LIMIT_PRECEDENCE.index(row["scope"]),
+                row["scope"],
+            )
+            for row in rows
+            if row["refused"]
+        ]
+        seconds, _, scope = max(waits)
+        raise LoginLimited(scope, seconds)
 
-    async def record_failure(self, email: str) -> float:
-        """Count a failed login; return the seconds it is now locked for (0: not locked)."""
-        failures = await self.pool.fetchval(
-            """INSERT INTO login_failures AS f (email, failures, window_started_at)
-               VALUES ($1, 1, now())
-               ON CONFLICT (email) DO UPDATE SET
-                   failures = CASE WHEN f.window_started_at < now() - make_interval(secs => $2)
-                                   THEN 1 ELSE f.failures + 1 END,
-                   window_started_at = CASE
-                       WHEN f.window_started_at < now() - make_interval(secs => $2)
-                       THEN now() ELSE f.window_started_at END
-               RETURNING failures""",
-            email,
-            WINDOW_SECONDS,
-        )
-        if failures <= FREE_FAILURES:
-            return 0.0
-        lock = min(LOCK_MAX_SECONDS, LOCK_BASE_SECONDS * 2 ** min(failures - FREE_FAILURES - 1, 10))
+    async def finish_login_attempt(self, email: str, address: str, outcome: LoginOutcome) -> None:
+        """Finish an attempt taken by take_login_attempt: "failed" keeps it counted (and may
+        lock), "succeeded" clears this email's count from this address and remembers the
+        address, "unchecked" (no password was checked) gives it back."""
+        limits = self.login_limits
         await self.pool.execute(
-            """UPDATE login_failures SET locked_until = now() + make_interval(secs => $2)
-               WHERE email = $1""",
-            email,
-            float(lock),
+            "SELECT finish_login_attempt($1, $2, $3, $4, $5, $6)",
+            _email_key(email),
+            address,
+            outcome,
+            limits.free_by_scope(),
+            float(limits.lock_seconds),
+            float(limits.lock_max_seconds),
         )
-        return float(lock)
 
-    async def clear_failures(self, email: str) -> None:
-        await self.pool.execute("DELETE FROM login_failures WHERE email = $1", email)
+    async def prune_login_attempts(self) -> int:
+        """Forget counts whose window has passed and that lock nothing, and known addresses
+        not seen for long; return how many rows went."""
+        limits = self.login_limits
+        attempts = await self.pool.execute(
+            """DELETE FROM login_attempts
+               WHERE coalesce(locked_until < now(), true)
+                 AND window_started_at < now() - make_interval(secs => $1)""",
+            float(limits.window_seconds),
+        )
+        known = await self.pool.execute(
+            """DELETE FROM login_known_addresses
+               WHERE last_login_at < now() - make_interval(secs => $1)""",
+            float(limits.known_address_seconds),
+        )
+        return int(attempts.split()[-1]) + int(known.split()[-1])
+
+
+async def prune_login_attempts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: every PRUNE_INTERVAL_SECONDS, forget the login counts that count nothing
+    any more, so that a spray over millions of emails does not grow the table for good (each
+    replica does it; twice changes nothing)."""
+
+    async def prune_forever() -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+            try:
+                forgotten = await app[STORE].prune_login_attempts()
+            except Exception:
+                # Never let one bad round (the database away) end the loop for good.
+                log.exception("pruning login counts failed; trying again next round")
+            else:
+                if forgotten:
+                    log.info("forgot %d login counts past their window", forgotten)
+
+    task = asyncio.create_task(prune_forever(), name="prune-login-attempts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
