@@ -62,7 +62,7 @@ FILTER_LABELS = {
     "page": "Page",
 }
 # The checkout form's idempotency key, as this page makes it (secrets.token_urlsafe).
-_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 # -- the catalogue ------------------------------------------------------------------------------
@@ -520,7 +520,7 @@ async def checkout(request: web.Request) -> web.Response:
     form = await request.post()
     session = session_of(request)
     key = form.get("idempotency_key")
-    if not isinstance(key, str) or not _IDEMPOTENCY_KEY.match(key):
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY.fullmatch(key):
         session.flash("error", "Something was missing from the checkout form; please try again.")
         raise Redirect("/cart")
     reply = await call_backend(
