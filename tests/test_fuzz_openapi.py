@@ -214,18 +214,20 @@ def config_toml(shop: FuzzShop, run: FuzzRun) -> str:
     # aiohttp routes /api/products/categories to /api/products/{id} too, so PUT and DELETE
     # there reach that route (a DELETE of it is a 404 "no such product") and a 405 allows
     # them: the server is consistent, and no document can list it per path.
-    lines += [
-        "[[operations]]",
-        'include-name = "GET /api/products/categories"',
-        "checks.allow_header_conformance.enabled = false",
-        "checks.unsupported_method.enabled = false",
-    ]
+    if run.service == "product":
+        lines += [
+            "[[operations]]",
+            'include-name = "GET /api/products/categories"',
+            "checks.allow_header_conformance.enabled = false",
+            "checks.unsupported_method.enabled = false",
+        ]
     # Logging out would end the token the account removal needs: it gets a customer of its own.
-    lines += [
-        "[[operations]]",
-        'include-name = "DELETE /api/users/profile"',
-        f"headers = {_toml({'Authorization': 'Bearer ' + shop.tokens['removed']})}",
-    ]
+    if run.service == "user":
+        lines += [
+            "[[operations]]",
+            'include-name = "DELETE /api/users/profile"',
+            f"headers = {_toml({'Authorization': 'Bearer ' + shop.tokens['removed']})}",
+        ]
     return "\n".join(lines) + "\n"
 
 
