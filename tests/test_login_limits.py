@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -372,6 +373,50 @@ async def test_a_forged_x_forwarded_for_through_the_gateway_chooses_nothing(
     # is not held (were the gateway's own address used, it would be).
     async with client_at("127.0.0.3") as owner:
         assert (await log_in(owner, gateway, "ann@shop.test", PASSWORD)).status == 200
+
+
+@asynccontextmanager
+async def browser_at(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser at ``address``: it keeps the pages' cookies (set for an IP address host)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
+        yield session
+
+
+async def log_in_on_the_page(
+    browser: aiohttp.ClientSession, gateway: TestServer, email: str, password: str
+) -> int:
+    """Fill in and send the login form as a browser would; the answer's status (a success
+    is a 303 to the shop, not followed: this gateway has no product service for it)."""
+    async with browser.get(gateway.make_url("/login")) as response:
+        html = await response.text()
+    form = html[html.index('action="/login"') :]
+    form = form[: form.index("</form>")]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+    fields.update(email=email, password=password)
+    login = gateway.make_url("/login")
+    async with browser.post(login, data=fields, allow_redirects=False) as response:
+        await response.read()
+        return response.status
+
+
+async def test_the_login_page_limits_the_shopper_not_the_gateway(
+    aiohttp_server: Any, user_settings: UserSettings
+) -> None:
+    # The pages call the user service themselves: they too must name the shopper's address,
+    # or every page login would count as the gateway's own, and one stranger would lock all.
+    user = await aiohttp_server(create_user_app(user_settings))
+    gateway = await aiohttp_server(create_gateway_app(gateway_settings(str(user.make_url("")))))
+    await register(user, "ann@shop.test")
+    async with browser_at("127.0.0.2") as stranger:
+        statuses = [
+            await log_in_on_the_page(stranger, gateway, "ann@shop.test", WRONG)
+            for _ in range(FREE_FAILURES + 1)
+        ]
+    assert statuses == [401] * FREE_FAILURES + [429]
+    async with browser_at("127.0.0.3") as owner:
+        assert await log_in_on_the_page(owner, gateway, "ann@shop.test", PASSWORD) == 303
 
 
 async def test_the_user_service_believes_x_forwarded_for_only_from_trusted_proxies(
