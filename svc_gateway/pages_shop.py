@@ -10,12 +10,16 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
+from shopkit.client import ServiceReply
 from shopkit.client_address import client_behind_hops
 from shopkit.errors import NotFound, UpstreamUnavailable
 from shopkit.keys import SETTINGS
+from svc_gateway.checkout import certain_checkout
+from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages import (
     NEXT_STATUSES,
     ORDER_NOT_FOUND,
@@ -514,6 +518,25 @@ async def clear_cart(request: web.Request) -> web.Response:
     raise Redirect("/cart")
 
 
+async def _certain_checkout(request: web.Request, key: str) -> ServiceReply:
+    """The cart checked out as the API's checkout is: sent again with the same key when an
+    answer is lost, until the outcome is certain (svc_gateway/checkout.py), so a shopper
+    whose order was placed never sees an error page instead of the confirmation."""
+    client = request.app[BACKENDS].get("order")
+    if client is None:
+        raise UpstreamUnavailable("The order service is not configured on this gateway.")
+    headers = {"Idempotency-Key": key, "Authorization": f"Bearer {session_of(request).token}"}
+    answer = await certain_checkout(
+        client, "/api/orders", headers, None, request.app[CHECKOUT_DEADLINE]
+    )
+    if answer.status >= 500:
+        raise UpstreamUnavailable("The order service is unavailable right now; try again shortly.")
+    try:
+        return ServiceReply(answer.status, orjson.loads(answer.body))
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable("The order service answered with something unreadable.") from None
+
+
 @routes.post("/checkout")
 async def checkout(request: web.Request) -> web.Response:
     require_user(request, "Log in to check out.")
@@ -523,9 +546,7 @@ async def checkout(request: web.Request) -> web.Response:
     if not isinstance(key, str) or not _IDEMPOTENCY_KEY.fullmatch(key):
         session.flash("error", "Something was missing from the checkout form; please try again.")
         raise Redirect("/cart")
-    reply = await call_backend(
-        request, "order", "POST", "/api/orders", headers={"Idempotency-Key": key}
-    )
+    reply = await _certain_checkout(request, key)
     if reply.status >= 400:
         # Empty cart, short stock, a product gone: nothing was bought; back to the cart.
         session.flash("error", readable(BackendRefused(reply)))

@@ -281,6 +281,38 @@ async def test_killed_after_placing_the_order_the_retry_answers_that_order(
     await eventually(cart_emptied, "the cart cleared by the restarted service's recovery")
 
 
+async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
+    shop: Shop, admin_headers: dict[str, str]
+) -> None:
+    """The web shop's checkout form goes through the same certainty as the API: the
+    shopper whose order was placed sees its confirmation, not an error page."""
+    from test_pages import get_page, set_cookie, submit
+
+    lamp = await create_product(shop.products, admin_headers, stock=5)
+    shopper = customer(304)
+    set_cookie(shop.gateway, "shop_session", shopper["Authorization"].removeprefix("Bearer "))
+    await call(
+        shop.gateway,
+        "POST",
+        "/api/cart/304/items",
+        json={"product_id": lamp["id"], "quantity": 2},
+        headers=shopper,
+        expected_status=200,
+    )
+    cart = await get_page(shop.gateway, "/cart")
+    hold = Hold("DELETE", r"/api/cart/304")
+    shop.cart_holds.append(hold)
+    placing = asyncio.create_task(submit(shop.gateway, cart, "/checkout"))
+    await kill_when_reached(shop, hold)
+    shop.orders.start()
+
+    confirmation = await placing
+    rows = await shop.placed_orders()
+    assert len(rows) == 1
+    assert confirmation.path == f"/orders/{rows[0]['id']}/confirmation", confirmation.text
+    assert await stock_of(shop.products, lamp["id"]) == 3
+
+
 async def test_an_order_service_that_is_down_is_503_and_no_order(
     shop: Shop, admin_headers: dict[str, str]
 ) -> None:
