@@ -7,24 +7,27 @@ priced) needs no second look-up unless another change raced in a product meanwhi
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from shopkit.errors import Forbidden, NotFound
 from shopkit.keys import IDENTITY
 from shopkit.openapi import endpoint
+from shopkit.parsing import parse_id, parse_product_id
 from shopkit.responses import ok
 from svc_cart.catalogue import Product, ProductNotFound, priced_cart
 from svc_cart.keys import CATALOGUE, STORE
-from svc_cart.schemas import AddItem, CartOut, ClearQuery, SetQuantity
+from svc_cart.schemas import (
+    AddItem,
+    CartItemPath,
+    CartOut,
+    CartPath,
+    ClearQuery,
+    SetQuantity,
+)
 from svc_cart.store import MAX_LINES, MAX_QUANTITY, StoredCart
 
 routes = web.RouteTableDef()
 
-# User ids are positive integers written plainly: "007" would be a second key for user 7.
-_USER_ID = re.compile(r"^[1-9][0-9]{0,17}$")
-_PRODUCT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _ACCESS = (
     "Only the cart's owner (the token's sub is userId), an admin or a service reaches a "
     "cart; anyone else gets 403. A userId that is not a positive integer is 404."
@@ -40,7 +43,8 @@ def _check_cart_access(request: web.Request) -> None:
     """Each cart route's access hook (run before its body is read): 404 for a userId that
     names no one, 403 for someone else's cart."""
     user_id = _cart_owner(request)
-    if not _USER_ID.match(user_id):
+    # User ids are written plainly (parse_id): "007" would be a second key for user 7.
+    if parse_id(user_id) is None:
         raise NotFound(f"There is no cart for user {user_id!r}.", code="cart_not_found")
     if not request[IDENTITY].may_act_for(user_id):
         raise Forbidden("A customer reaches only its own cart.")
@@ -48,9 +52,10 @@ def _check_cart_access(request: web.Request) -> None:
 
 def _product_id(value: str) -> str:
     # A malformed id names no product: not found, like the product service says.
-    if not _PRODUCT_ID.match(value):
+    product_id = parse_product_id(value)
+    if product_id is None:
         raise ProductNotFound(value)
-    return value.lower()
+    return product_id
 
 
 def _existing(products: dict[str, Product], product_id: str) -> Product:
@@ -89,6 +94,7 @@ async def _answer(
     response=CartOut,
     roles=(),
     access=_check_cart_access,
+    path=CartPath,
     errors=(403, 404, 503),
     description="A cart never filled, emptied or expired is an empty cart (200), not a 404. "
     "Names, prices and images may be up to CATALOGUE_CACHE_SECONDS (default 1) old; a "
@@ -108,6 +114,7 @@ async def get_cart(request: web.Request) -> web.Response:
     response=CartOut,
     roles=(),
     access=_check_cart_access,
+    path=CartPath,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart (200: the cart exists either way). A product "
     "already in the cart gets the units added to its quantity. 404 product_not_found: no "
@@ -131,6 +138,7 @@ async def add_item(request: web.Request, body: AddItem) -> web.Response:
     response=CartOut,
     roles=(),
     access=_check_cart_access,
+    path=CartItemPath,
     errors=(403, 404, 409, 503),
     description="Answers the whole cart. A product not yet in the cart is put in (the "
     "quantity is set, whatever it was). Above the product's stock is 409 "
@@ -157,6 +165,7 @@ async def set_quantity(request: web.Request, body: SetQuantity) -> web.Response:
     response=CartOut,
     roles=(),
     access=_check_cart_access,
+    path=CartItemPath,
     errors=(403, 404, 503),
     description="Answers the whole cart. Taking out a product the cart does not hold "
     "changes nothing and is not an error (a repeated click). " + _ACCESS,
@@ -176,6 +185,7 @@ async def remove_item(request: web.Request) -> web.Response:
     response=CartOut,
     roles=(),
     access=_check_cart_access,
+    path=CartPath,
     errors=(403, 404, 409),
     description="Answers the emptied cart. With ?version=N (the version a GET answered) "
     "the cart is emptied only if nothing changed it since; otherwise 409 cart_changed, "

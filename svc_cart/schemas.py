@@ -8,11 +8,13 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from shopkit.money import LenientMoney
+from shopkit.parsing import ID_PATTERN, PRODUCT_ID_PATTERN, QueryInt
 from shopkit.validation import Body, Query
 from svc_cart.store import MAX_QUANTITY
 
 # Versions are counted in Redis' Lua, whose numbers are doubles: exact up to 2**53.
 MAX_VERSION = 2**53
+CartVersion = QueryInt(0, MAX_VERSION)
 
 ProductId = Annotated[
     str,
@@ -39,12 +41,27 @@ class SetQuantity(Body):
 
 
 class ClearQuery(Query):
-    version: int | None = Field(
+    version: CartVersion | None = Field(
         None,
-        ge=0,
-        le=MAX_VERSION,
         description="Clear only if the cart is still at this version (as GET answered it); "
         "otherwise 409 cart_changed and nothing is cleared",
+    )
+
+
+class CartPath(BaseModel):
+    """The path of a cart's routes (for the document: a malformed id is a 404)."""
+
+    userId: str = Field(
+        pattern=ID_PATTERN,
+        description="The cart owner's user id, written plainly (no sign, no leading zero); "
+        "anything else names no cart (404)",
+    )
+
+
+class CartItemPath(CartPath):
+    productId: str = Field(
+        pattern=PRODUCT_ID_PATTERN,
+        description="A product id (24 hex characters); any other id names no product (404)",
     )
 
 

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import html
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -26,13 +25,22 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from multidict import MultiMapping
+from multidict import MultiDictProxy, MultiMapping
 
 from shopkit.auth import Identity
 from shopkit.client import ServiceReply
 from shopkit.context import REQUEST_ID
-from shopkit.errors import Forbidden, NotFound, ShopError, UpstreamUnavailable
+from shopkit.errors import (
+    Forbidden,
+    NotFound,
+    ShopError,
+    UnsupportedEncoding,
+    UnsupportedMediaType,
+    UpstreamUnavailable,
+)
 from shopkit.keys import TOKEN_STATUS
+from shopkit.parsing import parse_id, parse_int, parse_product_id
+from shopkit.validation import IDENTITY_ENCODINGS, MAX_PAGE, content_encoding, read_body
 from svc_gateway.assets import (
     CATALOGUE_PREFIX,
     STATIC_PREFIX,
@@ -162,12 +170,10 @@ def require_admin(request: web.Request) -> Identity:
 
 PRODUCT_NOT_FOUND = "We could not find that product; it may have been removed."
 ORDER_NOT_FOUND = "We could not find that order."
-_PRODUCT_ID = re.compile(r"^[0-9a-f]{24}$")
-_ORDER_ID = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
 def is_product_id(value: str) -> bool:
-    return bool(_PRODUCT_ID.match(value))
+    return parse_product_id(value) == value
 
 
 def product_id_of(request: web.Request, name: str = "id") -> str:
@@ -180,15 +186,17 @@ def product_id_of(request: web.Request, name: str = "id") -> str:
 
 def order_id_of(request: web.Request) -> str:
     value = request.match_info["id"]
-    if not _ORDER_ID.match(value):
+    if parse_id(value) is None:
         raise NotFound(ORDER_NOT_FOUND)
     return value
 
 
 def page_of(query: MultiMapping[str]) -> int:
     """The page asked for in the query string; anything odd is the first page."""
-    raw = query.get("page", "1")
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 10_000 else 1
+    try:
+        return parse_int(query.get("page", "1"), low=1, high=MAX_PAGE)
+    except ValueError:
+        return 1
 
 
 def segment(value: str | int) -> str:
@@ -316,10 +324,10 @@ def readable(refusal: BackendRefused, labels: Mapping[str, str] | None = None) -
 
 def parse_quantity(value: object, low: int, high: int) -> int | None:
     """A whole number from a form field within [low, high], or None."""
-    if not isinstance(value, str) or not value.strip().lstrip("-").isdigit():
+    try:  # typed by a person: spaces around it are no reason to refuse it
+        return parse_int(value.strip() if isinstance(value, str) else value, low=low, high=high)
+    except ValueError:
         return None
-    number = int(value.strip())
-    return number if low <= number <= high else None
 
 
 def page_numbers(current: int, last: int, around: int = 2) -> list[int | None]:
@@ -495,6 +503,18 @@ def error_page(
     return response
 
 
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form (URL-encoded, as every page's form is), read once through shopkit's
+    body reader so that a cut-off or oversized body is one of our errors; the handlers then
+    read it again from ``request.post()``, which keeps it."""
+    if content_encoding(request) not in IDENTITY_ENCODINGS:
+        raise UnsupportedEncoding("The shop's forms are sent uncompressed; nothing was changed.")
+    if request.content_type == "multipart/form-data":  # read_body would leave post() nothing
+        raise UnsupportedMediaType("The shop's forms are sent URL-encoded; nothing was changed.")
+    await read_body(request)
+    return await request.post()
+
+
 def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
@@ -511,7 +531,7 @@ async def _answer(
 ) -> web.StreamResponse:
     try:
         if request.method in _UNSAFE_METHODS and request.match_info.http_exception is None:
-            form = await request.post()
+            form = await read_form(request)
             if not session.csrf_valid(form.get(CSRF_FIELD)):
                 return error_page(
                     request,

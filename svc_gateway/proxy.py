@@ -19,6 +19,7 @@ from shopkit.idempotency import HEADER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
 from shopkit.keys import SETTINGS
 from shopkit.openapi import Handler, endpoint
+from shopkit.validation import read_body
 from svc_gateway.checkout import certain_checkout, checkout_key
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.paths import NoSuchPath, checked_segments, rebuilt_path
@@ -111,7 +112,8 @@ def proxy_to(prefix: str, backend: str) -> Handler:
         checkout = request.method == "POST" and path == "/api/orders"
         # A checkout's key is judged before its body is read, as the order service does.
         key = checkout_key(idempotency_key(request.headers)) if checkout else ""
-        body = await request.read() if request.can_read_body else None
+        # Decoded here (gzip, deflate) and sent on plain: one decoder judges every body.
+        body = await read_body(request) if request.can_read_body else None
         if checkout:
             return await _checkout(request, client, target, key, body)
         async with client.open(

@@ -6,12 +6,21 @@ from aiohttp import web
 
 from shopkit.auth import Identity
 from shopkit.errors import Forbidden
+from shopkit.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
 from shopkit.keys import IDENTITY
 from shopkit.openapi import endpoint
+from shopkit.parsing import parse_id
 from shopkit.responses import json_response, ok, ok_page
 from svc_order.keys import CHECKOUT, STORE
-from svc_order.schemas import CheckoutBody, OrderOut, OrderQuery, StatusChange
+from svc_order.schemas import (
+    CheckoutBody,
+    OrderOut,
+    OrderPath,
+    OrderQuery,
+    StatusChange,
+    UserOrdersPath,
+)
 from svc_order.store import OrderNotFound
 
 routes = web.RouteTableDef()
@@ -25,15 +34,17 @@ def _customer_id(identity: Identity) -> int:
 
 def _order_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    order_id = parse_id(raw)
+    if order_id is None:
         raise OrderNotFound(raw)  # a malformed id is simply not found
-    return int(raw)
+    return order_id
 
 
 @routes.post("/api/orders")
 @endpoint(
     "Check out explicit items, or the caller's cart",
     body=CheckoutBody,
+    headers=(IDEMPOTENCY_KEY,),
     response=OrderOut,
     status=201,
     roles=(),
@@ -76,6 +87,7 @@ async def list_orders(request: web.Request, query: OrderQuery) -> web.Response:
 @routes.get("/api/orders/user/{userId}")
 @endpoint(
     "One user's orders (that user or an admin)",
+    path=UserOrdersPath,
     query=OrderQuery,
     response=list[OrderOut],
     paged=True,
@@ -83,13 +95,14 @@ async def list_orders(request: web.Request, query: OrderQuery) -> web.Response:
     errors=(403,),
 )
 async def orders_of_user(request: web.Request, query: OrderQuery) -> web.Response:
-    user_id = request.match_info["userId"]
-    if not request[IDENTITY].may_act_for(user_id):
+    raw = request.match_info["userId"]
+    if not request[IDENTITY].may_act_for(raw):
         raise Forbidden("These are another user's orders.")
-    if not user_id.isdigit() or len(user_id) > 18:
+    user_id = parse_id(raw)
+    if user_id is None:  # a malformed id names nobody, who has no orders
         return json_response(ok_page([], total=0, page=query.page, limit=query.limit))
     orders, total = await request.app[STORE].page(
-        user_id=int(user_id), status=query.status, page=query.page, limit=query.limit
+        user_id=user_id, status=query.status, page=query.page, limit=query.limit
     )
     return json_response(ok_page(orders, total=total, page=query.page, limit=query.limit))
 
@@ -104,7 +117,13 @@ async def _visible_order(request: web.Request) -> int:
 
 
 @routes.get("/api/orders/{id}")
-@endpoint("One order, with its lines and history", response=OrderOut, roles=(), errors=(404,))
+@endpoint(
+    "One order, with its lines and history",
+    path=OrderPath,
+    response=OrderOut,
+    roles=(),
+    errors=(404,),
+)
 async def get_order(request: web.Request) -> web.Response:
     order_id = await _visible_order(request)
     return ok(await request.app[STORE].get(order_id))
@@ -113,6 +132,7 @@ async def get_order(request: web.Request) -> web.Response:
 @routes.patch("/api/orders/{id}/status")
 @endpoint(
     "Move an order along its lifecycle",
+    path=OrderPath,
     body=StatusChange,
     response=OrderOut,
     roles=(),

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from shopkit.money import LenientMoney
-from shopkit.validation import Body, Query
+from shopkit.parsing import ID_PATTERN
+from shopkit.validation import Body, PageNumber, PageSize, Query
 
 Status = Literal["pending", "processing", "shipped", "delivered", "cancelled"]
 ProductId = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{24}$")]
@@ -35,8 +36,27 @@ class StatusChange(Body):
 
 class OrderQuery(Query):
     status: Status | None = None
-    page: int = Field(1, ge=1, le=10_000)
-    limit: int = Field(20, ge=1, le=100)
+    page: PageNumber = 1
+    limit: PageSize = 20
+
+
+class OrderPath(BaseModel):
+    """The path of one order's routes (for the document: a malformed id is a 404)."""
+
+    id: str = Field(
+        pattern=ID_PATTERN,
+        description="The order's id, written plainly; any other id names no order (404)",
+    )
+
+
+class UserOrdersPath(BaseModel):
+    """The path of one user's orders (for the document)."""
+
+    # No pattern: an admin asking for a malformed id gets an empty page, not a 404.
+    userId: str = Field(
+        description="The user's id, written plainly; any other id has no orders (an empty "
+        "page for an admin, 403 for a customer)",
+    )
 
 
 class OrderLineOut(BaseModel):

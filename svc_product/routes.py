@@ -13,6 +13,7 @@ from svc_product.schemas import (
     Deleted,
     ProductCreate,
     ProductOut,
+    ProductPath,
     ProductQuery,
     ProductUpdate,
     StockChange,
@@ -57,7 +58,7 @@ async def list_categories(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/products/{id}")
-@endpoint("One product", response=ProductOut, errors=(404,))
+@endpoint("One product", response=ProductOut, errors=(404,), path=ProductPath)
 async def get_product(request: web.Request) -> web.Response:
     doc = await request.app[STORE].get(request.match_info["id"])
     return cacheable(request, {"success": True, "data": product_out(doc)})
@@ -74,6 +75,7 @@ async def create_product(request: web.Request, body: ProductCreate) -> web.Respo
 @routes.put("/api/products/{id}")
 @endpoint(
     "Change the fields given",
+    path=ProductPath,
     body=ProductUpdate,
     response=ProductOut,
     roles=ADMIN,
@@ -86,7 +88,7 @@ async def update_product(request: web.Request, body: ProductUpdate) -> web.Respo
 
 
 @routes.delete("/api/products/{id}")
-@endpoint("Delete a product", response=Deleted, roles=ADMIN, errors=(404,))
+@endpoint("Delete a product", response=Deleted, roles=ADMIN, errors=(404,), path=ProductPath)
 async def delete_product(request: web.Request) -> web.Response:
     product_id = request.match_info["id"]
     await request.app[STORE].delete(product_id)
@@ -96,6 +98,7 @@ async def delete_product(request: web.Request) -> web.Response:
 @routes.patch("/api/products/{id}/stock")
 @endpoint(
     "Add or take stock atomically",
+    path=ProductPath,
     body=StockChange,
     response=ProductOut,
     roles=("admin", "service"),
@@ -112,6 +115,7 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
 @routes.post("/api/products/{id}/stock/undo")
 @endpoint(
     "Reverse a stock change made with a reference, exactly once",
+    path=ProductPath,
     body=StockUndo,
     response=ProductOut,
     roles=("admin", "service"),

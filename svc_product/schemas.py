@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from shopkit.money import LenientMoney, Money, money_schema
-from shopkit.validation import Body, PartialBody, Query
+from shopkit.parsing import PRODUCT_ID_PATTERN, Line, MultiLine
+from shopkit.validation import Body, PageNumber, PageSize, PartialBody, Query
 
 MAX_PRICE = Decimal("1000000.00")
 MAX_STOCK = 1_000_000_000
@@ -21,9 +22,12 @@ def _image_url(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=5000)]
-Category = Annotated[str, Field(min_length=1, max_length=60)]
+# Bodies strip surrounding whitespace before the lengths are checked: a name of spaces
+# only is empty. The documents say so (one visible character at least), for the fuzzer.
+_NOT_BLANK = {"pattern": r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"}
+Name = Annotated[Line, Field(min_length=1, max_length=200, json_schema_extra=_NOT_BLANK)]
+Description = Annotated[MultiLine, Field(max_length=5000)]
+Category = Annotated[Line, Field(min_length=1, max_length=60, json_schema_extra=_NOT_BLANK)]
 Price = Annotated[
     Money, Field(gt=0, le=MAX_PRICE), money_schema(exclusiveMinimum=0, maximum=float(MAX_PRICE))
 ]
@@ -31,7 +35,12 @@ Stock = Annotated[int, Field(ge=0, le=MAX_STOCK)]
 # A key in the product's record of stock changes: no dots or dollars (MongoDB field names).
 Reference = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:-]{1,80}$")]
 ImageUrl = Annotated[
-    str, Field(min_length=1, max_length=2048, pattern=r"^(https?://|/)"), AfterValidator(_image_url)
+    Line,
+    Field(min_length=1, max_length=2048, pattern=r"^(https?://|/)"),
+    AfterValidator(_image_url),
+    # The document's pattern: the prefix and Line's rule in one (pydantic leaves the
+    # pattern above out of the schema, as it follows Line's validator).
+    Field(json_schema_extra={"pattern": r"^(https?://|/)[^\x00-\x1f\x7f-\x9f]*$"}),
 ]
 
 
@@ -98,12 +107,17 @@ class ProductQuery(Query):
     )
     q: str | None = Field(None, max_length=100, description="Words to find in name or description")
     category: str | None = Field(None, max_length=60)
-    minPrice: Annotated[LenientMoney, money_schema(minimum=0)] | None = Field(None, ge=0)
-    maxPrice: Annotated[LenientMoney, money_schema(minimum=0)] | None = Field(None, ge=0)
+    # Amounts in a query are read as text below 10**15 (shopkit.parsing.parse_amount).
+    minPrice: Annotated[LenientMoney, money_schema(minimum=0, exclusiveMaximum=1e15)] | None = (
+        Field(None, ge=0)
+    )
+    maxPrice: Annotated[LenientMoney, money_schema(minimum=0, exclusiveMaximum=1e15)] | None = (
+        Field(None, ge=0)
+    )
     inStock: bool = Field(False, description="true: only products with stock > 0")
     sort: Literal["price", "-price", "name", "-createdAt"] = "-createdAt"
-    page: int = Field(1, ge=1, le=10_000)
-    limit: int = Field(20, ge=1, le=100)
+    page: PageNumber = 1
+    limit: PageSize = 20
 
     @model_validator(mode="after")
     def _price_range(self) -> ProductQuery:
@@ -111,6 +125,15 @@ class ProductQuery(Query):
         if low is not None and high is not None and low > high:
             raise ValueError("minPrice must not be above maxPrice")
         return self
+
+
+class ProductPath(BaseModel):
+    """The path of one product's routes (for the document: a malformed id is a 404)."""
+
+    id: str = Field(
+        pattern=PRODUCT_ID_PATTERN,
+        description="The product's id: 24 hex characters; any other id names no product (404)",
+    )
 
 
 class ProductOut(BaseModel):
