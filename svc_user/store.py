@@ -31,11 +31,22 @@ _COLUMNS = "id, email, password_hash, first_name, last_name, role, created_at, t
 REVOKE_AHEAD_SECONDS = 30
 _REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_AHEAD_SECONDS) + ")"
 
-# The login limits' defaults (UserSettings LOGIN_*; the README's "Login limits" says why).
-# Failures free within a window: per email from one address, per address over every email,
-# per email from every address. Past them each failure locks for LOCK_BASE seconds,
-# doubling, up to LOCK_MAX. An address the account logged in from within KNOWN_ADDRESS
-# seconds is let through the account-wide lock.
+# The login limits (README "Login limits"; these are the defaults of UserSettings LOGIN_*).
+# Why three, and why these numbers:
+# - A lock per email alone lets any stranger keep any account locked with one guess per
+#   lock period, and lets one client spray a password over unlimited emails. So the tight
+#   limit is per email *and client address* (FREE_FAILURES): guesses from one place lock
+#   that email for that place only, and its owner elsewhere is not held.
+# - Spraying is limited per address over every email (ADDRESS_FREE_FAILURES): high enough
+#   for a shared NAT's honest typos, low enough that a sprayer gets a few dozen guesses a
+#   window instead of unlimited ones.
+# - Guesses spread over many addresses are limited per email from everywhere
+#   (ACCOUNT_FREE_FAILURES), far above what one address can reach (5 free plus a few
+#   after locks per window), so only distributed guessing meets it; and even then it does
+#   not hold the addresses the account logged in from within KNOWN_ADDRESS_SECONDS, so the
+#   attack costs its owner nothing where it usually logs in.
+# Past its free failures a limit locks for LOCK_BASE seconds, doubling with each further
+# failure up to LOCK_MAX; counts are forgotten WINDOW seconds after their first.
 FREE_FAILURES = 5
 ADDRESS_FREE_FAILURES = 30
 ACCOUNT_FREE_FAILURES = 100
