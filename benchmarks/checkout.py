@@ -57,6 +57,7 @@ from shopkit.logs import mask_url  # noqa: E402
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 START_TIMEOUT = 30.0
+ADMIN_ID = 1  # the run's admin: an account made directly in the user service's database
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 BATCH = 100  # the most ids GET /api/products?ids= answers at once
 AIM_ORDERS_PER_SECOND = 150.0
@@ -166,6 +167,9 @@ class Stack:
     via_gateway: bool
     urls: dict[str, str] = field(default_factory=dict)
     running: dict[str, processes.ManagedProcess] = field(default_factory=dict)
+    # The user service's database: the run's customers (and its admin) are accounts there,
+    # since every service refuses a token that names no account.
+    users_database: str = ""
 
     @property
     def cart_url(self) -> str:
@@ -197,9 +201,15 @@ def start_stack(via_gateway: bool) -> Iterator[Stack]:
 
         names = ["product", "cart", "order"] + (["gateway"] if via_gateway else [])
         ports: dict[str, int] = {}
-        for name in names:
+        for name in [*names, "user"]:
             ports[name] = processes.free_port(avoid=ports.values())
         stack.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        stack.urls["user"], stack.users_database, stack.running["user"] = cleanup.enter_context(
+            harness.user_service(
+                work_dir, backing.postgres_uri, stack.secret, ports["user"], START_TIMEOUT
+            )
+        )
+        harness.add_accounts(stack.users_database, [ADMIN_ID], role="admin")
         base_env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -208,8 +218,9 @@ def start_stack(via_gateway: bool) -> Iterator[Stack]:
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        for variable in ("MONGODB_URI", "DATABASE_URL", "REDIS_URL", "USER_SERVICE_URL"):
+        for variable in ("MONGODB_URI", "DATABASE_URL", "REDIS_URL"):
             base_env.pop(variable, None)
+        base_env["USER_SERVICE_URL"] = stack.urls["user"]
         services = {
             "product": {"MONGODB_URI": backing.mongo_uri},
             "cart": {"REDIS_URL": backing.redis_url, "PRODUCT_SERVICE_URL": stack.urls["product"]},
@@ -761,7 +772,7 @@ class Settings:
 async def measure(
     stack: Stack, settings: Settings, profile: tuple[str | None, Path | None, int]
 ) -> dict[str, Any]:
-    admin = issue_token(stack.secret, sub="1", email="admin@bench.example", role="admin")
+    admin = issue_token(stack.secret, sub=str(ADMIN_ID), email="admin@bench.example", role="admin")
     connector = aiohttp.TCPConnector(limit=max(settings.concurrency, 16))
     async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
         product_url = stack.urls["product"]
@@ -779,6 +790,7 @@ async def measure(
             rng,
         )
         stack.backing.cart_keys = [f"cart:{shopper.user_id}" for shopper in shoppers]
+        await harness.insert_accounts(stack.users_database, [s.user_id for s in shoppers])
         c = settings.concurrency
         # Unmeasured: the services open their pools' connections (PostgreSQL, each other)
         # and warm their caches, as they would have long before in production.

@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import secrets
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -386,3 +387,67 @@ def redis_server(work_dir: Path, written: Sequence[str]) -> Iterator[tuple[str, 
             delete_keys(url, written)
         if server is not None:
             server.stop()
+
+
+# -- the user service: whom every token names -------------------------------------------------
+# Each service that checks customers' tokens asks the user service whether they were revoked
+# (shopkit.revocation), so a benchmark's customers must be accounts there. They are made
+# directly in its database, thousands in one statement, instead of through bcrypt.
+
+
+@contextlib.contextmanager
+def user_service(
+    work_dir: Path, postgres_uri: str, secret: str, port: int, start_timeout: float
+) -> Iterator[tuple[str, str, processes.ManagedProcess]]:
+    """The user service on `port` over a throwaway database on the PostgreSQL server at
+    `postgres_uri`: (its URL, its database URL, its process); all gone when the block ends."""
+    name = f"shop_bench_users_{secrets.token_hex(4)}"
+    with throwaway_database(postgres_uri, name) as database_url:
+        env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "JWT_SECRET": secret,
+            "DATABASE_URL": database_url,
+            "BCRYPT_ROUNDS": "4",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        for variable in ("ADMIN_EMAIL", "ADMIN_PASSWORD"):
+            env.pop(variable, None)
+        process = processes.spawn(
+            [sys.executable, "-m", "svc_user"],
+            log_path=work_dir / "user.log",
+            env=env,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_health("user", process, url, start_timeout)
+            yield url, database_url, process
+        finally:
+            processes.stop(process)
+
+
+async def insert_accounts(database_url: str, ids: Collection[int], role: str = "customer") -> None:
+    """Accounts with these ids (email bench<id>@bench.example, a password nobody knows) in
+    the user service's database."""
+    import bcrypt
+
+    password_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(4)).decode()
+    connection = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await connection.execute(
+            """INSERT INTO users (id, email, password_hash, role) OVERRIDING SYSTEM VALUE
+               SELECT id, 'bench' || id || '@bench.example', $2, $3
+               FROM unnest($1::bigint[]) AS id ON CONFLICT DO NOTHING""",
+            list(ids),
+            password_hash,
+            role,
+        )
+    finally:
+        await connection.close()
+
+
+def add_accounts(database_url: str, ids: Collection[int], role: str = "customer") -> None:
+    """insert_accounts, from outside an event loop."""
+    asyncio.run(insert_accounts(database_url, ids, role))

@@ -37,6 +37,7 @@ sys.dont_write_bytecode = True
 import drivers  # noqa: E402 - sibling modules (this is a script), imported after the flag
 import harness  # noqa: E402
 import pymongo  # noqa: E402
+from accounts import postgres_server  # noqa: E402
 from bson import ObjectId  # noqa: E402
 from harness import BenchmarkError, err  # noqa: E402
 from pymongo.errors import PyMongoError  # noqa: E402
@@ -44,7 +45,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from shopctl import processes  # noqa: E402
-from shopkit.auth import issue_token  # noqa: E402
+from shopkit.auth import issue_token, service_token  # noqa: E402
 from shopkit.logs import mask_url  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +54,9 @@ CATEGORIES = ("books", "garden", "kitchen", "music", "outdoor", "sports", "tools
 LIST_PATH = f"/api/products?limit={drivers.PAGE_SIZE}"
 CARTS = 100  # carts filled, each with CART_LINES products; a cart read picks one at random
 CART_LINES = 3
+# Their owners: accounts at the user service (every service refuses a token naming nobody).
+CART_USERS = [str(900_000_000 + number) for number in range(CARTS)]
+FRESH_CART = "cart, no token cache"
 # The old Node.js seed's own figures on a machine like this one (requests per second).
 NODE_SEED_RATES = {"product by id": 1_100.0, "cart read": 5_100.0}
 
@@ -75,6 +79,7 @@ class Stack:
     redis_url: str = ""
     redis: str = ""
     jwt_secret: str = ""
+    service_token: str = ""  # for the user service's internal token-status route
     # (user id, token) of each filled cart, and the Redis keys to delete afterwards.
     carts: list[tuple[str, str]] = field(default_factory=list)
     cart_keys: list[str] = field(default_factory=list)
@@ -132,10 +137,20 @@ def start_stack(products: int) -> Iterator[Stack]:
             stack.pids["redis"] = redis_pid
 
         ports: dict[str, int] = {}
-        for name in ("bare", "product", "gateway", "cart"):
+        for name in ("bare", "product", "gateway", "cart", FRESH_CART, "user"):
             ports[name] = processes.free_port(avoid=ports.values())
         stack.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         stack.jwt_secret = secrets.token_urlsafe(48)
+        # The services ask the user service whether a customer's token was revoked.
+        postgres = cleanup.enter_context(postgres_server(work_dir))
+        stack.urls["user"], users_database, user_process = cleanup.enter_context(
+            harness.user_service(
+                work_dir, postgres.uri, stack.jwt_secret, ports["user"], START_TIMEOUT
+            )
+        )
+        stack.running["user"] = user_process
+        harness.add_accounts(users_database, [int(user_id) for user_id in CART_USERS])
+        stack.service_token = service_token(stack.jwt_secret, "benchmark")
         base_env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -144,9 +159,12 @@ def start_stack(products: int) -> Iterator[Stack]:
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        for other in ("USER", "ORDER", "CART"):
+        for other in ("ORDER", "CART"):
             base_env.pop(f"{other}_SERVICE_URL", None)
         base_env.pop("REDIS_URL", None)
+        base_env.pop("TOKEN_STATUS_CACHE_SECONDS", None)
+        base_env["USER_SERVICE_URL"] = stack.urls["user"]
+        cart_env = {"REDIS_URL": redis_url, "PRODUCT_SERVICE_URL": stack.urls["product"]}
         commands = {
             "bare": ([sys.executable, str(HERE / "bare_app.py")], {}),
             "product": ([sys.executable, "-m", "svc_product"], {"MONGODB_URI": mongo_uri}),
@@ -154,9 +172,12 @@ def start_stack(products: int) -> Iterator[Stack]:
                 [sys.executable, "-m", "svc_gateway"],
                 {"PRODUCT_SERVICE_URL": stack.urls["product"]},
             ),
-            "cart": (
+            "cart": ([sys.executable, "-m", "svc_cart"], cart_env),
+            # The same cart service remembering no token state: every read asks the user
+            # service, the price of a token check that misses its cache.
+            FRESH_CART: (
                 [sys.executable, "-m", "svc_cart"],
-                {"REDIS_URL": redis_url, "PRODUCT_SERVICE_URL": stack.urls["product"]},
+                {**cart_env, "TOKEN_STATUS_CACHE_SECONDS": "0"},
             ),
         }
         started: list[processes.ManagedProcess] = []
@@ -182,8 +203,7 @@ def fill_carts(stack: Stack) -> None:
     """CARTS customers' carts, CART_LINES products each, through the cart service itself (so
     they are stored as it stores them)."""
     in_stock = [pid for number, pid in enumerate(stack.product_ids) if number % 50 >= 5]
-    for number in range(CARTS):
-        user_id = str(900_000_000 + number)
+    for number, user_id in enumerate(CART_USERS):
         token = issue_token(
             stack.jwt_secret, sub=user_id, email=f"bench{number}@shop.test", role="customer"
         )
@@ -298,6 +318,14 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
     def redis() -> drivers.LoadResult:
         return drivers.redis_load(stack.redis_url, stack.cart_keys, **load)
 
+    status_reads = [
+        drivers.HttpRequest(
+            f"/internal/users/{user_id}/token-status",
+            headers={"Authorization": f"Bearer {stack.service_token}"},
+        )
+        for user_id, _ in stack.carts
+    ]
+
     by_id, page = "GET /api/products/:id", f"GET {LIST_PATH}"
     return [
         Line("bare aiohttp", by_id + " (fixed JSON)", http_driver, "bare", http("bare", id_paths)),
@@ -310,6 +338,24 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
         Line("datastore cart", "GET cart:{userId}", "redis-py", "driver", redis),
         Line(
             "cart read", "GET /api/cart/:userId", http_driver, "cart", http("cart", [], cart_reads)
+        ),
+        # What a token check costs: a plain request beside it, and a check that always misses.
+        Line(
+            "cart health", "GET /health (no token)", http_driver, "cart", http("cart", ["/health"])
+        ),
+        Line(
+            "cart read, no token cache",
+            "GET /api/cart/:userId, TOKEN_STATUS_CACHE_SECONDS=0",
+            http_driver,
+            FRESH_CART,
+            http(FRESH_CART, [], cart_reads),
+        ),
+        Line(
+            "token status",
+            "GET /internal/users/:id/token-status",
+            http_driver,
+            "user",
+            http("user", [], status_reads),
         ),
     ]
 
@@ -343,6 +389,8 @@ RATIOS = [
     ("gateway / direct, list", "gateway list", "product list", 0.60, None),
     ("product / bare aiohttp, by id", "product by id", "bare aiohttp", None, None),
     ("cart read / datastore", "cart read", "datastore cart", None, None),
+    ("cart read / cart health", "cart read", "cart health", None, None),
+    ("cart read: token cache off / on", "cart read, no token cache", "cart read", None, None),
 ]
 
 
@@ -355,7 +403,18 @@ def ratios(results: list[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
-CPU_COLUMNS = ("datastore", "product", "gateway", "cart", "redis", "bare", "driver", "other")
+CPU_COLUMNS = (
+    "datastore",
+    "product",
+    "gateway",
+    "cart",
+    FRESH_CART,
+    "user",
+    "redis",
+    "bare",
+    "driver",
+    "other",
+)
 
 
 def print_report(console: Console, results: list[Measurement], header: str) -> None:
@@ -400,6 +459,68 @@ def print_report(console: Console, results: list[Measurement], header: str) -> N
         verdict = "beats Node.js" if rates[name] > node_rate else "[red]not above Node.js[/]"
         node.add_row(name, f"{rates[name]:,.0f}", f"~{node_rate:,.0f}", verdict)
     console.print(node)
+
+
+# -- the token check, in process ------------------------------------------------------------
+
+
+def token_check_costs(repeat: int = 20_000) -> dict[str, float]:
+    """Microseconds per call of each step of a token check (shopkit.revocation.authorize),
+    on this process's event loop: what the HTTP lines above spend on it."""
+    import asyncio
+    import time
+
+    from shopkit.auth import Identity, _verified, identity_of, verify_token
+    from shopkit.revocation import TokenStatus
+
+    secret = secrets.token_urlsafe(48)
+    token = issue_token(secret, sub="42", email="bench42@bench.example", role="customer")
+    claims = {"sub": "42", "email": "a@b.c", "role": "customer", "iat": 1, "exp": 2}
+
+    def per_call(step: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        return (time.perf_counter() - started) / repeat * 1e6
+
+    def signature_and_claims() -> None:
+        _verified.cache_clear()  # a token never seen: HMAC, JSON and the claims model
+        verify_token(secret, token)
+
+    async def dict_hit() -> float:
+        status = TokenStatus(lambda user_id: asyncio.sleep(0, 0), ttl=60)
+        identity = Identity(user_id="42", email="a@b.c", role="customer", issued_at=1)
+        await status.ensure_current(identity)  # the one miss: remembered from now on
+        started = time.perf_counter()
+        for _ in range(repeat):
+            await status.ensure_current(identity)
+        return (time.perf_counter() - started) / repeat * 1e6
+
+    verify_token(secret, token)
+    return {
+        "verify, token seen before (lru hit)": round(
+            per_call(lambda: verify_token(secret, token)), 2
+        ),
+        "verify, new token (signature + claims model)": round(per_call(signature_and_claims), 2),
+        "claims model alone": round(per_call(lambda: identity_of(claims)), 2),
+        "revocation, state remembered (dict hit)": round(asyncio.run(dict_hit()), 2),
+    }
+
+
+def print_token_check_costs(console: Console, costs: dict[str, float]) -> None:
+    table = Table(
+        title="a token check's steps, in process (µs per call)",
+        title_justify="left",
+        caption="A miss of the revocation state is the 'token status' line's HTTP call to "
+        "the user service (its latency, and the CPU shown there), once per user per "
+        "TOKEN_STATUS_CACHE_SECONDS.",
+        caption_justify="left",
+    )
+    table.add_column("step")
+    table.add_column("µs", justify="right")
+    for step, micros in costs.items():
+        table.add_row(step, f"{micros:.2f}")
+    console.print(table)
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -448,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{rounds}, {args.products} products; HTTP load: {'wrk' if use_wrk else 'Python driver'};"
         f" datastore: {described}; Redis: {redis}"
     )
-    print_report(harness.report_console(), results, header)
+    console = harness.report_console()
+    print_report(console, results, header)
+    in_process = token_check_costs()
+    print_token_check_costs(console, in_process)
     if args.json:
         settings = {
             "duration": args.duration,
@@ -465,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             results=[asdict(m) for m in results],
             ratios=ratios(results),
+            token_check_us=in_process,
         )
     return 0
 
