@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shopkit.auth import service_token
+from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
 from shopkit.keys import POSTGRES, SETTINGS
@@ -70,19 +70,21 @@ def request_hash(wanted: dict[str, int] | None) -> str:
 
 
 class Checkout:
+    # The service token is asked of ``credential`` at each call: one made at start-up would
+    # stop working after TOKEN_LIFETIME, and every checkout with it.
     def __init__(
         self,
         store: OrderStore,
         products: ServiceClient,
         carts: ServiceClient,
-        token: str,
+        credential: ServiceCredential,
         lease_seconds: float,
         owner: OwnerLock | None = None,
     ) -> None:
         self.store = store
         self.products = products
         self.carts = carts
-        self.token = token
+        self.credential = credential
         self.lease_seconds = lease_seconds
         self.owner = owner
 
@@ -144,7 +146,7 @@ class Checkout:
         return order_id, order
 
     async def _cart_lines(self, user_id: int) -> tuple[dict[str, int], int]:
-        reply = await self.carts.get(f"/api/cart/{user_id}", token=self.token)
+        reply = await self.carts.get(f"/api/cart/{user_id}", token=self.credential.token)
         if reply.status != 200 or not isinstance(reply.data, dict):
             raise UpstreamUnavailable("The cart service gave no cart; try again shortly.")
         cart = reply.data
@@ -225,7 +227,7 @@ class Checkout:
                     "PATCH",
                     f"/api/products/{line.product_id}/stock",
                     json={"quantity": -line.quantity, "reference": reference(order_id)},
-                    token=self.token,
+                    token=self.credential.token,
                 )
             except UpstreamUnavailable as exc:
                 failure = exc
@@ -259,7 +261,7 @@ class Checkout:
                     "POST",
                     f"/api/products/{product_id}/stock/undo",
                     json={"reference": reference(order_id)},
-                    token=self.token,
+                    token=self.credential.token,
                 )
             except UpstreamUnavailable:
                 log.warning("order %s: undo postponed, product service unavailable", order_id)
@@ -275,7 +277,7 @@ class Checkout:
         the customer added something, which stays). Retried by recovery if it fails."""
         try:
             reply = await self.carts.request(
-                "DELETE", f"/api/cart/{user_id}?version={version}", token=self.token
+                "DELETE", f"/api/cart/{user_id}?version={version}", token=self.credential.token
             )
         except UpstreamUnavailable:
             return
@@ -292,7 +294,7 @@ class Checkout:
                     "PATCH",
                     f"/api/products/{line['product_id']}/stock",
                     json={"quantity": line["quantity"], "reference": f"cancel-{order_id}"},
-                    token=self.token,
+                    token=self.credential.token,
                 )
             except UpstreamUnavailable:
                 return False
@@ -339,7 +341,7 @@ async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
         store,
         app[PRODUCTS],
         app[CARTS],
-        service_token(settings.jwt_secret.get_secret_value(), "order"),
+        ServiceCredential(settings.jwt_secret.get_secret_value(), "order"),
         settings.checkout_lease_seconds,
         owner,
     )

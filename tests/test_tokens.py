@@ -470,3 +470,33 @@ def test_well_formed_claims_make_the_identity_they_say() -> None:
     )
     assert service.user_number is None and service.may_act_for("66")
     assert identity_of(jwt.decode(service_token(JWT_SECRET, "cart"), JWT_SECRET, ["HS256"]))
+
+
+# -- the gateway ----------------------------------------------------------------------------------
+
+
+async def test_the_gateway_never_routes_the_internal_route(
+    web_shop: TestClient, service_headers: dict[str, str]
+) -> None:
+    for path in (
+        "/internal/users/1/token-status",
+        "/api/users/../../internal/users/1/token-status",
+        "/api/users/%2e%2e/%2e%2e/internal/users/1/token-status",
+        "/api/users/internal/users/1/token-status",
+    ):
+        assert await status_of(web_shop, "GET", path, headers=service_headers) == 404, path
+
+
+@pytest.mark.parametrize(
+    "name", ["role-list", "sub-superscript", "sub-arabic-indic", "exp-infinity", "extra-claim"]
+)
+async def test_a_cookie_with_claims_not_as_issued_is_logged_out(
+    web_shop: TestClient, name: str
+) -> None:
+    web_shop.session.cookie_jar.update_cookies(
+        {"shop_session": BAD_CLAIMS[name]}, response_url=web_shop.make_url("/")
+    )
+    async with web_shop.get("/", allow_redirects=False) as response:
+        assert response.status == 200
+        assert 'shop_session=""' in response.headers.get("Set-Cookie", "")
+        assert 'action="/logout"' not in await response.text()
