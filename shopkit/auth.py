@@ -16,7 +16,7 @@ import jwt
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shopkit.errors import Forbidden, Unauthorized
+from shopkit.errors import Unauthorized
 from shopkit.keys import SETTINGS
 from shopkit.parsing import MAX_ID, parse_id
 
@@ -217,16 +217,8 @@ def bearer_token(request: web.Request) -> str | None:
 
 def authenticate(request: web.Request) -> Identity:
     """The caller's identity from its token's signature and claims, or 401. Revocation is
-    checked by ``authorize`` (it needs the user service)."""
+    checked by ``shopkit.revocation.authorize``, the one way routes check a caller."""
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("Log in first: this needs an Authorization: Bearer token.")
     return verify_token(request.app[SETTINGS].jwt_secret.get_secret_value(), token)
-
-
-def require_roles(request: web.Request, *roles: str) -> Identity:
-    """The caller's identity if its role is one of ``roles`` (any role when none given)."""
-    identity = authenticate(request)
-    if roles and identity.role not in roles:
-        raise Forbidden(f"This needs the {' or '.join(roles)} role.")
-    return identity
