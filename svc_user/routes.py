@@ -26,6 +26,7 @@ from svc_user.schemas import (
     RegisterBody,
     TokenStatusOut,
     UserOut,
+    UserPath,
 )
 from svc_user.store import LoginLimited, user_out
 
@@ -218,6 +219,7 @@ async def remove_account(request: web.Request, body: AccountRemoval) -> web.Resp
 @routes.get("/internal/users/{id}/token-status")
 @endpoint(
     "Internal: the first iat a user's tokens may have (service tokens only)",
+    path=UserPath,
     response=TokenStatusOut,
     roles=("service",),
     errors=(404,),

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from shopkit.validation import Body, PartialBody
+from shopkit.parsing import ID_PATTERN, Line, check_text
+from shopkit.validation import Body, PartialBody, _partial_schema
 
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt reads no further
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def canonical_email(value: str) -> str:
+    """The one spelling an email is stored and matched under: NFKC-normalised (so "\uff4eorm"
+    and "norm", fullwidth n or not, are one account), trimmed and lower-cased."""
+    return unicodedata.normalize("NFKC", value).strip().lower()
 
 
 def normalise_email(value: str) -> str:
-    """Trimmed and lower-cased, as stored and as matched at login."""
-    email = value.strip().lower()
-    if len(email) > 254 or not _EMAIL.match(email):
+    """The canonical email, if it looks like one (at registration and in settings)."""
+    email = check_text(canonical_email(value))
+    if len(email) > 254 or not _EMAIL.fullmatch(email):
         raise ValueError("must be an email address such as ann@example.com")
     return email
 
@@ -36,11 +44,24 @@ def check_password(value: str) -> str:
 
 
 _PASSWORD_SCHEMA = {"minLength": 8, "maxLength": 72, "description": "8 to 72 bytes in UTF-8"}
-Email = Annotated[str, Field(max_length=320), AfterValidator(normalise_email)]
+# What normalise_email accepts, for the document (written as the canonical form: the
+# service also takes surrounding spaces and compatibility forms, which NFKC folds).
+_EMAIL_SCHEMA = {
+    "maxLength": 254,
+    "pattern": r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+$",
+    "description": "An email address such as ann@example.com (at most 254 characters once "
+    "NFKC-normalised, trimmed and lower-cased)",
+}
+Email = Annotated[
+    str,
+    Field(max_length=320),
+    AfterValidator(normalise_email),
+    Field(json_schema_extra=_EMAIL_SCHEMA),
+]
 # Checked as bytes, not characters; the schema's lengths are the character bounds it implies.
 Password = Annotated[str, Field(json_schema_extra=_PASSWORD_SCHEMA), AfterValidator(check_password)]
 # Passwords are never stripped, so the bodies here strip names themselves.
-Name = Annotated[str, Field(max_length=100), AfterValidator(str.strip)]
+Name = Annotated[Line, Field(max_length=100), AfterValidator(str.strip)]
 
 
 class RegisterBody(Body):
@@ -51,22 +72,44 @@ class RegisterBody(Body):
     first_name: Name = ""
     last_name: Name = ""
     role: Any = Field(
-        None, description="Ignored: registration always makes a customer, whatever this says"
+        None,
+        description="Ignored: registration always makes a customer, whatever this says",
+        # Any value, but text with control characters is refused in every body.
+        json_schema_extra={
+            "not": {"type": "string", "pattern": "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]"}
+        },
     )
 
 
 class LoginBody(Body):
     model_config = Body.model_config | {"str_strip_whitespace": False}
 
-    email: Annotated[str, Field(min_length=1, max_length=320)]
+    # Matched as registration stored it (canonical_email); not judged further: an email
+    # that could never have registered is simply a failed login.
+    email: Annotated[
+        str,
+        Field(min_length=1, max_length=320),
+        AfterValidator(canonical_email),
+        AfterValidator(check_text),
+    ]
     # Any length is accepted here: a wrong password is a wrong password, not a 400.
     password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+def _profile_update_schema(schema: dict[str, Any]) -> None:
+    _partial_schema(schema)
+    # _current_password_with_a_new_one, for the document.
+    schema["dependentRequired"] = {"password": ["current_password"]}
+    schema["not"] = {"required": ["current_password"], "maxProperties": 1}
 
 
 class ProfileUpdate(PartialBody):
     """Only the fields given change; a new ``password`` needs ``current_password``."""
 
-    model_config = PartialBody.model_config | {"str_strip_whitespace": False}
+    model_config = PartialBody.model_config | {
+        "str_strip_whitespace": False,
+        "json_schema_extra": _profile_update_schema,
+    }
 
     first_name: Name = None  # type: ignore[assignment]
     last_name: Name = None  # type: ignore[assignment]
@@ -75,8 +118,12 @@ class ProfileUpdate(PartialBody):
 
     @model_validator(mode="after")
     def _current_password_with_a_new_one(self) -> ProfileUpdate:
-        if "password" in self.model_fields_set and "current_password" not in self.model_fields_set:
+        given = self.model_fields_set
+        if "password" in given and "current_password" not in given:
             raise ValueError("a new password needs current_password too")
+        if given == {"current_password"}:
+            # A body that changes nothing is refused rather than answered as a change.
+            raise ValueError("give first_name, last_name or password to change")
         return self
 
 
@@ -115,6 +162,12 @@ class AccountRemoval(Body):
 class AccountRemoved(BaseModel):
     id: int
     deleted: bool
+
+
+class UserPath(BaseModel):
+    """The path of one user's internal routes (for the document: a malformed id is a 404)."""
+
+    id: str = Field(pattern=ID_PATTERN, description="The user's id; any other id is a 404")
 
 
 class TokenStatusOut(BaseModel):

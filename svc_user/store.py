@@ -173,6 +173,8 @@ class UserStore:
     ) -> asyncpg.Record | None:
         """Set the given columns (names from our own model, values as parameters); with
         ``revoke_tokens``, in the same statement end every token issued so far."""
+        if not changes and not revoke_tokens:  # nothing to set: the account as it is
+            return await self.by_id(user_id)
         assignments = [f"{column} = ${n}" for n, column in enumerate(changes, start=2)]
         values: list[object] = list(changes.values())
         if revoke_tokens:
