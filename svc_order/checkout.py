@@ -25,7 +25,6 @@ see svc_gateway/checkout.py) never waits out the lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ import orjson
 from aiohttp import web
 
 from shopkit.auth import ServiceCredential
+from shopkit.background import repeating
 from shopkit.client import ServiceClient
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
 from shopkit.keys import POSTGRES, SETTINGS
@@ -346,21 +346,16 @@ async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
         owner,
     )
 
-    async def recover_forever() -> None:
-        while True:
-            try:
-                await checkout.recover()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # an outage must not end recovery; the next pass retries
-                log.exception("recovery pass failed")
-            await asyncio.sleep(settings.recovery_interval_seconds)
-
     # The first pass runs now, at start-up: a restarted service takes over at once what
-    # its dead predecessor left (its owner lock died with it), not a lease later.
-    task = asyncio.create_task(recover_forever(), name="order-recovery")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await owner.release()
+    # its dead predecessor left (its owner lock died with it), not a lease later. A pass
+    # that fails (an outage) is retried at the next one.
+    try:
+        async with repeating(
+            "order-recovery",
+            checkout.recover,
+            settings.recovery_interval_seconds,
+            first_at_once=True,
+        ):
+            yield
+    finally:
+        await owner.release()

@@ -7,7 +7,6 @@ develop against (nx-27017) cannot store Decimal128.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -22,6 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from shopkit.app import StartupError
+from shopkit.background import repeating
 from shopkit.errors import Conflict, NotFound
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
@@ -348,26 +348,18 @@ async def prune_stock_moves_ctx(app: web.Application) -> AsyncIterator[None]:
     than STOCK_MOVES_KEEP_SECONDS (each replica does; doing it twice changes nothing)."""
     settings = app[SETTINGS]
 
-    async def prune_forever() -> None:
-        while True:
-            await asyncio.sleep(settings.stock_moves_prune_interval)
-            try:
-                older_than = time.time() - settings.stock_moves_keep_seconds
-                forgotten = await app[STORE].prune_stock_moves(older_than)
-            except PyMongoError as exc:
-                log.warning("could not prune stock moves: %s", exc)
-            except Exception:
-                # Never let one bad round end the loop for the life of the process.
-                log.exception("pruning stock moves failed; trying again next round")
-            else:
-                if forgotten:
-                    log.info("forgot %d stock moves older than a keeping period", forgotten)
+    async def prune() -> None:
+        older_than = time.time() - settings.stock_moves_keep_seconds
+        try:
+            forgotten = await app[STORE].prune_stock_moves(older_than)
+        except PyMongoError as exc:  # the datastore away: said briefly, tried next round
+            log.warning("could not prune stock moves: %s", exc)
+            return
+        if forgotten:
+            log.info("forgot %d stock moves older than a keeping period", forgotten)
 
-    task = asyncio.create_task(prune_forever(), name="prune-stock-moves")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with repeating("prune-stock-moves", prune, settings.stock_moves_prune_interval):
+        yield
 
 
 class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListener):

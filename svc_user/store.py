@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -16,6 +14,7 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
+from shopkit.background import repeating
 from shopkit.errors import Conflict
 from shopkit.postgres import FairPool
 from svc_user.keys import STORE
@@ -307,20 +306,10 @@ async def prune_login_attempts_ctx(app: web.Application) -> AsyncIterator[None]:
     any more, so that a spray over millions of emails does not grow the table for good (each
     replica does it; twice changes nothing)."""
 
-    async def prune_forever() -> None:
-        while True:
-            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
-            try:
-                forgotten = await app[STORE].prune_login_attempts()
-            except Exception:
-                # Never let one bad round (the database away) end the loop for good.
-                log.exception("pruning login counts failed; trying again next round")
-            else:
-                if forgotten:
-                    log.info("forgot %d login counts past their window", forgotten)
+    async def prune() -> None:
+        forgotten = await app[STORE].prune_login_attempts()
+        if forgotten:
+            log.info("forgot %d login counts past their window", forgotten)
 
-    task = asyncio.create_task(prune_forever(), name="prune-login-attempts")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with repeating("prune-login-attempts", prune, PRUNE_INTERVAL_SECONDS):
+        yield
