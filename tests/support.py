@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient
 
@@ -194,3 +198,45 @@ def manifests_with_secrets(destination: Path) -> Path:
             lines.append(line)
         example.with_suffix("").write_text("\n".join(lines) + "\n")
     return destination
+
+
+class OrderProcess:
+    """The order service as a real process on a fixed port, killed and started at will."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "svc_order"],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    async def ready(self) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers() -> bool:
+                assert self.process is not None and self.process.poll() is None, "it exited"
+                try:
+                    async with session.get(f"{self.url}/ready") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(answers, "the order service's readiness")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)

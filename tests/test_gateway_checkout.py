@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +18,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, REPO, call, create_product, customer, eventually, postgres, stock_of
+from support import (
+    JWT_SECRET,
+    REPO,
+    OrderProcess,
+    call,
+    create_product,
+    customer,
+    eventually,
+    postgres,
+    stock_of,
+)
 
 from shopctl import processes
 from svc_cart.app import CartSettings
@@ -78,48 +85,6 @@ def relay_app(target: str, holds: list[Hold]) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
-
-
-class OrderProcess:
-    """The order service as a real process on a fixed port, killed and started at will."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.port = int(env["PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "svc_order"],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    async def ready(self) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def answers() -> bool:
-                assert self.process is not None and self.process.poll() is None, "it exited"
-                try:
-                    async with session.get(f"{self.url}/ready") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(answers, "the order service's readiness")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
 
 
 @dataclass

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
     JWT_SECRET,
+    REPO,
+    OrderProcess,
     call,
     change_stock,
     create_product,
@@ -115,34 +113,6 @@ async def test_a_cancel_while_products_are_down_restocks_later(
 # -- the real thing: SIGKILL in the middle of a burst ------------------------------------------
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def start_order_service(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "svc_order"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_ready(url: str, process: subprocess.Popen, within: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    async with aiohttp.ClientSession() as session:
-        while asyncio.get_running_loop().time() < deadline:
-            assert process.poll() is None, "the order service exited"
-            try:
-                async with session.get(f"{url}/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never got ready")
-
-
 @pytest.mark.slow
 # aiohttp's client may leave a socket to the killed server for the garbage collector to
 # close; that is the client's side of the crash we cause, not a leak of ours.
@@ -175,9 +145,10 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
         "RECOVERY_INTERVAL_SECONDS": "0.3",
         "LOG_LEVEL": "WARNING",
     }
-    service = start_order_service(env)
+    service = OrderProcess(env)
+    service.start()
     try:
-        await wait_ready(url, service)
+        await service.ready()
         answered = 0
         succeeded = 0
         killed = asyncio.Event()
@@ -196,16 +167,15 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
                 return  # the service died under this request
             answered += 1
             if answered == 8 and not killed.is_set():
-                service.send_signal(signal.SIGKILL)
+                service.kill()
                 killed.set()
 
         async with aiohttp.ClientSession() as session:
             await asyncio.gather(*(shopper(n, session) for n in range(60)))
         assert killed.is_set()
-        service.wait(timeout=10)
 
-        service = start_order_service(env)
-        await wait_ready(url, service)
+        service.start()
+        await service.ready()
         async with postgres(postgres_uri) as connection:
 
             async def all_settled() -> bool:
@@ -225,6 +195,4 @@ async def test_sigkill_in_a_burst_of_checkouts_loses_no_stock(
         for product_id in catalogue:
             assert await stock_of(products, product_id) + sold.get(product_id, 0) == 30
     finally:
-        if service.poll() is None:
-            service.terminate()
-            service.wait(timeout=15)
+        service.stop()
