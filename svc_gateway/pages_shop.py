@@ -221,6 +221,14 @@ def _account_form(request: web.Request, template: str) -> web.Response:
     return render(request, template, {"values": {}, "errors": {}, "next": next_path})
 
 
+def _shopper_address(request: web.Request) -> dict[str, str]:
+    """Headers naming the shopper's address to the user service, which limits logins by it
+    and remembers where each account registered and logged in (README "Login limits")."""
+    return {
+        "X-Forwarded-For": client_behind_hops(request, request.app[SETTINGS].trusted_proxy_hops)
+    }
+
+
 @routes.get("/register")
 async def register_page(request: web.Request) -> web.Response:
     return _account_form(request, "register.html")
@@ -242,6 +250,8 @@ async def register(request: web.Request) -> web.Response:
             "POST",
             "/api/users/register",
             json={**values, "password": password},
+            # The shopper's address, not ours: it becomes a known address of the account.
+            headers=_shopper_address(request),
             as_shopper=False,
         )
         if reply.status == 201:
@@ -279,9 +289,7 @@ async def login(request: web.Request) -> web.Response:
         "/api/users/login",
         json={"email": values["email"], "password": str(form.get("password", ""))},
         # The shopper's address, not ours: the user service limits failed logins by it.
-        headers={
-            "X-Forwarded-For": client_behind_hops(request, request.app[SETTINGS].trusted_proxy_hops)
-        },
+        headers=_shopper_address(request),
         as_shopper=False,
     )
     if reply.status == 200:

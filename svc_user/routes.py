@@ -46,6 +46,11 @@ def _token_for(request: web.Request, row: asyncpg.Record) -> str:
     )
 
 
+def _client_key(request: web.Request) -> str:
+    """The key the login limits count this request's client under (README "Login limits")."""
+    return limit_key(client_from_trusted(request, request.app[SETTINGS].trusted_proxies))
+
+
 @routes.post("/api/users/register")
 @endpoint(
     "Create a customer account and log it in",
@@ -61,6 +66,8 @@ async def register(request: web.Request, body: RegisterBody) -> web.Response:
         password_hash=password_hash,
         first_name=body.first_name,
         last_name=body.last_name,
+        # Registering logs in: its address is known to the login limits, as a login's is.
+        address=_client_key(request),
     )
     return ok({"user": user_out(row), "token": _token_for(request, row)}, status=201)
 
@@ -104,7 +111,7 @@ def _too_many(limited: LoginLimited) -> TooManyRequests:
 async def login(request: web.Request, body: LoginBody) -> web.Response:
     store, hasher = request.app[STORE], request.app[HASHER]
     email = body.email.strip().lower()
-    address = limit_key(client_from_trusted(request, request.app[SETTINGS].trusted_proxies))
+    address = _client_key(request)
     try:
         await store.take_login_attempt(email, address)
     except LoginLimited as limited:

@@ -41,9 +41,13 @@ _REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_A
 #   window instead of unlimited ones.
 # - Guesses spread over many addresses are limited per email from everywhere
 #   (ACCOUNT_FREE_FAILURES), far above what one address can reach (5 free plus a few
-#   after locks per window), so only distributed guessing meets it; and even then it does
-#   not hold the addresses the account logged in from within KNOWN_ADDRESS_SECONDS, so the
-#   attack costs its owner nothing where it usually logs in.
+#   after locks per window), so only distributed guessing meets it.
+# - A known pair, an account and an address it logged in or registered from within
+#   KNOWN_ADDRESS_SECONDS, is held by neither of these two, only by its own pair limit: so
+#   neither a distributed attack nor a sprayer at the owner's shared address (a NAT) costs
+#   the owner anything where it usually logs in. The price: at a shared address, a sprayer
+#   there meets only the pair limit on the accounts its neighbours use from it (migration
+#   0004 weighs it).
 # Past its free failures a limit locks for LOCK_BASE seconds, doubling with each further
 # failure up to LOCK_MAX; counts are forgotten WINDOW seconds after their first.
 FREE_FAILURES = 5
@@ -146,17 +150,28 @@ class UserStore:
         self.login_limits = login_limits or LoginLimits()
 
     async def create(
-        self, *, email: str, password_hash: str, first_name: str, last_name: str
+        self, *, email: str, password_hash: str, first_name: str, last_name: str, address: str
     ) -> asyncpg.Record:
-        """A new customer. The unique email decides a race between two registrations."""
+        """A new customer, registered from ``address`` (a limit key). The unique email decides
+        a race between two registrations. In the same statement ``address`` becomes a known
+        address of the account, as a login from there would make it: otherwise a customer
+        who has only registered would have none, and strangers could hold it everywhere
+        (README "Login limits")."""
         try:
             return await self.pool.fetchrow(
-                f"""INSERT INTO users (email, password_hash, first_name, last_name)
-                    VALUES ($1, $2, $3, $4) RETURNING {_COLUMNS}""",
+                f"""WITH created AS (
+                        INSERT INTO users (email, password_hash, first_name, last_name)
+                        VALUES ($1, $2, $3, $4) RETURNING {_COLUMNS}
+                    ), remembered AS (
+                        SELECT remember_login_address($5::text, $6::text) FROM created
+                    )
+                    SELECT created.* FROM created, remembered""",
                 email,
                 password_hash,
                 first_name,
                 last_name,
+                _email_key(email),
+                address,
             )
         except asyncpg.UniqueViolationError:
             raise EmailTaken() from None
@@ -203,11 +218,18 @@ class UserStore:
         )
 
     async def delete(self, user_id: int) -> bool:
-        """Remove the account; its tokens then name no one, at every service."""
-        return (
-            await self.pool.fetchval("DELETE FROM users WHERE id = $1 RETURNING true", user_id)
-            is not None
-        )
+        """Remove the account; its tokens then name no one, at every service. Its known
+        addresses go with it: whoever registers the email next must not inherit them."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            email = await connection.fetchval(
+                "DELETE FROM users WHERE id = $1 RETURNING email", user_id
+            )
+            if email is None:
+                return False
+            await connection.execute(
+                "DELETE FROM login_known_addresses WHERE email = $1", _email_key(email)
+            )
+            return True
 
     async def ensure_admin(self, email: str, password_hash_for: Any) -> None:
         """Make sure ``email`` is an admin whose password is the configured one. Safe when

@@ -38,7 +38,7 @@ from svc_gateway.app import create_app as create_gateway_app
 from svc_user.app import UserSettings
 from svc_user.app import create_app as create_user_app
 from svc_user.keys import STORE
-from svc_user.store import ADDRESS_FREE_FAILURES, FREE_FAILURES
+from svc_user.store import ACCOUNT_FREE_FAILURES, ADDRESS_FREE_FAILURES, FREE_FAILURES
 
 PASSWORD = "s3cret-enough"
 WRONG = "not-the-password"
@@ -89,8 +89,8 @@ def assert_limited(answer: Answer, scope_words: str) -> None:
     assert scope_words in answer.body["error"], answer.body
 
 
-async def register(server: TestServer, email: str) -> None:
-    async with client_at("127.0.0.1") as session:
+async def register(server: TestServer, email: str, at: str = "127.0.0.1") -> None:
+    async with client_at(at) as session:
         body = {"email": email, "password": PASSWORD}
         async with session.post(server.make_url("/api/users/register"), json=body) as response:
             assert response.status == 201, await response.text()
@@ -250,6 +250,95 @@ async def test_spraying_one_password_over_many_emails_gets_429(
         assert (await log_in(other, replicas[0], emails[-1], "Summer2026!")).status == 401
 
 
+async def test_a_customer_who_only_registered_is_not_held_where_it_registered(
+    aiohttp_server: Any, user_settings: UserSettings
+) -> None:
+    # 20 strangers' addresses, 5 wrong guesses each, all at once at two replicas: 100
+    # failures, the account-wide limit. Bea has never logged in, only registered; the address
+    # she registered from is hers all the same. (Room for every check at once: a 503 busy
+    # would count for nothing and leave the account short of its limit.)
+    replicas = await replicas_of(aiohttp_server, user_settings, bcrypt_queue_limit=1000)
+    await register(replicas[0], "bea@shop.test", at="127.0.0.60")
+
+    async def guesses_from(number: int) -> list[Answer]:
+        async with client_at(f"127.0.2.{number}") as session:
+            return await asyncio.gather(
+                *(
+                    log_in(session, replicas[n % 2], "bea@shop.test", WRONG)
+                    for n in range(FREE_FAILURES)
+                )
+            )
+
+    batches = await asyncio.gather(*map(guesses_from, range(1, 21)))
+    answers = [answer for batch in batches for answer in batch]
+    assert statuses(answers) == {401: ACCOUNT_FREE_FAILURES}
+    async with client_at("127.0.0.61") as elsewhere:
+        refused = await log_in(elsewhere, replicas[1], "bea@shop.test", PASSWORD)
+    assert_limited(refused, "for this email from many network addresses")
+    async with client_at("127.0.0.60") as owner:
+        for server in replicas:
+            answer = await log_in(owner, server, "bea@shop.test", PASSWORD)
+            assert answer.status == 200, answer
+
+
+async def test_a_sprayer_at_a_shared_address_does_not_hold_its_known_accounts(
+    replicas: list[TestServer],
+) -> None:
+    # One address shared by many people (a carrier NAT, an office): Ann logged in from it
+    # before, Cy registered from it, Bob uses it for the first time. A sprayer there uses up
+    # the address-wide limit, all at once at two replicas.
+    shared = "127.0.0.70"
+    await register(replicas[0], "ann@shop.test")
+    await register(replicas[0], "bob@shop.test")
+    await register(replicas[1], "cy@shop.test", at=shared)
+    async with client_at(shared) as ann:
+        assert (await log_in(ann, replicas[1], "ann@shop.test", PASSWORD)).status == 200
+    emails = [f"someone{n}@shop.test" for n in range(ADDRESS_FREE_FAILURES + 5)]
+    async with client_at(shared) as sprayer:
+        answers = await asyncio.gather(
+            *(log_in(sprayer, replicas[n % 2], email, WRONG) for n, email in enumerate(emails))
+        )
+    assert statuses(answers) == {401: ADDRESS_FREE_FAILURES, 429: 5}
+    async with client_at(shared) as neighbours:
+        # The accounts known at the address are not held by its lock...
+        for server, email in zip(replicas, ("ann@shop.test", "cy@shop.test"), strict=True):
+            answer = await log_in(neighbours, server, email, PASSWORD)
+            assert answer.status == 200, answer
+        # ...a first-time account there is.
+        assert_limited(
+            await log_in(neighbours, replicas[0], "bob@shop.test", PASSWORD),
+            "from your network address, whichever the email",
+        )
+
+
+async def test_guessing_a_known_account_from_its_own_address_is_still_limited(
+    replicas: list[TestServer],
+) -> None:
+    # Ann's known address lets her past the address-wide and account-wide locks, never past
+    # the limit on her email from that address: a guesser sharing it meets that one.
+    shared = "127.0.0.71"
+    await register(replicas[0], "ann@shop.test", at=shared)
+    async with client_at(shared) as guesser:
+        # The address-wide limit is used up first, so only the exemption lets guesses through.
+        sprayed = await asyncio.gather(
+            *(
+                log_in(guesser, replicas[n % 2], f"someone{n}@shop.test", WRONG)
+                for n in range(ADDRESS_FREE_FAILURES)
+            )
+        )
+        assert statuses(sprayed) == {401: ADDRESS_FREE_FAILURES}
+        answers = await asyncio.gather(
+            *(log_in(guesser, replicas[n % 2], "ann@shop.test", WRONG) for n in range(12))
+        )
+        assert statuses(answers) == {401: FREE_FAILURES, 429: 12 - FREE_FAILURES}
+        for answer in answers:
+            if answer.status == 429:
+                assert_limited(answer, "for this email from your network address")
+        # The right password, from Ann's own address, is now held too: nothing checks it.
+        right = await log_in(guesser, replicas[1], "ann@shop.test", PASSWORD)
+    assert_limited(right, "for this email from your network address")
+
+
 async def test_the_limits_keep_the_same_words_for_unknown_emails(
     replicas: list[TestServer],
 ) -> None:
@@ -275,14 +364,20 @@ async def test_a_failed_check_is_counted_in_postgresql_and_a_success_clears_its_
         rows = await connection.fetch(
             "SELECT scope, failures, pending FROM login_attempts ORDER BY scope"
         )
-        known = await connection.fetch("SELECT email, address FROM login_known_addresses")
+        known = await connection.fetch(
+            "SELECT email, address FROM login_known_addresses ORDER BY address"
+        )
     # The pair starts afresh; the account and the address keep what was tried (a success
     # must not wipe what others did), and no attempt is left under way.
     assert [tuple(row) for row in rows] == [
         ("account", FREE_FAILURES - 1, 0),
         ("address", FREE_FAILURES - 1, 0),
     ]
-    assert [tuple(row) for row in known] == [("ann@shop.test", "127.0.0.7")]
+    # Known: where Ann registered, and where she has now logged in.
+    assert [tuple(row) for row in known] == [
+        ("ann@shop.test", "127.0.0.1"),
+        ("ann@shop.test", "127.0.0.7"),
+    ]
 
 
 async def test_a_busy_answer_counts_toward_no_limit(
@@ -325,6 +420,26 @@ async def test_counts_past_their_window_are_pruned(
         left = await connection.fetch("SELECT scope, email FROM login_attempts")
     assert forgotten == 4  # both accounts, the address, the unlocked pair
     assert [tuple(row) for row in left] == [("pair", "locked@shop.test")]
+
+
+async def test_a_removed_account_takes_its_known_addresses_with_it(
+    replicas: list[TestServer], user_settings: UserSettings
+) -> None:
+    # Whoever registers the email next must not find the old owner's addresses known.
+    async with client_at("127.0.0.12") as ann:
+        body = {"email": "ann@shop.test", "password": PASSWORD}
+        async with ann.post(replicas[0].make_url("/api/users/register"), json=body) as response:
+            token = (await response.json())["data"]["token"]
+        assert (await log_in(ann, replicas[1], "ann@shop.test", PASSWORD)).status == 200
+        async with ann.delete(
+            replicas[1].make_url("/api/users/profile"),
+            json={"current_password": PASSWORD},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            assert response.status == 200, await response.text()
+    async with postgres(user_settings.database_url) as connection:
+        known = await connection.fetchval("SELECT count(*) FROM login_known_addresses")
+    assert known == 0
 
 
 async def test_an_email_that_nfkc_stretches_past_an_index_entry_is_a_plain_401(
@@ -419,6 +534,28 @@ async def test_the_login_page_limits_the_shopper_not_the_gateway(
         assert await log_in_on_the_page(owner, gateway, "ann@shop.test", PASSWORD) == 303
 
 
+async def test_the_register_page_names_the_shopper_as_the_known_address(
+    aiohttp_server: Any, user_settings: UserSettings
+) -> None:
+    # Registering makes the shopper's address, not the gateway's, known to the login limits.
+    user = await aiohttp_server(create_user_app(user_settings))
+    gateway = await aiohttp_server(create_gateway_app(gateway_settings(str(user.make_url("")))))
+    async with browser_at("127.0.0.2") as shopper:
+        async with shopper.get(gateway.make_url("/register")) as response:
+            html = await response.text()
+        form = html[html.index('action="/register"') :]
+        form = form[: form.index("</form>")]
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+        fields.update(email="ann@shop.test", password=PASSWORD, password_confirm=PASSWORD)
+        register_url = gateway.make_url("/register")
+        async with shopper.post(register_url, data=fields, allow_redirects=False) as response:
+            await response.read()
+            assert response.status == 303
+    async with postgres(user_settings.database_url) as connection:
+        known = await connection.fetch("SELECT email, address FROM login_known_addresses")
+    assert [tuple(row) for row in known] == [("ann@shop.test", "127.0.0.2")]
+
+
 async def test_the_user_service_believes_x_forwarded_for_only_from_trusted_proxies(
     aiohttp_server: Any, user_settings: UserSettings
 ) -> None:
@@ -438,8 +575,9 @@ async def test_the_user_service_believes_x_forwarded_for_only_from_trusted_proxi
         answer = await log_in(proxy, user, "ann@shop.test", PASSWORD, headers=forwarded)
     assert answer.status == 200
     async with postgres(settings.database_url) as connection:
-        known = await connection.fetchval("SELECT address FROM login_known_addresses")
-    assert known == "10.9.9.9"
+        known = await connection.fetch("SELECT address FROM login_known_addresses")
+    # Where Ann registered (straight from the trusted peer, no header) and the client it named.
+    assert {row["address"] for row in known} == {"127.0.0.1", "10.9.9.9"}
 
 
 def _request(peer: str, forwarded: list[str]) -> web.Request:
