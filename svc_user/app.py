@@ -74,9 +74,11 @@ class UserSettings(ServiceSettings):
         LOCK_MAX_SECONDS, alias="LOGIN_LOCK_MAX_SECONDS", ge=1, le=7 * 24 * 3600
     )
     # Peers whose X-Forwarded-For names the client (CIDRs, or "none"). Loopback by default:
-    # `shopctl up` runs the gateway beside us on 127.0.0.1, and anything else that can reach
-    # a service listening there runs on this machine too. In Kubernetes the manifests set
-    # the cluster's private ranges: the NetworkPolicy lets only the gateway reach us.
+    # `shopctl up` runs the gateway beside us on 127.0.0.1, so any local process can name
+    # the address its logins count under (README "Login limits": fine on one person's
+    # machine). In Kubernetes the manifests set the cluster's private ranges: the
+    # NetworkPolicy lets only the shop's own pods reach us (the gateway, and the services
+    # that ask about revoked tokens, which hold JWT_SECRET anyway).
     trusted_proxies: Annotated[list[IpNetwork], BeforeValidator(_networks)] = Field(
         default_factory=lambda: parse_networks(DEFAULT_TRUSTED_PROXIES), alias="TRUSTED_PROXIES"
     )

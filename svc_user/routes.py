@@ -104,8 +104,9 @@ def _too_many(limited: LoginLimited) -> TooManyRequests:
     description="An unknown email and a wrong password answer alike. Failed logins are "
     "limited (429 too_many_attempts, with Retry-After) per email from one client address, "
     "per client address over every email, and per email from every address, across every "
-    "replica; each attempt is counted before its password is checked (README: Login "
-    "limits). 503 busy (with Retry-After): more password checks are under way than "
+    "replica; each attempt is counted before its password is checked. An address the "
+    "account registered or logged in from lately is held only by the first of these "
+    "(README: Login limits). 503 busy (with Retry-After): more password checks are under way than "
     "BCRYPT_QUEUE_LIMIT allows; it counts toward no limit.",
 )
 async def login(request: web.Request, body: LoginBody) -> web.Response:
