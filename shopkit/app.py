@@ -18,7 +18,7 @@ from shopkit.errors import error_body
 from shopkit.keys import METRICS, READY_CHECK, SETTINGS, UNAVAILABLE_ERRORS
 from shopkit.logs import configure_logging
 from shopkit.metrics import Metrics
-from shopkit.middleware import shop_middleware
+from shopkit.middleware import answer_expect_headers, shop_middleware
 from shopkit.openapi import build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
@@ -75,6 +75,7 @@ def create_service_app(
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.on_startup.append(answer_expect_headers)
     return app
 
 

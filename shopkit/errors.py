@@ -55,6 +55,11 @@ class NotFound(ShopError):
     code = "not_found"
 
 
+class RequestTimeout(ShopError):
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(ShopError):
     status = 409
     code = "conflict"

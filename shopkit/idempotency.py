@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+
+from multidict import CIMultiDictProxy
 
 from shopkit.errors import BadRequest
 
@@ -22,12 +23,17 @@ PARAMETER = {
 }
 
 
-def idempotency_key(headers: Mapping[str, str]) -> str | None:
-    """The request's Idempotency-Key, None when it has none; a malformed one is a 400."""
-    key = headers.get(HEADER)
-    if key is not None and not _KEY.fullmatch(key):
+def idempotency_key(headers: CIMultiDictProxy[str]) -> str | None:
+    """The request's Idempotency-Key, None when it has none; a malformed one, or more than
+    one (which would a reader take?), is a 400."""
+    keys = headers.getall(HEADER, [])
+    if not keys:
+        return None
+    key = keys[0]
+    if len(keys) > 1 or not _KEY.fullmatch(key):
         raise BadRequest(
-            "The Idempotency-Key header must be 1 to 255 visible ASCII characters.",
+            "The Idempotency-Key header must be given once, as 1 to 255 visible ASCII "
+            "characters.",
             code="invalid_idempotency_key",
         )
     return key

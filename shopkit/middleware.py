@@ -15,6 +15,7 @@ from shopkit.context import REQUEST_ID
 from shopkit.errors import ShopError, error_body
 from shopkit.keys import METRICS, UNAVAILABLE_ERRORS
 from shopkit.responses import json_response
+from shopkit.validation import MAX_BODY
 
 access_log = logging.getLogger("shop.access")
 error_log = logging.getLogger("shop.error")
@@ -124,3 +125,54 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         REQUEST_ID.reset(token)
+
+
+# -- Expect: 100-continue -------------------------------------------------------------------
+# aiohttp answers a request's Expect header before any middleware runs, in plain text (and
+# with a 500 for a value that is not UTF-8), and says "100 Continue" even to a body it will
+# refuse as too large. ``expect_continue`` is every route's expect handler instead (wired by
+# ``answer_expect_headers``), so those answers are in the envelope too.
+
+
+def _refused_expectation(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    return json_response(
+        error_body(message, code),
+        status=status,
+        headers={
+            "X-Request-ID": _request_id(request),
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Say "100 Continue" to a client waiting for it, unless its body would be refused."""
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() != "100-continue":
+        return _refused_expectation(
+            request, 417, "expectation_failed", "Only 'Expect: 100-continue' is understood."
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _refused_expectation(
+            request,
+            413,
+            "payload_too_large",
+            f"The request body is larger than the {MAX_BODY >> 20} MiB limit.",
+        )
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+    return None
+
+
+async def answer_expect_headers(app: web.Application) -> None:
+    """on_startup: every route of ``app`` answers Expect with ``expect_continue``. aiohttp
+    offers a route's expect handler only as an argument when the route is added, and the
+    services add theirs in many places (route tables, the gateway's proxy), so it is set
+    here, once every route exists. (A path that matches no route still gets aiohttp's own
+    handling: its answer is a 404 or 405 either way.)"""
+    for route in app.router.routes():
+        route._expect_handler = expect_continue  # private: see the docstring

@@ -35,6 +35,9 @@ _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _AMOUNT = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{0,15})?|-?\.[0-9]{1,15}")
 CENT = Decimal("0.01")
 
+# U+202A-U+202E (embeddings, overrides) and U+2066-U+2069 (isolates); the plain marks
+# U+200E / U+200F that right-to-left names may need stay allowed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Control characters allowed in multi-line text (a product's description); none elsewhere.
 _LINE_BREAKS = frozenset("\t\n\r")
 
@@ -110,13 +113,19 @@ def exact_amount(amount: Decimal) -> Decimal:
 
 def check_text(value: str, *, multiline: bool = False) -> str:
     """``value`` if it holds no control characters (tab and line breaks are allowed in
-    multi-line text) and no lone surrogates."""
+    multi-line text), no bidirectional embedding, override or isolate characters (they make
+    text read differently from what it is: a name shown reversed in the admin's lists) and
+    no lone surrogates."""
     for char in value:
         category = unicodedata.category(char)
         if category == "Cs":
             raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
         if category == "Cc" and not (multiline and char in _LINE_BREAKS):
             raise ValueError(f"must not contain control characters (it holds {char!r})")
+        if char in _BIDI_CONTROLS:
+            raise ValueError(
+                f"must not contain bidirectional override characters (it holds {char!r})"
+            )
     return value
 
 
@@ -149,8 +158,12 @@ PRODUCT_ID_PATTERN = f"^{_PRODUCT_ID.pattern}$"
 # check_text's rules as JSON Schema patterns, for the OpenAPI documents (so that a fuzzer
 # generates text the services accept): no C0/C1 control characters, but for tab and line
 # breaks in multi-line text.
-LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
-TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# What check_text refuses, as the body of a regular expression's character class (for
+# documents that state the rule: build patterns from these, never copy them).
+REFUSED_IN_LINE = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+REFUSED_IN_TEXT = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+LINE_PATTERN = f"^[^{REFUSED_IN_LINE}]*$"
+TEXT_PATTERN = f"^[^{REFUSED_IN_TEXT}]*$"
 
 # Text on one line (names, emails, categories) and text that may hold line breaks. (The
 # pattern goes in as an extra: pydantic leaves out a pattern that follows a validator.)

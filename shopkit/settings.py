@@ -52,6 +52,9 @@ class ServiceSettings(BaseModel):
         "INFO", alias="LOG_LEVEL", pattern=r"(?i)^(debug|info|warning|error|critical)$"
     )
     jwt_secret: SecretStr = Field(alias="JWT_SECRET", min_length=32)
+    # How long a request body may take to arrive (a client trickling it byte by byte would
+    # otherwise hold a connection and a handler for as long as it likes): then 408.
+    body_timeout_seconds: float = Field(30.0, alias="BODY_TIMEOUT_SECONDS", gt=0, le=600)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

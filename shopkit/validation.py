@@ -20,7 +20,14 @@ from aiohttp.streams import EofStream
 from multidict import MultiMapping
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from shopkit.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding, ValidationFailed
+from shopkit.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedEncoding,
+    ValidationFailed,
+)
+from shopkit.keys import SETTINGS
 from shopkit.parsing import QueryInt, check_text
 
 M = TypeVar("M", bound=BaseModel)
@@ -77,6 +84,10 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    except ArithmeticError:  # a number past what a Decimal holds: 1e1000000000000000000
+        raise BadRequest(
+            "The request body holds a number too large to read.", code="invalid_json"
+        ) from None
     except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise BadRequest(
@@ -93,8 +104,10 @@ IDENTITY_ENCODINGS = frozenset({"", "identity"})
 
 
 def content_encoding(request: web.Request) -> str:
-    """The body's Content-Encoding, trimmed and lower-cased ("" when there is none)."""
-    return request.headers.get("Content-Encoding", "").strip().lower()
+    """The body's Content-Encoding, trimmed and lower-cased ("" when there is none); several
+    header lines are read as one list (RFC 9110), so "identity" then "gzip" is not taken for
+    identity alone."""
+    return ", ".join(request.headers.getall("Content-Encoding", [])).strip().lower()
 
 
 class ClientWentAway(BadRequest):
@@ -110,8 +123,14 @@ async def read_body(request: web.Request) -> bytes:
     encoding = content_encoding(request)
     if encoding not in IDENTITY_ENCODINGS and encoding not in _ZLIB_WINDOWS:
         raise _unsupported(encoding)  # before reading what could not be read anyway
+    within = request.app[SETTINGS].body_timeout_seconds
     try:
-        raw = await request.read()
+        async with asyncio.timeout(within):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {within:g} seconds; send it again."
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise _too_large() from None
     except (ConnectionError, asyncio.IncompleteReadError, EofStream) as exc:

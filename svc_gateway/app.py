@@ -64,8 +64,6 @@ class GatewaySettings(ServiceSettings):
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(settings, ready_check=gateway_ready, http_client=True)
-    # After shop_middleware, so that a refused path is answered in the JSON envelope.
-    app.middlewares.append(path_guard)
     app[CHECKOUT_DEADLINE] = settings.checkout_deadline
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, connect=2)
     app[BACKENDS] = {
@@ -82,6 +80,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
             settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
         ),
     )
+    # Inside shop_middleware and the pages' middleware: a refused path is the JSON 404 under
+    # /api and the shop's HTML 404 page elsewhere.
+    app.middlewares.append(path_guard)
     app.router.add_routes(shop_pages)
     app.router.add_routes(admin_pages)
     proxy_routes = []

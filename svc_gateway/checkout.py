@@ -37,6 +37,10 @@ MAX_PAUSE = 1.0
 UNAVAILABLE_RETRIES = 3
 # Answers that say nothing certain about the order: a bug's 500, or a proxy's 502 / 504.
 _UNCERTAIN_STATUSES = frozenset({500, 502, 504})
+# A 500 is the order service's own answer: asked again this many times (a crash of one
+# replica behind a load balancer looks alike), then passed on, since an input that always
+# makes it fail would otherwise be sent again until the deadline.
+SERVER_ERROR_RETRIES = 2
 
 
 class OutcomeUnknown(ShopError):
@@ -116,6 +120,7 @@ async def certain_checkout(
     deadline = loop.time() + deadline_seconds
     maybe_placed = False  # some attempt may have reached the order service
     unavailable_answers = 0
+    server_errors = 0
     pause = FIRST_PAUSE
     last: Answer | None = None
     while True:
@@ -138,8 +143,11 @@ async def certain_checkout(
             why = f"answer lost ({exc})"
             last = None
         else:
+            if last.status == 500 and server_errors >= SERVER_ERROR_RETRIES:
+                return last
             if last.status in _UNCERTAIN_STATUSES:
                 maybe_placed = True
+                server_errors += last.status == 500
                 why = f"answered {last.status}"
             elif last.status == 409 and maybe_placed and _code(last) == "checkout_in_progress":
                 why = "the lost attempt is still in progress"  # ours: wait for its outcome

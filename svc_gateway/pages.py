@@ -31,6 +31,7 @@ from shopkit.auth import Identity
 from shopkit.client import ServiceReply
 from shopkit.context import REQUEST_ID
 from shopkit.errors import (
+    BadRequest,
     Forbidden,
     NotFound,
     ShopError,
@@ -122,9 +123,16 @@ def session_of(request: web.Request) -> PageSession:
     return request[PAGE_SESSION]
 
 
+# Longer paths than this are nowhere on this site; redirected to, they would make a Location
+# header past what clients read (aiohttp's: 8 KiB).
+MAX_LOCAL_PATH = 2048
+
+
 def local_path(value: object, default: str = "/") -> str:
     """``value`` if it is a path on this site (so redirecting to it is safe), else default."""
     if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
+        return default
+    if len(value) > MAX_LOCAL_PATH:  # a Location header that long breaks clients
         return default
     if "\\" in value or any(ord(char) < 32 for char in value):
         return default
@@ -512,7 +520,14 @@ async def read_form(request: web.Request) -> MultiDictProxy[Any]:
     if request.content_type == "multipart/form-data":  # read_body would leave post() nothing
         raise UnsupportedMediaType("The shop's forms are sent URL-encoded; nothing was changed.")
     await read_body(request)
-    return await request.post()
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, LookupError, ValueError):
+        # Bytes that are not text in the charset the form names, or a charset nobody knows.
+        raise BadRequest(
+            "The form could not be read (it is not UTF-8 text); nothing was changed.",
+            code="unreadable_form",
+        ) from None
 
 
 def _see_other(location: str) -> web.Response:
@@ -576,7 +591,9 @@ async def _answer(
 @web.middleware
 async def page_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Runs inside shopkit's middleware, for page requests only (not /api/*)."""
-    if not is_page_path(request.path):
+    # Judged on the path as sent and as decoded: decoding makes "/api/%2e%2e/x" look like a
+    # page's path, and "/ap%69/cart" like the API's; either way it is not a page.
+    if not (is_page_path(request.path) and is_page_path(request.rel_url.raw_path)):
         return await handler(request)
     session = PageSession(request, request.app[SESSION_KEYS])
     await session.confirm(request.app.get(TOKEN_STATUS))  # a revoked login is logged out

@@ -6,6 +6,7 @@ check the admin's token again on every change.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -52,11 +53,17 @@ PRODUCT_FIELDS = {
 }
 
 
+_GROUPED = re.compile(r"[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?")
+
+
 def _number(text: str) -> Decimal | str:
     """A form's price as an exact decimal for the API; anything else is sent as it is, so
     the API's own validation says what is wrong with it, next to the field."""
+    amount = text.strip().removeprefix("$")
+    if _GROUPED.fullmatch(amount):  # 1,250.00: commas only as thousands separators
+        amount = amount.replace(",", "")
     try:
-        return parse_amount(text.strip().removeprefix("$").replace(",", ""))
+        return parse_amount(amount)
     except ValueError:
         return text
 

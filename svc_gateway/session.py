@@ -117,7 +117,7 @@ def encode_flashes(key: bytes, flashes: list[Flash]) -> str:
 
 def decode_flashes(key: bytes, value: str | None) -> list[Flash]:
     """The messages in a flash cookie; nothing for a cookie that is absent or not ours."""
-    if not value or "." not in value:
+    if not value or "." not in value or not value.isascii():  # ours are base64 and ASCII
         return []
     payload, _, signature = value.partition(".")
     if not hmac.compare_digest(signature, _sign(key, payload)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shopkit.auth import Identity
-from shopkit.errors import Forbidden
+from shopkit.errors import Forbidden, NotFound
 from shopkit.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
 from shopkit.keys import IDENTITY
@@ -92,15 +92,15 @@ async def list_orders(request: web.Request, query: OrderQuery) -> web.Response:
     response=list[OrderOut],
     paged=True,
     roles=(),
-    errors=(403,),
+    errors=(403, 404),
 )
 async def orders_of_user(request: web.Request, query: OrderQuery) -> web.Response:
     raw = request.match_info["userId"]
     if not request[IDENTITY].may_act_for(raw):
         raise Forbidden("These are another user's orders.")
     user_id = parse_id(raw)
-    if user_id is None:  # a malformed id names nobody, who has no orders
-        return json_response(ok_page([], total=0, page=query.page, limit=query.limit))
+    if user_id is None:  # a malformed id is simply not found (only an admin gets here)
+        raise NotFound(f"There is no user {raw[:40]!r}.", code="user_not_found")
     orders, total = await request.app[STORE].page(
         user_id=user_id, status=query.status, page=query.page, limit=query.limit
     )

@@ -52,10 +52,10 @@ class OrderPath(BaseModel):
 class UserOrdersPath(BaseModel):
     """The path of one user's orders (for the document)."""
 
-    # No pattern: an admin asking for a malformed id gets an empty page, not a 404.
     userId: str = Field(
-        description="The user's id, written plainly; any other id has no orders (an empty "
-        "page for an admin, 403 for a customer)",
+        pattern=ID_PATTERN,
+        description="The user's id, written plainly; any other id is another user's (403 "
+        "for a customer) and names no one (404 for an admin)",
     )
 
 

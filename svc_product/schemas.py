@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from shopkit.money import LenientMoney, Money, money_schema
-from shopkit.parsing import PRODUCT_ID_PATTERN, Line, MultiLine
+from shopkit.parsing import PRODUCT_ID_PATTERN, REFUSED_IN_LINE, Line, MultiLine
 from shopkit.validation import Body, PageNumber, PageSize, PartialBody, Query
 
 MAX_PRICE = Decimal("1000000.00")
@@ -24,7 +24,7 @@ def _image_url(value: str) -> str:
 
 # Bodies strip surrounding whitespace before the lengths are checked: a name of spaces
 # only is empty. The documents say so (one visible character at least), for the fuzzer.
-_NOT_BLANK = {"pattern": r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"}
+_NOT_BLANK = {"pattern": f"^[^{REFUSED_IN_LINE}]*[^\\s{REFUSED_IN_LINE}][^{REFUSED_IN_LINE}]*$"}
 Name = Annotated[Line, Field(min_length=1, max_length=200, json_schema_extra=_NOT_BLANK)]
 Description = Annotated[MultiLine, Field(max_length=5000)]
 Category = Annotated[Line, Field(min_length=1, max_length=60, json_schema_extra=_NOT_BLANK)]
@@ -40,7 +40,7 @@ ImageUrl = Annotated[
     AfterValidator(_image_url),
     # The document's pattern: the prefix and Line's rule in one (pydantic leaves the
     # pattern above out of the schema, as it follows Line's validator).
-    Field(json_schema_extra={"pattern": r"^(https?://|/)[^\x00-\x1f\x7f-\x9f]*$"}),
+    Field(json_schema_extra={"pattern": f"^(https?://|/)[^{REFUSED_IN_LINE}]*$"}),
 ]
 
 
@@ -72,8 +72,11 @@ class StockChange(Body):
 
     reference: Reference | None = Field(
         None,
-        description="Makes the change idempotent: a change with a reference already used on "
-        "this product (or undone) changes nothing and answers the product as it is",
+        description="For the shop's services only (403 reference_for_services otherwise). "
+        "Makes the change idempotent: a repeat of a change already made with this reference "
+        "changes nothing and answers the product as it is; a change whose reference was undone "
+        "changes nothing and answers 409 stock_change_undone; another change under a used "
+        "reference is 409 reference_reused",
     )
 
     @model_validator(mode="after")

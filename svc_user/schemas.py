@@ -9,12 +9,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from shopkit.parsing import ID_PATTERN, Line, check_text
+from shopkit.parsing import ID_PATTERN, REFUSED_IN_LINE, REFUSED_IN_TEXT, Line, check_text
 from shopkit.validation import Body, PartialBody, _partial_schema
 
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt reads no further
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# What normalise_email accepts, as a pattern (for the document and the fuzzer's hooks).
+_EMAIL_PART = f"[^@\\s{REFUSED_IN_LINE}]+"
+EMAIL_PATTERN = f"{_EMAIL_PART}@{_EMAIL_PART}\\.{_EMAIL_PART}"
 
 
 def canonical_email(value: str) -> str:
@@ -48,7 +51,7 @@ _PASSWORD_SCHEMA = {"minLength": 8, "maxLength": 72, "description": "8 to 72 byt
 # service also takes surrounding spaces and compatibility forms, which NFKC folds).
 _EMAIL_SCHEMA = {
     "maxLength": 254,
-    "pattern": r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+$",
+    "pattern": f"^{EMAIL_PATTERN}$",
     "description": "An email address such as ann@example.com (at most 254 characters once "
     "NFKC-normalised, trimmed and lower-cased)",
 }
@@ -75,9 +78,7 @@ class RegisterBody(Body):
         None,
         description="Ignored: registration always makes a customer, whatever this says",
         # Any value, but text with control characters is refused in every body.
-        json_schema_extra={
-            "not": {"type": "string", "pattern": "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]"}
-        },
+        json_schema_extra={"not": {"type": "string", "pattern": f"[{REFUSED_IN_TEXT}]"}},
     )
 
 

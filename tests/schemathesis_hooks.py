@@ -21,6 +21,8 @@ from typing import Any
 import schemathesis
 from schemathesis.generation import GenerationMode
 
+from svc_user.schemas import EMAIL_PATTERN
+
 
 def _plain_integers(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
@@ -32,9 +34,7 @@ def _plain_integers(value: Any) -> Any:
     return value
 
 
-_EMAIL = re.compile(
-    r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+"
-)
+_EMAIL = re.compile(EMAIL_PATTERN)
 
 
 def _positive(case: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.client
 import secrets
 import zlib
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -25,7 +27,15 @@ from support import (
     eventually,
     postgres,
 )
-from test_pages import PASSWORD, add_to_cart, get_page, log_in_as_admin, register, submit
+from test_pages import (
+    PASSWORD,
+    add_to_cart,
+    get_page,
+    log_in_as_admin,
+    register,
+    set_cookie,
+    submit,
+)
 from yarl import URL
 
 from svc_gateway.app import GatewaySettings
@@ -115,15 +125,15 @@ async def test_an_order_id_in_other_digits_is_not_that_order(
         await call(
             web_shop, "GET", f"/api/orders/user/{spelling}", headers=headers, expected_status=403
         )
-        # ... and for an admin, nobody's: no orders.
+        # ... and for an admin, nobody's: not found.
         reply = await call(
             web_shop,
             "GET",
             f"/api/orders/user/{spelling}",
             headers=await admin(web_shop),
-            expected_status=200,
+            expected_status=404,
         )
-        assert reply["total"] == 0
+        assert reply["code"] == "user_not_found"
 
 
 async def test_a_product_id_with_a_trailing_newline_is_not_found(web_shop: TestClient) -> None:
@@ -192,12 +202,43 @@ async def test_an_admin_price_with_a_huge_exponent_is_refused_unexpanded(
     )
     assert 'id="f-price-error"' in page.html
     assert len(page.html) < 200_000  # the 20 MB expansion is never built, let alone shown
+    # Commas are thousands separators or nothing: "$1,0,0.5" is not 100.50.
+    page = await submit(
+        web_shop,
+        await get_page(web_shop, "/admin/products/new"),
+        "/admin/products/new",
+        expected_status=400,
+        name="Comma Mug",
+        price="$1,0,0.5",
+        category="kitchen",
+        stock="3",
+    )
+    assert 'id="f-price-error"' in page.html
+
+
+@pytest.mark.parametrize("number", ["1e1000000000000000000", "-1E+99999999999999999999"])
+async def test_a_json_number_past_any_decimal_is_400_everywhere(
+    web_shop: TestClient, user: TestClient, number: str
+) -> None:
+    body = f'{{"email": "a@b.c", "password": {number}}}'.encode()
+    for client in (web_shop, user):
+        reply = await call(client, "POST", "/api/users/login", data=body, expected_status=400)
+        assert reply["code"] == "invalid_json"
+    # A checkout with it is refused at once through the gateway: not sent again and again.
+    headers, _ = await signed_up(web_shop)
+    order = f'{{"items": [{{"product_id": "{"a" * 24}", "quantity": {number}}}]}}'.encode()
+    reply = await call(
+        web_shop, "POST", "/api/orders", data=order, headers=headers, expected_status=400
+    )
+    assert reply["code"] == "invalid_json"
 
 
 # -- 2. text ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\x7f", "\ud800", "\u0085"])
+@pytest.mark.parametrize(
+    "bad", ["\x00", "\x1b[31m", "\x7f", "\ud800", "\u0085", "\u202e", "\u2066"]
+)
 async def test_control_characters_in_text_are_400_naming_the_field(
     web_shop: TestClient, bad: str
 ) -> None:
@@ -375,6 +416,98 @@ async def test_page_forms_refuse_encoded_bodies(web_shop: TestClient) -> None:
     )
     assert response.status == 415, await response.text()
     assert "uncompressed" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"email=a\xff"),
+        ("application/x-www-form-urlencoded; charset=bogus", b"a=b"),
+        ("application/x-www-form-urlencoded; charset=utf-16", b"abc"),
+        ("multipart/form-data; boundary=x", b"--x--"),
+    ],
+)
+async def test_a_form_that_cannot_be_read_is_a_4xx_page(
+    web_shop: TestClient, content_type: str, body: bytes
+) -> None:
+    for path in ("/login", "/register", "/cart/items", "/checkout"):
+        response = await web_shop.post(path, data=body, headers={"Content-Type": content_type})
+        assert response.status in (400, 415), (path, response.status, await response.text())
+        assert response.content_type == "text/html"
+
+
+@pytest.mark.parametrize("value", ["a.\u00e9", "\u00ff.\u00ff", "...", "x" * 5000 + ".y"])
+async def test_a_malformed_flash_cookie_is_no_flash(web_shop: TestClient, value: str) -> None:
+    set_cookie(web_shop, "shop_flash", value)
+    page = await get_page(web_shop, "/")
+    assert page.flashes() == []
+
+
+async def test_a_next_path_too_long_for_a_location_header_goes_home(web_shop: TestClient) -> None:
+    email = f"n{secrets.token_hex(4)}@shop.test"
+    await call(
+        web_shop,
+        "POST",
+        "/api/users/register",
+        json={"email": email, "password": PASSWORD},
+        expected_status=201,
+    )
+    page = await get_page(web_shop, "/login", params={"next": "/cart"})
+    page = await submit(
+        web_shop, page, "/login", email=email, password=PASSWORD, next="/" + "a" * 9000
+    )
+    assert page.path == "/"
+
+
+async def test_expect_headers_are_answered_in_the_envelope(web_shop: TestClient) -> None:
+    headers: dict[str, str | bytes] = {"Expect": b"\xff", "Content-Length": "2"}
+    answer = await asyncio.to_thread(_raw, web_shop.server.port, "/api/users/login", headers)
+    assert answer[0] == 417 and b'"expectation_failed"' in answer[1], answer
+    headers = {"Expect": "100-continue", "Content-Length": str(5 * 1024 * 1024)}
+    answer = await asyncio.to_thread(_raw, web_shop.server.port, "/api/users/login", headers)
+    assert answer[0] == 413 and b'"payload_too_large"' in answer[1], answer
+
+
+def _raw(port: int, target: str, headers: dict[str, str | bytes]) -> tuple[int, bytes]:
+    """POST ``target`` with exactly these header bytes and no body; the status and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest("POST", target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+async def test_repeated_encoding_and_key_headers_are_read_as_a_whole(
+    web_shop: TestClient,
+) -> None:
+    headers, _ = await signed_up(web_shop)
+    twice = CIMultiDict([("Content-Encoding", "identity"), ("Content-Encoding", "gzip")])
+    reply = await call(
+        web_shop, "POST", "/api/users/login", data=LOGIN, headers=twice, expected_status=415
+    )
+    assert reply["code"] == "unsupported_content_encoding"
+    keys = CIMultiDict(headers)
+    keys.extend([("Idempotency-Key", "first-key"), ("Idempotency-Key", "second-key")])
+    reply = await call(web_shop, "POST", "/api/orders", json={}, headers=keys, expected_status=400)
+    assert reply["code"] == "invalid_idempotency_key"
+
+
+async def test_a_body_that_trickles_in_is_cut_off_with_408(user_settings: UserSettings) -> None:
+    settings = user_settings.model_copy(update={"body_timeout_seconds": 0.5})
+    async with served_as_run_does(create_user_app(settings)) as url:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(
+            b"POST /api/users/login HTTP/1.1\r\nHost: shop\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=30)
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
 
 
 @asynccontextmanager

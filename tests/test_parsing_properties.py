@@ -152,7 +152,13 @@ def test_a_compressed_body_is_bounded_after_decoding() -> None:
     assert refused.value.status == 413
 
 
-@given(st.one_of(st.binary(max_size=200), JSON.map(lambda value: repr(value).encode())))
+# Numbers as JSON text, with exponents past anything a Decimal context holds.
+JSON_NUMBERS = st.from_regex(
+    r"-?[0-9]{1,30}(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,25})?", fullmatch=True
+).map(lambda number: f'{{"price": {number}, "items": [{number}]}}'.encode())
+
+
+@given(st.one_of(st.binary(max_size=200), JSON_NUMBERS, JSON.map(lambda v: repr(v).encode())))
 def test_any_bytes_parse_as_json_or_give_a_400(raw: bytes) -> None:
     try:
         parse_json(raw)
