@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shopkit.errors import Forbidden
+from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
 from shopkit.responses import cacheable, ok, ok_page
@@ -103,9 +105,20 @@ async def delete_product(request: web.Request) -> web.Response:
     response=ProductOut,
     roles=("admin", "service"),
     errors=(404, 409),
-    description="A change that would take stock below zero changes nothing and answers 409.",
+    description="A change that would take stock below zero changes nothing and answers 409. "
+    "A reference is for the shop's services only (403 reference_for_services for an admin, "
+    "who changes stock by plain quantities): it is how the checkout saga takes stock at most "
+    "once; a change whose reference was undone changes nothing and answers 409 "
+    "stock_change_undone.",
 )
 async def change_stock(request: web.Request, body: StockChange) -> web.Response:
+    if body.reference is not None and request[IDENTITY].role != "service":
+        # A reference names a checkout's step: an admin who could pick one could answer for
+        # an order's take (or its undo) before the order service does.
+        raise Forbidden(
+            "Only the shop's services change stock with a reference; send the quantity alone.",
+            code="reference_for_services",
+        )
     doc = await request.app[STORE].change_stock(
         request.match_info["id"], body.quantity, body.reference
     )
@@ -118,10 +131,13 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
     path=ProductPath,
     body=StockUndo,
     response=ProductOut,
-    roles=("admin", "service"),
+    roles=("service",),
     errors=(404, 409),
-    description="For a checkout that failed or crashed half-way: undoing a reference that "
-    "was never applied marks it, so that change is refused should it still arrive.",
+    description="For the shop's services only (the order service, for a checkout that failed "
+    "or crashed half-way; 403 for anyone else, admins included). Undoing a reference that "
+    "was never applied marks it, so that change is refused (409 stock_change_undone) "
+    "should it still arrive. Reachable at the gateway like every /api/products route: the "
+    "service-only token check is its protection.",
 )
 async def undo_stock_change(request: web.Request, body: StockUndo) -> web.Response:
     doc = await request.app[STORE].undo_stock_change(request.match_info["id"], body.reference)

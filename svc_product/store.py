@@ -55,6 +55,25 @@ class ProductNotFound(NotFound):
         super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
 
 
+class StockChangeUndone(Conflict):
+    """A change whose reference was undone (before or after it arrived): it never applies,
+    and says so, so that its sender does not believe it took (or added) stock."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            f"The stock change {reference!r} was undone; it changes nothing.",
+            code="stock_change_undone",
+        )
+
+
+class ReferenceReused(Conflict):
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            f"The reference {reference!r} was used for another stock change of this product.",
+            code="reference_reused",
+        )
+
+
 class NotEnoughStock(Conflict):
     def __init__(self, available: int, wanted: int) -> None:
         super().__init__(
@@ -280,7 +299,10 @@ class ProductStore:
         """Add ``delta`` units atomically. The condition lives in the update's filter, so a
         change that would go below zero (or past MAX_STOCK) matches nothing and changes
         nothing, however many callers race. With a ``reference``, the change applies at
-        most once: a repeat (or a change whose reference was undone) changes nothing."""
+        most once: a repeat changes nothing and answers the product as it is; a change
+        whose reference was undone changes nothing and is refused (StockChangeUndone), so
+        that no caller takes it for stock taken; the reference of another change is
+        refused too (ReferenceReused)."""
         oid = _object_id(product_id)
         guard = {"$gte": -delta} if delta < 0 else {"$lte": MAX_STOCK - delta}
         selector: dict[str, Any] = {"_id": oid, "stock": guard}
@@ -300,9 +322,15 @@ class ProductStore:
         if current is None:
             raise ProductNotFound(product_id)
         if reference is not None:
-            done = {"_id": oid, f"stock_moves.{reference}": {"$exists": True}}
-            if await self.collection.find_one(done, {"_id": True}) is not None:
+            # Filters on the one move, not a read of the map: nx-27017 ignores a projection
+            # of a nested field, and a busy product's map holds a day of moves.
+            move = f"stock_moves.{reference}"
+            if await self.collection.find_one({"_id": oid, move: delta}, {"_id": True}):
                 return await self.get(product_id)  # done before: idempotent
+            if await self.collection.find_one({"_id": oid, move: UNDONE}, {"_id": True}):
+                raise StockChangeUndone(reference)
+            if await self.collection.find_one({"_id": oid, move: {"$exists": True}}, {"_id": True}):
+                raise ReferenceReused(reference)
         if delta < 0:
             raise NotEnoughStock(current["stock"], -delta)
         raise Conflict(

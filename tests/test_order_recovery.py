@@ -52,7 +52,11 @@ async def expire_leases(postgres_uri: str) -> None:
 
 
 async def test_recovery_undoes_a_checkout_that_died_half_way(
-    orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
+    orders: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    service_headers: dict[str, str],
+    postgres_uri: str,
 ) -> None:
     first = await create_product(products, admin_headers, name="A", stock=5)
     second = await create_product(products, admin_headers, name="B", stock=5)
@@ -66,7 +70,7 @@ async def test_recovery_undoes_a_checkout_that_died_half_way(
         cart_version=None,
         lease_seconds=30,
     )
-    await change_stock(products, admin_headers, first["id"], -2, reference=f"order-{order_id}")
+    await change_stock(products, service_headers, first["id"], -2, reference=f"order-{order_id}")
     await app[CHECKOUT].recover()
     assert await stock_of(products, first["id"]) == 3  # the lease still holds: hands off
     await expire_leases(postgres_uri)
@@ -74,8 +78,17 @@ async def test_recovery_undoes_a_checkout_that_died_half_way(
     assert await stock_of(products, first["id"]) == 5
     assert await stock_of(products, second["id"]) == 5
     assert await rows_in(postgres_uri, "orders") == 0
-    # The request that was in flight for the second line arrives late: it changes nothing.
-    await change_stock(products, admin_headers, second["id"], -1, reference=f"order-{order_id}")
+    # The request that was in flight for the second line arrives late: it changes nothing,
+    # and says so (its sender must not take it for stock taken).
+    late = await change_stock(
+        products,
+        service_headers,
+        second["id"],
+        -1,
+        reference=f"order-{order_id}",
+        expected_status=409,
+    )
+    assert late["code"] == "stock_change_undone"
     assert await stock_of(products, second["id"]) == 5
     # And the key is free again.
     await checkout(orders, ANN, [(first["id"], 1)], key="crashed")

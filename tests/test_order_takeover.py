@@ -8,8 +8,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import JWT_SECRET, call, change_stock, create_product, customer, postgres, stock_of
+from support import (
+    JWT_SECRET,
+    bearer,
+    call,
+    change_stock,
+    create_product,
+    customer,
+    postgres,
+    stock_of,
+)
 
+from shopkit.auth import service_token
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
 from svc_order.checkout import request_hash
@@ -17,6 +27,8 @@ from svc_order.keys import CHECKOUT, STORE
 from svc_order.store import Line, OwnerLock
 
 ANN = customer(111)
+# Stock moves with a reference are the order service's alone.
+ORDER_SERVICE = bearer(service_token(JWT_SECRET, "order"))
 
 
 @pytest.fixture
@@ -39,7 +51,6 @@ async def orders(
 async def half_done_checkout(
     orders: TestClient,
     products: TestClient,
-    admin_headers: dict[str, str],
     product_id: str,
     *,
     owner: int | None,
@@ -56,7 +67,7 @@ async def half_done_checkout(
         lease_seconds=30,
         owner=owner,
     )
-    await change_stock(products, admin_headers, product_id, -2, reference=f"order-{order_id}")
+    await change_stock(products, ORDER_SERVICE, product_id, -2, reference=f"order-{order_id}")
     return order_id
 
 
@@ -75,9 +86,7 @@ async def test_a_repeat_of_a_dead_attempt_takes_it_over_at_once_and_buys_once(
     orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
 ) -> None:
     mug = await create_product(products, admin_headers, stock=10)
-    dead = await half_done_checkout(
-        orders, products, admin_headers, mug["id"], owner=dead_owner(postgres_uri)
-    )
+    dead = await half_done_checkout(orders, products, mug["id"], owner=dead_owner(postgres_uri))
     body = {"items": [{"product_id": mug["id"], "quantity": 2}]}
     reply = await call(
         orders,
@@ -98,7 +107,7 @@ async def test_a_repeat_while_the_first_attempt_lives_is_409_checkout_in_progres
     mug = await create_product(products, admin_headers, stock=10)
     alive = orders.server.app[CHECKOUT].owner_id
     assert alive is not None  # this service holds its owner lock
-    running = await half_done_checkout(orders, products, admin_headers, mug["id"], owner=alive)
+    running = await half_done_checkout(orders, products, mug["id"], owner=alive)
     body = {"items": [{"product_id": mug["id"], "quantity": 2}]}
     response = await orders.post(
         "/api/orders", json=body, headers={**ANN, "Idempotency-Key": "crash-key"}
@@ -117,12 +126,8 @@ async def test_recovery_undoes_a_dead_owners_checkout_before_its_lease_ends(
 ) -> None:
     mug = await create_product(products, admin_headers, stock=10)
     alive = orders.server.app[CHECKOUT].owner_id
-    await half_done_checkout(
-        orders, products, admin_headers, mug["id"], owner=dead_owner(postgres_uri), key="a"
-    )
-    living = await half_done_checkout(
-        orders, products, admin_headers, mug["id"], owner=alive, key="b"
-    )
+    await half_done_checkout(orders, products, mug["id"], owner=dead_owner(postgres_uri), key="a")
+    living = await half_done_checkout(orders, products, mug["id"], owner=alive, key="b")
     await orders.server.app[CHECKOUT].recover()
     # The dead process's checkout is undone; the living one's is left to it.
     assert await order_rows(postgres_uri) == [(living, "reserving")]

@@ -564,13 +564,20 @@ async def test_admin_token_minted_elsewhere_works(product: TestClient) -> None:
 async def take(
     product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
 ) -> int:
+    return (await take_answer(product, headers, product_id, units, reference))[0]
+
+
+async def take_answer(
+    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
+) -> tuple[int, str | None]:
+    """The status of a referenced stock change and, for a refusal, its code."""
     response = await product.patch(
         f"/api/products/{product_id}/stock",
         json={"quantity": units, "reference": reference},
         headers=headers,
     )
-    await response.read()
-    return response.status
+    body = await response.json()
+    return response.status, body.get("code")
 
 
 async def undo(
@@ -602,13 +609,46 @@ async def test_an_undo_reverses_exactly_once_and_blocks_a_late_change(
     assert await undo(product, service_headers, product_id, "order:2") == 200
     assert await undo(product, service_headers, product_id, "order:2") == 200
     assert await stock_of(product, product_id) == 10
-    assert await take(product, service_headers, product_id, -4, "order:2") == 200
-    assert await stock_of(product, product_id) == 10  # undone for good
+    # Undone for good, and a take under it says so: it took nothing.
+    undone = (409, "stock_change_undone")
+    assert await take_answer(product, service_headers, product_id, -4, "order:2") == undone
+    assert await stock_of(product, product_id) == 10
 
     # Undone before it ever arrived (its sender crashed with the request in flight).
     assert await undo(product, service_headers, product_id, "order:3") == 200
-    assert await take(product, service_headers, product_id, -1, "order:3") == 200
+    assert await take_answer(product, service_headers, product_id, -1, "order:3") == undone
     assert await stock_of(product, product_id) == 10
+
+
+async def test_a_used_reference_for_another_change_is_409(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    assert await take(product, service_headers, product_id, -2, "order-7") == 200
+    reused = await take_answer(product, service_headers, product_id, -5, "order-7")
+    assert reused == (409, "reference_reused")
+    assert await stock_of(product, product_id) == 8
+
+
+async def test_references_and_undos_are_for_services_only(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    """An admin changes stock by plain quantities: one who could pick a reference could
+    answer for a checkout's take before the order service does (undo "order-<next id>",
+    and the next order's take "succeeds" taking nothing), or undo a placed order's take."""
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    assert await take(product, service_headers, product_id, -3, "order-1") == 200
+    for reference in ("order-1", "order-2"):
+        assert await undo(product, admin_headers, product_id, reference) == 403
+    refused = await take_answer(product, admin_headers, product_id, -1, "order-3")
+    assert refused == (403, "reference_for_services")
+    assert await stock_of(product, product_id) == 7
+    # Neither left a mark: the order service's own moves still work as they should.
+    assert await take(product, service_headers, product_id, -1, "order-2") == 200
+    assert await take(product, service_headers, product_id, -1, "order-3") == 200
+    assert await stock_of(product, product_id) == 5
+    await change_stock(product, admin_headers, product_id, 2)  # plain deltas stay the admin's
+    assert await stock_of(product, product_id) == 7
 
 
 async def test_a_short_referenced_change_is_409_and_can_be_tried_again(
@@ -651,11 +691,14 @@ async def test_racing_takes_and_undos_conserve_stock(
 
 @pytest.mark.parametrize("reference", ["", "a.b", "$where", "x" * 81, "with space", 12])
 async def test_bad_references_are_400(
-    product: TestClient, admin_headers: dict[str, str], reference: Any
+    product: TestClient,
+    admin_headers: dict[str, str],
+    service_headers: dict[str, str],
+    reference: Any,
 ) -> None:
     product_id = (await create_product(product, admin_headers, stock=3))["id"]
-    assert await take(product, admin_headers, product_id, -1, reference) == 400
-    assert await undo(product, admin_headers, product_id, reference) == 400
+    assert await take(product, service_headers, product_id, -1, reference) == 400
+    assert await undo(product, service_headers, product_id, reference) == 400
     assert await stock_of(product, product_id) == 3
 
 
