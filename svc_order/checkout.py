@@ -1,13 +1,18 @@
 """Checkout as a saga across services, and the recovery that finishes what a crash left.
 
 1. The intent (order, lines, prices, Idempotency-Key) is written to PostgreSQL first, in
-   state ``reserving``, with a lease.
+   state ``reserving``, with a lease. A cart checkout also claims the customer's cart there
+   (one cart checkout per customer at a time, a unique index): a second checkout of the
+   same cart that runs meanwhile (another tab, a script) fails on the claim and answers 409
+   ``cart_checkout_in_progress``; it never takes stock, so a cart is bought once.
 2. Stock is taken from the product service one line at a time, each change keyed by the
    order (reference ``order-<id>``), so a retry never takes twice.
 3. All taken: the order becomes ``placed`` (only while its lease holds), and a cart
-   checkout clears the cart at the version it read.
-   Anything failed: every line's change is undone (an undo of a change that never arrived
-   marks it so it never will), and the order is deleted: no order, stock as before.
+   checkout clears the cart at the version it read, which ends its claim.
+   Anything failed: the claim is given up, every line's change is undone (an undo of a
+   change that never arrived marks it so it never will: the product service refuses it
+   with 409 ``stock_change_undone``, which fails the attempt), and the order is deleted:
+   no order, stock as before.
 
 Recovery, at start-up and every few seconds on every replica, takes over checkouts whose
 process died (its owner lock is free: see store.OwnerLock) or whose lease ran out (it hung)
@@ -28,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -41,7 +47,7 @@ from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUn
 from shopkit.keys import POSTGRES, SETTINGS
 from shopkit.money import money_to_cents
 from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
-from svc_order.store import IdempotencyKeyTaken, Line, OrderStore, OwnerLock
+from svc_order.store import CartClaimed, IdempotencyKeyTaken, Line, OrderStore, OwnerLock
 
 log = logging.getLogger("shop.order.checkout")
 
@@ -49,6 +55,20 @@ log = logging.getLogger("shop.order.checkout")
 # a second) before answering 409 checkout_in_progress; what its Retry-After says.
 IN_PROGRESS_WAIT = 3.0
 IN_PROGRESS_RETRY_AFTER = "1"
+
+
+# How often a cart checkout settles a claim it found (a placed order's pending clear, a dead
+# attempt) and reads the cart again, before it answers 409 cart_checkout_in_progress.
+CLAIM_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CartRead:
+    """A cart as a checkout read it: what to buy, and what names this state of the cart."""
+
+    wanted: dict[str, int]
+    version: int
+    stamp: str | None  # its expires_at, new with every write (see _clear_bought_cart)
 
 
 def reference(order_id: int) -> str:
@@ -112,48 +132,82 @@ class Checkout:
             earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier, None
-        cart_version = None
-        if wanted is None:
-            wanted, cart_version = await self._cart_lines(user_id)
-        lines = await self._priced_lines(wanted)
-        try:
-            order_id = await self.store.record_intent(
-                user_id=user_id,
-                lines=lines,
-                idempotency_key=idempotency_key,
-                request_hash=fingerprint,
-                cart_version=cart_version,
-                lease_seconds=self.lease_seconds,
-                owner=self.owner_id,
-            )
-        except IdempotencyKeyTaken:
-            # A request with the same key raced us and won: its order is our answer.
-            assert idempotency_key is not None
-            earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
-            if earlier is None:
-                raise Conflict(
-                    "A checkout with this Idempotency-Key just failed; send it again.",
-                    code="idempotency_retry",
-                ) from None
-            return earlier, None
+        tries = 0
+        while True:
+            cart = None if wanted is not None else await self._cart_lines(user_id)
+            lines = await self._priced_lines(cart.wanted if cart is not None else wanted or {})
+            try:
+                order_id = await self.store.record_intent(
+                    user_id=user_id,
+                    lines=lines,
+                    idempotency_key=idempotency_key,
+                    request_hash=fingerprint,
+                    cart_version=None if cart is None else cart.version,
+                    cart_stamp=None if cart is None else cart.stamp,
+                    lease_seconds=self.lease_seconds,
+                    owner=self.owner_id,
+                )
+            except IdempotencyKeyTaken:
+                # A request with the same key raced us and won: its order is our answer.
+                assert idempotency_key is not None
+                earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
+                if earlier is None:
+                    raise Conflict(
+                        "A checkout with this Idempotency-Key just failed; send it again.",
+                        code="idempotency_retry",
+                    ) from None
+                return earlier, None
+            except CartClaimed:
+                # Another checkout of this cart: a racing repeat with our key is answered
+                # its order; otherwise the claim is settled if its holder is done or dead,
+                # and the cart read again (it may be empty now: bought).
+                if idempotency_key is not None:
+                    earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
+                    if earlier is not None:
+                        return earlier, None
+                tries += 1
+                if tries == CLAIM_TRIES or not await self._settle_claim(user_id):
+                    raise _cart_in_progress() from None
+                continue
+            break
         await self._take_stock(order_id, lines)
         order = await self.store.mark_placed(order_id, lines)
         if order is None:
             # Too slow: recovery took the order over and is undoing it.
-            raise UpstreamUnavailable("The checkout took too long and was undone; try again.")
-        if cart_version is not None:
-            await self._clear_cart(order_id, user_id, cart_version)
+            raise _undone_meanwhile()
+        if cart is not None:
+            await self._clear_cart(order_id, user_id, cart.version)
         return order_id, order
 
-    async def _cart_lines(self, user_id: int) -> tuple[dict[str, int], int]:
+    async def _read_cart(self, user_id: int) -> dict[str, Any]:
         reply = await self.carts.get(f"/api/cart/{user_id}", token=self.credential.token)
         if reply.status != 200 or not isinstance(reply.data, dict):
             raise UpstreamUnavailable("The cart service gave no cart; try again shortly.")
-        cart = reply.data
+        return reply.data
+
+    async def _cart_lines(self, user_id: int) -> CartRead:
+        cart = await self._read_cart(user_id)
         items = [(item["product_id"], item["quantity"]) for item in cart.get("items", [])]
         if not items:
             raise BadRequest("Your cart is empty: add something first.", code="empty_cart")
-        return _merge(items), int(cart.get("version") or 0)
+        return CartRead(_merge(items), int(cart.get("version") or 0), cart.get("expires_at"))
+
+    async def _settle_claim(self, user_id: int) -> bool:
+        """Free the customer's cart claim if its holder is done with it: a placed order
+        whose cart is not cleared yet has it cleared now (as recovery would), an attempt
+        whose process died is undone now. False: a live checkout holds it."""
+        holder = await self.store.cart_claim(user_id)
+        if holder is None:
+            return True  # given up meanwhile
+        if holder["checkout_state"] == "placed":
+            await self._clear_bought_cart(
+                holder["id"], user_id, holder["cart_version"], holder["cart_stamp"]
+            )
+        elif holder["abandoned"]:
+            await self._take_over(holder["id"])
+        else:
+            return False
+        return await self.store.cart_claim(user_id) is None
 
     async def _earlier_order(self, user_id: int, key: str, fingerprint: str) -> int | None:
         """The order this key already made; None when there is none (it failed and was
@@ -192,11 +246,11 @@ class Checkout:
         claimed = await self.store.claim_abandoned(self.lease_seconds, self.owner_id, order_id)
         if not claimed:
             return  # another process took it over first
-        log.info("order %s: undoing the abandoned attempt a repeat found", order_id)
+        log.info("order %s: undoing the abandoned attempt a later checkout found", order_id)
         if not await self.undo(order_id):
             raise UpstreamUnavailable(
-                "An earlier attempt with this Idempotency-Key failed and is still being "
-                "undone; no order was placed. Try again shortly."
+                "An earlier checkout attempt failed and is still being undone; no order was "
+                "placed. Try again shortly."
             )
 
     async def _priced_lines(self, wanted: dict[str, int]) -> list[Line]:
@@ -234,9 +288,13 @@ class Checkout:
                 break
             if reply.status == 200:
                 continue
-            if reply.status == 409:
-                available = (reply.body or {}).get("available", 0)
-                failure = _short(line.product_name, available, line.quantity)
+            refusal = reply.body if isinstance(reply.body, dict) else {}
+            if reply.status == 409 and refusal.get("code") == "insufficient_stock":
+                failure = _short(line.product_name, refusal.get("available", 0), line.quantity)
+            elif reply.status == 409 and refusal.get("code") == "stock_change_undone":
+                # This attempt was undone meanwhile (its lease ran out and recovery took it
+                # over): the take changed nothing, so neither may the order.
+                failure = _undone_meanwhile()
             elif reply.status == 404:
                 failure = NotFound(
                     f"The product {line.product_name!r} is no longer sold.",
@@ -274,7 +332,10 @@ class Checkout:
 
     async def _clear_cart(self, order_id: int, user_id: int, version: int) -> None:
         """Empty the cart this order came from, unless it changed since it was read (then
-        the customer added something, which stays). Retried by recovery if it fails."""
+        the customer changed it during the checkout, and it stays as they left it: 409
+        cart_changed). Either way the order's claim on the cart ends. Not one of the
+        checkouts racing this one can have bought the cart too: they failed on the claim.
+        Retried by recovery if the cart service could not be reached."""
         try:
             reply = await self.carts.request(
                 "DELETE", f"/api/cart/{user_id}?version={version}", token=self.credential.token
@@ -283,6 +344,23 @@ class Checkout:
             return
         if reply.status in (200, 409):
             await self.store.cart_cleared(order_id)
+
+    async def _clear_bought_cart(
+        self, order_id: int, user_id: int, version: int, stamp: str | None
+    ) -> None:
+        """A clear long after the cart was read (recovery, or a checkout that found this
+        order still holding the claim): first make sure the cart is still the one bought.
+        Versions start again when a cart expires or Redis loses it, so a later cart may be
+        at the same version number; its stamp (expires_at, new with every write) differs."""
+        if stamp is not None:
+            try:
+                cart = await self._read_cart(user_id)
+            except UpstreamUnavailable:
+                return  # tried again by recovery
+            if (cart.get("version"), cart.get("expires_at")) != (version, stamp):
+                await self.store.cart_cleared(order_id)  # that cart is gone: nothing to clear
+                return
+        await self._clear_cart(order_id, user_id, version)
 
     # -- cancelling ------------------------------------------------------------------------
 
@@ -315,7 +393,24 @@ class Checkout:
         for order_id in await self.store.restocks_pending():
             await self.restock(order_id)
         for row in await self.store.carts_to_clear():
-            await self._clear_cart(row["id"], row["user_id"], row["cart_version"])
+            await self._clear_bought_cart(
+                row["id"], row["user_id"], row["cart_version"], row["cart_stamp"]
+            )
+
+
+def _cart_in_progress() -> Conflict:
+    return Conflict(
+        "Your cart is already being checked out, in another tab or window perhaps. Look at "
+        "your orders before you try again: nothing more was bought.",
+        code="cart_checkout_in_progress",
+        headers={"Retry-After": IN_PROGRESS_RETRY_AFTER},
+    )
+
+
+def _undone_meanwhile() -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        "The checkout took too long and was undone; no order was placed. Try again."
+    )
 
 
 def _short(name: str, available: int, wanted: int) -> Conflict:

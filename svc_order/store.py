@@ -36,6 +36,15 @@ class IdempotencyKeyTaken(Exception):
     """Another request with this user's Idempotency-Key got there first."""
 
 
+class CartClaimed(Exception):
+    """Another cart checkout of this customer holds the claim on the cart (see migration
+    0003): it is running, or placed and its cart not cleared yet."""
+
+
+# The partial unique index that lets one cart checkout per customer hold its cart.
+CART_CLAIM_INDEX = "orders_one_cart_checkout"
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
     product_id: str
@@ -140,16 +149,19 @@ class OrderStore:
         cart_version: int | None,
         lease_seconds: float,
         owner: int | None = None,
+        cart_stamp: str | None = None,
     ) -> int:
         """Write the order down before any stock is touched, so a crash from here on
-        leaves a row that recovery finds (at once when its ``owner``'s lock is free)."""
+        leaves a row that recovery finds (at once when its ``owner``'s lock is free). A
+        cart checkout (``cart_version`` given) claims the customer's cart here: raises
+        CartClaimed while another cart checkout of theirs holds it."""
         total = sum(line.price_cents * line.quantity for line in lines)
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 order_id = await connection.fetchval(
                     """INSERT INTO orders (user_id, total_cents, lease_until, idempotency_key,
-                                           request_hash, cart_version, owner)
-                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7)
+                                           request_hash, cart_version, owner, cart_stamp)
+                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7, $8)
                        RETURNING id""",
                     user_id,
                     total,
@@ -158,6 +170,7 @@ class OrderStore:
                     request_hash,
                     cart_version,
                     owner,
+                    cart_stamp,
                 )
                 await connection.executemany(
                     """INSERT INTO order_items (order_id, product_id, product_name, quantity,
@@ -173,7 +186,9 @@ class OrderStore:
                         for line in lines
                     ],
                 )
-        except asyncpg.UniqueViolationError:
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == CART_CLAIM_INDEX:
+                raise CartClaimed() from None
             raise IdempotencyKeyTaken() from None
         return order_id
 
@@ -208,8 +223,11 @@ class OrderStore:
         return order_out(row, items, [entry])
 
     async def start_compensating(self, order_id: int) -> None:
+        """From now on the attempt is only undone, never placed: it gives up its claim on
+        the cart, so the customer may check the same cart out again at once."""
         await self.pool.execute(
-            """UPDATE orders SET checkout_state = 'compensating', updated_at = now()
+            """UPDATE orders SET checkout_state = 'compensating', cart_version = NULL,
+                                 updated_at = now()
                WHERE id = $1 AND checkout_state <> 'placed'""",
             order_id,
         )
@@ -227,7 +245,7 @@ class OrderStore:
         them over for undoing, with a fresh lease and this process as their owner, so that
         only one process works on each."""
         rows = await self.pool.fetch(
-            f"""UPDATE orders SET checkout_state = 'compensating', owner = $2,
+            f"""UPDATE orders SET checkout_state = 'compensating', owner = $2, cart_version = NULL,
                                   lease_until = now() + make_interval(secs => $1)
                 WHERE checkout_state <> 'placed' AND ($3::bigint IS NULL OR id = $3)
                   AND {_ABANDONED}
@@ -259,9 +277,18 @@ class OrderStore:
             key,
         )
 
+    async def cart_claim(self, user_id: int) -> asyncpg.Record | None:
+        """The cart checkout that holds this customer's cart claim, if one does."""
+        return await self.pool.fetchrow(
+            f"""SELECT id, checkout_state, cart_version, cart_stamp,
+                       checkout_state <> 'placed' AND {_ABANDONED} AS abandoned
+                FROM orders WHERE user_id = $1 AND cart_version IS NOT NULL""",
+            user_id,
+        )
+
     async def carts_to_clear(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            """SELECT id, user_id, cart_version FROM orders
+            """SELECT id, user_id, cart_version, cart_stamp FROM orders
                WHERE checkout_state = 'placed' AND cart_version IS NOT NULL"""
         )
 

@@ -139,6 +139,36 @@ async def test_a_product_service_that_is_down_is_503_and_nothing_changes(
     assert await rows_in(postgres_uri, "orders") == 0
 
 
+async def test_a_take_whose_reference_was_undone_places_no_order(
+    orders: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    service_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    """The product service refuses a take whose reference was undone (409
+    stock_change_undone): the checkout fails and is undone, never an order without stock.
+    (Only a service may undo; this is what a late take of an abandoned attempt meets.)"""
+    mug = await create_product(products, admin_headers, stock=10)
+    first = await checkout(orders, ANN, [(mug["id"], 1)])
+    following = f"order-{first['data']['id'] + 1}"
+    await call(
+        products,
+        "POST",
+        f"/api/products/{mug['id']}/stock/undo",
+        json={"reference": following},
+        headers=service_headers,
+        expected_status=200,
+    )
+    reply = await checkout(orders, ANN, [(mug["id"], 5)], expected_status=503)
+    assert reply["code"] == "upstream_unavailable" and "no order was placed" in reply["error"]
+    assert await stock_of(products, mug["id"]) == 9
+    assert await rows_in(postgres_uri, "orders") == 1
+    placed = await checkout(orders, ANN, [(mug["id"], 5)])  # a new attempt, a new reference
+    assert placed["data"]["id"] > first["data"]["id"] + 1
+    assert await stock_of(products, mug["id"]) == 4
+
+
 async def test_the_oversell_race(
     orders: TestClient, products: TestClient, admin_headers: dict[str, str], postgres_uri: str
 ) -> None:

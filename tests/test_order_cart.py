@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import call, change_stock, create_product, customer, stock_of
+from support import (
+    JWT_SECRET,
+    bearer,
+    call,
+    change_stock,
+    create_product,
+    customer,
+    postgres,
+    stock_of,
+)
 from test_order import order_settings, rows_in
 
+from shopkit.auth import service_token
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
+from svc_cart.keys import REDIS
 from svc_order.app import create_app as create_order_app
+from svc_order.checkout import request_hash
+from svc_order.keys import CHECKOUT, STORE
+from svc_order.store import Line, OwnerLock
 
 USER = 4242  # a user id of this file's own on the shared Redis
 ANN = customer(USER)
+ORDER_SERVICE = bearer(service_token(JWT_SECRET, "order"))  # stock moves with a reference
 
 
 @pytest.fixture
@@ -136,3 +152,202 @@ async def test_things_added_during_a_checkout_stay_in_the_cart(
     stale = await carts.delete(f"/api/cart/{USER}?version={read['version']}", headers=ANN)
     assert stale.status == 409
     assert len((await cart_of(carts))["items"]) == 2
+
+
+# -- one cart is bought once, however many checkouts of it run at once ------------------------
+
+
+async def checkout_answer(orders: TestClient, headers: dict[str, str]) -> tuple[int, Any, Any]:
+    response = await orders.post("/api/orders", headers=headers)
+    return response.status, await response.json(), response.headers
+
+
+@pytest.mark.parametrize("keys", ["none", "one each"])
+async def test_checkouts_of_one_cart_at_once_buy_it_once(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+    keys: str,
+) -> None:
+    """The attack: five checkouts of a 2-unit cart at once (no body, no key, or one key per
+    browser tab) made five orders. One buys the cart; the others are told so."""
+    mug = await create_product(products, admin_headers, stock=50)
+    await add(carts, mug["id"], 2)
+    tries = [
+        {**ANN, **({"Idempotency-Key": f"tab-{n}"} if keys == "one each" else {})} for n in range(5)
+    ]
+    answers = await asyncio.gather(*(checkout_answer(orders, headers) for headers in tries))
+
+    placed = [body for status, body, _ in answers if status == 201]
+    assert len(placed) == 1, answers
+    for status, body, headers in answers:
+        if status == 201:
+            continue
+        # Refused for certain: still being bought (409, ask again shortly) or bought (400).
+        assert (status, body["code"]) in {(409, "cart_checkout_in_progress"), (400, "empty_cart")}
+        assert body["success"] is False and body["error"]
+        if status == 409:
+            assert int(headers["Retry-After"]) >= 1
+    assert await stock_of(products, mug["id"]) == 48
+    assert await rows_in(postgres_uri, "orders") == 1
+    assert (await cart_of(carts))["items"] == []
+
+
+async def test_racing_repeats_with_one_key_answer_the_one_order(
+    orders: TestClient, carts: TestClient, products: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """A double click sends one key twice: the claim does not turn the repeat away, it gets
+    the order its key placed."""
+    mug = await create_product(products, admin_headers, stock=10)
+    await add(carts, mug["id"], 2)
+    headers = {**ANN, "Idempotency-Key": "double-click"}
+    answers = await asyncio.gather(*(checkout_answer(orders, headers) for _ in range(3)))
+    assert {status for status, _, _ in answers} == {201}, answers
+    assert len({body["data"]["id"] for _, body, _ in answers}) == 1
+    assert await stock_of(products, mug["id"]) == 8
+
+
+async def claim_holder(
+    orders: TestClient,
+    products: TestClient,
+    product: dict[str, Any],
+    cart: dict[str, Any],
+    **kw: Any,
+) -> int:
+    """A cart checkout of ``cart`` as a process left it: its intent written (holding the
+    customer's cart claim) and the product's stock taken under its reference."""
+    line = cart["items"][0]
+    order_id = await orders.server.app[STORE].record_intent(
+        user_id=USER,
+        lines=[Line(product["id"], product["name"], line["quantity"], 1250)],
+        idempotency_key=None,
+        request_hash=request_hash(None),
+        cart_version=cart["version"],
+        cart_stamp=cart["expires_at"],
+        lease_seconds=30,
+        **kw,
+    )
+    await change_stock(
+        products, ORDER_SERVICE, product["id"], -line["quantity"], reference=f"order-{order_id}"
+    )
+    return order_id
+
+
+async def claims(postgres_uri: str) -> list[tuple[int, str, int | None]]:
+    async with postgres(postgres_uri) as connection:
+        rows = await connection.fetch("SELECT id, checkout_state, cart_version FROM orders")
+    return sorted((row["id"], row["checkout_state"], row["cart_version"]) for row in rows)
+
+
+async def test_a_checkout_while_another_runs_is_409_and_touches_nothing(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    cart = await add(carts, mug["id"], 2)
+    running = await claim_holder(
+        orders, products, mug, cart, owner=orders.server.app[CHECKOUT].owner_id
+    )
+    status, body, headers = await checkout_answer(orders, ANN)
+    assert (status, body["code"]) == (409, "cart_checkout_in_progress"), body
+    assert "Look at your orders" in body["error"] and int(headers["Retry-After"]) >= 1
+    assert await claims(postgres_uri) == [(running, "reserving", cart["version"])]
+    assert await stock_of(products, mug["id"]) == 8
+    assert (await cart_of(carts))["version"] == cart["version"]
+
+
+async def test_a_failed_checkout_gives_the_cart_back_at_once(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    mug = await create_product(products, admin_headers, stock=5)
+    await add(carts, mug["id"], 4)
+    await change_stock(products, admin_headers, mug["id"], -3)
+    refused = await call(orders, "POST", "/api/orders", headers=ANN, expected_status=409)
+    assert refused["code"] == "insufficient_stock"
+    await change_stock(products, admin_headers, mug["id"], 3)
+    # The same cart, same version: bought now, not refused as "in progress".
+    await call(orders, "POST", "/api/orders", headers=ANN, expected_status=201)
+    assert await stock_of(products, mug["id"]) == 1
+    assert [state for _, state, _ in await claims(postgres_uri)] == ["placed"]
+
+
+async def test_a_dead_checkout_holding_the_cart_is_taken_over_at_once(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    mug = await create_product(products, admin_headers, stock=10)
+    cart = await add(carts, mug["id"], 2)
+    dead = await claim_holder(orders, products, mug, cart, owner=OwnerLock(postgres_uri).id)
+    placed = await call(orders, "POST", "/api/orders", headers=ANN, expected_status=201)
+    assert placed["data"]["id"] != dead
+    assert await claims(postgres_uri) == [(placed["data"]["id"], "placed", None)]
+    assert await stock_of(products, mug["id"]) == 8  # the dead attempt's take was undone
+    assert (await cart_of(carts))["items"] == []
+
+
+async def test_a_bought_cart_not_cleared_yet_is_not_bought_again(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    """Its order placed, the process died before it emptied the cart: the next checkout
+    finishes that clear (as recovery would) and finds the cart empty."""
+    mug = await create_product(products, admin_headers, stock=10)
+    cart = await add(carts, mug["id"], 2)
+    bought = await claim_holder(orders, products, mug, cart)
+    lines = [Line(mug["id"], mug["name"], 2, 1250)]
+    assert await orders.server.app[STORE].mark_placed(bought, lines) is not None
+
+    refused = await call(orders, "POST", "/api/orders", headers=ANN, expected_status=400)
+    assert refused["code"] == "empty_cart"
+    assert await claims(postgres_uri) == [(bought, "placed", None)]
+    assert await stock_of(products, mug["id"]) == 8
+    assert (await cart_of(carts))["items"] == []
+
+
+@pytest.mark.parametrize("settled_by", ["recovery", "the next checkout"])
+async def test_a_later_cart_at_the_same_version_is_neither_refused_nor_cleared(
+    orders: TestClient,
+    carts: TestClient,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+    settled_by: str,
+) -> None:
+    """Versions start again when a cart expires or Redis loses it: an order whose clear is
+    still owed to an earlier cart at this version number must leave this cart alone."""
+    mug = await create_product(products, admin_headers, stock=10)
+    lamp = await create_product(products, admin_headers, name="Lamp", stock=10)
+    redis = carts.server.app[REDIS]
+    await redis.delete(f"cart:{USER}")
+    earlier = await add(carts, mug["id"], 1)
+    await redis.delete(f"cart:{USER}")  # it expired; a new cart starts at the same version
+    now = await add(carts, lamp["id"], 1)
+    assert now["version"] == earlier["version"] and now["expires_at"] != earlier["expires_at"]
+    owed = await claim_holder(orders, products, mug, earlier)
+    lines = [Line(mug["id"], mug["name"], 1, 1250)]
+    assert await orders.server.app[STORE].mark_placed(owed, lines) is not None
+
+    if settled_by == "recovery":
+        await orders.server.app[CHECKOUT].recover()
+        assert await claims(postgres_uri) == [(owed, "placed", None)]
+        assert (await cart_of(carts))["version"] == now["version"]  # left alone
+    placed = await call(orders, "POST", "/api/orders", headers=ANN, expected_status=201)
+    assert [(line["product_name"], line["quantity"]) for line in placed["data"]["items"]] == [
+        ("Lamp", now["items"][0]["quantity"])
+    ]
+    assert (await cart_of(carts))["items"] == []
