@@ -105,7 +105,7 @@ def _too_many(limited: LoginLimited) -> TooManyRequests:
     "limited (429 too_many_attempts, with Retry-After) per email from one client address, "
     "per client address over every email, and per email from every address, across every "
     "replica; each attempt is counted before its password is checked. An address the "
-    "account registered or logged in from lately is held only by the first of these "
+    "account registered or logged in from lately is not held by the last of these "
     "(README: Login limits). 503 busy (with Retry-After): more password checks are under way than "
     "BCRYPT_QUEUE_LIMIT allows; it counts toward no limit.",
 )

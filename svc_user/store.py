@@ -43,11 +43,10 @@ _REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_A
 #   (ACCOUNT_FREE_FAILURES), far above what one address can reach (5 free plus a few
 #   after locks per window), so only distributed guessing meets it.
 # - A known pair, an account and an address it logged in or registered from within
-#   KNOWN_ADDRESS_SECONDS, is held by neither of these two, only by its own pair limit: so
-#   neither a distributed attack nor a sprayer at the owner's shared address (a NAT) costs
-#   the owner anything where it usually logs in. The price: at a shared address, a sprayer
-#   there meets only the pair limit on the accounts its neighbours use from it (migration
-#   0004 weighs it).
+#   KNOWN_ADDRESS_SECONDS, is not held by the account-wide limit: a distributed attack costs
+#   the owner nothing where it usually logs in. It is held by the address-wide one: letting
+#   it through there would tell a sprayer at a shared address which emails are used there
+#   (migration 0004 weighs it).
 # Past its free failures a limit locks for LOCK_BASE seconds, doubling with each further
 # failure up to LOCK_MAX; counts are forgotten WINDOW seconds after their first.
 FREE_FAILURES = 5

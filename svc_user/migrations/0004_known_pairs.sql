@@ -1,25 +1,16 @@
 -- Known pairs (README "Login limits"): an account and an address it logged in or registered
--- from within the known-address period. 0003 let them through the account-wide lock only,
--- and only after a login: a customer who had just registered had none, so 100 failures from
--- 20 strangers' addresses held it everywhere; and 30 wrong guesses over any emails from a
--- shared address (a carrier NAT, an office) held every account there, its regular users'
--- included. Now registering remembers its address as a login does (remember_login_address,
--- the one place that does), and a known pair passes the address-wide lock as well. It never
--- passes its own limit, this email from this address: guessing an account from its owner's
--- own address is limited as before. Its failures still count toward the account's and the
--- address's limits, so strangers stay held by them.
---
--- What this gives an attacker, honestly: something only on accounts known at its own address.
--- Alone there, those are accounts it logged in to or registered itself: it has their
--- passwords. At a shared address they are also its neighbours' accounts, and there the
--- address-wide limit no longer caps how many of them it tries (and a 401 where every other
--- email gets an instant 429 tells it which emails those are). Each such account still meets
--- the pair limit: 5 failures a window, then locks doubling up to 15 minutes, which is what any
--- one address gets at any one account anyway, so guessing one account gains nothing; what
--- is lost is the cap of 30 a window on spraying a few common passwords over the accounts
--- that are used from that same shared address. We take that over letting anyone behind a
--- NAT lock every customer behind it out: an address cannot tell an owner from a neighbour,
--- only something the owner's device holds could (a device cookie, not done here).
+-- from within the known-address period. 0003 remembered them after a login only: a customer
+-- who had just registered had none, so 100 failures from 20 strangers' addresses held it
+-- everywhere. Now registering remembers its address as a login does (remember_login_address,
+-- the one place that does), so a known pair passes the account-wide lock from the start.
+-- It never passes its own limit (this email from this address: guessing an account from its
+-- owner's own address is limited as before) nor the address-wide one: at an address shared
+-- by many (a carrier NAT, an office) a sprayer would otherwise meet only the per-email limit
+-- on its neighbours' accounts, and a 401 where every other email gets an instant 429 would
+-- tell it which emails are used there, where the contract says an unknown email and a wrong
+-- password answer alike. A sprayer there holds everyone behind that address for a lock
+-- period; only something the owner's device holds (a device cookie) could tell them apart.
+-- Its failures still count toward the account's and the address's limits.
 
 CREATE FUNCTION remember_login_address(p_email text, p_address text) RETURNS void
 LANGUAGE sql AS $$
@@ -27,7 +18,7 @@ LANGUAGE sql AS $$
     ON CONFLICT (email, address) DO UPDATE SET last_login_at = now();
 $$;
 
--- As in 0003, but a known pair is held by neither the account-wide nor the address-wide lock.
+-- As in 0003: a known pair is not held by the account-wide lock.
 CREATE OR REPLACE FUNCTION take_login_attempt(
     p_email text,
     p_address text,
@@ -81,10 +72,9 @@ BEGIN
         rows_of := rows_of || row_of;
         -- Refused while locked, or while the failures so far and the checks under way reach
         -- the free ones (once past them, one check at a time after each lock ends). A known
-        -- pair is held by neither the account-wide nor the address-wide lock, only by its
-        -- own (see the head of this file for why that is safe enough).
+        -- pair is not held by the account-wide lock (see the head of this file).
         refusals := refusals || (
-            NOT (i IN (1, 2) AND known)
+            NOT (i = 1 AND known)
             AND (coalesce(row_of.locked_until > now(), false)
                  OR row_of.failures + row_of.pending >= greatest(p_free[i], row_of.failures + 1))
         );
