@@ -53,7 +53,13 @@ def _order_id(request: web.Request) -> int:
     "no order, stock is as before and the cart untouched. With an Idempotency-Key header, "
     "a repeat by the same user answers the first order (header Idempotent-Replayed: true); "
     "while the first attempt is still running, 409 checkout_in_progress with Retry-After. "
-    "The key is 1 to 255 visible ASCII characters (else 400 invalid_idempotency_key).",
+    "The key is 1 to 255 visible ASCII characters (else 400 invalid_idempotency_key). "
+    "A cart is bought once: while another checkout of the caller's cart runs (another tab, "
+    "another key, no key), a cart checkout is 409 cart_checkout_in_progress with "
+    "Retry-After and buys nothing; once that one placed its order the cart is empty (400 "
+    "empty_cart). Other refusals: 400 empty_cart, 404 product_not_found, 409 "
+    "insufficient_stock, idempotency_key_reused or idempotency_retry, 503 "
+    "upstream_unavailable (no order was placed).",
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
     user_id = _customer_id(request[IDENTITY])

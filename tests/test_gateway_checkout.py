@@ -3,7 +3,9 @@
 that was placed. Real processes and servers throughout: the order service runs as its own
 process between a gateway and the real product, cart and user services, with a relay in
 front of the product and cart services that can hold one request (so the kill lands at a
-chosen step of the checkout)."""
+chosen step of the checkout). And the attacker probe's money bugs, through the gateway in
+front of the whole shop: one cart checked out five times at once, an admin answering for an
+order's take."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
     JWT_SECRET,
     REPO,
     OrderProcess,
+    bearer,
     call,
     create_product,
     customer,
@@ -325,3 +330,86 @@ async def test_an_outcome_not_known_in_time_is_504_with_the_key_to_ask_again(
     rows = await shop.placed_orders()
     assert [row["id"] for row in rows] == [again["data"]["id"]]
     assert await stock_of(shop.products, mug["id"]) == 9
+
+
+# -- the attacker probe's money bugs, through the gateway in front of the whole shop ----------
+
+
+async def shopper_on(web_shop: TestClient, email: str) -> tuple[int, dict[str, str]]:
+    """A customer registered through the gateway: its id and headers."""
+    body = {"email": email, "password": "s3cret-enough"}
+    reply = await call(web_shop, "POST", "/api/users/register", json=body, expected_status=201)
+    return reply["data"]["user"]["id"], bearer(reply["data"]["token"])
+
+
+async def admin_on(web_shop: TestClient) -> dict[str, str]:
+    body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    reply = await call(web_shop, "POST", "/api/users/login", json=body, expected_status=200)
+    return bearer(reply["data"]["token"])
+
+
+async def test_five_checkouts_of_one_cart_at_once_buy_it_once(web_shop: TestClient) -> None:
+    """The probe's script: a 2-unit cart, five POST /api/orders at once with no body and no
+    key (the gateway gives each a key of its own). One order; the others are refused for
+    certain, in the envelope."""
+    mug = await create_product(web_shop, await admin_on(web_shop), stock=50)
+    user_id, shopper = await shopper_on(web_shop, "five@shop.test")
+    await call(
+        web_shop,
+        "POST",
+        f"/api/cart/{user_id}/items",
+        json={"product_id": mug["id"], "quantity": 2},
+        headers=shopper,
+        expected_status=200,
+    )
+
+    async def check_out() -> tuple[int, dict[str, Any]]:
+        response = await web_shop.post("/api/orders", headers=shopper)
+        return response.status, await response.json()
+
+    answers = await asyncio.gather(*(check_out() for _ in range(5)))
+    assert [status for status, _ in answers].count(201) == 1, answers
+    refusals = {(status, body["code"]) for status, body in answers if status != 201}
+    assert refusals <= {(409, "cart_checkout_in_progress"), (400, "empty_cart")}, answers
+    assert await stock_of(web_shop, mug["id"]) == 48
+    orders = await call(web_shop, "GET", "/api/orders", headers=shopper, expected_status=200)
+    assert orders["total"] == 1
+
+
+async def test_an_admin_cannot_answer_for_the_next_orders_take(web_shop: TestClient) -> None:
+    """The probe's other script: an admin undid reference order-<next id> through the
+    gateway, and the next order of 5 was placed without its stock being taken."""
+    admin = await admin_on(web_shop)
+    mug = await create_product(web_shop, admin, stock=20)
+    _, shopper = await shopper_on(web_shop, "next@shop.test")
+    body = {"items": [{"product_id": mug["id"], "quantity": 1}]}
+    first = await call(
+        web_shop, "POST", "/api/orders", json=body, headers=shopper, expected_status=201
+    )
+    following = f"order-{first['data']['id'] + 1}"
+    undo = await call(
+        web_shop,
+        "POST",
+        f"/api/products/{mug['id']}/stock/undo",
+        json={"reference": following},
+        headers=admin,
+        expected_status=403,
+    )
+    assert undo["code"] == "forbidden"
+    taken = await call(
+        web_shop,
+        "PATCH",
+        f"/api/products/{mug['id']}/stock",
+        json={"quantity": -1, "reference": following},
+        headers=admin,
+        expected_status=403,
+    )
+    assert taken["code"] == "reference_for_services"
+    assert await stock_of(web_shop, mug["id"]) == 19
+
+    body = {"items": [{"product_id": mug["id"], "quantity": 5}]}
+    placed = await call(
+        web_shop, "POST", "/api/orders", json=body, headers=shopper, expected_status=201
+    )
+    assert placed["data"]["id"] == first["data"]["id"] + 1  # the reference the admin aimed at
+    assert await stock_of(web_shop, mug["id"]) == 14

@@ -696,6 +696,35 @@ async def test_a_double_submitted_checkout_buys_once(web_shop: TestClient) -> No
     assert (await get_page(web_shop, "/orders")).text.count("Order #") == 2
 
 
+async def test_two_tabs_checking_out_one_cart_buy_it_once(web_shop: TestClient) -> None:
+    """Each tab's showing of the cart has its own key, so the key cannot tell the two apart:
+    the cart's claim does. One tab gets the confirmation, the other a sentence."""
+    admin = await admin_token(web_shop)
+    lamp = await create_product(web_shop, admin, name="Desk Lamp", price=40, stock=10)
+    await register(web_shop, "tabs@shop.test")
+    await add_to_cart(web_shop, lamp["id"], 3)
+    tabs = [(await get_page(web_shop, "/cart")).form("/checkout").fields for _ in range(2)]
+    assert tabs[0]["idempotency_key"] != tabs[1]["idempotency_key"]
+
+    answers = await asyncio.gather(
+        *(web_shop.post("/checkout", data=data, allow_redirects=False) for data in tabs)
+    )
+    confirmation, refusal = sorted(
+        (answer.headers["Location"] for answer in answers), key=lambda to: to == "/cart"
+    )
+    assert confirmation.endswith("/confirmation") and refusal == "/cart"
+    told = (await get_page(web_shop, "/cart")).flashes()
+    assert told in (
+        [
+            "error: Your cart is already being checked out, in another tab or window perhaps. "
+            "Look at your orders before you try again: nothing more was bought."
+        ],
+        ["error: Your cart is empty: add something first."],  # the first tab was done
+    )
+    assert await stock_of(web_shop, lamp["id"]) == 7
+    assert (await get_page(web_shop, "/orders")).text.count("Order #") == 1
+
+
 async def test_short_stock_is_said_plainly_and_buys_nothing(web_shop: TestClient) -> None:
     admin = await admin_token(web_shop)
     lamp = await create_product(web_shop, admin, name="Desk Lamp", price=40, stock=3)
