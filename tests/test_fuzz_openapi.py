@@ -75,6 +75,13 @@ RUNS = [
             "PATCH /api/products/{id}/stock",
         ),
     ),
+    # References and undos are the services' alone (an admin's are 403): fuzzed as one.
+    FuzzRun(
+        "product",
+        "service",
+        only=("PATCH /api/products/{id}/stock", "POST /api/products/{id}/stock/undo"),
+        reaches=("PATCH /api/products/{id}/stock", "POST /api/products/{id}/stock/undo"),
+    ),
     FuzzRun(
         "user",
         "customer",
