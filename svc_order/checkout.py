@@ -342,6 +342,8 @@ class Checkout:
             )
         except UpstreamUnavailable:
             return
+        if reply.status == 409:
+            log.info("order %s: the cart changed during the checkout; left as it is", order_id)
         if reply.status in (200, 409):
             await self.store.cart_cleared(order_id)
 
