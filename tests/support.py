@@ -91,6 +91,14 @@ def customer(user_id: int) -> dict[str, str]:
     return bearer(token)
 
 
+def as_service(name: str) -> dict[str, str]:
+    """Headers of one of the shop's services (a service token), e.g. the order service's
+    for stock changes with a reference, which are the services' alone."""
+    from shopkit.auth import service_token
+
+    return bearer(service_token(JWT_SECRET, name))
+
+
 async def call(
     client: TestClient,
     method: str,

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
-    JWT_SECRET,
-    bearer,
+    as_service,
     call,
     change_stock,
     create_product,
@@ -19,7 +18,6 @@ from support import (
 )
 from test_order import order_settings, rows_in
 
-from shopkit.auth import service_token
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_cart.keys import REDIS
@@ -30,7 +28,7 @@ from svc_order.store import Line, OwnerLock
 
 USER = 4242  # a user id of this file's own on the shared Redis
 ANN = customer(USER)
-ORDER_SERVICE = bearer(service_token(JWT_SECRET, "order"))  # stock moves with a reference
+ORDER_SERVICE = as_service("order")  # stock moves with a reference are its alone
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
     JWT_SECRET,
-    bearer,
+    as_service,
     call,
     change_stock,
     create_product,
@@ -19,7 +19,6 @@ from support import (
     stock_of,
 )
 
-from shopkit.auth import service_token
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
 from svc_order.checkout import request_hash
@@ -27,8 +26,7 @@ from svc_order.keys import CHECKOUT, STORE
 from svc_order.store import Line, OwnerLock
 
 ANN = customer(111)
-# Stock moves with a reference are the order service's alone.
-ORDER_SERVICE = bearer(service_token(JWT_SECRET, "order"))
+ORDER_SERVICE = as_service("order")  # stock moves with a reference are its alone
 
 
 @pytest.fixture
