@@ -32,8 +32,7 @@ def idempotency_key(headers: CIMultiDictProxy[str]) -> str | None:
     key = keys[0]
     if len(keys) > 1 or not _KEY.fullmatch(key):
         raise BadRequest(
-            "The Idempotency-Key header must be given once, as 1 to 255 visible ASCII "
-            "characters.",
+            "The Idempotency-Key header must be given once, as 1 to 255 visible ASCII characters.",
             code="invalid_idempotency_key",
         )
     return key
