@@ -46,7 +46,7 @@ _REVOKED = "least(greatest(${n}, tokens_valid_from + 1), ${n} + " + str(REVOKE_A
 #   KNOWN_ADDRESS_SECONDS, is not held by the account-wide limit: a distributed attack costs
 #   the owner nothing where it usually logs in. It is held by the address-wide one: letting
 #   it through there would tell a sprayer at a shared address which emails are used there
-#   (migration 0004 weighs it).
+#   (migration 0003 weighs it).
 # Past its free failures a limit locks for LOCK_BASE seconds, doubling with each further
 # failure up to LOCK_MAX; counts are forgotten WINDOW seconds after their first.
 FREE_FAILURES = 5

@@ -20,14 +20,28 @@ CREATE TABLE login_attempts (
     PRIMARY KEY (scope, email, address)
 );
 
--- Where each account last logged in successfully: these addresses are let through an
--- account-wide lock (the owner's usual places), never through the other two.
+-- Where each account registered or last logged in successfully: these addresses are let
+-- through an account-wide lock (the owner's usual places), never through the other two. Not
+-- through the address-wide one either: at an address shared by many (a carrier NAT, an
+-- office) a sprayer would then meet only the per-email limit on its neighbours' accounts,
+-- and a 401 where every other email gets an instant 429 would tell it which emails are used
+-- there, where an unknown email and a wrong password must answer alike. A sprayer there
+-- holds everyone behind that address for a lock period; only something the owner's device
+-- holds (a device cookie) could tell them apart.
 CREATE TABLE login_known_addresses (
     email text NOT NULL,
     address text NOT NULL,
     last_login_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (email, address)
 );
+
+-- The one place that remembers a known address: a successful login, and a registration
+-- (which logs in).
+CREATE FUNCTION remember_login_address(p_email text, p_address text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO login_known_addresses AS k (email, address) VALUES (p_email, p_address)
+    ON CONFLICT (email, address) DO UPDATE SET last_login_at = now();
+$$;
 
 -- Take an attempt for p_email from p_address, if every limit lets it through; in one round
 -- trip and under row locks, so N guesses at once (at any replicas) get exactly the checks
@@ -158,8 +172,7 @@ BEGIN
         END IF;
     END LOOP;
     IF p_outcome = 'succeeded' THEN
-        INSERT INTO login_known_addresses AS k (email, address) VALUES (p_email, p_address)
-        ON CONFLICT (email, address) DO UPDATE SET last_login_at = now();
+        PERFORM remember_login_address(p_email, p_address);
     END IF;
 END;
 $$;
