@@ -63,7 +63,9 @@ def _from_shop_error(exc: ShopError) -> web.Response:
     )
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_in_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer; any error it raises answered in the JSON envelope (a 500 for
+    what no one expected, logged with the request id)."""
     try:
         return await handler(request)
     except ShopError as exc:
@@ -98,7 +100,7 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = REQUEST_ID.set(request_id)
     started = time.perf_counter()
     try:
-        response = await _answer(request, handler)
+        response = await answer_in_envelope(request, handler)
         if not response.prepared:
             headers = response.headers
             headers["X-Request-ID"] = request_id

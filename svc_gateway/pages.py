@@ -40,6 +40,7 @@ from shopkit.errors import (
     UpstreamUnavailable,
 )
 from shopkit.keys import TOKEN_STATUS
+from shopkit.middleware import answer_in_envelope
 from shopkit.parsing import parse_id, parse_int, parse_product_id
 from shopkit.validation import IDENTITY_ENCODINGS, MAX_PAGE, content_encoding, read_body
 from svc_gateway.assets import (
@@ -595,11 +596,19 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # page's path, and "/ap%69/cart" like the API's; either way it is not a page.
     if not (is_page_path(request.path) and is_page_path(request.rel_url.raw_path)):
         return await handler(request)
+    if request.path.startswith(CATALOGUE_PREFIX):
+        # Pictures are asked for by an <img>, never read by a person: their errors are the
+        # API's JSON, with the pages' headers all the same (an SVG may hold a script).
+        return _with_page_headers(await answer_in_envelope(request, handler))
     session = PageSession(request, request.app[SESSION_KEYS])
     await session.confirm(request.app.get(TOKEN_STATUS))  # a revoked login is logged out
     request[PAGE_SESSION] = session
     response = await _answer(request, handler, session)
     session.apply(response)
+    return _with_page_headers(response)
+
+
+def _with_page_headers(response: web.StreamResponse) -> web.StreamResponse:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if response.content_type == "text/html":
