@@ -10,6 +10,7 @@ from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shopkit.context import REQUEST_ID
 
@@ -88,6 +89,21 @@ class BufferedStreamHandler(logging.StreamHandler):
         super().close()
 
 
+class MalformedRequestsAreWarnings(logging.Filter):
+    """aiohttp logs every request it cannot parse (a bad request line, a header with a
+    control character, one too long) at error level with a traceback, before any of our
+    code runs: a stranger could fill the error log as fast as it sends bytes. Those are the
+    client's mistake, answered 400: one warning line naming it, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"malformed request refused ({type(exc).__name__}: {exc.message})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Configure the root logger once, at process start (from ``run()``)."""
     # Our lines name no thread, process or source line: skip collecting them per record.
@@ -103,6 +119,9 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
     root.setLevel(level)
     # aiohttp's own access log is replaced by ours (which carries the request id).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestsAreWarnings) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestsAreWarnings())
 
 
 def mask_url(url: str) -> str:

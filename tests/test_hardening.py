@@ -605,3 +605,27 @@ async def test_personal_answers_are_never_stored_by_a_cache(web_shop: TestClient
     response = await web_shop.get("/api/products")
     assert response.headers["Cache-Control"].startswith("public")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_malformed_request_is_one_warning_line_not_an_error(
+    product: TestClient, json_logs: Any
+) -> None:
+    """aiohttp refuses what it cannot parse before our code runs; its log line for that is
+    the client's mistake (a warning, no traceback), so strangers cannot fill the error log."""
+    reader, writer = await asyncio.open_connection(product.server.host, product.server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: shop\r\nX-Bad: a\x01b\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"400", status_line
+
+    def refused() -> list[dict[str, Any]]:
+        return [line for line in json_logs() if line["logger"] == "aiohttp.server"]
+
+    async def logged() -> bool:
+        return bool(refused())
+
+    await eventually(logged, "the malformed request being logged")
+    for line in refused():
+        assert line["level"] == "warning" and "exc" not in line, line
+        assert line["msg"].startswith("malformed request refused"), line
