@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import asyncpg
 from aiohttp import web
@@ -28,14 +29,28 @@ from svc_user.schemas import (
     UserOut,
     UserPath,
 )
-from svc_user.store import LoginLimited, user_out
+from svc_user.store import REVOKE_AHEAD_SECONDS, LoginLimited, user_out
 
 routes = web.RouteTableDef()
 
 
 def _token_for(request: web.Request, row: asyncpg.Record) -> str:
     """A token for the stored user ``row``: issued no earlier than its tokens_valid_from, so
-    that a login right after a logout (in the same second) is not born revoked."""
+    that a login right after a logout (in the same second) is not born revoked.
+
+    A revocation moves tokens_valid_from past every iat issued so far, but never more than
+    REVOKE_AHEAD_SECONDS ahead of now (so logouts in a loop cannot push new tokens past
+    every service's iat leeway). So no token is issued with an iat that far ahead: one could
+    outlive a revocation made in the same second. Only a burst of dozens of logouts or
+    password changes in half a minute gets there; its next login waits a few seconds."""
+    ahead = row["tokens_valid_from"] - math.floor(time.time()) - REVOKE_AHEAD_SECONDS
+    if ahead > 0:
+        raise TooManyRequests(
+            f"This account was logged out too many times just now; log in again in {ahead} "
+            "seconds.",
+            code="too_many_sessions",
+            headers={"Retry-After": str(ahead)},
+        )
     secret = request.app[SETTINGS].jwt_secret.get_secret_value()
     return issue_token(
         secret,
@@ -180,7 +195,11 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
     if updated is None:
         raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
     if new_password:
-        return ok({**user_out(updated), "token": _token_for(request, updated)})
+        try:
+            token = _token_for(request, updated)
+        except TooManyRequests:  # the change is made; this client logs in again later
+            token = None
+        return ok({**user_out(updated), "token": token})
     return ok(user_out(updated))
 
 

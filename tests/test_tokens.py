@@ -24,11 +24,13 @@ from support import (
     call,
     create_product,
     eventually,
+    postgres,
     product_body,
 )
 
 from shopkit.auth import TOKEN_LIFETIME, Identity, identity_of, issue_token, service_token
 from shopkit.errors import Unauthorized
+from svc_user.store import REVOKE_AHEAD_SECONDS
 
 PASSWORD = "first-password-1"
 NEW_PASSWORD = "second-password-2"
@@ -500,3 +502,30 @@ async def test_a_cookie_with_claims_not_as_issued_is_logged_out(
         assert response.status == 200
         assert 'shop_session=""' in response.headers.get("Set-Cookie", "")
         assert 'action="/logout"' not in await response.text()
+
+
+async def test_no_token_outlives_a_revocation_at_the_ceiling(
+    shop: dict[str, TestClient], user_settings: Any
+) -> None:
+    """Logouts in a loop walk tokens_valid_from ahead of the clock, up to a ceiling
+    (REVOKE_AHEAD_SECONDS); a token issued with an iat at the ceiling would outlive a
+    logout in the same second (which cannot move it further). So none is issued there: the
+    login waits (429), and a token issued just below it is ended by the next logout."""
+    user_id, _ = await register(shop["user"], "ceiling@shop.test")
+
+    async def valid_from(ahead: int) -> None:
+        async with postgres(user_settings.database_url) as connection:
+            await connection.execute(
+                "UPDATE users SET tokens_valid_from = $2 WHERE id = $1",
+                user_id,
+                math.floor(time.time()) + ahead,
+            )
+
+    await valid_from(REVOKE_AHEAD_SECONDS + 1)  # as after ~31 logouts in a second
+    body = {"email": "ceiling@shop.test", "password": PASSWORD}
+    refused = await call(shop["user"], "POST", "/api/users/login", json=body, expected_status=429)
+    assert refused["code"] == "too_many_sessions" and int(refused["error"].split()[-2]) >= 1
+    await valid_from(REVOKE_AHEAD_SECONDS - 5)
+    token = await log_in(shop["user"], "ceiling@shop.test", PASSWORD)
+    await call(shop["user"], "POST", "/api/users/logout", headers=token, expected_status=200)
+    await call(shop["user"], "GET", "/api/users/profile", headers=token, expected_status=401)
