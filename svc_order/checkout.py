@@ -169,6 +169,14 @@ class Checkout:
                 if tries == CLAIM_TRIES or not await self._settle_claim(user_id):
                     raise _cart_in_progress() from None
                 continue
+            if cart is not None and not await self._still_the_cart(order_id, user_id, cart):
+                # Read before the claim, the cart changed before it was taken: a checkout
+                # that bought it finished in between, or the shopper changed it. Nothing
+                # is taken yet; read it again, now under this checkout's claim.
+                tries += 1
+                if tries == CLAIM_TRIES:
+                    raise _cart_changed()
+                continue
             break
         await self._take_stock(order_id, lines)
         order = await self.store.mark_placed(order_id, lines)
@@ -191,6 +199,26 @@ class Checkout:
         if not items:
             raise BadRequest("Your cart is empty: add something first.", code="empty_cart")
         return CartRead(_merge(items), int(cart.get("version") or 0), cart.get("expires_at"))
+
+    async def _still_the_cart(self, order_id: int, user_id: int, cart: CartRead) -> bool:
+        """True when the cart is still as ``cart`` read it, now that this checkout holds
+        the claim on it; otherwise the attempt (which took nothing yet) is dropped. A cart
+        gone empty meanwhile (bought) drops it and is the 400 it would have been."""
+        try:
+            now = await self._cart_lines(user_id)
+        except ShopError:
+            await self._drop_untouched(order_id)
+            raise
+        if (now.version, now.stamp) == (cart.version, cart.stamp):
+            return True
+        await self._drop_untouched(order_id)
+        return False
+
+    async def _drop_untouched(self, order_id: int) -> None:
+        # No take was ever sent for this attempt (this process decides, and it sends none
+        # now), so there is nothing to put back at the product service: only forget it.
+        await self.store.start_compensating(order_id)
+        await self.store.forget(order_id)
 
     async def _settle_claim(self, user_id: int) -> bool:
         """Free the customer's cart claim if its holder is done with it: a placed order
@@ -398,6 +426,14 @@ class Checkout:
             await self._clear_bought_cart(
                 row["id"], row["user_id"], row["cart_version"], row["cart_stamp"]
             )
+
+
+def _cart_changed() -> Conflict:
+    return Conflict(
+        "Your cart kept changing while it was being checked out; nothing was bought. Look "
+        "at it and check out again.",
+        code="cart_changed",
+    )
 
 
 def _cart_in_progress() -> Conflict:

@@ -52,10 +52,12 @@ pytestmark = [
 
 @dataclass
 class Hold:
-    """Holds the first request matching ``method`` and ``path`` until released."""
+    """Holds the first request matching ``method`` and ``path`` until released; with
+    ``answered``, its answer instead (the request has been served, its caller waits)."""
 
     method: str
     path: str
+    answered: bool = False
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -71,9 +73,10 @@ def relay_app(target: str, holds: list[Hold]) -> web.Application:
     """Forwards every request to ``target`` as it came, holding those a Hold matches."""
 
     async def forward(request: web.Request) -> web.Response:
-        for hold in holds:
-            if hold.matches(request):
-                hold.reached.set()
+        held = [hold for hold in holds if hold.matches(request)]
+        for hold in held:
+            hold.reached.set()
+            if not hold.answered:
                 await hold.release.wait()
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
@@ -85,7 +88,10 @@ def relay_app(target: str, holds: list[Hold]) -> web.Application:
         ):
             payload = await reply.read()
             kept = {"Content-Type": reply.headers.get("Content-Type", "application/json")}
-            return web.Response(status=reply.status, body=payload, headers=kept)
+        for hold in held:
+            if hold.answered:
+                await hold.release.wait()
+        return web.Response(status=reply.status, body=payload, headers=kept)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -281,6 +287,39 @@ async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
     assert len(rows) == 1
     assert confirmation.path == f"/orders/{rows[0]['id']}/confirmation", confirmation.text
     assert await stock_of(shop.products, lamp["id"]) == 3
+
+
+async def test_a_cart_read_before_another_checkout_bought_it_buys_nothing(
+    shop: Shop, admin_headers: dict[str, str]
+) -> None:
+    """A checkout reads the cart; before it claims the cart, another checkout buys and
+    clears it. The first must not buy the cart again from what it read: under its claim it
+    reads the cart once more, finds it empty, and places nothing."""
+    lamp = await create_product(shop.products, admin_headers, stock=10)
+    shopper = customer(306)
+    await call(
+        shop.gateway,
+        "POST",
+        "/api/cart/306/items",
+        json={"product_id": lamp["id"], "quantity": 2},
+        headers=shopper,
+        expected_status=200,
+    )
+    stale = Hold("GET", r"/api/cart/306", answered=True)
+    shop.cart_holds.append(stale)
+    first = asyncio.create_task(shop.gateway.post("/api/orders", json={}, headers=shopper))
+    await asyncio.wait_for(stale.reached.wait(), timeout=60)
+    second = await call(
+        shop.gateway, "POST", "/api/orders", json={}, headers=shopper, expected_status=201
+    )
+    stale.release.set()  # the first checkout now gets the cart as it was before
+    response = await first
+    answer = await response.json()
+    assert (response.status, answer["code"]) == (400, "empty_cart"), answer
+    await shop.settled()
+    rows = await shop.placed_orders()
+    assert [row["id"] for row in rows] == [second["data"]["id"]]
+    assert await stock_of(shop.products, lamp["id"]) == 8
 
 
 async def test_an_order_service_that_is_down_is_503_and_no_order(
