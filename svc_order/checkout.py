@@ -407,6 +407,14 @@ class Checkout:
             except UpstreamUnavailable:
                 return False
             if reply.status not in (200, 404):
+                # Left for recovery to try again (e.g. the stock is at its ceiling): said, so
+                # that a restock waiting for long is seen in the logs.
+                log.warning(
+                    "order %s: restocking %s refused (%s); recovery will try again",
+                    order_id,
+                    line["product_id"],
+                    reply.status,
+                )
                 return False
         await self.store.restocked(order_id)
         return True
