@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from shopkit.parsing import ID_PATTERN, REFUSED_IN_LINE, REFUSED_IN_TEXT, Line, check_text
+from shopkit.parsing import (
+    ID_PATTERN,
+    LINE_PATTERN,
+    REFUSED_IN_LINE,
+    REFUSED_IN_TEXT,
+    Line,
+    check_text,
+)
 from shopkit.validation import Body, PartialBody, _partial_schema
 
 MIN_PASSWORD_BYTES = 8
@@ -92,6 +99,8 @@ class LoginBody(Body):
         Field(min_length=1, max_length=320),
         AfterValidator(canonical_email),
         AfterValidator(check_text),
+        # One line, as the check says (the document's words for it).
+        Field(json_schema_extra={"pattern": LINE_PATTERN}),
     ]
     # Any length is accepted here: a wrong password is a wrong password, not a 400.
     password: Annotated[str, Field(min_length=1, max_length=1024)]
