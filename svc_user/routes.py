@@ -156,9 +156,19 @@ async def _own_account(request: web.Request, identity: Identity) -> asyncpg.Reco
         raise Forbidden("Only a user's own token reaches a profile.", code="not_a_user")
     row = await request.app[STORE].by_id(identity.user_number)
     if row is None:
-        # A valid signature for an account that is gone: the token no longer names anyone.
-        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+        raise _account_gone()
     return row
+
+
+def _account_gone() -> Unauthorized:
+    # A valid signature for an account that is gone: the token no longer names anyone.
+    return Unauthorized("The account this token names no longer exists.", code="invalid_token")
+
+
+async def _check_current_password(request: web.Request, row: asyncpg.Record, password: str) -> None:
+    """403 unless ``password`` is the account's current one (before changing or removing it)."""
+    if not await request.app[HASHER].verify(password, row["password_hash"]):
+        raise Forbidden("The current password is incorrect.", code="wrong_password")
 
 
 @routes.get("/api/users/profile")
@@ -188,12 +198,11 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
     new_password = "password" in body.model_fields_set
     if new_password:
         hasher = request.app[HASHER]
-        if not await hasher.verify(body.current_password, row["password_hash"]):
-            raise Forbidden("The current password is incorrect.", code="wrong_password")
+        await _check_current_password(request, row, body.current_password)
         changes["password_hash"] = await hasher.hash(body.password)
     updated = await request.app[STORE].update(row["id"], changes, revoke_tokens=new_password)
     if updated is None:
-        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+        raise _account_gone()
     if new_password:
         try:
             token = _token_for(request, updated)
@@ -216,7 +225,7 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
 async def logout(request: web.Request) -> web.Response:
     row = await _own_account(request, request[IDENTITY])
     if await request.app[STORE].revoke_tokens(row["id"]) is None:
-        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+        raise _account_gone()
     return ok({"logged_out": True})
 
 
@@ -236,10 +245,9 @@ async def remove_account(request: web.Request, body: AccountRemoval) -> web.Resp
     row = await _own_account(request, request[IDENTITY])
     if row["role"] == "admin":
         raise Forbidden("An admin account cannot remove itself.", code="admin_account")
-    if not await request.app[HASHER].verify(body.current_password, row["password_hash"]):
-        raise Forbidden("The current password is incorrect.", code="wrong_password")
+    await _check_current_password(request, row, body.current_password)
     if not await request.app[STORE].delete(row["id"]):
-        raise Unauthorized("The account this token names no longer exists.", code="invalid_token")
+        raise _account_gone()
     return ok({"id": row["id"], "deleted": True})
 
 
