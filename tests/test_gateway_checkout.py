@@ -186,6 +186,18 @@ async def shop(
         await cart_server.close()
 
 
+async def put_in_cart(shop: Shop, user_id: int, product_id: str, quantity: int) -> None:
+    """Fill customer ``user_id``'s cart through the gateway, as the shopper would."""
+    await call(
+        shop.gateway,
+        "POST",
+        f"/api/cart/{user_id}/items",
+        json={"product_id": product_id, "quantity": quantity},
+        headers=customer(user_id),
+        expected_status=200,
+    )
+
+
 async def kill_when_reached(shop: Shop, hold: Hold) -> None:
     """SIGKILL the order service once it is inside the held call; let the call go on (it
     arrives late, as a request in flight from a dead sender does)."""
@@ -224,14 +236,7 @@ async def test_killed_after_placing_the_order_the_retry_answers_that_order(
 ) -> None:
     lamp = await create_product(shop.products, admin_headers, stock=5)
     shopper = customer(302)
-    await call(
-        shop.gateway,
-        "POST",
-        "/api/cart/302/items",
-        json={"product_id": lamp["id"], "quantity": 2},
-        headers=shopper,
-        expected_status=200,
-    )
+    await put_in_cart(shop, 302, lamp["id"], 2)
     # The order is placed; the service dies while it empties the cart, before it answers.
     hold = Hold("DELETE", r"/api/cart/302")
     shop.cart_holds.append(hold)
@@ -267,14 +272,7 @@ async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
     lamp = await create_product(shop.products, admin_headers, stock=5)
     shopper = customer(304)
     set_cookie(shop.gateway, "shop_session", shopper["Authorization"].removeprefix("Bearer "))
-    await call(
-        shop.gateway,
-        "POST",
-        "/api/cart/304/items",
-        json={"product_id": lamp["id"], "quantity": 2},
-        headers=shopper,
-        expected_status=200,
-    )
+    await put_in_cart(shop, 304, lamp["id"], 2)
     cart = await get_page(shop.gateway, "/cart")
     hold = Hold("DELETE", r"/api/cart/304")
     shop.cart_holds.append(hold)
@@ -297,14 +295,7 @@ async def test_a_cart_read_before_another_checkout_bought_it_buys_nothing(
     reads the cart once more, finds it empty, and places nothing."""
     lamp = await create_product(shop.products, admin_headers, stock=10)
     shopper = customer(306)
-    await call(
-        shop.gateway,
-        "POST",
-        "/api/cart/306/items",
-        json={"product_id": lamp["id"], "quantity": 2},
-        headers=shopper,
-        expected_status=200,
-    )
+    await put_in_cart(shop, 306, lamp["id"], 2)
     stale = Hold("GET", r"/api/cart/306", answered=True)
     shop.cart_holds.append(stale)
     first = asyncio.create_task(shop.gateway.post("/api/orders", json={}, headers=shopper))
