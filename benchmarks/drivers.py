@@ -27,9 +27,11 @@ from bson import ObjectId
 from pymongo import DESCENDING, AsyncMongoClient
 from redis.asyncio import Redis
 
-# What svc_product.store does for the same two reads (ProductStore.get and .find_page with
-# the default sort): same filter, same projection, same sort, same concurrent count.
-PROJECTION = {"sort_name": False}
+from svc_product.store import PUBLIC
+
+# What svc_product.store does for the same reads (ProductStore.get and .find_page with the
+# default sort): same filter, same projection, same sort, same concurrent count.
+PROJECTION = PUBLIC
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 PAGE_SIZE = 20
 
@@ -125,7 +127,13 @@ def _summary(latencies: list[float], errors: int, seconds: float, first_error: s
 
 
 async def _mongo_load(
-    uri: str, read: str, ids: Sequence[ObjectId], connections: int, duration: float, warmup: float
+    uri: str,
+    read: str,
+    ids: Sequence[ObjectId],
+    connections: int,
+    duration: float,
+    warmup: float,
+    categories: Sequence[str],
 ) -> LoadResult:
     # The same client options as svc_product.store.mongo_ctx (tz_aware changes decoding).
     client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, appname="shop-benchmark")
@@ -136,17 +144,22 @@ async def _mongo_load(
         if doc is None:
             raise LookupError("a seeded product was not found")
 
-    async def page(rng: random.Random) -> None:
-        cursor = collection.find({}, PROJECTION).sort(NEWEST_FIRST).skip(0).limit(PAGE_SIZE)
+    async def page(rng: random.Random, selector: dict[str, Any] | None = None) -> None:
+        selector = selector or {}
+        cursor = collection.find(selector, PROJECTION).sort(NEWEST_FIRST).limit(PAGE_SIZE)
         docs, _total = await asyncio.gather(
-            cursor.to_list(length=PAGE_SIZE), collection.count_documents({})
+            cursor.to_list(length=PAGE_SIZE), collection.count_documents(selector)
         )
         if len(docs) != PAGE_SIZE:
             raise LookupError(f"a page had {len(docs)} products, not {PAGE_SIZE}")
 
+    async def category_page(rng: random.Random) -> None:
+        await page(rng, {"category": rng.choice(categories)})
+
+    reads = {"id": by_id, "list": page, "category": category_page}
     try:
         return await closed_loop(
-            by_id if read == "id" else page,
+            reads[read],
             connections=connections,
             duration=duration,
             warmup=warmup,
@@ -163,10 +176,12 @@ def mongo_load(
     connections: int,
     duration: float,
     warmup: float,
+    categories: Sequence[str] = (),
 ) -> LoadResult:
-    """`read` is "id" (find_one by a random seeded _id) or "list" (the first page plus the
+    """`read` is "id" (find_one by a random seeded _id), "list" (the first page plus the
+    count) or "category" (the first page of one of `categories`, newest first, plus its
     count), each the way the product service does it."""
-    return run_async(_mongo_load(uri, read, ids, connections, duration, warmup))
+    return run_async(_mongo_load(uri, read, ids, connections, duration, warmup, categories))
 
 
 # -- the carts' datastore, through a bare redis.asyncio client -------------------------------

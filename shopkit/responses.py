@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -47,16 +48,28 @@ def ok_page(items: list[Any], *, total: int, page: int, limit: int) -> dict[str,
     }
 
 
-def cacheable(
-    request: web.Request, body: Any, *, cache_control: str = "public, max-age=5"
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A JSON body encoded once, with its strong ETag (so it can be kept and served again)."""
+
+    raw: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, body: Any) -> Encoded:
+        raw = dumps(body)
+        return cls(raw, '"' + hashlib.blake2b(raw, digest_size=16).hexdigest() + '"')
+
+
+def answer_encoded(
+    request: web.Request, encoded: Encoded, *, cache_control: str = "public, max-age=5"
 ) -> web.Response:
-    """A JSON response with a strong ETag; a matching ``If-None-Match`` gets a bodiless 304."""
-    raw = dumps(body)
-    etag = '"' + hashlib.blake2b(raw, digest_size=16).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": cache_control}
+    """The encoded body with its ETag; a matching ``If-None-Match`` gets a bodiless 304."""
+    headers = {"ETag": encoded.etag, "Cache-Control": cache_control}
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match and (
-        if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(","))
+        if_none_match.strip() == "*"
+        or encoded.etag in (tag.strip() for tag in if_none_match.split(","))
     ):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=raw, content_type=JSON_TYPE, headers=headers)
+    return web.Response(body=encoded.raw, content_type=JSON_TYPE, headers=headers)

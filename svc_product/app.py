@@ -13,7 +13,8 @@ from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_ser
 from shopkit.settings import MongoUrl
 from svc_product.keys import MONGO, MONGO_ANSWERS
 from svc_product.routes import routes
-from svc_product.store import mongo_ctx, prune_stock_moves_ctx
+from svc_product.stock import stock_ctx
+from svc_product.store import mongo_ctx
 
 
 class ProductSettings(TokenCheckingSettings):
@@ -22,7 +23,8 @@ class ProductSettings(TokenCheckingSettings):
 
     mongodb_uri: MongoUrl = Field(alias="MONGODB_URI")
     # How long the record of a checkout's stock change is kept (it must outlive any retry or
-    # undo of that checkout: its lease is 30 s), and how often old records are forgotten.
+    # undo of that checkout, whose lease is 30 s, and any request still in flight), and how
+    # often old records are forgotten and changes a crash left half-done are finished.
     stock_moves_keep_seconds: float = Field(86_400, alias="STOCK_MOVES_KEEP_SECONDS", ge=600)
     stock_moves_prune_interval: float = Field(
         3_600, alias="STOCK_MOVES_PRUNE_INTERVAL", gt=0, le=86_400
@@ -49,6 +51,6 @@ def create_app(settings: ProductSettings) -> web.Application:
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
     app.cleanup_ctx.append(mongo_ctx)
-    app.cleanup_ctx.append(prune_stock_moves_ctx)
+    app.cleanup_ctx.append(stock_ctx)
     app.router.add_routes(routes)
     return app

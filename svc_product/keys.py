@@ -10,9 +10,14 @@ from pymongo import AsyncMongoClient
 from shopkit.readiness import DatastoreAnswers
 
 if TYPE_CHECKING:
+    from svc_product.catalogue import CatalogueAnswers
+    from svc_product.stock import StockLedger
     from svc_product.store import ProductStore
 
 MONGO = web.AppKey("mongo", AsyncMongoClient)
 STORE: web.AppKey[ProductStore] = web.AppKey("store")
+STOCK: web.AppKey[StockLedger] = web.AppKey("stock")
+# Catalogue answers, encoded once per catalogue version (see svc_product.catalogue).
+ANSWERS: web.AppKey[CatalogueAnswers] = web.AppKey("answers")
 # When MongoDB last answered the service's own operations: the ready check's proof.
 MONGO_ANSWERS = web.AppKey("mongo_answers", DatastoreAnswers)

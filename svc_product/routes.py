@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from shopkit.errors import Forbidden
 from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
-from shopkit.responses import cacheable, ok, ok_page
-from svc_product.keys import STORE
+from shopkit.responses import answer_encoded, ok, ok_page
+from svc_product.keys import ANSWERS, STOCK, STORE
 from svc_product.schemas import (
     CategoryOut,
     Deleted,
@@ -36,34 +38,44 @@ ADMIN = ("admin",)
     description="Answers carry an ETag; send it back as If-None-Match to get a 304.",
 )
 async def list_products(request: web.Request, query: ProductQuery) -> web.Response:
-    selector = catalogue_filter(
-        ids=query.ids,
-        q=query.q,
-        category=query.category,
-        min_cents=None if query.minPrice is None else money_to_cents(query.minPrice),
-        max_cents=None if query.maxPrice is None else money_to_cents(query.maxPrice),
-        in_stock=query.inStock,
-    )
-    docs, total = await request.app[STORE].find_page(
-        selector, sort=query.sort, page=query.page, limit=query.limit
-    )
-    items = [product_out(doc) for doc in docs]
-    return cacheable(request, ok_page(items, total=total, page=query.page, limit=query.limit))
+    async def page() -> dict[str, Any]:
+        selector = catalogue_filter(
+            ids=query.ids,
+            q=query.q,
+            category=query.category,
+            min_cents=None if query.minPrice is None else money_to_cents(query.minPrice),
+            max_cents=None if query.maxPrice is None else money_to_cents(query.maxPrice),
+            in_stock=query.inStock,
+        )
+        docs, total = await request.app[STORE].find_page(
+            selector, sort=query.sort, page=query.page, limit=query.limit
+        )
+        items = [product_out(doc) for doc in docs]
+        return ok_page(items, total=total, page=query.page, limit=query.limit)
+
+    key = ("list", request.rel_url.query_string)  # validated above: any spelling of a query
+    return answer_encoded(request, await request.app[ANSWERS].get(key, page))
 
 
 # Registered before /{id} so that "categories" is never taken for an id.
 @routes.get("/api/products/categories")
 @endpoint("Categories with the number of products in each", response=list[CategoryOut])
 async def list_categories(request: web.Request) -> web.Response:
-    categories = await request.app[STORE].categories()
-    return cacheable(request, {"success": True, "data": categories})
+    async def categories() -> dict[str, Any]:
+        return {"success": True, "data": await request.app[STORE].categories()}
+
+    return answer_encoded(request, await request.app[ANSWERS].get("categories", categories))
 
 
 @routes.get("/api/products/{id}")
 @endpoint("One product", response=ProductOut, errors=(404,), path=ProductPath)
 async def get_product(request: web.Request) -> web.Response:
-    doc = await request.app[STORE].get(request.match_info["id"])
-    return cacheable(request, {"success": True, "data": product_out(doc)})
+    product_id = request.match_info["id"]
+
+    async def product() -> dict[str, Any]:
+        return {"success": True, "data": product_out(await request.app[STORE].get(product_id))}
+
+    return answer_encoded(request, await request.app[ANSWERS].get(("product", product_id), product))
 
 
 @routes.post("/api/products")
@@ -119,9 +131,7 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
             "Only the shop's services change stock with a reference; send the quantity alone.",
             code="reference_for_services",
         )
-    doc = await request.app[STORE].change_stock(
-        request.match_info["id"], body.quantity, body.reference
-    )
+    doc = await request.app[STOCK].change(request.match_info["id"], body.quantity, body.reference)
     return ok(product_out(doc))
 
 
@@ -140,5 +150,5 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
     "service-only token check is its protection.",
 )
 async def undo_stock_change(request: web.Request, body: StockUndo) -> web.Response:
-    doc = await request.app[STORE].undo_stock_change(request.match_info["id"], body.reference)
+    doc = await request.app[STOCK].undo(request.match_info["id"], body.reference)
     return ok(product_out(doc))

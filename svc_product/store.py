@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -21,33 +20,32 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from shopkit.app import StartupError
-from shopkit.background import repeating
-from shopkit.errors import Conflict, NotFound
+from shopkit.errors import NotFound
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
 from shopkit.parsing import parse_product_id
 from shopkit.readiness import DatastoreAnswers
-from svc_product.keys import MONGO, MONGO_ANSWERS, STORE
+from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
+from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STORE
 
 log = logging.getLogger("shop.product.store")
 
-MAX_STOCK = 1_000_000_000
 _SORTS = {
     "price": [("price_cents", ASCENDING), ("_id", ASCENDING)],
     "-price": [("price_cents", DESCENDING), ("_id", ASCENDING)],
     "name": [("sort_name", ASCENDING), ("_id", ASCENDING)],
     "-createdAt": [("createdAt", DESCENDING), ("_id", DESCENDING)],
 }
-# sort_name and the stock moves are ours, not the client's.
-_PUBLIC = {"sort_name": False, "stock_moves": False, "stock_moved_at": False}
-# Each stock change made with a reference is remembered in the product's stock_moves map,
-# reference -> units (or "undone"), in the same atomic update as the change, so a retried
-# change never applies twice and an undo applies exactly once. (One document, one update:
-# no multi-document transaction, which a standalone MongoDB does not offer.) The map gains
-# one small entry per order line; stock_moved_at says when (epoch seconds), so that
-# prune_stock_moves can forget the entries of checkouts that ended long ago.
-UNDONE = "undone"
+# sort_name and the stock markers are ours, not the client's (see svc_product.stock); the
+# stock_moves maps are what an older version kept in the document (moved out at start-up).
+PUBLIC = {
+    "sort_name": False,
+    "pending": False,
+    "pending_count": False,
+    "stock_moves": False,
+    "stock_moved_at": False,
+}
 
 
 class ProductNotFound(NotFound):
@@ -55,35 +53,7 @@ class ProductNotFound(NotFound):
         super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
 
 
-class StockChangeUndone(Conflict):
-    """A change whose reference was undone (before or after it arrived): it never applies,
-    and says so, so that its sender does not believe it took (or added) stock."""
-
-    def __init__(self, reference: str) -> None:
-        super().__init__(
-            f"The stock change {reference!r} was undone; it changes nothing.",
-            code="stock_change_undone",
-        )
-
-
-class ReferenceReused(Conflict):
-    def __init__(self, reference: str) -> None:
-        super().__init__(
-            f"The reference {reference!r} was used for another stock change of this product.",
-            code="reference_reused",
-        )
-
-
-class NotEnoughStock(Conflict):
-    def __init__(self, available: int, wanted: int) -> None:
-        super().__init__(
-            f"Not enough stock: {available} left, {wanted} asked for.",
-            code="insufficient_stock",
-            extra={"available": available},
-        )
-
-
-def _object_id(product_id: str) -> ObjectId:
+def object_id(product_id: str) -> ObjectId:
     # A malformed id cannot name a product, so it is simply not found (never a 500).
     canonical = parse_product_id(product_id)
     if canonical is None:
@@ -170,8 +140,13 @@ def catalogue_filter(
 
 
 class ProductStore:
-    def __init__(self, collection: AsyncCollection) -> None:
+    def __init__(self, collection: AsyncCollection, version: CatalogueVersion) -> None:
         self.collection = collection
+        self.version = version
+
+    async def changed(self) -> None:
+        """After every write to the catalogue (the stock ledger's too), before it answers."""
+        await self.version.bump()
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists is a no-op."""
@@ -184,7 +159,7 @@ class ProductStore:
         self, query: dict[str, Any], *, sort: str, page: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
         cursor = (
-            self.collection.find(query, _PUBLIC)
+            self.collection.find(query, PUBLIC)
             .sort(_SORTS[sort])
             .skip((page - 1) * limit)
             .limit(limit)
@@ -208,7 +183,7 @@ class ProductStore:
         return [{"name": row["_id"], "count": row["count"]} async for row in cursor]
 
     async def get(self, product_id: str) -> dict[str, Any]:
-        doc = await self.collection.find_one({"_id": _object_id(product_id)}, _PUBLIC)
+        doc = await self.collection.find_one({"_id": object_id(product_id)}, PUBLIC)
         if doc is None:
             raise ProductNotFound(product_id)
         return doc
@@ -220,6 +195,7 @@ class ProductStore:
             doc.pop("imageUrl", None)
         result = await self.collection.insert_one(doc)
         doc["_id"] = result.inserted_id
+        await self.changed()
         return doc
 
     async def update(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -234,160 +210,21 @@ class ProductStore:
         if stored:
             changes["$set"] = stored
         doc = await self.collection.find_one_and_update(
-            {"_id": _object_id(product_id)},
+            {"_id": object_id(product_id)},
             changes,
-            projection=_PUBLIC,
+            projection=PUBLIC,
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             raise ProductNotFound(product_id)
+        await self.changed()
         return doc
 
-    async def _with_moves(self, oid: ObjectId, product_id: str) -> dict[str, Any]:
-        # The whole map, not just one move: nx-27017 ignores a projection of a nested field.
-        # Only undos read it, and they are rare (a failed or crashed checkout).
-        current = await self.collection.find_one({"_id": oid}, {"stock": True, "stock_moves": True})
-        if current is None:
-            raise ProductNotFound(product_id)
-        return current
-
-    async def undo_stock_change(self, product_id: str, reference: str) -> dict[str, Any]:
-        """Reverse the change made under ``reference``, exactly once. A reference that was
-        never applied is marked undone, so that the change, should it still arrive (a
-        request in flight when its sender crashed), is refused as already done."""
-        oid = _object_id(product_id)
-        key = f"stock_moves.{reference}"
-        for _ in range(5):  # each round either finishes or lost a race that changed the move
-            moves = (await self._with_moves(oid, product_id)).get("stock_moves", {})
-            units = moves.get(reference)
-            if units == UNDONE:
-                return await self.get(product_id)
-            marked = {key: UNDONE, f"stock_moved_at.{reference}": int(time.time())}
-            if units is None:
-                selector: dict[str, Any] = {"_id": oid, key: {"$exists": False}}
-                change: dict[str, Any] = {"$set": marked}
-            else:
-                selector = {"_id": oid, key: units}
-                if units > 0:  # taking back units that were added needs them to be there
-                    selector["stock"] = {"$gte": units}
-                change = {
-                    "$inc": {"stock": -units},
-                    "$set": marked,
-                    "$currentDate": {"updatedAt": True},
-                }
-            doc = await self.collection.find_one_and_update(
-                selector, change, projection=_PUBLIC, return_document=ReturnDocument.AFTER
-            )
-            if doc is not None:
-                return doc
-            if units is not None and units > 0:
-                current = await self._with_moves(oid, product_id)
-                if current.get("stock_moves", {}).get(reference) == units:
-                    raise NotEnoughStock(current["stock"], units)
-        raise Conflict(
-            "The stock of this product kept changing; try the undo again.", code="stock_busy"
-        )
-
     async def delete(self, product_id: str) -> None:
-        result = await self.collection.delete_one({"_id": _object_id(product_id)})
+        result = await self.collection.delete_one({"_id": object_id(product_id)})
         if result.deleted_count == 0:
             raise ProductNotFound(product_id)
-
-    async def change_stock(
-        self, product_id: str, delta: int, reference: str | None = None
-    ) -> dict[str, Any]:
-        """Add ``delta`` units atomically. The condition lives in the update's filter, so a
-        change that would go below zero (or past MAX_STOCK) matches nothing and changes
-        nothing, however many callers race. With a ``reference``, the change applies at
-        most once: a repeat changes nothing and answers the product as it is; a change
-        whose reference was undone changes nothing and is refused (StockChangeUndone), so
-        that no caller takes it for stock taken; the reference of another change is
-        refused too (ReferenceReused)."""
-        oid = _object_id(product_id)
-        guard = {"$gte": -delta} if delta < 0 else {"$lte": MAX_STOCK - delta}
-        selector: dict[str, Any] = {"_id": oid, "stock": guard}
-        change: dict[str, Any] = {"$inc": {"stock": delta}, "$currentDate": {"updatedAt": True}}
-        if reference is not None:
-            selector[f"stock_moves.{reference}"] = {"$exists": False}
-            change["$set"] = {
-                f"stock_moves.{reference}": delta,
-                f"stock_moved_at.{reference}": int(time.time()),
-            }
-        doc = await self.collection.find_one_and_update(
-            selector, change, projection=_PUBLIC, return_document=ReturnDocument.AFTER
-        )
-        if doc is not None:
-            return doc
-        current = await self.collection.find_one({"_id": oid}, {"stock": True})
-        if current is None:
-            raise ProductNotFound(product_id)
-        if reference is not None:
-            # Filters on the one move, not a read of the map: nx-27017 ignores a projection
-            # of a nested field, and a busy product's map holds a day of moves.
-            move = f"stock_moves.{reference}"
-            if await self.collection.find_one({"_id": oid, move: delta}, {"_id": True}):
-                return await self.get(product_id)  # done before: idempotent
-            if await self.collection.find_one({"_id": oid, move: UNDONE}, {"_id": True}):
-                raise StockChangeUndone(reference)
-            if await self.collection.find_one({"_id": oid, move: {"$exists": True}}, {"_id": True}):
-                raise ReferenceReused(reference)
-        if delta < 0:
-            raise NotEnoughStock(current["stock"], -delta)
-        raise Conflict(
-            f"Stock cannot exceed {MAX_STOCK} units ({current['stock']} now, {delta} to add).",
-            code="stock_limit",
-        )
-
-    async def prune_stock_moves(self, older_than: float) -> int:
-        """Forget the stock moves recorded before ``older_than`` (epoch seconds); how many
-        were forgotten. Only the checkout saga uses references, and a checkout either ends
-        or is undone within its lease (seconds), so nothing retries or undoes a move a day
-        old. Moves recorded before moves had times are stamped now, and forgotten one
-        keeping period later. Each product is one update, guarded by the times it read, so
-        a move stamped again meanwhile (an undo) is left for the next round."""
-        forgotten = 0
-        now = int(time.time())
-        wanted = {"stock_moves": True, "stock_moved_at": True}
-        async for doc in self.collection.find({"stock_moves": {"$exists": True}}, wanted):
-            moves, stamps = doc.get("stock_moves") or {}, doc.get("stock_moved_at") or {}
-            unstamped = [reference for reference in moves if reference not in stamps]
-            if unstamped:
-                stamp = {f"stock_moved_at.{reference}": now for reference in unstamped}
-                await self.collection.update_one({"_id": doc["_id"]}, {"$set": stamp})
-            old = {
-                ref: moment
-                for ref, moment in stamps.items()
-                if isinstance(moment, int | float) and moment < older_than
-            }
-            if not old:
-                continue
-            guard = {f"stock_moved_at.{ref}": moment for ref, moment in old.items()}
-            forget = {f"stock_moves.{ref}": "" for ref in old}
-            forget.update({f"stock_moved_at.{ref}": "" for ref in old})
-            result = await self.collection.update_one(
-                {"_id": doc["_id"], **guard}, {"$unset": forget}
-            )
-            forgotten += len(old) if result.modified_count else 0
-        return forgotten
-
-
-async def prune_stock_moves_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: every STOCK_MOVES_PRUNE_INTERVAL seconds, forget the stock moves older
-    than STOCK_MOVES_KEEP_SECONDS (each replica does; doing it twice changes nothing)."""
-    settings = app[SETTINGS]
-
-    async def prune() -> None:
-        older_than = time.time() - settings.stock_moves_keep_seconds
-        try:
-            forgotten = await app[STORE].prune_stock_moves(older_than)
-        except PyMongoError as exc:  # the datastore away: said briefly, tried next round
-            log.warning("could not prune stock moves: %s", exc)
-            return
-        if forgotten:
-            log.info("forgot %d stock moves older than a keeping period", forgotten)
-
-    async with repeating("prune-stock-moves", prune, settings.stock_moves_prune_interval):
-        yield
+        await self.changed()
 
 
 class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
@@ -421,7 +258,8 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     database = client.get_default_database("products")
     log.info("connecting to MongoDB at %s, database %s", mask_url(uri), database.name)
-    store = ProductStore(database["products"])
+    version = CatalogueVersion(database["meta"])
+    store = ProductStore(database["products"], version)
     try:
         await client.admin.command("ping")
         await store.ensure_indexes()
@@ -430,5 +268,7 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         raise StartupError(f"MongoDB at {mask_url(uri)} is not answering: {exc}") from None
     app[MONGO] = client
     app[STORE] = store
+    app[ANSWERS] = CatalogueAnswers(version)
     yield
+    await version.close()
     await client.close()

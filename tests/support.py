@@ -248,3 +248,35 @@ class OrderProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=15)
+
+
+# -- stock changes with a reference (the checkout saga's steps) ------------------------------
+
+
+async def take(
+    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
+) -> int:
+    return (await take_answer(product, headers, product_id, units, reference))[0]
+
+
+async def take_answer(
+    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
+) -> tuple[int, str | None]:
+    """The status of a referenced stock change and, for a refusal, its code."""
+    response = await product.patch(
+        f"/api/products/{product_id}/stock",
+        json={"quantity": units, "reference": reference},
+        headers=headers,
+    )
+    body = await response.json()
+    return response.status, body.get("code")
+
+
+async def undo(
+    product: TestClient, headers: dict[str, str], product_id: str, reference: str
+) -> int:
+    response = await product.post(
+        f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
+    )
+    await response.read()
+    return response.status

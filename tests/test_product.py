@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-from bson import ObjectId
 from pymongo import AsyncMongoClient
 from support import (
     JWT_SECRET,
@@ -20,17 +18,16 @@ from support import (
     call,
     change_stock,
     create_product,
-    eventually,
     forged,
     product_body,
     stock_of,
+    take,
+    take_answer,
+    undo,
     unsigned,
 )
 
 from shopkit.auth import issue_token
-from svc_product.app import ProductSettings
-from svc_product.app import create_app as create_product_app
-from svc_product.keys import STORE
 from svc_product.schemas import CategoryOut, ProductOut
 
 MISSING_ID = "0123456789abcdef01234567"
@@ -561,35 +558,6 @@ async def test_admin_token_minted_elsewhere_works(product: TestClient) -> None:
 # -- stock changes with a reference (the checkout saga's steps) ------------------------------
 
 
-async def take(
-    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
-) -> int:
-    return (await take_answer(product, headers, product_id, units, reference))[0]
-
-
-async def take_answer(
-    product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
-) -> tuple[int, str | None]:
-    """The status of a referenced stock change and, for a refusal, its code."""
-    response = await product.patch(
-        f"/api/products/{product_id}/stock",
-        json={"quantity": units, "reference": reference},
-        headers=headers,
-    )
-    body = await response.json()
-    return response.status, body.get("code")
-
-
-async def undo(
-    product: TestClient, headers: dict[str, str], product_id: str, reference: str
-) -> int:
-    response = await product.post(
-        f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
-    )
-    await response.read()
-    return response.status
-
-
 async def test_a_referenced_stock_change_applies_once(
     product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
 ) -> None:
@@ -708,69 +676,3 @@ async def test_customers_may_not_undo(
     product_id = (await create_product(product, admin_headers, stock=3))["id"]
     assert await undo(product, customer_headers, product_id, "order:1") == 403
     assert await undo(product, {}, product_id, "order:1") == 401
-
-
-# -- forgetting old stock moves ---------------------------------------------------------------
-
-
-async def recorded_moves(product: TestClient, product_id: str) -> tuple[set[str], set[str]]:
-    doc = await product.app[STORE].collection.find_one({"_id": ObjectId(product_id)})
-    return set(doc.get("stock_moves", {})), set(doc.get("stock_moved_at", {}))
-
-
-async def test_old_stock_moves_are_forgotten_and_recent_ones_kept(
-    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
-) -> None:
-    store = product.app[STORE]
-    product_id = (await create_product(product, admin_headers, stock=10))["id"]
-    await take(product, service_headers, product_id, -2, "order-1")
-    await take(product, service_headers, product_id, -1, "order-2")
-    assert await undo(product, service_headers, product_id, "order-3") == 200
-    two_days_ago = int(time.time()) - 2 * 86_400
-    await store.collection.update_one(
-        {"_id": ObjectId(product_id)},
-        {"$set": {"stock_moved_at.order-1": two_days_ago, "stock_moved_at.order-3": two_days_ago}},
-    )
-
-    assert await store.prune_stock_moves(older_than=time.time() - 86_400) == 2
-
-    assert await recorded_moves(product, product_id) == ({"order-2"}, {"order-2"})
-    assert await stock_of(product, product_id) == 7  # forgetting changes no stock
-    assert await take(product, service_headers, product_id, -1, "order-2") == 200
-    assert await stock_of(product, product_id) == 7  # a recent move still applies once
-    assert await store.prune_stock_moves(older_than=time.time() - 86_400) == 0
-
-
-async def test_moves_recorded_without_a_time_are_stamped_then_forgotten_later(
-    product: TestClient, admin_headers: dict[str, str]
-) -> None:
-    store = product.app[STORE]
-    product_id = (await create_product(product, admin_headers, stock=10))["id"]
-    # As a product looked before moves had times.
-    await store.collection.update_one(
-        {"_id": ObjectId(product_id)}, {"$set": {"stock_moves.order-9": -1}}
-    )
-    everything = time.time() + 60  # "older than a minute from now": every stamped move
-    assert await store.prune_stock_moves(older_than=everything) == 0
-    assert await recorded_moves(product, product_id) == ({"order-9"}, {"order-9"})
-    assert await store.prune_stock_moves(older_than=everything) == 1
-    assert await recorded_moves(product, product_id) == (set(), set())
-
-
-async def test_the_service_forgets_old_moves_by_itself(
-    aiohttp_client: Any,
-    product_settings: ProductSettings,
-    admin_headers: dict[str, str],
-) -> None:
-    settings = product_settings.model_copy(update={"stock_moves_prune_interval": 0.05})
-    product = await aiohttp_client(create_product_app(settings))
-    product_id = (await create_product(product, admin_headers, stock=1))["id"]
-    await product.app[STORE].collection.update_one(
-        {"_id": ObjectId(product_id)},
-        {"$set": {"stock_moves.order-1": -1, "stock_moved_at.order-1": 0}},
-    )
-
-    async def forgotten() -> bool:
-        return await recorded_moves(product, product_id) == (set(), set())
-
-    await eventually(forgotten, "the old move being forgotten")

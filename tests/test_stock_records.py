@@ -1,0 +1,272 @@
+"""The records that make referenced stock changes apply once (svc_product.stock): kept in
+their own collection, not in the product documents the catalogue reads; what a crash
+leaves half-done is finished; old records are forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import bson
+from aiohttp.test_utils import TestClient
+from bson import ObjectId
+from support import create_product, eventually, stock_of, take, take_answer, undo
+
+from svc_product.app import ProductSettings
+from svc_product.app import create_app as create_product_app
+from svc_product.keys import STOCK, STORE
+from svc_product.stock import TAKE, UNDO, Marker, StockLedger
+
+UNDONE_ANSWER = (409, "stock_change_undone")
+
+
+def ledger_of(product: TestClient) -> StockLedger:
+    return product.app[STOCK]
+
+
+async def stored(product: TestClient, product_id: str) -> dict[str, Any]:
+    return await product.app[STORE].collection.find_one({"_id": ObjectId(product_id)})
+
+
+async def records(product: TestClient, product_id: str) -> dict[str, dict[str, Any]]:
+    """The stock records of one product, by reference."""
+    found = ledger_of(product).moves.find({"_id": {"$regex": f"^{product_id}:"}})
+    return {doc["_id"].split(":", 1)[1]: doc async for doc in found}
+
+
+async def settled(product: TestClient) -> None:
+    """What the background settling would do within half a second, now."""
+    await ledger_of(product).settle_won()
+
+
+async def test_product_documents_do_not_grow_with_orders(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=1_000))["id"]
+    before = await stored(product, product_id)
+
+    results = await asyncio.gather(
+        *(take(product, service_headers, product_id, -1, f"order-{n}") for n in range(200))
+    )
+    assert set(results) == {200}
+    await settled(product)
+
+    after = await stored(product, product_id)
+    assert after["stock"] == 800
+    assert set(after) == set(before)  # no map of moves, no markers left behind
+    assert len(bson.encode(after)) == len(bson.encode(before))
+    assert len(await records(product, product_id)) == 200
+
+
+async def test_a_repeat_while_the_first_is_unsettled_changes_nothing(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=5))["id"]
+    assert await take(product, service_headers, product_id, -2, "order-1") == 200
+    # Its marker is still there (settled in the next batch): a repeat waits on it.
+    assert "order-1" in (await stored(product, product_id)).get("pending", {})
+    assert await take(product, service_headers, product_id, -2, "order-1") == 200
+    await settled(product)
+    assert await take(product, service_headers, product_id, -2, "order-1") == 200
+    assert await stock_of(product, product_id) == 3
+
+
+async def test_racing_repeats_and_undos_of_one_reference_end_undone_and_exact(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=100))["id"]
+    references = [f"order-{n}" for n in range(12)]
+    takes = [take_answer(product, service_headers, product_id, -3, ref) for ref in references * 3]
+    undos = [undo(product, service_headers, product_id, ref) for ref in references * 2]
+    answers = await asyncio.gather(*takes, *undos)
+
+    assert {answer for answer in answers[: len(takes)]} <= {(200, None), UNDONE_ANSWER}
+    assert set(answers[len(takes) :]) == {200}
+    await settled(product)
+    await ledger_of(product).sweep(time.time() + 1)
+    assert await stock_of(product, product_id) == 100  # every take undone, none twice
+    assert {record["state"] for record in (await records(product, product_id)).values()} == {
+        "undone"
+    }
+    assert "pending" not in await stored(product, product_id)
+
+
+async def crash_after_applying(
+    product: TestClient, product_id: str, reference: str, kind: str, units: int
+) -> Marker:
+    """The first step of a change, as a process that died right after it left it."""
+    marker = Marker(kind, "crashed", units, time.time() - 3_600)
+    await product.app[STORE].collection.update_one(
+        {"_id": ObjectId(product_id)},
+        {
+            "$inc": {"stock": units, "pending_count": 1},
+            "$set": {f"pending.{reference}": str(marker)},
+        },
+    )
+    return marker
+
+
+async def test_a_take_whose_process_died_before_its_record_is_kept_and_recorded(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    await crash_after_applying(product, product_id, "order-1", TAKE, -4)
+
+    assert await ledger_of(product).sweep(time.time() - 60) == 1
+
+    assert await stock_of(product, product_id) == 6
+    assert (await records(product, product_id))["order-1"]["take"] == "crashed"
+    assert "pending" not in await stored(product, product_id)
+    # The checkout's own repeat (recovery) now knows it applied; its undo puts it back.
+    assert await take(product, service_headers, product_id, -4, "order-1") == 200
+    assert await stock_of(product, product_id) == 6
+    assert await undo(product, service_headers, product_id, "order-1") == 200
+    assert await stock_of(product, product_id) == 10
+
+
+async def test_an_undo_finds_a_take_whose_process_died_and_reverses_it_once(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    await crash_after_applying(product, product_id, "order-2", TAKE, -4)
+
+    statuses = await asyncio.gather(
+        *(undo(product, service_headers, product_id, "order-2") for _ in range(5))
+    )
+
+    assert set(statuses) == {200}
+    assert await stock_of(product, product_id) == 10
+    assert await take_answer(product, service_headers, product_id, -4, "order-2") == UNDONE_ANSWER
+    assert await stock_of(product, product_id) == 10
+
+
+async def test_a_duplicate_application_left_by_a_crash_is_reversed(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    """A straggler applied a take that was already recorded under another token, and died
+    before it could see so: the sweep takes its units back."""
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    assert await take(product, service_headers, product_id, -3, "order-3") == 200
+    await settled(product)
+    await crash_after_applying(product, product_id, "order-3", TAKE, -3)
+    assert await stock_of(product, product_id) == 4
+
+    assert await ledger_of(product).sweep(time.time() - 60) == 1
+
+    assert await stock_of(product, product_id) == 7
+    assert "pending" not in await stored(product, product_id)
+
+
+async def test_an_undo_whose_process_died_before_its_record_is_finished(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    assert await take(product, service_headers, product_id, -3, "order-4") == 200
+    await settled(product)
+    await crash_after_applying(product, product_id, "order-4", UNDO, 3)  # units back, no record
+
+    assert await undo(product, service_headers, product_id, "order-4") == 200
+
+    assert await stock_of(product, product_id) == 10  # put back once, not twice
+    assert (await records(product, product_id))["order-4"]["undo"] == "crashed"
+    assert await take_answer(product, service_headers, product_id, -3, "order-4") == UNDONE_ANSWER
+
+
+async def test_a_take_undone_before_it_arrived_is_reversed_if_it_slipped_in(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    """The undo recorded 'never applied' while the take's first step was already done by a
+    process that then died: the take's units go back."""
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    ledger = ledger_of(product)
+    await ledger.moves.insert_one(
+        {
+            "_id": f"{product_id}:order-5",
+            "units": 0,
+            "state": "undone",
+            "take": "",
+            "undo": "never",
+            "at": time.time(),
+        }
+    )
+    await crash_after_applying(product, product_id, "order-5", TAKE, -2)
+
+    assert await undo(product, service_headers, product_id, "order-5") == 200
+
+    assert await stock_of(product, product_id) == 10
+    assert "pending" not in await stored(product, product_id)
+
+
+# -- forgetting old records, and those an older version kept in the product -----------------
+
+
+async def test_old_stock_records_are_forgotten_and_recent_ones_kept(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    ledger = ledger_of(product)
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    await take(product, service_headers, product_id, -2, "order-1")
+    await take(product, service_headers, product_id, -1, "order-2")
+    assert await undo(product, service_headers, product_id, "order-3") == 200
+    two_days_ago = time.time() - 2 * 86_400
+    await ledger.moves.update_many(
+        {"_id": {"$in": [f"{product_id}:order-1", f"{product_id}:order-3"]}},
+        {"$set": {"at": two_days_ago}},
+    )
+
+    assert await ledger.prune(older_than=time.time() - 86_400) == 2
+
+    assert set(await records(product, product_id)) == {"order-2"}
+    assert await stock_of(product, product_id) == 7  # forgetting changes no stock
+    assert await take(product, service_headers, product_id, -1, "order-2") == 200
+    assert await stock_of(product, product_id) == 7  # a recent move still applies once
+    assert await ledger.prune(older_than=time.time() - 86_400) == 0
+
+
+async def test_moves_an_older_version_kept_in_the_product_are_moved_out(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    ledger = ledger_of(product)
+    product_id = (await create_product(product, admin_headers, stock=10))["id"]
+    # As a product looked when each move was kept in it.
+    await product.app[STORE].collection.update_one(
+        {"_id": ObjectId(product_id)},
+        {
+            "$set": {
+                "stock_moves.order-8": -2,
+                "stock_moves.order-9": "undone",
+                "stock_moved_at.order-8": int(time.time()),
+            }
+        },
+    )
+
+    assert await ledger.adopt_old_moves() == 2
+    assert await ledger.adopt_old_moves() == 0  # idempotent
+
+    doc = await stored(product, product_id)
+    assert "stock_moves" not in doc and "stock_moved_at" not in doc
+    assert set(await records(product, product_id)) == {"order-8", "order-9"}
+    assert await take(product, service_headers, product_id, -2, "order-8") == 200  # done before
+    assert await take_answer(product, service_headers, product_id, -1, "order-9") == UNDONE_ANSWER
+    assert await stock_of(product, product_id) == 10
+    assert await undo(product, service_headers, product_id, "order-8") == 200
+    assert await stock_of(product, product_id) == 12  # its two units, back once
+
+
+async def test_the_service_forgets_old_records_by_itself(
+    aiohttp_client: Any,
+    product_settings: ProductSettings,
+    admin_headers: dict[str, str],
+) -> None:
+    settings = product_settings.model_copy(update={"stock_moves_prune_interval": 0.05})
+    product = await aiohttp_client(create_product_app(settings))
+    product_id = (await create_product(product, admin_headers, stock=1))["id"]
+    await ledger_of(product).moves.insert_one(
+        {"_id": f"{product_id}:order-1", "units": -1, "state": "taken", "take": "x", "at": 0.0}
+    )
+
+    async def forgotten() -> bool:
+        return await records(product, product_id) == {}
+
+    await eventually(forgotten, "the old record being forgotten")
