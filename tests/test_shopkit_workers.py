@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,7 @@ def test_a_killed_worker_is_started_again(service: Service) -> None:
 
 def test_workers_stop_when_their_supervisor_is_killed(service: Service) -> None:
     workers = [psutil.Process(pid) for pid in worker_pids(service.log).values()]
+    metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
     service.popen.send_signal(signal.SIGKILL)
     service.popen.wait(timeout=10)
 
@@ -192,6 +194,7 @@ def test_workers_stop_when_their_supervisor_is_killed(service: Service) -> None:
     assert not alive, processes.log_tail(service.log)
     warnings = [line for line in log_lines(service.log) if line.get("level") == "warning"]
     assert sorted(line["worker"] for line in warnings) == [1, 2], warnings
+    shutil.rmtree(metrics_dir)  # the supervisor's to remove, had it not been killed
 
 
 def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
