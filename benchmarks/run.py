@@ -57,6 +57,11 @@ CART_LINES = 3
 # Their owners: accounts at the user service (every service refuses a token naming nobody).
 CART_USERS = [str(900_000_000 + number) for number in range(CARTS)]
 FRESH_CART = "cart, no token cache"
+# The product and cart services again with WORKERS=2 (a supervisor and two workers sharing
+# the port): their CPU column counts the whole process tree.
+PRODUCT_2 = "product, 2 workers"
+CART_2 = "cart, 2 workers"
+WHOLE_TREES = (PRODUCT_2, CART_2)
 # The old Node.js seed's own figures on a machine like this one (requests per second).
 NODE_SEED_RATES = {"product by id": 1_100.0, "cart read": 5_100.0}
 
@@ -137,7 +142,7 @@ def start_stack(products: int) -> Iterator[Stack]:
             stack.pids["redis"] = redis_pid
 
         ports: dict[str, int] = {}
-        for name in ("bare", "product", "gateway", "cart", FRESH_CART, "user"):
+        for name in ("bare", "product", "gateway", "cart", FRESH_CART, "user", PRODUCT_2, CART_2):
             ports[name] = processes.free_port(avoid=ports.values())
         stack.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         stack.jwt_secret = secrets.token_urlsafe(48)
@@ -179,6 +184,11 @@ def start_stack(products: int) -> Iterator[Stack]:
                 [sys.executable, "-m", "svc_cart"],
                 {**cart_env, "TOKEN_STATUS_CACHE_SECONDS": "0"},
             ),
+            PRODUCT_2: (
+                [sys.executable, "-m", "svc_product"],
+                {"MONGODB_URI": mongo_uri, "WORKERS": "2"},
+            ),
+            CART_2: ([sys.executable, "-m", "svc_cart"], {**cart_env, "WORKERS": "2"}),
         }
         started: list[processes.ManagedProcess] = []
         cleanup.callback(lambda: processes.stop_all(started))
@@ -194,9 +204,23 @@ def start_stack(products: int) -> Iterator[Stack]:
             stack.running[name] = started[-1]
         for name in commands:
             harness.wait_for_health(name, stack.running[name], stack.urls[name], START_TIMEOUT)
+        for name in WHOLE_TREES:
+            wait_for_workers(name, stack.running[name], 2)
         fill_carts(stack)
         check_answers(stack)
         yield stack
+
+
+def wait_for_workers(name: str, supervisor: processes.ManagedProcess, count: int) -> None:
+    """Until the supervisor's log says all ``count`` workers serve (its /health answers as
+    soon as the first one does)."""
+    assert supervisor.log_path is not None
+    serving = f"all {count} workers serving"
+    if not processes.wait_until(
+        lambda: serving in supervisor.log_path.read_text(), START_TIMEOUT, interval=0.05
+    ):
+        tail = processes.log_tail(supervisor.log_path)
+        raise BenchmarkError(f"{name}: not all workers serving; log ends:\n{tail}")
 
 
 def fill_carts(stack: Stack) -> None:
@@ -277,7 +301,8 @@ class Line:
 def measure(stack: Stack, line: Line) -> Measurement:
     """Run one line, accounting the CPU each process spent on it."""
     meter = harness.CpuMeter(
-        {**stack.pids, **{key: process.pid for key, process in stack.running.items()}}
+        {**stack.pids, **{key: process.pid for key, process in stack.running.items()}},
+        whole_trees=WHOLE_TREES,
     )
     result = line.run()
     cpu = meter.read()
@@ -333,11 +358,25 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
         Line("datastore list", "first 20 + count", "pymongo", "driver", mongo("list")),
         Line("product by id", by_id, http_driver, "product", http("product", id_paths)),
         Line("product list", page, http_driver, "product", http("product", [LIST_PATH])),
+        Line(
+            "product by id, 2 workers",
+            by_id + ", WORKERS=2",
+            http_driver,
+            PRODUCT_2,
+            http(PRODUCT_2, id_paths),
+        ),
         Line("gateway by id", by_id, http_driver, "gateway", http("gateway", id_paths)),
         Line("gateway list", page, http_driver, "gateway", http("gateway", [LIST_PATH])),
         Line("datastore cart", "GET cart:{userId}", "redis-py", "driver", redis),
         Line(
             "cart read", "GET /api/cart/:userId", http_driver, "cart", http("cart", [], cart_reads)
+        ),
+        Line(
+            "cart read, 2 workers",
+            "GET /api/cart/:userId, WORKERS=2",
+            http_driver,
+            CART_2,
+            http(CART_2, [], cart_reads),
         ),
         # What a token check costs: a plain request beside it, and a check that always misses.
         Line(
@@ -391,6 +430,8 @@ RATIOS = [
     ("cart read / datastore", "cart read", "datastore cart", None, None),
     ("cart read / cart health", "cart read", "cart health", None, None),
     ("cart read: token cache off / on", "cart read, no token cache", "cart read", None, None),
+    ("product by id: 2 workers / 1", "product by id, 2 workers", "product by id", None, None),
+    ("cart read: 2 workers / 1", "cart read, 2 workers", "cart read", None, None),
 ]
 
 
@@ -409,6 +450,8 @@ CPU_COLUMNS = (
     "gateway",
     "cart",
     FRESH_CART,
+    PRODUCT_2,
+    CART_2,
     "user",
     "redis",
     "bare",
@@ -420,7 +463,8 @@ CPU_COLUMNS = (
 def print_report(console: Console, results: list[Measurement], header: str) -> None:
     table = harness.lines_table(
         header,
-        "CPU µs/req: CPU time of the process under test per request; the last eight "
+        "CPU µs/req: CPU time of the process under test per request (with WORKERS=2: the "
+        "supervisor and its workers); the last ten "
         "columns: cores each process kept busy (driver: the load generator, other: anything "
         "else on this machine)",
         "CPU µs/req",

@@ -39,6 +39,7 @@ class UpConfig:
     # The environment shopctl runs in (taken as an argument so tests can pass their own).
     environ: Mapping[str, str]
     foreground: bool = False
+    workers: int = 1  # each service's WORKERS
 
 
 def logs_dir(data_dir: Path) -> Path:
@@ -60,6 +61,7 @@ def start_shop(
     shared = {
         "JWT_SECRET": jwt_secret(config, report),
         "LOG_LEVEL": config.log_level.upper(),
+        "WORKERS": str(config.workers),
     }
     needs_admin = any(service.owns_admin_account for service in present)
     admin = admin_account(config, report) if needs_admin else {}

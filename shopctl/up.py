@@ -14,6 +14,7 @@ from shopctl.console import Consoles, failures_reported, get_consoles
 from shopctl.options import BasePort, DataDir, LogLevel
 from shopctl.probes import ServiceHealth
 from shopctl.stack import UpConfig
+from shopkit.settings import MAX_WORKERS
 
 
 def up(
@@ -41,6 +42,16 @@ def up(
         LogLevel,
         typer.Option(help="The services' LOG_LEVEL.", envvar="LOG_LEVEL", case_sensitive=False),
     ] = LogLevel.INFO,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes per service (their WORKERS), sharing its port: for a machine "
+            "with cores to spare.",
+            envvar="WORKERS",
+            min=1,
+            max=MAX_WORKERS,
+        ),
+    ] = 1,
 ) -> None:
     """Start the shop: backing servers, then every service.
 
@@ -52,9 +63,17 @@ def up(
 
     * `shopctl up` (Ctrl-C stops it)
     * `shopctl up --detach --base-port 4000 --data-dir /tmp/shop2`
+    * `shopctl up --workers 2` (two processes per service)
     """
     consoles = get_consoles(ctx)
-    config = UpConfig(data_dir, base_port, log_level.value, dict(os.environ), foreground=not detach)
+    config = UpConfig(
+        data_dir,
+        base_port,
+        log_level.value,
+        dict(os.environ),
+        foreground=not detach,
+        workers=workers,
+    )
     with failures_reported(consoles):
         if detach:
             _start_detached(config, consoles, timeout)

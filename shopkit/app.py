@@ -13,11 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from shopkit import workers
 from shopkit.client import http_session_ctx
 from shopkit.errors import error_body
 from shopkit.keys import METRICS, READY_CHECK, SETTINGS, UNAVAILABLE_ERRORS
 from shopkit.logs import configure_logging
-from shopkit.metrics import Metrics
+from shopkit.metrics import MULTIPROCESS_DIR_VARIABLE, Metrics
 from shopkit.middleware import answer_expect_headers, shop_middleware
 from shopkit.openapi import build_openapi, endpoint
 from shopkit.responses import json_response, ok
@@ -66,7 +67,8 @@ def create_service_app(
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics(settings.service_name)
+    # prometheus_client itself chose per-process files from the same variable at import.
+    app[METRICS] = Metrics(settings.service_name, os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None)
     app[READY_CHECK] = ready_check
     app[UNAVAILABLE_ERRORS] = unavailable_errors
     if http_client:
@@ -129,23 +131,38 @@ def run(
     settings_class: type[ServiceSettings],
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Read settings, configure logging, serve until SIGINT/SIGTERM. Every service's main."""
+    """Read settings, configure logging, serve until SIGINT/SIGTERM. Every service's main.
+
+    With ``WORKERS`` > 1 this process supervises that many workers, each this same command
+    (see shopkit.workers), and a worker serves as a single process does, sharing the port."""
     name = settings_class.service_name
+    environ = os.environ if environ is None else environ
     try:
-        settings = settings_class.from_env(os.environ if environ is None else environ)
+        settings = settings_class.from_env(environ)
     except SettingsError as exc:
         print(f"{name} service: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(name, settings.log_level)
-    app = create_app(settings)
-    log.info("starting on %s:%s", settings.host, settings.port)
+    role = workers.worker_role(environ)
+    supervising = settings.workers > 1 and role is None
+    if supervising:
+        configure_logging(name, settings.log_level, worker=workers.SUPERVISOR)
+    else:
+        configure_logging(name, settings.log_level, worker=role.number if role else None)
     try:
+        if supervising:
+            raise SystemExit(
+                workers.supervise(name, settings.host, settings.port, settings.workers, environ)
+            )
+        app = create_app(settings)
+        log.info("starting on %s:%s", settings.host, settings.port)
         web.run_app(
             app,
             host=settings.host,
             port=settings.port,
             access_log=None,
-            print=None,
+            print=role.serving if role else None,
+            # Workers share the port; the kernel spreads connections over them.
+            reuse_port=True if role else None,
             loop=_new_event_loop(),
             # On SIGTERM (Kubernetes stopping the pod; the service is PID 1) aiohttp stops
             # listening, gives the requests in flight up to this long to finish, then runs
@@ -153,7 +170,7 @@ def run(
             # SIGTERM are dropped: the pod's preStop pause lets traffic drain first.
             shutdown_timeout=10,
         )
-    except StartupError as exc:
+    except (StartupError, workers.SupervisorError) as exc:
         log.error("cannot start: %s", exc)
         print(f"{name} service: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

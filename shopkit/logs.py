@@ -19,9 +19,12 @@ FLUSH_INTERVAL = 0.5  # seconds an info line may wait in the buffer
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, worker: int | None = None) -> None:
         super().__init__()
         self.service = service
+        # Which of a service's processes wrote the line, when it runs several (WORKERS > 1):
+        # 1 .. N for the workers, 0 for the process that supervises them.
+        self.worker = worker
         self._second = -1
         self._second_text = ""
 
@@ -42,6 +45,8 @@ class JsonFormatter(logging.Formatter):
             "request_id": REQUEST_ID.get(),
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         # Anything passed as `extra=` becomes a field of its own.
         for key in record.__dict__.keys() - _STANDARD_ATTRS:
             if not key.startswith("_"):
@@ -104,13 +109,16 @@ class MalformedRequestsAreWarnings(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Configure the root logger once, at process start (from ``run()``)."""
+def configure_logging(
+    service: str, level: str = "INFO", stream: TextIO | None = None, worker: int | None = None
+) -> None:
+    """Configure the root logger once, at process start (from ``run()``); ``worker`` names
+    the process in every line when the service runs several (see JsonFormatter)."""
     # Our lines name no thread, process or source line: skip collecting them per record.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # documented in the logging HOWTO's "Optimization" section
     handler = BufferedStreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, worker))
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, BufferedStreamHandler):

@@ -6,6 +6,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# When this variable names a directory as prometheus_client is imported, every value is kept
+# in a file there (one per process), so the workers of one service (WORKERS > 1: shopkit.workers
+# sets it for them) can answer a scrape with the sum over all of them.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -13,7 +19,8 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["service", "method", "route", "status"]
         self.requests = Counter(
@@ -43,4 +50,10 @@ class Metrics:
         children[1].observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # A scrape lands on one worker: answer with every worker's values (dead ones' too, so
+        # counters never go back), read from their files, as prometheus_client documents.
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, self.multiprocess_dir)
+        return generate_latest(every_worker)

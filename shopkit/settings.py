@@ -12,6 +12,9 @@ from typing import Annotated, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+# More processes than this on one host only multiply pools and memory: run more replicas.
+MAX_WORKERS = 32
+
 
 class SettingsError(Exception):
     """A required setting is missing or malformed; the message is one line naming it."""
@@ -55,6 +58,9 @@ class ServiceSettings(BaseModel):
     # How long a request body may take to arrive (a client trickling it byte by byte would
     # otherwise hold a connection and a handler for as long as it likes): then 408.
     body_timeout_seconds: float = Field(30.0, alias="BODY_TIMEOUT_SECONDS", gt=0, le=600)
+    # Processes serving this one port (SO_REUSEPORT), each with its own app, pools and
+    # background loops: see shopkit.workers. 1 is one process, as without the setting.
+    workers: int = Field(1, alias="WORKERS", ge=1, le=MAX_WORKERS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

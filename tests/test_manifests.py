@@ -464,6 +464,19 @@ def test_network_policies_let_exactly_the_callers_in(documents: list[Document]) 
             assert {p["port"] for p in rule["ports"]} == ports, name
 
 
+def test_every_service_says_how_many_workers_and_has_a_core_for_each(
+    documents: list[Document],
+) -> None:
+    """WORKERS is set, never left to a default, and a pod's CPU limit gives each worker a
+    core at least (more workers than cores only multiply pools and memory)."""
+    for name, deployment in by_kind(documents, "Deployment").items():
+        app = container(deployment)
+        (workers,) = [int(e["value"]) for e in app["env"] if e["name"] == "WORKERS"]
+        limit = str(app["resources"]["limits"]["cpu"])
+        cores = int(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)
+        assert 1 <= workers <= max(1, cores), name
+
+
 def test_services_run_locked_down(documents: list[Document]) -> None:
     for name, workload in workloads(documents).items():
         pod = workload["spec"]["template"]["spec"]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from shopctl import probes, processes
@@ -182,6 +183,31 @@ def test_up_status_down_and_up_again_keeps_the_data(data_dir: Path) -> None:
     down = shopctl("down", "--data-dir", data_dir)
     assert down.returncode == 0, down.stdout + down.stderr
     assert_all_gone(listed)
+
+
+def test_up_with_two_workers_per_service_and_down_stops_them_all(data_dir: Path) -> None:
+    base = free_base_port()
+    up = shopctl("up", "--detach", "--workers", "2", "--data-dir", data_dir, "--base-port", base)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    listed = listed_processes(data_dir)
+    state = load_state(data_dir)
+    assert state is not None
+    workers = []
+    for service in state.services:
+        supervisor = psutil.Process(service.process.pid)
+        # Its two workers (the second starts once the first serves).
+        two = processes.wait_until(lambda p=supervisor: len(p.children()) == 2, 30)
+        assert two, service.name
+        workers += supervisor.children()
+    code, listing = http("GET", f"http://127.0.0.1:{base}/api/products")
+    assert code == 200, listing
+
+    down = shopctl("down", "--data-dir", data_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_all_gone(listed)
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive
 
 
 def test_up_in_the_foreground_stops_everything_on_ctrl_c(data_dir: Path, tmp_path: Path) -> None:

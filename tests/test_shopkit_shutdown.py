@@ -1,6 +1,7 @@
 """SIGTERM, as Kubernetes sends it to a service that is PID 1 of its container: the
 requests in flight finish, then the connections and pools close, then the process exits 0.
-A real process runs shopkit's run(), the main every service has."""
+A real process runs shopkit's run(), the main every service has; with WORKERS=2 the same
+holds for the worker the request is on, when the SIGTERM goes to their supervisor."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import socket
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import psutil
+import pytest
 from support import JWT_SECRET, REPO
 
 from shopctl import processes
@@ -77,21 +81,38 @@ SLOW_SERVICE = textwrap.dedent(
 )
 
 
-def log_messages(path: Path) -> list[str]:
-    messages = []
-    for line in path.read_text().splitlines():
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for text in path.read_text().splitlines():
         try:
-            messages.append(json.loads(line)["msg"])
-        except (ValueError, KeyError):
-            messages.append(line)
-    return messages
+            lines.append(json.loads(text))
+        except ValueError:
+            lines.append({"msg": text})
+    return lines
 
 
-def logged(path: Path, message: str) -> bool:
-    return processes.wait_until(lambda: message in log_messages(path), timeout=30)
+def busy_process(path: Path, pid: int) -> psutil.Process:
+    """The process the request is on: the service itself, or the worker that logged it."""
+    lines = log_lines(path)
+    (busy,) = {line.get("worker") for line in lines if line["msg"] == "work started"}
+    if busy is None:
+        return psutil.Process(pid)
+    started = f"worker {busy} started (pid "
+    (start,) = [line["msg"] for line in lines if line["msg"].startswith(started)]
+    return psutil.Process(int(start.removeprefix(started).rstrip(")")))
 
 
-def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(tmp_path: Path) -> None:
+def logged(path: Path, message: str, times: int = 1) -> bool:
+    """Whether ``message`` is in the log ``times`` times (once per worker) within 30 s."""
+    return processes.wait_until(
+        lambda: [line.get("msg") for line in log_lines(path)].count(message) >= times, 30
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(
+    tmp_path: Path, workers: int
+) -> None:
     script = tmp_path / "slow_service.py"
     script.write_text(SLOW_SERVICE)
     port = processes.free_port()
@@ -102,10 +123,13 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(tmp_path: 
         "JWT_SECRET": JWT_SECRET,
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        "WORKERS": str(workers),
     }
     service = processes.spawn([sys.executable, str(script)], log_path=log, env=env)
     assert service.popen is not None
     try:
+        if workers > 1:
+            assert logged(log, "all 2 workers serving"), processes.log_tail(log)
         listening = processes.wait_until(lambda: processes.accepts_connections(port), 30)
         assert listening, processes.log_tail(log)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
@@ -118,10 +142,10 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(tmp_path: 
             assert logged(log, "work started"), processes.log_tail(log)
 
             service.popen.send_signal(signal.SIGTERM)
-            assert logged(log, "shutdown begun"), processes.log_tail(log)
+            assert logged(log, "shutdown begun", times=workers), processes.log_tail(log)
             # No new connections from here on; the one in flight still gets its answer.
             assert not processes.accepts_connections(port)
-            service.popen.send_signal(signal.SIGUSR1)
+            busy_process(log, service.popen.pid).send_signal(signal.SIGUSR1)
             response = http.client.HTTPResponse(client)
             response.begin()
             assert response.status == 200
@@ -130,6 +154,11 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(tmp_path: 
     finally:
         processes.stop(service, timeout=5)
 
-    messages = log_messages(log)
+    lines = log_lines(log)
+    (busy,) = {line.get("worker") for line in lines if line["msg"] == "work started"}
+    messages = [line["msg"] for line in lines if line.get("worker") == busy]
     order = [m for m in messages if m in ("shutdown begun", "work finishing", "pool closed")]
     assert order == ["shutdown begun", "work finishing", "pool closed"], messages
+    # Every worker closed its own pool.
+    closed = sorted(line.get("worker") for line in lines if line["msg"] == "pool closed")
+    assert closed == ([1, 2] if workers > 1 else [None])
