@@ -61,8 +61,10 @@ NEVER = "never"  # the undo token of a reference undone before any change arrive
 # sweep treats it as left by a crash (its owner normally settles it within milliseconds).
 ORPHAN_AFTER_SECONDS = 30.0
 ATTEMPTS = 8  # rounds of apply / settle before a busy reference answers 409 stock_busy
-# How often this process removes the markers it won (see StockLedger.settle_won).
+# How often this process removes the markers it won, and how old they must be by then (see
+# StockLedger.settle_won): a marker lives between half a second and a second.
 SETTLE_INTERVAL = 0.5
+SETTLE_AFTER = 0.5
 
 
 class StockChangeUndone(Conflict):
@@ -126,6 +128,10 @@ class Marker:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.token}:{self.units}:{self.at:.3f}"
+
+    @staticmethod
+    def at_of(text: str) -> float:
+        return float(text.rsplit(":", 1)[1])
 
 
 def _guard(delta: int) -> dict[str, int]:
@@ -285,11 +291,21 @@ class StockLedger:
         """Step 3 for a winner: its marker goes with the next batch (see settle_won)."""
         self._to_settle[oid][reference] = str(marker)
 
-    async def settle_won(self) -> None:
-        """Remove the markers this process won, one update per product. A marker is left
-        there for a moment on purpose: a repeat arriving meanwhile finds it and waits on
-        it instead of applying and reversing."""
-        batch, self._to_settle = self._to_settle, defaultdict(dict)
+    async def settle_won(self, older_than: float = 0.0) -> None:
+        """Remove the markers this process won at least ``older_than`` seconds ago, one
+        update per product. A marker is left there for that moment on purpose: a repeat
+        arriving meanwhile (the usual duplicate) meets it and changes nothing, instead of
+        applying and then reversing."""
+        due = time.time() - older_than
+        batch: dict[ObjectId, dict[str, str]] = {}
+        for oid, won in list(self._to_settle.items()):
+            ready = {ref: value for ref, value in won.items() if Marker.at_of(value) <= due}
+            if ready:
+                batch[oid] = ready
+                for reference in ready:
+                    del won[reference]
+            if not won:
+                del self._to_settle[oid]
         for oid, markers in batch.items():
             removed = await self.products.update_one(
                 {"_id": oid, **{f"pending.{ref}": value for ref, value in markers.items()}},
@@ -485,7 +501,7 @@ async def stock_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def settle() -> None:
         try:
-            await ledger.settle_won()
+            await ledger.settle_won(SETTLE_AFTER)
         except PyMongoError as exc:  # tried again by the sweep
             log.warning("could not settle stock markers: %s", exc)
 
