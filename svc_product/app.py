@@ -13,7 +13,7 @@ from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_ser
 from shopkit.settings import MongoUrl
 from svc_product.keys import MONGO, MONGO_ANSWERS
 from svc_product.routes import routes
-from svc_product.store import mongo_ctx, prune_stock_moves_ctx
+from svc_product.store import keywords_backfill_ctx, mongo_ctx, prune_stock_moves_ctx
 
 
 class ProductSettings(TokenCheckingSettings):
@@ -50,5 +50,6 @@ def create_app(settings: ProductSettings) -> web.Application:
     )
     app.cleanup_ctx.append(mongo_ctx)
     app.cleanup_ctx.append(prune_stock_moves_ctx)
+    app.cleanup_ctx.append(keywords_backfill_ctx)
     app.router.add_routes(routes)
     return app
