@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 # What svc_product.store does for the same two reads (ProductStore.get and .find_page with
 # the default sort): same filter, same projection, same sort, same concurrent count.
-PROJECTION = {"sort_name": False}
+PROJECTION = {"sort_name": False, "keywords": False, "stock_moves": False, "stock_moved_at": False}
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 PAGE_SIZE = 20
 
@@ -138,8 +138,9 @@ async def _mongo_load(
 
     async def page(rng: random.Random) -> None:
         cursor = collection.find({}, PROJECTION).sort(NEWEST_FIRST).skip(0).limit(PAGE_SIZE)
-        docs, _total = await asyncio.gather(
-            cursor.to_list(length=PAGE_SIZE), collection.count_documents({})
+        docs, _count = await asyncio.gather(
+            cursor.to_list(length=PAGE_SIZE),
+            collection.database.command("count", collection.name, query={}),
         )
         if len(docs) != PAGE_SIZE:
             raise LookupError(f"a page had {len(docs)} products, not {PAGE_SIZE}")

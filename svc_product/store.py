@@ -243,10 +243,18 @@ class ProductStore:
                 return docs, len(docs)
             ids = await self.collection.find(query, {"_id": True}).to_list(length=None)
             return docs, len(ids)
-        docs, total = await asyncio.gather(
-            cursor.to_list(length=limit), self.collection.count_documents(query)
-        )
+        docs, total = await asyncio.gather(cursor.to_list(length=limit), self._count(query))
         return docs, total
+
+    async def _count(self, query: dict[str, Any]) -> int:
+        # The count command, not count_documents (an aggregate of $match and $group): on
+        # MongoDB both count the matches with the same index, but nx-27017 answers any
+        # aggregate by decoding every product in Python (0.6 s at 10k products, whatever
+        # the filter), and the count command in SQL. Without a filter MongoDB answers it
+        # from the collection's metadata, at once (after an unclean shutdown that figure
+        # may be off until the collection is validated).
+        reply = await self.collection.database.command("count", self.collection.name, query=query)
+        return int(reply["n"])
 
     async def categories(self) -> list[dict[str, Any]]:
         pipeline = [{"$group": {"_id": "$category", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]
