@@ -156,7 +156,9 @@ def catalogue_filter(
         # Every word must begin a word of the name or the description (svc_product.search):
         # a multikey index look-up on MongoDB. Not $text, which nx-27017 answers differently;
         # not $regex, a scan of the catalogue. A query of punctuation only matches nothing.
-        words = query_words(q)
+        # Longest first: MongoDB scans the index for one word of an $all (the first, in
+        # the versions that document it) and checks the others on each document found.
+        words = sorted(query_words(q), key=len, reverse=True)
         query["keywords"] = {"$all": words} if words else {"$in": []}
     if category:
         query["category"] = category
