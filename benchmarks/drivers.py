@@ -148,7 +148,8 @@ async def _mongo_load(
         selector = selector or {}
         cursor = collection.find(selector, PROJECTION).sort(NEWEST_FIRST).limit(PAGE_SIZE)
         docs, _total = await asyncio.gather(
-            cursor.to_list(length=PAGE_SIZE), collection.count_documents(selector)
+            cursor.to_list(length=PAGE_SIZE),
+            collection.database.command("count", collection.name, query=selector),
         )
         if len(docs) != PAGE_SIZE:
             raise LookupError(f"a page had {len(docs)} products, not {PAGE_SIZE}")

@@ -47,6 +47,7 @@ from rich.table import Table  # noqa: E402
 from shopctl import processes  # noqa: E402
 from shopkit.auth import issue_token, service_token  # noqa: E402
 from shopkit.logs import mask_url  # noqa: E402
+from svc_product.search import keywords  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
@@ -97,16 +98,18 @@ def seed_products(uri: str, count: int) -> list[str]:
     for number in range(count):
         name = f"Benchmark product {number:04d}"
         created = now - timedelta(minutes=number)
+        description = (
+            "A sturdy, well-made thing for the benchmark catalogue. It exists so that every "
+            "answer carries a description about as long as a real product's would be."
+        )
         doc: dict[str, Any] = {
             "name": name,
-            "description": (
-                "A sturdy, well-made thing for the benchmark catalogue. It exists so that every "
-                "answer carries a description about as long as a real product's would be."
-            ),
+            "description": description,
             "price_cents": 199 + (number * 737) % 99_800,
             "category": CATEGORIES[number % len(CATEGORIES)],
             "stock": number % 50,
             "sort_name": name.casefold(),
+            "keywords": keywords(name, description),
             "createdAt": created,
             "updatedAt": created,
         }

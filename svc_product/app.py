@@ -14,7 +14,7 @@ from shopkit.settings import MongoUrl
 from svc_product.keys import MONGO, MONGO_ANSWERS
 from svc_product.routes import routes
 from svc_product.stock import stock_ctx
-from svc_product.store import mongo_ctx
+from svc_product.store import keywords_backfill_ctx, mongo_ctx
 
 
 class ProductSettings(TokenCheckingSettings):
@@ -52,5 +52,6 @@ def create_app(settings: ProductSettings) -> web.Application:
     )
     app.cleanup_ctx.append(mongo_ctx)
     app.cleanup_ctx.append(stock_ctx)
+    app.cleanup_ctx.append(keywords_backfill_ctx)
     app.router.add_routes(routes)
     return app

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, monitoring
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from shopkit.app import StartupError
-from shopkit.errors import NotFound
+from shopkit.background import repeating
+from shopkit.errors import Conflict, NotFound
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
@@ -28,6 +28,7 @@ from shopkit.parsing import parse_product_id
 from shopkit.readiness import DatastoreAnswers
 from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
 from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STORE
+from svc_product.search import keywords, query_words
 
 log = logging.getLogger("shop.product.store")
 
@@ -37,10 +38,11 @@ _SORTS = {
     "name": [("sort_name", ASCENDING), ("_id", ASCENDING)],
     "-createdAt": [("createdAt", DESCENDING), ("_id", DESCENDING)],
 }
-# sort_name and the stock markers are ours, not the client's (see svc_product.stock); the
+# sort_name, keywords and the stock markers are ours, not the client's (see svc_product.stock); the
 # stock_moves maps are what an older version kept in the document (moved out at start-up).
 PUBLIC = {
     "sort_name": False,
+    "keywords": False,
     "pending": False,
     "pending_count": False,
     "stock_moves": False,
@@ -88,12 +90,22 @@ def product_out(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stored_fields(fields: dict[str, Any]) -> dict[str, Any]:
+# The fields the search keywords are made of.
+_TEXT = ("name", "description")
+
+
+def _stored_fields(fields: dict[str, Any], text: dict[str, str] | None = None) -> dict[str, Any]:
+    """The stored form of the API's `fields`. When they change the name or the description,
+    the search keywords are computed again from both: the ones given, the others from
+    `text` (the stored name and description, for an update that gives only one)."""
     stored = dict(fields)
     if "price" in stored:
         stored["price_cents"] = money_to_cents(stored.pop("price"))
     if "name" in stored:
         stored["sort_name"] = stored["name"].casefold()
+    if "name" in stored or "description" in stored:
+        both = {**(text or {}), **{key: stored[key] for key in _TEXT if key in stored}}
+        stored["keywords"] = keywords(both["name"], both.get("description", ""))
     return stored
 
 
@@ -106,26 +118,20 @@ def catalogue_filter(
     max_cents: int | None = None,
     in_stock: bool = False,
 ) -> dict[str, Any]:
-    """The MongoDB filter for a catalogue query. User text only ever reaches the server
-    escaped, as the value of ``$regex`` (never as an operator or a compiled pattern)."""
+    """The MongoDB filter for a catalogue query. User text only ever reaches the server as
+    plain values (keywords, a category), never as an operator or a pattern."""
     query: dict[str, Any] = {}
     if ids is not None:
         # A malformed id names no product, so it simply matches nothing.
         query["_id"] = {"$in": [ObjectId(i) for i in map(parse_product_id, ids) if i]}
-    words = (q or "").split()[:10]
-    if words:
-        # Every word must appear in the name or the description, case-insensitively. A
-        # regex, not $text: it behaves the same on MongoDB and on nx-27017 (whose $text
-        # differs), and a catalogue this size scans in well under a millisecond.
-        query["$and"] = [
-            {
-                "$or": [
-                    {field: {"$regex": re.escape(word), "$options": "i"}}
-                    for field in ("name", "description")
-                ]
-            }
-            for word in words
-        ]
+    if q and q.strip():
+        # Every word must begin a word of the name or the description (svc_product.search):
+        # a multikey index look-up on MongoDB. Not $text, which nx-27017 answers differently;
+        # not $regex, a scan of the catalogue. A query of punctuation only matches nothing.
+        # Longest first: MongoDB scans the index for one word of an $all (the first, in
+        # the versions that document it) and checks the others on each document found.
+        words = sorted(query_words(q), key=len, reverse=True)
+        query["keywords"] = {"$all": words} if words else {"$in": []}
     if category:
         query["category"] = category
     if min_cents is not None or max_cents is not None:
@@ -149,11 +155,57 @@ class ProductStore:
         await self.version.bump()
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: creating an index that exists is a no-op."""
-        await self.collection.create_index([("category", ASCENDING), ("price_cents", ASCENDING)])
-        await self.collection.create_index([("price_cents", ASCENDING)])
-        await self.collection.create_index([("sort_name", ASCENDING)])
-        await self.collection.create_index([("createdAt", DESCENDING)])
+        """Idempotent: creating an index that exists is a no-op. Each public sort is an
+        index, alone (the catalogue's pages) and after the category (a category's pages),
+        so that MongoDB reads a page in order from an index and stops after it, whatever
+        the catalogue's size; the search keywords are a multikey index."""
+        # An index must end with the sort's _id too: without it MongoDB cannot give the
+        # whole order from the index and sorts every match in memory. nx-27017 keeps _id
+        # outside the document and cannot index it beside other fields: it refuses such an
+        # index on a collection with documents, and on an empty one creates it and then
+        # refuses every insert ("JSON path error near '_id'"). It names itself in buildInfo;
+        # there the indexes go without _id.
+        build = await self.collection.database.client.admin.command("buildInfo")
+        with_id = build.get("process") != "nx_27017"
+        for sort in _SORTS.values():
+            keys = sort if with_id else [key for key in sort if key[0] != "_id"]
+            await self.collection.create_index(keys)
+            await self.collection.create_index([("category", ASCENDING), *keys])
+        await self.collection.create_index([("keywords", ASCENDING)])
+
+    async def add_missing_keywords(self, batch: int = 500) -> int:
+        """Give search keywords to the products stored without them (by a version before
+        keywords, or created by one still running beside this one in a rolling upgrade);
+        how many it gave. Each write applies only while the product has no keywords and the name and
+        description that were read, so replicas doing this at once, or an update racing
+        it, never leave keywords made of an old text. Cheap when none is missing: one
+        look-up of the missing (null) entries of the keywords index."""
+        given = 0
+        after: ObjectId | None = None
+        while True:
+            selector: dict[str, Any] = {"keywords": {"$exists": False}}
+            if after is not None:
+                selector["_id"] = {"$gt": after}
+            cursor = self.collection.find(selector, {key: True for key in _TEXT})
+            docs = await cursor.sort("_id", ASCENDING).limit(batch).to_list(length=batch)
+            if not docs:
+                if given:
+                    await self.changed()  # searches may find more now
+                return given
+            writes = []
+            for doc in docs:
+                # No {"description": None} guard: nx-27017 matches None wrongly.
+                unchanged = {key: doc.get(key, {"$exists": False}) for key in _TEXT}
+                words = keywords(doc.get("name", ""), doc.get("description", ""))
+                writes.append(
+                    UpdateOne(
+                        {"_id": doc["_id"], "keywords": {"$exists": False}, **unchanged},
+                        {"$set": {"keywords": words}},
+                    )
+                )
+            result = await self.collection.bulk_write(writes, ordered=False)
+            given += result.modified_count
+            after = docs[-1]["_id"]
 
     async def find_page(
         self, query: dict[str, Any], *, sort: str, page: int, limit: int
@@ -176,12 +228,14 @@ class ProductStore:
         return docs, total
 
     async def _count(self, query: dict[str, Any]) -> int:
-        # $match + $count, not count_documents ($match + $group + $sum): the same count and
-        # the same index use on MongoDB, and a tenth of the cost on nx-27017 (1.3 ms against
-        # 11 over 200 products), where counting was two thirds of a list's cost.
-        cursor = await self.collection.aggregate([{"$match": query}, {"$count": "total"}])
-        rows = await cursor.to_list(length=1)
-        return rows[0]["total"] if rows else 0
+        # The count command, not count_documents (an aggregate of $match and $group): on
+        # MongoDB both count the matches with the same index, but nx-27017 answers any
+        # aggregate by decoding every product in Python (0.6 s at 10k products, whatever
+        # the filter), and the count command in SQL. Without a filter MongoDB answers it
+        # from the collection's metadata, at once (after an unclean shutdown that figure
+        # may be off until the collection is validated).
+        reply = await self.collection.database.command("count", self.collection.name, query=query)
+        return int(reply["n"])
 
     async def categories(self) -> list[dict[str, Any]]:
         pipeline = [{"$group": {"_id": "$category", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]
@@ -205,32 +259,80 @@ class ProductStore:
         return doc
 
     async def update(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        changes: dict[str, Any] = {
-            # $currentDate, not $set of a datetime: nx-27017 stores a $set datetime as text.
-            "$currentDate": {"updatedAt": True},
-        }
-        stored = _stored_fields(fields)
-        if "imageUrl" in stored and stored["imageUrl"] is None:
-            del stored["imageUrl"]
-            changes["$unset"] = {"imageUrl": ""}
-        if stored:
-            changes["$set"] = stored
-        doc = await self.collection.find_one_and_update(
-            {"_id": object_id(product_id)},
-            changes,
-            projection=PUBLIC,
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is None:
+        oid = object_id(product_id)
+        for _ in range(5):  # each round either finishes or lost a race for the other text
+            selector, text = await self._text_guard(oid, product_id, fields)
+            changes: dict[str, Any] = {
+                # $currentDate, not $set of a datetime: nx-27017 stores a $set datetime as text.
+                "$currentDate": {"updatedAt": True},
+            }
+            stored = _stored_fields(fields, text)
+            if "imageUrl" in stored and stored["imageUrl"] is None:
+                del stored["imageUrl"]
+                changes["$unset"] = {"imageUrl": ""}
+            if stored:
+                changes["$set"] = stored
+            doc = await self.collection.find_one_and_update(
+                selector, changes, projection=PUBLIC, return_document=ReturnDocument.AFTER
+            )
+            if doc is not None:
+                await self.changed()
+                return doc
+            if text is None:
+                raise ProductNotFound(product_id)
+        raise Conflict("This product kept changing; try the update again.", code="product_busy")
+
+    async def _text_guard(
+        self, oid: ObjectId, product_id: str, fields: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str] | None]:
+        """(the update's selector, the stored name and description) for an update of
+        `fields`. The keywords are made of both texts: an update that gives only one reads
+        the other, and applies only while it is still what was read, so that two updates
+        racing (one of the name, one of the description) never leave keywords made of a
+        text the product no longer has."""
+        given = [key for key in _TEXT if key in fields]
+        if len(given) != 1:
+            return {"_id": oid}, None
+        other = "description" if given == ["name"] else "name"
+        current = await self.collection.find_one({"_id": oid}, {key: True for key in _TEXT})
+        if current is None:
             raise ProductNotFound(product_id)
-        await self.changed()
-        return doc
+        # An old product may have no description; {"description": None} would be the
+        # natural guard, but nx-27017 matches None wrongly.
+        value = current.get(other)
+        guard = value if value is not None else {"$exists": False}
+        text = {"name": current["name"], "description": current.get("description", "")}
+        return {"_id": oid, other: guard}, text
 
     async def delete(self, product_id: str) -> None:
         result = await self.collection.delete_one({"_id": object_id(product_id)})
         if result.deleted_count == 0:
             raise ProductNotFound(product_id)
         await self.changed()
+
+
+# How often each replica looks for products stored without search keywords.
+KEYWORDS_BACKFILL_INTERVAL = 600.0
+
+
+async def keywords_backfill_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: at start-up, then every KEYWORDS_BACKFILL_INTERVAL seconds, give search
+    keywords to the products stored without them (in the background: the service answers
+    meanwhile, and such products are found by search once they have them)."""
+
+    async def backfill() -> None:
+        try:
+            given = await app[STORE].add_missing_keywords()
+        except PyMongoError as exc:  # the datastore away: said briefly, tried next round
+            log.warning("could not give products their search keywords: %s", exc)
+            return
+        if given:
+            log.info("gave search keywords to %d products stored without them", given)
+
+    async with repeating(
+        "search-keywords", backfill, KEYWORDS_BACKFILL_INTERVAL, first_at_once=True
+    ):
+        yield
 
 
 class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
