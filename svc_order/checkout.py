@@ -302,37 +302,22 @@ class Checkout:
         return lines
 
     async def _take_stock(self, order_id: int, lines: list[Line]) -> None:
+        """Every line's stock in one call, each change under the order's reference; the
+        first refused stops the rest, and what was taken is undone."""
+        changes = [{"product_id": line.product_id, "quantity": -line.quantity} for line in lines]
         failure: ShopError | None = None
-        for line in lines:
-            try:
-                reply = await self.products.request(
-                    "PATCH",
-                    f"/api/products/{line.product_id}/stock",
-                    json={"quantity": -line.quantity, "reference": reference(order_id)},
-                    token=self.credential.token,
-                )
-            except UpstreamUnavailable as exc:
-                failure = exc
-                break
-            if reply.status == 200:
-                continue
-            refusal = reply.body if isinstance(reply.body, dict) else {}
-            if reply.status == 409 and refusal.get("code") == "insufficient_stock":
-                failure = _short(line.product_name, refusal.get("available", 0), line.quantity)
-            elif reply.status == 409 and refusal.get("code") == "stock_change_undone":
-                # This attempt was undone meanwhile (its lease ran out and recovery took it
-                # over): the take changed nothing, so neither may the order.
-                failure = _undone_meanwhile()
-            elif reply.status == 404:
-                failure = NotFound(
-                    f"The product {line.product_name!r} is no longer sold.",
-                    code="product_not_found",
-                )
-            else:
-                failure = UpstreamUnavailable(
-                    f"The product service refused the stock change ({reply.status})."
-                )
-            break
+        try:
+            reply = await self.products.request(
+                "POST",
+                "/api/products/stock/changes",
+                json={"reference": reference(order_id), "changes": changes},
+                token=self.credential.token,
+            )
+        except UpstreamUnavailable as exc:
+            failure = exc
+        else:
+            if reply.status != 200:
+                failure = _refused_take(reply.status, reply.body, lines)
         if failure is not None:
             await self.undo(order_id)
             raise failure
@@ -434,6 +419,22 @@ class Checkout:
             await self._clear_bought_cart(
                 row["id"], row["user_id"], row["cart_version"], row["cart_stamp"]
             )
+
+
+def _refused_take(status: int, body: Any, lines: list[Line]) -> ShopError:
+    """What the product service's refusal of a line's take means for the checkout."""
+    refusal = body if isinstance(body, dict) else {}
+    line = next((line for line in lines if line.product_id == refusal.get("product_id")), None)
+    name = line.product_name if line is not None else "a product"
+    if status == 409 and refusal.get("code") == "insufficient_stock" and line is not None:
+        return _short(name, refusal.get("available", 0), line.quantity)
+    if status == 409 and refusal.get("code") == "stock_change_undone":
+        # This attempt was undone meanwhile (its lease ran out and recovery took it over):
+        # the take changed nothing, so neither may the order.
+        return _undone_meanwhile()
+    if status == 404:
+        return NotFound(f"The product {name!r} is no longer sold.", code="product_not_found")
+    return UpstreamUnavailable(f"The product service refused the stock change ({status}).")
 
 
 def _cart_changed() -> Conflict:

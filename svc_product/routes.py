@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shopkit.errors import Forbidden
+from shopkit.errors import Forbidden, ShopError
 from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
@@ -21,6 +21,7 @@ from svc_product.schemas import (
     ProductQuery,
     ProductUpdate,
     StockChange,
+    StockChanges,
     StockUndo,
 )
 from svc_product.store import catalogue_filter, product_out
@@ -133,6 +134,33 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
         )
     doc = await request.app[STOCK].change(request.match_info["id"], body.quantity, body.reference)
     return ok(product_out(doc))
+
+
+@routes.post("/api/products/stock/changes")
+@endpoint(
+    "Change the stock of several products under one reference, in order (services)",
+    body=StockChanges,
+    response=list[ProductOut],
+    roles=("service",),
+    errors=(404, 409),
+    description="For the shop's services only (the checkout saga takes an order's lines in "
+    "one call; 403 for anyone else, admins included). Each change is exactly the one "
+    "PATCH /api/products/{id}/stock would make with the reference, one product after "
+    "another; the first refused stops the rest and is the answer, naming its product_id "
+    "(the changes before it stay made: the caller undoes them by their reference). The "
+    "answer lists the products as they are after their changes, in order.",
+)
+async def change_stocks(request: web.Request, body: StockChanges) -> web.Response:
+    ledger = request.app[STOCK]
+    changed = []
+    for line in body.changes:
+        try:
+            doc = await ledger.change(line.product_id, line.quantity, body.reference)
+        except ShopError as refused:
+            refused.extra["product_id"] = line.product_id
+            raise
+        changed.append(product_out(doc))
+    return ok(changed)
 
 
 @routes.post("/api/products/{id}/stock/undo")

@@ -95,6 +95,37 @@ def _id_list(value: str | None) -> list[str] | None:
     return ids
 
 
+class StockLine(Body):
+    product_id: str = Field(
+        max_length=64,
+        description="The product's id (24 hex characters); one that names no product, or "
+        "is malformed, answers 404 product_not_found",
+    )
+    quantity: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)] = Field(
+        description="Units to add (positive) or take (negative); never below zero",
+        json_schema_extra={"not": {"const": 0}},
+    )
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> StockLine:
+        if self.quantity == 0:
+            raise ValueError("quantity must not be zero")
+        return self
+
+
+class StockChanges(Body):
+    reference: Reference = Field(description="The reference every change is made under")
+    changes: list[StockLine] = Field(
+        min_length=1, max_length=100, description="At most 100, each product once"
+    )
+
+    @model_validator(mode="after")
+    def _each_product_once(self) -> StockChanges:
+        if len({line.product_id for line in self.changes}) != len(self.changes):
+            raise ValueError("each product may appear once")
+        return self
+
+
 class StockUndo(Body):
     reference: Reference = Field(
         description="The reference of the change to reverse; if it was never applied, it "

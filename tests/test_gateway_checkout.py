@@ -211,7 +211,7 @@ async def test_killed_while_taking_stock_the_retry_places_the_order_once(
     shop: Shop, admin_headers: dict[str, str], key: str | None
 ) -> None:
     mug = await create_product(shop.products, admin_headers, stock=10)
-    hold = Hold("PATCH", rf"/api/products/{mug['id']}/stock")
+    hold = Hold("POST", r"/api/products/stock/changes")
     shop.product_holds.append(hold)
     headers = {**customer(301), **({"Idempotency-Key": key} if key else {})}
     body = {"items": [{"product_id": mug["id"], "quantity": 3}]}
@@ -332,7 +332,7 @@ async def test_an_outcome_not_known_in_time_is_504_with_the_key_to_ask_again(
     shop: Shop, admin_headers: dict[str, str]
 ) -> None:
     mug = await create_product(shop.products, admin_headers, stock=10)
-    hold = Hold("PATCH", rf"/api/products/{mug['id']}/stock")
+    hold = Hold("POST", r"/api/products/stock/changes")
     shop.product_holds.append(hold)
     shopper = customer(304)
     body = {"items": [{"product_id": mug["id"], "quantity": 1}]}

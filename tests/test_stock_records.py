@@ -11,7 +11,7 @@ from typing import Any
 import bson
 from aiohttp.test_utils import TestClient
 from bson import ObjectId
-from support import create_product, eventually, stock_of, take, take_answer, undo
+from support import change_stock, create_product, eventually, stock_of, take, take_answer, undo
 
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
@@ -270,3 +270,103 @@ async def test_the_service_forgets_old_records_by_itself(
         return await records(product, product_id) == {}
 
     await eventually(forgotten, "the old record being forgotten")
+
+
+# -- several products under one reference (an order's lines in one call) -----------------
+
+
+async def take_lines(
+    product: TestClient, headers: dict[str, str], reference: str, changes: list[tuple[str, int]]
+) -> tuple[int, dict[str, Any]]:
+    body = {
+        "reference": reference,
+        "changes": [{"product_id": pid, "quantity": units} for pid, units in changes],
+    }
+    response = await product.post("/api/products/stock/changes", json=body, headers=headers)
+    return response.status, await response.json()
+
+
+async def test_an_orders_lines_are_taken_in_one_call_once(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    lamp = (await create_product(product, admin_headers, stock=5))["id"]
+    vase = (await create_product(product, admin_headers, stock=5))["id"]
+    lines = [(lamp, -2), (vase, -1)]
+
+    status, body = await take_lines(product, service_headers, "order-1", lines)
+    assert status == 200
+    assert [(item["id"], item["stock"]) for item in body["data"]] == [(lamp, 3), (vase, 4)]
+    assert (await take_lines(product, service_headers, "order-1", lines))[0] == 200  # a repeat
+    assert (await stock_of(product, lamp), await stock_of(product, vase)) == (3, 4)
+
+
+async def test_the_first_refused_line_stops_the_rest_and_is_named(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    lamp = (await create_product(product, admin_headers, stock=5))["id"]
+    vase = (await create_product(product, admin_headers, stock=1))["id"]
+    mug = (await create_product(product, admin_headers, stock=5))["id"]
+
+    status, body = await take_lines(
+        product, service_headers, "order-2", [(lamp, -1), (vase, -2), (mug, -1)]
+    )
+
+    assert status == 409
+    assert (body["code"], body["product_id"], body["available"]) == (
+        "insufficient_stock",
+        vase,
+        1,
+    )
+    assert [await stock_of(product, pid) for pid in (lamp, vase, mug)] == [4, 1, 5]
+    assert await undo(product, service_headers, lamp, "order-2") == 200  # the caller undoes
+    assert await stock_of(product, lamp) == 5
+    missing = "0123456789abcdef01234567"
+    status, body = await take_lines(product, service_headers, "order-3", [(missing, -1)])
+    assert (status, body["code"], body["product_id"]) == (404, "product_not_found", missing)
+
+
+async def test_racing_orders_of_the_same_products_conserve_stock(
+    product: TestClient, admin_headers: dict[str, str], service_headers: dict[str, str]
+) -> None:
+    lamp = (await create_product(product, admin_headers, stock=5))["id"]
+    vase = (await create_product(product, admin_headers, stock=5))["id"]
+    in_order = sorted([lamp, vase])  # as the order service lists an order's lines
+
+    async def checkout(number: int, products: list[str]) -> bool:
+        lines = [(pid, -1) for pid in products]
+        status, _ = await take_lines(product, service_headers, f"order-{number}", lines)
+        if status != 200:  # as the saga does: undo every line under the reference
+            for pid in products:
+                assert await undo(product, service_headers, pid, f"order-{number}") == 200
+        return status == 200
+
+    placed = await asyncio.gather(*(checkout(number, in_order) for number in range(16)))
+    assert sum(placed) == 5  # lines in one order: the five that got the first get the second
+    assert (await stock_of(product, lamp), await stock_of(product, vase)) == (0, 0)
+
+    # In opposite orders they may all fail (each holds what the other needs, then gives it
+    # back), but no unit is ever lost or sold twice.
+    await change_stock(product, admin_headers, lamp, 5)
+    await change_stock(product, admin_headers, vase, 5)
+    mixed = await asyncio.gather(
+        *(checkout(100 + n, in_order if n % 2 else in_order[::-1]) for n in range(16))
+    )
+    assert (await stock_of(product, lamp), await stock_of(product, vase)) == (
+        5 - sum(mixed),
+        5 - sum(mixed),
+    )
+
+
+async def test_only_services_change_stock_in_one_call_and_bodies_are_checked(
+    product: TestClient,
+    admin_headers: dict[str, str],
+    customer_headers: dict[str, str],
+    service_headers: dict[str, str],
+) -> None:
+    lamp = (await create_product(product, admin_headers, stock=5))["id"]
+    for headers in (admin_headers, customer_headers):
+        assert (await take_lines(product, headers, "order-1", [(lamp, -1)]))[0] == 403
+    assert (await take_lines(product, {}, "order-1", [(lamp, -1)]))[0] == 401
+    for changes in ([], [(lamp, -1), (lamp, -1)], [(lamp, 0)], [(lamp, -1)] * 101):
+        assert (await take_lines(product, service_headers, "order-1", changes))[0] == 400
+    assert await stock_of(product, lamp) == 5
