@@ -9,6 +9,7 @@ their stock; checkout never takes a price from the cart at all."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
@@ -47,12 +48,21 @@ class Product(BaseModel):
 _PRODUCTS = TypeAdapter(list[Product])
 
 
+LookUp = asyncio.Future[dict[str, Product]]
+
+
 class Catalogue:
     def __init__(self, client: ServiceClient, max_age: float = 0.0) -> None:
         self.client = client
         self.max_age = max_age
         # id -> (when it was looked up, the product, or None: the catalogue has no such id)
         self._seen: dict[str, tuple[float, Product | None]] = {}
+        # Look-ups shared by cart reads (see _shared_look_up): id -> the one in flight that
+        # asks about it; the ids the next one will ask about, and its outcome.
+        self._asking: dict[str, LookUp] = {}
+        self._next_ids: set[str] = set()
+        self._next: LookUp | None = None
+        self._answering: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     async def products(self, ids: Collection[str], *, fresh: bool = True) -> dict[str, Product]:
         """The products among ``ids`` that exist, by id. ``fresh=False`` (reading a cart)
@@ -69,11 +79,64 @@ class Catalogue:
                     wanted.discard(product_id)
                     if seen[1] is not None:
                         found[product_id] = seen[1]
-        if wanted:
+        if wanted and not fresh and self.max_age > 0:
+            found.update(await self._shared_look_up(wanted))
+        elif wanted:
             looked_up = await self._look_up(sorted(wanted))
             found.update(looked_up)
             self._remember(wanted, looked_up)
         return found
+
+    async def _shared_look_up(self, wanted: set[str]) -> dict[str, Product]:
+        """The products among ``wanted`` from look-ups shared with other cart reads: an id
+        already being asked about waits for that answer, and the ids asked for in one turn
+        of the event loop go in one call. Under load every remembered product expires about
+        once per ``max_age``, and without this each read that finds one expired would make
+        a call of its own (a hundred carts: a hundred calls a second, and as many MongoDB
+        queries, instead of a few)."""
+        loop = asyncio.get_running_loop()
+        look_ups: set[LookUp] = set()
+        for product_id in wanted:
+            look_up = self._asking.get(product_id)
+            if look_up is None:
+                if self._next is None:
+                    self._next = loop.create_future()
+                    loop.call_soon(self._ask_next)
+                look_up = self._asking[product_id] = self._next
+                self._next_ids.add(product_id)
+            look_ups.add(look_up)
+        found: dict[str, Product] = {}
+        for look_up in look_ups:
+            # Shielded: a request that is cancelled (its client gone) leaves the call to
+            # the others waiting for it.
+            found.update(await asyncio.shield(look_up))
+        return {product_id: found[product_id] for product_id in wanted if product_id in found}
+
+    def _ask_next(self) -> None:
+        look_up, asked = self._next, self._next_ids
+        self._next, self._next_ids = None, set()
+        assert look_up is not None  # scheduled only with a look-up to make
+        # Every waiter may have gone: the outcome is still observed (no "never retrieved").
+        look_up.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task = asyncio.ensure_future(self._answer(look_up, asked))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, look_up: LookUp, asked: set[str]) -> None:
+        try:
+            looked_up = await self._look_up(sorted(asked))
+        except asyncio.CancelledError:
+            look_up.cancel()
+            raise
+        except Exception as exc:  # a 503 for every read waiting for it
+            look_up.set_exception(exc)
+        else:
+            self._remember(asked, looked_up)
+            look_up.set_result(looked_up)
+        finally:
+            for product_id in asked:
+                if self._asking.get(product_id) is look_up:
+                    del self._asking[product_id]
 
     def _remember(self, asked: set[str], found: Mapping[str, Product]) -> None:
         if self.max_age <= 0:
