@@ -33,6 +33,10 @@ async def redis_ready(app: web.Application) -> dict[str, Any]:
     return {"datastore": "redis"}
 
 
+async def close_catalogue(app: web.Application) -> None:
+    await app[CATALOGUE].close()
+
+
 def create_app(settings: CartSettings) -> web.Application:
     app = create_service_app(
         settings,
@@ -45,6 +49,7 @@ def create_app(settings: CartSettings) -> web.Application:
         max_age=settings.catalogue_cache_seconds,
     )
     app[ANSWERS] = PricedAnswers()
+    app.on_shutdown.append(close_catalogue)
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )

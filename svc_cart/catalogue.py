@@ -64,6 +64,10 @@ class Catalogue:
         self._next_ids: set[str] = set()
         self._next: LookUp | None = None
         self._answering: set[asyncio.Task[None]] = set()  # kept referenced until done
+        # Products read after half their max_age, to be looked up again before they expire
+        # (see products), and the timer that will.
+        self._to_renew: set[str] = set()
+        self._renewal: asyncio.TimerHandle | None = None
 
     async def products(self, ids: Collection[str], *, fresh: bool = True) -> dict[str, Product]:
         """The products among ``ids`` that exist, by id. ``fresh=False`` (reading a cart)
@@ -73,13 +77,16 @@ class Catalogue:
         found: dict[str, Product] = {}
         wanted = set(ids)
         if not fresh and self.max_age > 0:
-            oldest = time.monotonic() - self.max_age
+            now = time.monotonic()
+            oldest, renew_from = now - self.max_age, now - self.max_age / 2
             for product_id in ids:
                 seen = self._seen.get(product_id)
                 if seen is not None and seen[0] >= oldest:
                     wanted.discard(product_id)
                     if seen[1] is not None:
                         found[product_id] = seen[1]
+                    if seen[0] < renew_from and product_id not in self._asking:
+                        self._renew_soon(product_id)
         if wanted and not fresh and self.max_age > 0:
             found.update(await self._shared_look_up(wanted))
         elif wanted:
@@ -117,11 +124,45 @@ class Catalogue:
         look_up, asked = self._next, self._next_ids
         self._next, self._next_ids = None, set()
         assert look_up is not None  # scheduled only with a look-up to make
+        self._start(look_up, asked)
+
+    def _renew_soon(self, product_id: str) -> None:
+        """Look a product that reads still use up again before it expires, together with
+        the others found at half their age in the next quarter of ``max_age``. Under load
+        a read then never finds a product expired and never waits for a look-up, and the
+        catalogue is asked a few times per ``max_age`` for many products at once, rather
+        than once for each product (as each expired at its own moment). What reads show
+        is never older than ``max_age`` either way."""
+        self._to_renew.add(product_id)
+        if self._renewal is None:
+            loop = asyncio.get_running_loop()
+            self._renewal = loop.call_later(self.max_age / 4, self._renew)
+
+    def _renew(self) -> None:
+        self._renewal = None
+        renewing = {product_id for product_id in self._to_renew if product_id not in self._asking}
+        self._to_renew = set()
+        if renewing:
+            look_up: LookUp = asyncio.get_running_loop().create_future()
+            for product_id in renewing:
+                self._asking[product_id] = look_up  # a read finding one expired waits for it
+            self._start(look_up, renewing)
+
+    def _start(self, look_up: LookUp, asked: set[str]) -> None:
         # Every waiter may have gone: the outcome is still observed (no "never retrieved").
         look_up.add_done_callback(lambda done: done.cancelled() or done.exception())
         task = asyncio.ensure_future(self._answer(look_up, asked))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
+
+    async def close(self) -> None:
+        """on_shutdown: no look-up is started or left running once the service stops."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
 
     async def _answer(self, look_up: LookUp, asked: set[str]) -> None:
         try:
