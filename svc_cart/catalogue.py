@@ -25,7 +25,9 @@ from shopkit.responses import ok_body
 from svc_cart.store import StoredCart
 
 BATCH = 100  # the most ids GET /api/products?ids= takes at once
-CACHE_LIMIT = 10_000  # products remembered at most; past it the cache starts again
+CACHE_LIMIT = 10_000  # products (and answers) remembered at most; past it they start again
+# Encoded answers kept at most (a full cart's is about 20 KiB; the pod has 192 MiB).
+ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class ProductNotFound(NotFound):
@@ -68,6 +70,7 @@ class Catalogue:
         # (see products), and the timer that will.
         self._to_renew: set[str] = set()
         self._renewal: asyncio.TimerHandle | None = None
+        self._closed = False  # no renewal once the service is stopping
 
     async def products(self, ids: Collection[str], *, fresh: bool = True) -> dict[str, Product]:
         """The products among ``ids`` that exist, by id. ``fresh=False`` (reading a cart)
@@ -133,6 +136,8 @@ class Catalogue:
         catalogue is asked a few times per ``max_age`` for many products at once, rather
         than once for each product (as each expired at its own moment). What reads show
         is never older than ``max_age`` either way."""
+        if self._closed:
+            return
         self._to_renew.add(product_id)
         if self._renewal is None:
             loop = asyncio.get_running_loop()
@@ -157,6 +162,7 @@ class Catalogue:
 
     async def close(self) -> None:
         """on_shutdown: no look-up is started or left running once the service stops."""
+        self._closed = True
         if self._renewal is not None:
             self._renewal.cancel()
             self._renewal = None
@@ -227,6 +233,7 @@ class PricedAnswers:
         # user id -> (the cart, its products as priced, the encoded answer). The entry
         # keeps those objects alive, so an identity check cannot meet a recycled id().
         self._last: dict[str, tuple[StoredCart, tuple[Product | None, ...], bytes]] = {}
+        self._bytes = 0  # of the answers kept
 
     def body(self, user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> bytes:
         """``{"success": true, "data": <the priced cart>}``, encoded."""
@@ -239,9 +246,13 @@ class PricedAnswers:
         ):
             return last[2]
         body = ok_body(priced_cart(user_id, cart, products))
-        if len(self._last) >= CACHE_LIMIT:
+        if last is not None:
+            self._bytes -= len(last[2])
+        if len(self._last) >= CACHE_LIMIT or self._bytes + len(body) > ANSWER_BYTES:
             self._last.clear()
+            self._bytes = 0
         self._last[user_id] = (cart, priced_with, body)
+        self._bytes += len(body)
         return body
 
 

@@ -38,7 +38,9 @@ log = logging.getLogger("shop.cart.store")
 CART_TTL_SECONDS = 7 * 24 * 3600
 MAX_QUANTITY = 1000  # units of one product in one cart
 MAX_LINES = 100  # different products in one cart
-READS_REMEMBERED = 10_000  # carts whose last read is kept; past it the memory starts again
+# Carts whose last read is kept, and their bytes at most; past either the memory starts again.
+READS_REMEMBERED = 10_000
+READ_BYTES = 8 * 1024 * 1024
 REDIS_TIMEOUT = 2.0  # seconds; Redis answers in well under a millisecond when it is well
 
 # A Redis that is down or does not answer: the request gets 503, not 500.
@@ -264,6 +266,7 @@ class CartStore:
         # more often than it changes, and the same bytes give the same StoredCart (the same
         # object, which lets the answer built from it be reused, see PricedAnswers).
         self._last_read: dict[str, tuple[bytes | None, StoredCart]] = {}
+        self._read_bytes = 0
         # EVALSHA, loading the script again by itself if Redis lost it (NOSCRIPT).
         self._change_cart = redis.register_script(CHANGE_CART)
 
@@ -273,9 +276,14 @@ class CartStore:
         if last is not None and last[0] == raw:
             return last[1]
         cart = StoredCart.from_json(raw)
-        if len(self._last_read) >= READS_REMEMBERED:
+        size = len(raw or b"")
+        if last is not None:
+            self._read_bytes -= len(last[0] or b"")
+        if len(self._last_read) >= READS_REMEMBERED or self._read_bytes + size > READ_BYTES:
             self._last_read.clear()
+            self._read_bytes = 0
         self._last_read[user_id] = (raw, cart)
+        self._read_bytes += size
         return cart
 
     async def add(self, user_id: str, product_id: str, units: int, *, stock: int) -> StoredCart:
