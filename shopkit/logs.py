@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from shopkit.context import REQUEST_ID
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 FLUSH_INTERVAL = 0.5  # seconds an info line may wait in the buffer
 MAX_PENDING = 1000  # lines that may wait at most (a few hundred KiB)
+WRITE_SIZE = select.PIPE_BUF  # bytes a pipe writes in one piece (4096 on Linux)
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,15 +118,31 @@ class BufferedStreamHandler(logging.StreamHandler):
         """Called by StreamHandler after a record: deliberately nothing (see the class)."""
 
     def flush_now(self) -> None:
-        """Write the waiting lines and flush the stream."""
+        """Write the waiting lines and flush the stream, in writes of whole lines of at most
+        WRITE_SIZE bytes each: a service's workers share one stdout, and a pipe keeps a write
+        that small in one piece, so their lines never cut into each other."""
         with self.lock:  # type: ignore[union-attr]
             pending, self._pending = self._pending, []
             if not self.stream:
                 return
-            if pending:
-                self.stream.write("".join(pending))
-            if hasattr(self.stream, "flush"):
+            chunk: list[str] = []
+            size = 0
+            for line in pending:
+                length = len(line) if line.isascii() else len(line.encode())
+                if chunk and size + length > WRITE_SIZE:
+                    self._write("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += length
+            if chunk:
+                self._write("".join(chunk))
+            elif hasattr(self.stream, "flush"):
                 self.stream.flush()
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        if hasattr(self.stream, "flush"):  # one write system call per chunk, not per buffer
+            self.stream.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

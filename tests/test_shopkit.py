@@ -18,6 +18,7 @@ from support import JWT_SECRET, call
 
 from shopkit.logs import (
     MAX_PENDING,
+    WRITE_SIZE,
     BufferedStreamHandler,
     JsonFormatter,
     mask_url,
@@ -84,6 +85,40 @@ def test_info_lines_wait_and_a_warning_writes_them_all_in_order() -> None:
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+class WriteRecorder(io.StringIO):
+    """A stream that keeps what each flush sent on: what reached the system in one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def flush(self) -> None:
+        sent = self.getvalue()[sum(len(write) for write in self.writes) :]
+        if sent:
+            self.writes.append(sent)
+
+
+def test_waiting_lines_go_out_in_whole_lines_a_pipe_keeps_together() -> None:
+    stream = WriteRecorder()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    handler.setFormatter(JsonFormatter("product"))
+    logger = logging.getLogger("shop.test-chunks")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        for number in range(300):
+            logger.info("line %d %s", number, "é" * (number % 50))
+        handler.flush_now()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert len(stream.writes) > 1
+    for write in stream.writes:  # workers share stdout: no write may cut a line in two
+        assert write.endswith("\n") and len(write.encode()) <= WRITE_SIZE
+    lines = "".join(stream.writes).splitlines()
+    assert [json.loads(line)["msg"].split()[1] for line in lines] == [str(n) for n in range(300)]
 
 
 def test_a_request_record_is_written_as_logger_info_writes_it(json_logs: Any) -> None:
