@@ -402,10 +402,18 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
     ]
 
 
+def chosen(lines: list[Line], only: list[str]) -> list[Line]:
+    """The lines whose name contains one of ``only`` (every line when it is empty)."""
+    return [line for line in lines if not only or any(word in line.name for word in only)]
+
+
 def run_all(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Measurement]:
-    """Every line, `args.rounds` times over (interleaved, so a burst of load from elsewhere
-    spoils one round of every line rather than every round of one); the best round of each."""
-    lines = plan(stack, args, use_wrk)
+    """Every line (of ``--only``), `args.rounds` times over (interleaved, so a burst of load
+    from elsewhere spoils one round of every line rather than every round of one); the best
+    round of each."""
+    lines = chosen(plan(stack, args, use_wrk), args.only)
+    if not lines:
+        raise BenchmarkError(f"no line's name contains any of {', '.join(args.only)}")
     best: dict[str, Measurement] = {}
     for round_number in range(1, args.rounds + 1):
         for line in lines:
@@ -442,6 +450,8 @@ def ratios(results: list[Measurement]) -> list[dict[str, Any]]:
     rates = {m.name: m.rate for m in results}
     rows = []
     for label, numerator, denominator, aim, node in RATIOS:
+        if numerator not in rates or denominator not in rates:  # a line left out by --only
+            continue
         value = rates[numerator] / rates[denominator] if rates[denominator] else 0.0
         rows.append({"ratio": label, "value": round(value, 3), "aim": aim, "node_seed": node})
     return rows
@@ -503,6 +513,8 @@ def print_report(console: Console, results: list[Measurement], header: str) -> N
     for column in ("line", "req/s", "Node.js seed", ""):
         node.add_column(column, justify="left" if column in ("line", "") else "right")
     for name, node_rate in NODE_SEED_RATES.items():
+        if name not in rates:
+            continue
         verdict = "beats Node.js" if rates[name] > node_rate else "[red]not above Node.js[/]"
         node.add_row(name, f"{rates[name]:,.0f}", f"~{node_rate:,.0f}", verdict)
     console.print(node)
@@ -579,6 +591,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--products", type=int, default=200, help="products to seed (>= 20)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="measure every line this often; report the best"
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [word.strip() for word in text.split(",") if word.strip()],
+        default=[],
+        metavar="WORDS",
+        help="measure only the lines whose name contains one of these comma-separated words "
+        "(e.g. 'cart' or 'bare,gateway')",
     )
     harness.add_driver_options(parser, "HTTP load driver")
     args = parser.parse_args(argv)

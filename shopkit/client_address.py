@@ -15,6 +15,7 @@ entries its own, configured proxies appended and no further:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -27,6 +28,9 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"
 
 
+# The gateway parses its peer's address on every request, and peers are few (the ingress,
+# the load balancer): remembered, since the answer only depends on the text.
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> IpAddress | None:
     """An address as proxies write it: bare, or with a port ("1.2.3.4:80", "[::1]:80")."""
     value = value.strip()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import select
 import sys
 import threading
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -16,6 +19,8 @@ from shopkit.context import REQUEST_ID
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 FLUSH_INTERVAL = 0.5  # seconds an info line may wait in the buffer
+MAX_PENDING = 1000  # lines that may wait at most (a few hundred KiB)
+WRITE_SIZE = select.PIPE_BUF  # bytes a pipe writes in one piece (4096 on Linux)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,23 +53,59 @@ class JsonFormatter(logging.Formatter):
         if self.worker is not None:
             line["worker"] = self.worker
         # Anything passed as `extra=` becomes a field of its own.
-        for key in record.__dict__.keys() - _STANDARD_ATTRS:
-            if not key.startswith("_"):
-                line[key] = record.__dict__[key]
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and key[0] != "_":
+                line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
 
-class BufferedStreamHandler(logging.StreamHandler):
-    """Writes records without a system call each: the stream is flushed for a warning or
-    worse at once, and otherwise by a background thread every FLUSH_INTERVAL seconds.
+# An INFO record's attributes that are the same for every access line (see request_record).
+_INFO_RECORD = {
+    **vars(logging.LogRecord("", logging.INFO, "", 0, "", (), None)),
+    # What configure_logging stops collecting.
+    "thread": None,
+    "threadName": None,
+    "processName": None,
+    "process": None,
+}
 
-    A flush per access line cost more CPU than the rest of the request's own code (see
-    benchmarks/README.md); a SIGKILL may lose the last half second of info lines."""
+
+def request_record(logger: str, message: str, fields: Mapping[str, Any]) -> logging.LogRecord:
+    """The INFO record ``logging.getLogger(logger).info(message, extra=fields)`` would make
+    (``message`` already formatted), for the line every request writes. It is built from a
+    template, without LogRecord.__init__'s work for each record (the source file's base
+    name and module, the level's name), which made the access line cost more than the rest
+    of the request's middleware; pass it to ``Logger.handle``, so that the logger's level,
+    filters and handlers apply as they do to every other record."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attributes = record.__dict__
+    attributes.update(_INFO_RECORD)
+    now = time.time()
+    attributes["name"] = logger
+    attributes["msg"] = message
+    attributes["created"] = now
+    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+    attributes["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+    attributes.update(fields)
+    return record
+
+
+class BufferedStreamHandler(logging.StreamHandler):
+    """Writes records without a system call each: their lines wait in the handler and are
+    written together, at once for a warning or worse (after the lines before it), and
+    otherwise by a background thread every FLUSH_INTERVAL seconds, or as soon as
+    MAX_PENDING lines wait.
+
+    A write per access line cost more CPU than the rest of the request's own code (see
+    benchmarks/README.md). The handler keeps the lines itself instead of leaving that to
+    the stream's buffer, which PYTHONUNBUFFERED=1 (set in the Dockerfile) takes away from
+    stdout. A SIGKILL may lose the last half second of info lines."""
 
     def __init__(self, stream: TextIO, interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(stream)
+        self._pending: list[str] = []  # formatted lines not yet written (under self.lock)
         self._closed = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_periodically, args=(interval,), name="log-flush", daemon=True
@@ -73,20 +114,48 @@ class BufferedStreamHandler(logging.StreamHandler):
 
     def _flush_periodically(self, interval: float) -> None:
         while not self._closed.wait(interval):
-            self.flush_now()
+            try:
+                self.flush_now()
+            except Exception:  # stdout gone: the lines are lost, the service goes on
+                self._pending.clear()
 
     def flush(self) -> None:
-        """Called by ``emit`` after every record: deliberately nothing (see the class)."""
+        """Called by StreamHandler after a record: deliberately nothing (see the class)."""
 
     def flush_now(self) -> None:
+        """Write the waiting lines and flush the stream, in writes of whole lines of at most
+        WRITE_SIZE bytes each: a service's workers share one stdout, and a pipe keeps a write
+        that small in one piece, so their lines never cut into each other."""
         with self.lock:  # type: ignore[union-attr]
-            if self.stream and hasattr(self.stream, "flush"):
+            pending, self._pending = self._pending, []
+            if not self.stream:
+                return
+            chunk: list[str] = []
+            size = 0
+            for line in pending:
+                length = len(line) if line.isascii() else len(line.encode())
+                if chunk and size + length > WRITE_SIZE:
+                    self._write("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += length
+            if chunk:
+                self._write("".join(chunk))
+            elif hasattr(self.stream, "flush"):
                 self.stream.flush()
 
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        if hasattr(self.stream, "flush"):  # one write system call per chunk, not per buffer
+            self.stream.flush()
+
     def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        if record.levelno >= logging.WARNING:
-            self.flush_now()
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING or len(self._pending) >= MAX_PENDING:
+                self.flush_now()
+        except Exception:
+            self.handleError(record)
 
     def close(self) -> None:
         self._closed.set()

@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from shopkit.context import REQUEST_ID
 from shopkit.errors import ShopError, error_body
 from shopkit.keys import METRICS, UNAVAILABLE_ERRORS
+from shopkit.logs import request_record
 from shopkit.responses import json_response
 from shopkit.validation import MAX_BODY
 
@@ -109,21 +110,13 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers.setdefault("Cache-Control", "no-store")
             headers.setdefault("X-Content-Type-Options", "nosniff")
         elapsed = time.perf_counter() - started
-        request.app[METRICS].observe(
-            request.method, _route_template(request), response.status, elapsed
-        )
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            request.path,
-            response.status,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "ms": round(elapsed * 1000, 2),
-            },
-        )
+        method, status = request.method, response.status
+        request.app[METRICS].observe(method, _route_template(request), status, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            path = request.path
+            fields = {"method": method, "path": path, "status": status}
+            fields["ms"] = round(elapsed * 1000, 2)
+            access_log.handle(request_record(access_log.name, f"{method} {path} {status}", fields))
         return response
     finally:
         REQUEST_ID.reset(token)

@@ -28,12 +28,24 @@ def dumps(value: Any) -> bytes:
 def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(body=dumps(body), status=status, content_type=JSON_TYPE, headers=headers)
+    return encoded_response(dumps(body), status=status, headers=headers)
+
+
+def encoded_response(
+    raw: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer already encoded (by ``dumps`` or ``ok_body``)."""
+    return web.Response(body=raw, status=status, content_type=JSON_TYPE, headers=headers)
+
+
+def ok_body(data: Any) -> bytes:
+    """``{"success": true, "data": ...}`` encoded: for an answer kept to be sent again."""
+    return dumps({"success": True, "data": data})
 
 
 def ok(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """``{"success": true, "data": ...}``."""
-    return json_response({"success": True, "data": data}, status=status, headers=headers)
+    return encoded_response(ok_body(data), status=status, headers=headers)
 
 
 def ok_page(items: list[Any], *, total: int, page: int, limit: int) -> dict[str, Any]:

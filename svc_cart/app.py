@@ -12,8 +12,8 @@ from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, RedisUrl
-from svc_cart.catalogue import Catalogue
-from svc_cart.keys import CATALOGUE, REDIS
+from svc_cart.catalogue import Catalogue, PricedAnswers
+from svc_cart.keys import ANSWERS, CATALOGUE, REDIS
 from svc_cart.routes import routes
 from svc_cart.store import REDIS_UNAVAILABLE, redis_ctx
 
@@ -33,6 +33,10 @@ async def redis_ready(app: web.Application) -> dict[str, Any]:
     return {"datastore": "redis"}
 
 
+async def close_catalogue(app: web.Application) -> None:
+    await app[CATALOGUE].close()
+
+
 def create_app(settings: CartSettings) -> web.Application:
     app = create_service_app(
         settings,
@@ -44,6 +48,8 @@ def create_app(settings: CartSettings) -> web.Application:
         ServiceClient(app, "product", settings.product_service_url),
         max_age=settings.catalogue_cache_seconds,
     )
+    app[ANSWERS] = PricedAnswers()
+    app.on_shutdown.append(close_catalogue)
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )

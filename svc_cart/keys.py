@@ -8,9 +8,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 if TYPE_CHECKING:
-    from svc_cart.catalogue import Catalogue
+    from svc_cart.catalogue import Catalogue, PricedAnswers
     from svc_cart.store import CartStore
 
 REDIS = web.AppKey("redis", Redis)
 STORE: web.AppKey[CartStore] = web.AppKey("store")
 CATALOGUE: web.AppKey[Catalogue] = web.AppKey("catalogue")
+ANSWERS: web.AppKey[PricedAnswers] = web.AppKey("answers")

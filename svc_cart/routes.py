@@ -13,9 +13,9 @@ from shopkit.errors import Forbidden, NotFound
 from shopkit.keys import IDENTITY
 from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id, parse_product_id
-from shopkit.responses import ok
+from shopkit.responses import encoded_response, ok
 from svc_cart.catalogue import Product, ProductNotFound, priced_cart
-from svc_cart.keys import CATALOGUE, STORE
+from svc_cart.keys import ANSWERS, CATALOGUE, STORE
 from svc_cart.schemas import (
     AddItem,
     CartItemPath,
@@ -104,7 +104,7 @@ async def get_cart(request: web.Request) -> web.Response:
     user_id = _cart_owner(request)
     cart = await request.app[STORE].get(user_id)
     products = await request.app[CATALOGUE].products(cart.product_ids, fresh=False)
-    return ok(priced_cart(user_id, cart, products))
+    return encoded_response(request.app[ANSWERS].body(user_id, cart, products))
 
 
 @routes.post("/api/cart/{userId}/items")

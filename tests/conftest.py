@@ -31,7 +31,7 @@ from support import (
 
 from shopctl import embedded
 from shopkit.auth import issue_token, service_token
-from shopkit.logs import configure_logging
+from shopkit.logs import BufferedStreamHandler, configure_logging
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_product.app import ProductSettings
@@ -185,6 +185,9 @@ def json_logs() -> Any:
     configure_logging("product", "INFO", stream)
 
     def lines() -> list[dict[str, Any]]:
+        for handler in root.handlers:  # info lines wait up to FLUSH_INTERVAL to be written
+            if isinstance(handler, BufferedStreamHandler):
+                handler.flush_now()
         return [json.loads(line) for line in stream.getvalue().splitlines() if line]
 
     yield lines

@@ -33,8 +33,17 @@ from shopctl import embedded, processes
 from shopkit.auth import issue_token
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
+from svc_cart.keys import CATALOGUE, STORE
 from svc_cart.schemas import CartOut
-from svc_cart.store import CART_TTL_SECONDS, MAX_LINES, MAX_QUANTITY, cart_key
+from svc_cart.store import (
+    CART_TTL_SECONDS,
+    MAX_LINES,
+    MAX_QUANTITY,
+    REDIS_UNAVAILABLE,
+    CartStore,
+    cart_key,
+)
+from svc_cart.store import redis_client as cart_redis_client
 from svc_user.app import UserSettings
 
 MISSING_ID = "0123456789abcdef01234567"
@@ -826,6 +835,80 @@ async def test_concurrent_adds_never_take_a_cart_past_the_stock(
         response.release()
     assert statuses == [200] * 5 + [409] * 15
     assert quantities(await view(cart, shopper)) == {product_id: 5}
+
+
+async def test_reads_at_the_same_moment_each_get_their_own_cart(
+    cart: TestClient, shoppers: Callable[[], Shopper], stock: Callable[..., Any]
+) -> None:
+    # Reads that wait for Redis together go to it as one MGET (store.BatchedReads).
+    lamp, chair = await stock(stock=9), await stock(stock=9)
+    filled = [shoppers() for _ in range(3)]
+    wanted: dict[str, dict[str, int]] = {}
+    for number, shopper in enumerate(filled):
+        await add(cart, shopper, lamp, number + 1)
+        wanted[shopper.user_id] = {lamp: number + 1}
+        if number:
+            await add(cart, shopper, chair, number)
+            wanted[shopper.user_id][chair] = number
+    never_filled = shoppers()
+    wanted[never_filled.user_id] = {}
+    readers = [*filled, never_filled] * 4
+
+    answers = await asyncio.gather(*(view(cart, shopper) for shopper in readers))
+    for shopper, data in zip(readers, answers, strict=True):
+        assert data["user_id"] == int(shopper.user_id)
+        assert quantities(data) == wanted[shopper.user_id]
+
+    # The store itself, all in one turn of the event loop: one MGET for every read.
+    store = cart.server.app[STORE]
+    carts = await asyncio.gather(*(store.get(shopper.user_id) for shopper in readers))
+    for shopper, stored in zip(readers, carts, strict=True):
+        assert dict(stored.lines) == wanted[shopper.user_id]
+
+
+async def test_reads_batched_together_each_fail_when_redis_is_down() -> None:
+    client = cart_redis_client(f"redis://127.0.0.1:{processes.free_port()}")  # nothing listens
+    try:
+        store = CartStore(client)
+        outcomes = await asyncio.gather(
+            *(store.get(str(user_id)) for user_id in range(1, 6)), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+    assert all(isinstance(outcome, REDIS_UNAVAILABLE) for outcome in outcomes), outcomes
+
+
+async def _catalogue_look_ups(catalogue: TestClient) -> float:
+    """How many product look-ups (GET /api/products) the product service answered."""
+    text = await (await catalogue.get("/metrics")).text()
+    prefix = 'http_requests_total{method="GET",route="/api/products",service="product",'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+@pytest.mark.parametrize("catalogue_cache_seconds", ["60"])
+async def test_reads_at_the_same_moment_share_one_catalogue_look_up(
+    cart: TestClient, catalogue: TestClient, stock: Callable[..., Any]
+) -> None:
+    lamp, chair = await stock(stock=9), await stock(stock=9)
+    products = cart.server.app[CATALOGUE].products
+    before = await _catalogue_look_ups(catalogue)
+
+    def read_all() -> Any:
+        return asyncio.gather(
+            products({lamp}, fresh=False),
+            products({lamp, chair}, fresh=False),
+            products({MISSING_ID}, fresh=False),
+        )
+
+    found = await read_all()
+    assert [set(each) for each in found] == [{lamp}, {lamp, chair}, set()]
+    assert found[0][lamp] is found[1][lamp]
+    assert await _catalogue_look_ups(catalogue) == before + 1
+    # Remembered now (and that there is no such product too): nothing more is asked.
+    assert [set(each) for each in await read_all()] == [{lamp}, {lamp, chair}, set()]
+    assert await _catalogue_look_ups(catalogue) == before + 1
 
 
 # -- access -----------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import socket
 import subprocess
 import sys
@@ -13,7 +16,14 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 from support import JWT_SECRET, call
 
-from shopkit.logs import mask_url
+from shopkit.logs import (
+    MAX_PENDING,
+    WRITE_SIZE,
+    BufferedStreamHandler,
+    JsonFormatter,
+    mask_url,
+    request_record,
+)
 from shopkit.settings import SettingsError
 from svc_gateway.app import GatewaySettings
 from svc_product.app import ProductSettings
@@ -53,6 +63,72 @@ async def test_log_lines_are_json_and_name_the_request(product: TestClient, json
     assert access[-1]["request_id"] == "trace-me-1"
     assert access[-1]["status"] == 404 and access[-1]["path"] == "/api/products/nope"
     assert access[-1]["service"] == "product" and access[-1]["level"] == "info"
+
+
+def test_info_lines_wait_and_a_warning_writes_them_all_in_order() -> None:
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=3600)  # no flush by the clock here
+    handler.setFormatter(JsonFormatter("product"))
+    logger = logging.getLogger("shop.test-buffering")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        logger.info("first")
+        logger.info("second")
+        assert stream.getvalue() == ""  # whatever the stream's own buffering (PYTHONUNBUFFERED)
+        logger.warning("third")
+        messages = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+        assert messages == ["first", "second", "third"]
+        for _ in range(MAX_PENDING):  # so many lines waiting are written without a warning
+            logger.info("more")
+        assert len(stream.getvalue().splitlines()) == 3 + MAX_PENDING
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+class WriteRecorder(io.StringIO):
+    """A stream that keeps what each flush sent on: what reached the system in one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def flush(self) -> None:
+        sent = self.getvalue()[sum(len(write) for write in self.writes) :]
+        if sent:
+            self.writes.append(sent)
+
+
+def test_waiting_lines_go_out_in_whole_lines_a_pipe_keeps_together() -> None:
+    stream = WriteRecorder()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    handler.setFormatter(JsonFormatter("product"))
+    logger = logging.getLogger("shop.test-chunks")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        for number in range(300):
+            logger.info("line %d %s", number, "é" * (number % 50))
+        handler.flush_now()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert len(stream.writes) > 1
+    for write in stream.writes:  # workers share stdout: no write may cut a line in two
+        assert write.endswith("\n") and len(write.encode()) <= WRITE_SIZE
+    lines = "".join(stream.writes).splitlines()
+    assert [json.loads(line)["msg"].split()[1] for line in lines] == [str(n) for n in range(300)]
+
+
+def test_a_request_record_is_written_as_logger_info_writes_it(json_logs: Any) -> None:
+    log = logging.getLogger("shop.access")
+    fields = {"method": "GET", "path": "/x", "status": 200, "ms": 1.5}
+    log.info("GET /x 200", extra=fields)
+    log.handle(request_record("shop.access", "GET /x 200", fields))
+    by_info, by_record = json_logs()[-2:]
+    assert by_info.pop("ts")[:10] == by_record.pop("ts")[:10]
+    assert by_info == by_record
 
 
 def test_urls_in_logs_hide_passwords() -> None:
