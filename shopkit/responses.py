@@ -84,4 +84,4 @@ def answer_encoded(
         or encoded.etag in (tag.strip() for tag in if_none_match.split(","))
     ):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=encoded.raw, content_type=JSON_TYPE, headers=headers)
+    return encoded_response(encoded.raw, headers=headers)
