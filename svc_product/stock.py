@@ -19,8 +19,10 @@ Whoever finds a marker (a repeat, an undo, the sweep after a crash) settles it b
 rule, comparing it with the record: the token the record names stays, any other is
 reversed, and a marker whose claim was never written is claimed on its owner's behalf. So
 a crash between any two steps leaves a state the next reader finishes, and no step applies
-twice: a repeat that arrives while the marker is there waits on it, and one that arrives
-after sees the record first. Markers live about a second (settled in batches); the sweep
+twice: a repeat that arrives while the marker is there changes nothing and answers as
+the first does; one that arrives later (a straggler its sender gave up on) applies, loses
+the claim and reverses itself, so for that moment its units are held twice, never sold
+twice. Markers live about a second (settled in batches); the sweep
 finishes the few a crash left. Records are forgotten after STOCK_MOVES_KEEP_SECONDS.
 """
 
@@ -183,10 +185,15 @@ class StockLedger:
                 await self._refuse(oid, product_id, delta)
             await self.changed()
             return doc
-        for _ in range(ATTEMPTS):
-            record = await self.moves.find_one({"_id": _record_id(oid, reference)})
-            if record is not None:
-                return await self._answer_repeat(oid, product_id, reference, delta, record)
+        for attempt in range(ATTEMPTS):
+            # The first try applies at once: a repeat is rare (a straggler of a request
+            # its sender gave up on), and is caught either way, by the marker while it is
+            # there, else by the claim, after which it reverses itself. Reading the record
+            # first on every take would cost each take a third operation.
+            if attempt:
+                record = await self.moves.find_one({"_id": _record_id(oid, reference)})
+                if record is not None:
+                    return await self._answer_repeat(oid, product_id, reference, delta, record)
             marker = Marker.new(TAKE, delta)
             doc = await self._apply(oid, reference, marker, _guard(delta))
             if doc is None:
