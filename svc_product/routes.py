@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shopkit.errors import Forbidden, ShopError
+from shopkit.errors import Forbidden
 from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
@@ -151,16 +151,9 @@ async def change_stock(request: web.Request, body: StockChange) -> web.Response:
     "answer lists the products as they are after their changes, in order.",
 )
 async def change_stocks(request: web.Request, body: StockChanges) -> web.Response:
-    ledger = request.app[STOCK]
-    changed = []
-    for line in body.changes:
-        try:
-            doc = await ledger.change(line.product_id, line.quantity, body.reference)
-        except ShopError as refused:
-            refused.extra["product_id"] = line.product_id
-            raise
-        changed.append(product_out(doc))
-    return ok(changed)
+    changes = [(line.product_id, line.quantity) for line in body.changes]
+    docs = await request.app[STOCK].change_many(body.reference, changes)
+    return ok([product_out(doc) for doc in docs])
 
 
 @routes.post("/api/products/{id}/stock/undo")

@@ -46,7 +46,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shopkit.app import StartupError
 from shopkit.background import repeating
-from shopkit.errors import Conflict
+from shopkit.errors import Conflict, ShopError
 from shopkit.keys import SETTINGS
 from svc_product.keys import MONGO, STOCK, STORE
 from svc_product.schemas import MAX_STOCK
@@ -157,6 +157,7 @@ class StockLedger:
         self.changed = changed
         # Markers this process won and has yet to remove: product -> {reference: marker}.
         self._to_settle: dict[ObjectId, dict[str, str]] = defaultdict(dict)
+        self.applied = 0  # stock changes made, reversals included (see _announced)
 
     async def ensure_indexes(self) -> None:
         await self.moves.create_index([("at", ASCENDING)])
@@ -164,7 +165,41 @@ class StockLedger:
 
     # -- changing stock -----------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _announced(self) -> AsyncIterator[None]:
+        """Tell ``changed`` once, on the way out, if any stock changed meanwhile (a change
+        of another caller's may count too: one more bump is harmless, one fewer is not)."""
+        before = self.applied
+        try:
+            yield
+        finally:
+            if self.applied != before:
+                await self.changed()
+
+    async def change_many(
+        self, reference: str, changes: list[tuple[str, int]]
+    ) -> list[dict[str, Any]]:
+        """Each (product id, delta) as ``change`` makes it under ``reference``, in order;
+        the first refused stops the rest, its error naming the product (``product_id``).
+        The changes before it stay made: the caller undoes them by the reference."""
+        done = []
+        async with self._announced():
+            for product_id, delta in changes:
+                try:
+                    done.append(await self._change(product_id, delta, reference))
+                except ShopError as refused:
+                    refused.extra["product_id"] = product_id
+                    raise
+        return done
+
     async def change(
+        self, product_id: str, delta: int, reference: str | None = None
+    ) -> dict[str, Any]:
+        """Add ``delta`` units atomically (see _change); the product as it is after."""
+        async with self._announced():
+            return await self._change(product_id, delta, reference)
+
+    async def _change(
         self, product_id: str, delta: int, reference: str | None = None
     ) -> dict[str, Any]:
         """Add ``delta`` units atomically; the product as it is after. The condition lives
@@ -183,7 +218,7 @@ class StockLedger:
             )
             if doc is None:
                 await self._refuse(oid, product_id, delta)
-            await self.changed()
+            self.applied += 1
             return doc
         for attempt in range(ATTEMPTS):
             # The first try applies at once: a repeat is rare (a straggler of a request
@@ -239,6 +274,10 @@ class StockLedger:
         """Reverse the change made under ``reference``, exactly once. A reference that was
         never applied is recorded undone, so that the change, should it still arrive (a
         request in flight when its sender crashed), is refused as already done."""
+        async with self._announced():
+            return await self._undo(product_id, reference)
+
+    async def _undo(self, product_id: str, reference: str) -> dict[str, Any]:
         oid = object_id(product_id)
         key = _record_id(oid, reference)
         for _ in range(ATTEMPTS):
@@ -291,7 +330,7 @@ class StockLedger:
             return_document=ReturnDocument.AFTER,
         )
         if doc is not None:
-            await self.changed()
+            self.applied += 1
         return doc
 
     def _won(self, oid: ObjectId, reference: str, marker: Marker) -> None:
@@ -299,6 +338,10 @@ class StockLedger:
         self._to_settle[oid][reference] = str(marker)
 
     async def settle_won(self, older_than: float = 0.0) -> None:
+        async with self._announced():  # a marker found lost is reversed
+            await self._settle_won(older_than)
+
+    async def _settle_won(self, older_than: float) -> None:
         """Remove the markers this process won at least ``older_than`` seconds ago, one
         update per product. A marker is left there for that moment on purpose: a repeat
         arriving meanwhile (the usual duplicate) meets it and changes nothing, instead of
@@ -324,7 +367,8 @@ class StockLedger:
             if not removed.modified_count:  # one was settled by someone else: one by one
                 for reference, value in markers.items():
                     await self._remove(oid, reference, value)
-            await self._forget_empty(oid)
+            if oid not in self._to_settle:  # else younger markers of ours are still there
+                await self._forget_empty(oid)
 
     async def _settle_all(self, oid: ObjectId, reference: str) -> None:
         # The whole map: nx-27017 answers a projection of a nested field with nothing.
@@ -394,7 +438,7 @@ class StockLedger:
             },
         )
         if reversed_.modified_count:
-            await self.changed()
+            self.applied += 1
             return
         still = await self.products.find_one({"_id": oid, f"pending.{reference}": value})
         if still is not None:  # the units are gone meanwhile: the sweep tries again
@@ -434,6 +478,10 @@ class StockLedger:
 
     async def sweep(self, older_than: float) -> int:
         """Settle the markers a crash left (those stamped before ``older_than``); how many."""
+        async with self._announced():
+            return await self._sweep(older_than)
+
+    async def _sweep(self, older_than: float) -> int:
         settled = 0
         wanted = {"pending": True, "pending_count": True}
         async for doc in self.products.find({"pending_count": {"$exists": True}}, wanted):
