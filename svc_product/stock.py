@@ -31,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from bson import ObjectId
@@ -62,7 +63,7 @@ NEVER = "never"  # the undo token of a reference undone before any change arrive
 # Settling a marker that lost, or whose record is not yet written, waits this long before a
 # sweep treats it as left by a crash (its owner normally settles it within milliseconds).
 ORPHAN_AFTER_SECONDS = 30.0
-ATTEMPTS = 8  # rounds of apply / settle before a busy reference answers 409 stock_busy
+ATTEMPTS = 10  # rounds of apply / settle before a busy reference answers 409 stock_busy
 # How often this process removes the markers it won, and how old they must be by then (see
 # StockLedger.settle_won): a marker lives between half a second and a second.
 SETTLE_INTERVAL = 0.5
@@ -134,6 +135,25 @@ class Marker:
     @staticmethod
     def at_of(text: str) -> float:
         return float(text.rsplit(":", 1)[1])
+
+
+async def _rounds() -> AsyncIterator[int]:
+    """The rounds of a step that may lose a race (to a repeat, an undo or a sweep): from the
+    third on, each after a short random pause, so that racers stop meeting each other."""
+    for attempt in range(ATTEMPTS):
+        if attempt >= 2:
+            await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
+        yield attempt
+
+
+def _within(stock: int, delta: int) -> bool:
+    return 0 <= stock + delta <= MAX_STOCK
+
+
+def _refuse(stock: int, delta: int) -> NoReturn:
+    if delta < 0:
+        raise NotEnoughStock(stock, -delta)
+    raise StockLimit(stock, delta)
 
 
 def _guard(delta: int) -> dict[str, int]:
@@ -217,10 +237,10 @@ class StockLedger:
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
-                await self._refuse(oid, product_id, delta)
+                _refuse((await self._current(oid, product_id))["stock"], delta)
             self.applied += 1
             return doc
-        for attempt in range(ATTEMPTS):
+        async for attempt in _rounds():
             # The first try applies at once: a repeat is rare (a straggler of a request
             # its sender gave up on), and is caught either way, by the marker while it is
             # there, else by the claim, after which it reverses itself. Reading the record
@@ -238,7 +258,9 @@ class StockLedger:
                     continue  # a repeat in flight: its outcome decides ours
                 if await self.moves.find_one({"_id": _record_id(oid, reference)}) is not None:
                     continue  # claimed meanwhile: answered as a repeat
-                await self._refuse(oid, product_id, delta)
+                if _within(current["stock"], delta):
+                    continue  # a marker was there and is gone now: try again
+                _refuse(current["stock"], delta)
             try:
                 await self.moves.insert_one(
                     {
@@ -280,7 +302,7 @@ class StockLedger:
     async def _undo(self, product_id: str, reference: str) -> dict[str, Any]:
         oid = object_id(product_id)
         key = _record_id(oid, reference)
-        for _ in range(ATTEMPTS):
+        async for _ in _rounds():
             await self._settle_all(oid, reference)
             record = await self.moves.find_one({"_id": key})
             if record is None:
@@ -299,11 +321,10 @@ class StockLedger:
             doc = await self._apply(oid, reference, marker, _guard(units))
             if doc is None:
                 current = await self._current(oid, product_id)
-                if reference in current.get("pending", {}):
-                    continue  # settled at the top of the next round
-                if units < 0:  # taking back units that were added needs them to be there
-                    raise NotEnoughStock(current["stock"], -units)
-                raise StockLimit(current["stock"], units)
+                if reference in current.get("pending", {}) or _within(current["stock"], units):
+                    continue  # a marker was in the way: settled at the top of the next round
+                # Taking back units that were added needs them to be there.
+                _refuse(current["stock"], units)
             claimed = await self.moves.update_one(
                 {"_id": key, "state": TAKEN, "take": record["take"]},
                 {"$set": {"state": UNDONE, "undo": marker.token}},
@@ -384,7 +405,7 @@ class StockLedger:
         if marker is None:
             log.warning("product %s: unreadable stock marker %r for %s", oid, value, reference)
             return
-        for _ in range(ATTEMPTS):
+        async for _ in _rounds():
             record = await self.moves.find_one({"_id": _record_id(oid, reference)})
             if marker.kind == TAKE:
                 if record is None:
@@ -467,12 +488,6 @@ class StockLedger:
         if doc is None:
             raise ProductNotFound(product_id)
         return doc
-
-    async def _refuse(self, oid: ObjectId, product_id: str, delta: int) -> None:
-        current = await self._current(oid, product_id)
-        if delta < 0:
-            raise NotEnoughStock(current["stock"], -delta)
-        raise StockLimit(current["stock"], delta)
 
     # -- housekeeping ---------------------------------------------------------------------
 
