@@ -82,7 +82,7 @@ async def test_racing_repeats_and_undos_of_one_reference_end_undone_and_exact(
     answers = await asyncio.gather(*takes, *undos)
 
     assert {answer for answer in answers[: len(takes)]} <= {(200, None), UNDONE_ANSWER}
-    assert set(answers[len(takes) :]) == {200}, answers[len(takes):]
+    assert set(answers[len(takes) :]) == {200}, answers[len(takes) :]
     await settled(product)
     await ledger_of(product).sweep(time.time() + 1)
     assert await stock_of(product, product_id) == 100  # every take undone, none twice
