@@ -747,14 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     if use_wrk is None:
         return 1
     err.print(f"profile reads driven by {'wrk' if use_wrk else 'the Python aiohttp driver'}")
-    try:
+    with harness.ended_plainly():
         bench, refusals = run_all(args, use_wrk)
-    except BenchmarkError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        err.print("interrupted; everything this run started is stopped")
-        return 130
     rounds = ",".join(str(r) for r in args.rounds_list)
     header = (
         f"{os.cpu_count()} cores, {args.duration:g} s per line, {args.users} users, "

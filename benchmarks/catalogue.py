@@ -270,20 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     use_wrk = harness.http_driver(args.driver)
     if use_wrk is None:
         return 1
-    try:
-        with run.start_stack(args.products) as stack:
-            lines = plan(stack, args, use_wrk)
-            sizes = [document_bytes(stack.mongo_uri)]
-            before = measure_all(stack, lines)
-            place_orders(stack, args.orders, args.connections)
-            sizes.append(document_bytes(stack.mongo_uri))
-            after = measure_all(stack, lines)
-    except BenchmarkError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        err.print("interrupted; everything this run started is stopped")
-        return 130
+    with harness.ended_plainly(), run.start_stack(args.products) as stack:
+        lines = plan(stack, args, use_wrk)
+        sizes = [document_bytes(stack.mongo_uri)]
+        before = measure_all(stack, lines)
+        place_orders(stack, args.orders, args.connections)
+        sizes.append(document_bytes(stack.mongo_uri))
+        after = measure_all(stack, lines)
     print_report(harness.report_console(), before, after, (sizes[0], sizes[1]), args)
     if args.json:
         harness.write_json(

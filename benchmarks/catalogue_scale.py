@@ -397,21 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results: list[Measurement] = []
     seeding: dict[int, float] = {}
-    try:
-        with start_stack() as stack:
-            for products in args.scale_list:
-                err.print(f"seeding up to {products:,} products")
-                seeding[products] = round(seed_up_to(stack, products, args.batch), 1)
-                err.print(f"seeded in {seeding[products]:g} s")
-                check_answers(stack, products)
-                results.extend(run_scale(stack, products, args, use_wrk))
-            described = stack.datastore
-    except BenchmarkError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        err.print("interrupted; everything this run started is stopped")
-        return 130
+    with harness.ended_plainly(), start_stack() as stack:
+        for products in args.scale_list:
+            err.print(f"seeding up to {products:,} products")
+            seeding[products] = round(seed_up_to(stack, products, args.batch), 1)
+            err.print(f"seeded in {seeding[products]:g} s")
+            check_answers(stack, products)
+            results.extend(run_scale(stack, products, args, use_wrk))
+        described = stack.datastore
     header = (
         f"{os.cpu_count()} cores, {args.connections} connections, {args.duration:g} s per line; "
         f"HTTP load: {'wrk' if use_wrk else 'Python driver'}; datastore: {described}; "

@@ -97,6 +97,21 @@ def write_json(path: Path, settings: Mapping[str, Any], **sections: Any) -> None
     err.print(f"results written to {path}")
 
 
+@contextlib.contextmanager
+def ended_plainly() -> Iterator[None]:
+    """Around a benchmark's work: a failure (BenchmarkError) is one red line and exit status
+    1, Ctrl-C or SIGTERM one line and 130, never a traceback (what the work started is
+    stopped by its own context managers on the way out)."""
+    try:
+        yield
+    except BenchmarkError as exc:
+        err.print(f"[red]benchmark failed:[/] {exc}")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; everything this run started is stopped")
+        raise SystemExit(130) from None
+
+
 def interrupt(signum: int, frame: object) -> None:
     """A SIGTERM handler: unwind like Ctrl-C, so every `finally` stops what it started."""
     raise KeyboardInterrupt

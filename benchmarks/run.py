@@ -622,16 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     if not use_wrk:
         err.print("[yellow]The Python driver takes far more CPU than wrk from the servers it")
         err.print("[yellow]measures: its HTTP rates (and ratios against the datastore) read low.")
-    try:
-        with start_stack(args.products) as stack:
-            results = run_all(stack, args, use_wrk)
-            described, redis = stack.datastore, stack.redis
-    except BenchmarkError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        err.print("interrupted; everything this run started is stopped")
-        return 130
+    with harness.ended_plainly(), start_stack(args.products) as stack:
+        results = run_all(stack, args, use_wrk)
+        described, redis = stack.datastore, stack.redis
     rounds = f", best of {args.rounds} rounds" if args.rounds > 1 else ""
     header = (
         f"{os.cpu_count()} cores, {args.connections} connections, {args.duration:g} s per line"
