@@ -76,11 +76,14 @@ def plan(stack: run.Stack, args: argparse.Namespace, use_wrk: bool) -> list[run.
     pages = category_paths()
 
     def http(base: str, requests: list[drivers.HttpRequest]) -> Any:
-        if use_wrk:
-            return lambda: drivers.wrk_load(
-                stack.urls[base], requests, threads=args.threads, work_dir=stack.work_dir, **load
-            )
-        return lambda: drivers.python_http_load(stack.urls[base], requests, **load)
+        return lambda: drivers.http_load(
+            use_wrk,
+            stack.urls[base],
+            requests,
+            threads=args.threads,
+            work_dir=stack.work_dir,
+            **load,
+        )
 
     def revalidations(base: str) -> list[drivers.HttpRequest]:
         # Fetched when the line starts: the ETags of the catalogue as it is then.

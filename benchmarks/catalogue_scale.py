@@ -319,23 +319,19 @@ def run_scale(
             )
         )
         requests = http_requests(line, products)
-        if use_wrk:
 
-            def http(
-                requests: list[drivers.HttpRequest] = requests, name: str = f"scale_{line}"
-            ) -> drivers.LoadResult:
-                return drivers.wrk_load(
-                    stack.product_url,
-                    requests,
-                    threads=args.threads,
-                    work_dir=stack.work_dir,
-                    name=name,
-                    **load,
-                )
-        else:
-
-            def http(requests: list[drivers.HttpRequest] = requests) -> drivers.LoadResult:
-                return drivers.python_http_load(stack.product_url, requests, **load)
+        def http(
+            requests: list[drivers.HttpRequest] = requests, name: str = f"scale_{line}"
+        ) -> drivers.LoadResult:
+            return drivers.http_load(
+                use_wrk,
+                stack.product_url,
+                requests,
+                threads=args.threads,
+                work_dir=stack.work_dir,
+                name=name,
+                **load,
+            )
 
         results.append(measure(stack, products, line, "http", http))
     return results

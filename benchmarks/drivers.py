@@ -393,6 +393,25 @@ def python_http_load(
 # -- a paced prober ---------------------------------------------------------------------------
 
 
+def http_load(
+    use_wrk: bool,
+    base_url: str,
+    requests: Sequence[HttpRequest],
+    *,
+    threads: int,
+    work_dir: Path,
+    connections: int,
+    duration: float,
+    warmup: float,
+    name: str = "random_requests",
+) -> LoadResult:
+    """One HTTP line: wrk when it is there (`use_wrk`), else the Python driver."""
+    load = {"connections": connections, "duration": duration, "warmup": warmup}
+    if use_wrk:
+        return wrk_load(base_url, requests, threads=threads, work_dir=work_dir, name=name, **load)
+    return python_http_load(base_url, requests, **load)
+
+
 async def paced_probe(
     url: str, *, rate: float, connections: int, duration: float, warmup: float
 ) -> LoadResult:

@@ -331,11 +331,14 @@ def plan(stack: Stack, args: argparse.Namespace, use_wrk: bool) -> list[Line]:
         base: str, paths: list[str], requests: list[drivers.HttpRequest] | None = None
     ) -> Callable[[], drivers.LoadResult]:
         requests = requests or [drivers.HttpRequest(path) for path in paths]
-        if use_wrk:
-            return lambda: drivers.wrk_load(
-                stack.urls[base], requests, threads=args.threads, work_dir=stack.work_dir, **load
-            )
-        return lambda: drivers.python_http_load(stack.urls[base], requests, **load)
+        return lambda: drivers.http_load(
+            use_wrk,
+            stack.urls[base],
+            requests,
+            threads=args.threads,
+            work_dir=stack.work_dir,
+            **load,
+        )
 
     def mongo(read: str) -> Callable[[], drivers.LoadResult]:
         return lambda: drivers.mongo_load(stack.mongo_uri, read, object_ids, **load)
