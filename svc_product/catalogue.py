@@ -73,7 +73,7 @@ class CatalogueAnswers:
         self._answers: OrderedDict[Hashable, _Answer] = OrderedDict()
         self._size = 0
         self._making: dict[tuple[int, Hashable], asyncio.Task[Encoded]] = {}
-        self.hits = self.made = 0  # answers sent as kept; answers made (one per query run)
+        self.made = 0  # answers made: one query each (tests count them)
 
     async def get(self, key: Hashable, make: Callable[[], Awaitable[Any]]) -> Encoded:
         """The answer to ``key`` at the current version; ``make`` gives its body when
@@ -83,7 +83,6 @@ class CatalogueAnswers:
         kept = self._answers.get(key)
         if kept is not None and kept.version == version and now - kept.made_at < self.max_age:
             self._answers.move_to_end(key)
-            self.hits += 1
             return kept.encoded
         making = self._making.get((version, key))
         if making is None:

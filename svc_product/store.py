@@ -151,8 +151,14 @@ class ProductStore:
         self.version = version
 
     async def changed(self) -> None:
-        """After every write to the catalogue (the stock ledger's too), before it answers."""
-        await self.version.bump()
+        """After every write to the catalogue (the stock ledger's too), before it answers.
+        The write is done by then: a bump that fails must not answer it as failed (a
+        client would send a create or a plain stock change again), so it is logged, and
+        the answers kept meanwhile are made again within MAX_AGE_SECONDS."""
+        try:
+            await self.version.bump()
+        except PyMongoError as exc:
+            log.warning("a catalogue write is done but its version was not bumped: %s", exc)
 
     async def ensure_indexes(self) -> None:
         """Idempotent: creating an index that exists is a no-op. Each public sort is an
