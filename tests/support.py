@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
@@ -280,3 +281,14 @@ async def undo(
     )
     await response.read()
     return response.status
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """A service's log file as records: its JSON lines, and any other line as {"msg": ...}."""
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except ValueError:
+            lines.append({"msg": text})
+    return lines

@@ -12,11 +12,10 @@ import socket
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from support import JWT_SECRET, REPO
+from support import JWT_SECRET, REPO, log_lines
 
 from shopctl import processes
 
@@ -79,16 +78,6 @@ SLOW_SERVICE = textwrap.dedent(
     run(create_app, SlowSettings)
     """
 )
-
-
-def log_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except ValueError:
-            lines.append({"msg": text})
-    return lines
 
 
 def busy_process(path: Path, pid: int) -> psutil.Process:

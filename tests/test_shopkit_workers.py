@@ -14,11 +14,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from support import JWT_SECRET, REPO
+from support import JWT_SECRET, REPO, log_lines
 
 from shopctl import processes
 
@@ -39,16 +38,6 @@ def cart_env(redis_url: str, port: int, **changes: str) -> dict[str, str]:
         "WORKERS": "2",
         **changes,
     }
-
-
-def log_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except ValueError:
-            lines.append({"msg": text})
-    return lines
 
 
 def worker_pids(path: Path) -> dict[int, int]:
