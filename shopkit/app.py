@@ -15,8 +15,8 @@ from aiohttp import web
 
 from shopkit import workers
 from shopkit.client import http_session_ctx
-from shopkit.errors import error_body
-from shopkit.keys import METRICS, READY_CHECK, SETTINGS, UNAVAILABLE_ERRORS
+from shopkit.errors import SHARED_REFUSALS, Refusals, error_body
+from shopkit.keys import METRICS, READY_CHECK, REFUSALS, SETTINGS, UNAVAILABLE_ERRORS
 from shopkit.logs import configure_logging
 from shopkit.metrics import MULTIPROCESS_DIR_VARIABLE, Metrics
 from shopkit.middleware import answer_expect_headers, shop_middleware
@@ -56,6 +56,7 @@ def create_service_app(
     *,
     ready_check: ReadyCheck,
     unavailable_errors: tuple[type[BaseException], ...] = (),
+    refusals: Refusals | None = None,
     http_client: bool = False,
 ) -> web.Application:
     """A service's application with everything shopkit provides wired in. Does no I/O."""
@@ -71,6 +72,7 @@ def create_service_app(
     app[METRICS] = Metrics(settings.service_name, os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None)
     app[READY_CHECK] = ready_check
     app[UNAVAILABLE_ERRORS] = unavailable_errors
+    app[REFUSALS] = {**SHARED_REFUSALS, **(refusals or {})}
     if http_client:
         app.cleanup_ctx.append(http_session_ctx)
     app.router.add_get("/health", health)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from shopkit.domain import DomainError, ProductNotFound
 
 
 class ShopError(Exception):
@@ -115,3 +118,42 @@ def error_body(
     if extra:
         body.update(extra)
     return body
+
+
+# -- a data layer's refusals, as a client hears them -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """How a client hears one kind of ``DomainError``: the error class (its status), a machine
+    code, a sentence made from the error's facts (``str.format``), and the facts that are
+    also keys of the body (``keys``, when the error has them)."""
+
+    error: type[ShopError]
+    code: str
+    message: str
+    keys: tuple[str, ...] = ()
+
+    def answer(self, refused: DomainError) -> ShopError:
+        facts = refused.facts
+        extra = {key: facts[key] for key in self.keys if key in facts}
+        return self.error(self.message.format(**facts), code=self.code, extra=extra)
+
+
+Refusals = Mapping[type[DomainError], Refusal]
+
+# Refusals more than one service meets (the cart prices lines with the product service's ids).
+SHARED_REFUSALS: Refusals = {
+    ProductNotFound: Refusal(
+        NotFound, "product_not_found", "There is no product with id {id!r}.", ("product_id",)
+    )
+}
+
+
+def refusal_error(refused: DomainError, refusals: Refusals) -> ShopError | None:
+    """The answer ``refusals`` gives the most specific kind of ``refused``, if any."""
+    for kind in type(refused).__mro__:
+        refusal = refusals.get(kind)
+        if refusal is not None:
+            return refusal.answer(refused)
+    return None

@@ -10,6 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from shopkit.auth import Identity
+    from shopkit.errors import Refusals
     from shopkit.metrics import Metrics
     from shopkit.postgres import FairPool
     from shopkit.revocation import TokenStatus
@@ -24,6 +25,8 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 POSTGRES: web.AppKey[FairPool] = web.AppKey("postgres")
 # Exception types that mean "a dependency is down" and answer 503 instead of 500.
 UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
+# How a client hears each refusal (shopkit.domain.DomainError) the data layers raise.
+REFUSALS: web.AppKey[Refusals] = web.AppKey("refusals")
 # Whether a user's token was revoked (shopkit.revocation); every service that checks tokens.
 TOKEN_STATUS: web.AppKey[TokenStatus] = web.AppKey("token_status")
 

@@ -12,8 +12,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from shopkit.context import REQUEST_ID
-from shopkit.errors import ShopError, error_body
-from shopkit.keys import METRICS, UNAVAILABLE_ERRORS
+from shopkit.domain import DomainError
+from shopkit.errors import ShopError, error_body, refusal_error
+from shopkit.keys import METRICS, REFUSALS, UNAVAILABLE_ERRORS
 from shopkit.logs import request_record
 from shopkit.responses import json_response
 from shopkit.validation import MAX_BODY
@@ -71,6 +72,12 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except ShopError as exc:
         return _from_shop_error(exc)
+    except DomainError as exc:
+        answer = refusal_error(exc, request.app[REFUSALS])
+        if answer is None:
+            error_log.exception("a refusal no answer is given for: %r", exc)
+            return _internal_error()
+        return _from_shop_error(answer)
     except web.HTTPException as exc:
         return _from_http_exception(request, exc)
     except asyncio.CancelledError:
@@ -86,13 +93,17 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
         )
     except Exception:
         error_log.exception("unhandled error answering %s %s", request.method, request.path)
-        return json_response(
-            error_body(
-                f"Something went wrong on our side; it was logged as request {REQUEST_ID.get()}.",
-                "internal_error",
-            ),
-            status=500,
-        )
+        return _internal_error()
+
+
+def _internal_error() -> web.Response:
+    return json_response(
+        error_body(
+            f"Something went wrong on our side; it was logged as request {REQUEST_ID.get()}.",
+            "internal_error",
+        ),
+        status=500,
+    )
 
 
 @web.middleware

@@ -21,11 +21,11 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+from shopkit.domain import PRODUCT_ID
+
 # Database ids (PostgreSQL bigint identities): 1 .. 2**63 - 1, written canonically.
 MAX_ID = 2**63 - 1
 _ID = re.compile(r"[1-9][0-9]{0,18}")
-# Product ids are MongoDB ObjectIds: 24 hex digits (written in lower case).
-_PRODUCT_ID = re.compile(r"[0-9a-fA-F]{24}")
 # An integer as text: ASCII digits, an optional minus, no more than a bigint holds.
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 # An amount as text: ASCII digits, at most 15 before the point (far above any price or
@@ -55,7 +55,7 @@ def parse_id(value: object) -> int | None:
 def parse_product_id(value: object) -> str | None:
     """A product id from a path or body, in lower case, or None (a malformed id names no
     product: the caller answers 404)."""
-    if isinstance(value, str) and _PRODUCT_ID.fullmatch(value):
+    if isinstance(value, str) and PRODUCT_ID.fullmatch(value):
         return value.lower()
     return None
 
@@ -151,9 +151,8 @@ def _multi_line(value: Any) -> Any:
     return check_text(value, multiline=True) if isinstance(value, str) else value
 
 
-# The ids above as JSON Schema patterns, for the OpenAPI documents' path parameters.
+# The id above as a JSON Schema pattern, for the OpenAPI documents' path parameters.
 ID_PATTERN = f"^{_ID.pattern}$"
-PRODUCT_ID_PATTERN = f"^{_PRODUCT_ID.pattern}$"
 
 # check_text's rules as JSON Schema patterns, for the OpenAPI documents (so that a fuzzer
 # generates text the services accept): no C0/C1 control characters, but for tab and line

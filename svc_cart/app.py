@@ -14,7 +14,7 @@ from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_ser
 from shopkit.settings import HttpUrl, RedisUrl
 from svc_cart.catalogue import Catalogue, PricedAnswers
 from svc_cart.keys import ANSWERS, CATALOGUE, REDIS
-from svc_cart.routes import routes
+from svc_cart.routes import REFUSALS, routes
 from svc_cart.store import REDIS_UNAVAILABLE, redis_ctx
 
 
@@ -42,6 +42,7 @@ def create_app(settings: CartSettings) -> web.Application:
         settings,
         ready_check=redis_ready,
         unavailable_errors=REDIS_UNAVAILABLE,
+        refusals=REFUSALS,
         http_client=True,
     )
     app[CATALOGUE] = Catalogue(

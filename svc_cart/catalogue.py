@@ -19,20 +19,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from shopkit.client import ServiceClient
-from shopkit.errors import NotFound, UpstreamUnavailable
+from shopkit.domain import MAX_IDS_PER_CALL, timestamp
+from shopkit.errors import UpstreamUnavailable
 from shopkit.money import CENT, LenientMoney
 from shopkit.responses import ok_body
 from svc_cart.store import StoredCart
 
-BATCH = 100  # the most ids GET /api/products?ids= takes at once
 CACHE_LIMIT = 10_000  # products (and answers) remembered at most; past it they start again
 # Encoded answers kept at most (a full cart's is about 20 KiB; the pod has 192 MiB).
 ANSWER_BYTES = 8 * 1024 * 1024
-
-
-class ProductNotFound(NotFound):
-    def __init__(self, product_id: str) -> None:
-        super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
 
 
 class Product(BaseModel):
@@ -196,12 +191,12 @@ class Catalogue:
             self._seen[product_id] = (now, found.get(product_id))
 
     async def _look_up(self, wanted: list[str]) -> dict[str, Product]:
-        """One call per BATCH ids (a cart holds at most MAX_LINES products, so one call
+        """One call per MAX_IDS_PER_CALL ids (a cart holds at most MAX_CART_LINES products, so one call
         but in a rare race)."""
         found: dict[str, Product] = {}
-        for start in range(0, len(wanted), BATCH):
-            batch = ",".join(wanted[start : start + BATCH])
-            reply = await self.client.get(f"/api/products?ids={batch}&limit={BATCH}")
+        for start in range(0, len(wanted), MAX_IDS_PER_CALL):
+            batch = ",".join(wanted[start : start + MAX_IDS_PER_CALL])
+            reply = await self.client.get(f"/api/products?ids={batch}&limit={MAX_IDS_PER_CALL}")
             if reply.status != 200:
                 raise UpstreamUnavailable(
                     f"The product service answered {reply.status} to a product look-up; "
@@ -219,8 +214,7 @@ class Catalogue:
 
 
 def _iso_from_ms(moment_ms: int) -> str:
-    moment = datetime.fromtimestamp(moment_ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timestamp(datetime.fromtimestamp(moment_ms / 1000, UTC))
 
 
 class PricedAnswers:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shopkit.errors import Forbidden, NotFound
+from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY, ProductNotFound
+from shopkit.errors import Conflict, Forbidden, NotFound, Refusal, Refusals
 from shopkit.keys import IDENTITY
 from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id, parse_product_id
 from shopkit.responses import encoded_response, ok
-from svc_cart.catalogue import Product, ProductNotFound, priced_cart
+from svc_cart.catalogue import Product, priced_cart
 from svc_cart.keys import ANSWERS, CATALOGUE, STORE
 from svc_cart.schemas import (
     AddItem,
@@ -24,9 +25,34 @@ from svc_cart.schemas import (
     ClearQuery,
     SetQuantity,
 )
-from svc_cart.store import MAX_LINES, MAX_QUANTITY, StoredCart
+from svc_cart.store import CartChanged, CartFull, NotEnoughStock, QuantityLimit, StoredCart
 
 routes = web.RouteTableDef()
+
+# How a client hears what the store refuses.
+REFUSALS: Refusals = {
+    NotEnoughStock: Refusal(
+        Conflict,
+        "insufficient_stock",
+        "Not enough stock: {available} left, and your cart already holds {in_cart}.",
+        ("available", "in_cart"),
+    ),
+    QuantityLimit: Refusal(
+        Conflict,
+        "quantity_limit",
+        "A cart holds at most {limit} units of one product (it holds {in_cart}).",
+        ("limit", "in_cart"),
+    ),
+    CartFull: Refusal(
+        Conflict, "cart_full", "A cart holds at most {limit} different products.", ("limit",)
+    ),
+    CartChanged: Refusal(
+        Conflict,
+        "cart_changed",
+        "The cart changed since it was read (it is at version {version} now); nothing was cleared.",
+        ("version",),
+    ),
+}
 
 _ACCESS = (
     "Only the cart's owner (the token's sub is userId), an admin or a service reaches a "
@@ -119,8 +145,8 @@ async def get_cart(request: web.Request) -> web.Response:
     description="Answers the whole cart (200: the cart exists either way). A product "
     "already in the cart gets the units added to its quantity. 404 product_not_found: no "
     "such product. 409 insufficient_stock: the cart would hold more than the stock; 409 "
-    f"quantity_limit: more than {MAX_QUANTITY} units of one product; 409 cart_full: more "
-    f"than {MAX_LINES} different products. Nothing changes on any error. " + _ACCESS,
+    f"quantity_limit: more than {MAX_CART_QUANTITY} units of one product; 409 cart_full: more "
+    f"than {MAX_CART_LINES} different products. Nothing changes on any error. " + _ACCESS,
 )
 async def add_item(request: web.Request, body: AddItem) -> web.Response:
     user_id = _cart_owner(request)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from shopkit.domain import MAX_CART_QUANTITY, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
-from shopkit.parsing import ID_PATTERN, PRODUCT_ID_PATTERN, QueryInt
+from shopkit.parsing import ID_PATTERN, QueryInt
 from shopkit.validation import Body, Query
-from svc_cart.store import MAX_QUANTITY
 
 # Versions are counted in Redis' Lua, whose numbers are doubles: exact up to 2**53.
 MAX_VERSION = 2**53
@@ -27,14 +27,14 @@ ProductId = Annotated[
 
 class AddItem(Body):
     product_id: ProductId
-    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)] = Field(
-        description=f"Units to add to what the cart holds (1 to {MAX_QUANTITY}); the cart "
-        f"may then hold no more than the product's stock, nor more than {MAX_QUANTITY}"
+    quantity: Annotated[int, Field(ge=1, le=MAX_CART_QUANTITY)] = Field(
+        description=f"Units to add to what the cart holds (1 to {MAX_CART_QUANTITY}); the cart "
+        f"may then hold no more than the product's stock, nor more than {MAX_CART_QUANTITY}"
     )
 
 
 class SetQuantity(Body):
-    quantity: Annotated[int, Field(ge=0, le=MAX_QUANTITY)] = Field(
+    quantity: Annotated[int, Field(ge=0, le=MAX_CART_QUANTITY)] = Field(
         description="The units the cart is to hold (0 takes the product out); at most the "
         "product's stock"
     )

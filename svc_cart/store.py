@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -28,7 +27,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shopkit.app import StartupError
-from shopkit.errors import Conflict
+from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY, DomainError
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from svc_cart.keys import REDIS, STORE
@@ -36,8 +35,6 @@ from svc_cart.keys import REDIS, STORE
 log = logging.getLogger("shop.cart.store")
 
 CART_TTL_SECONDS = 7 * 24 * 3600
-MAX_QUANTITY = 1000  # units of one product in one cart
-MAX_LINES = 100  # different products in one cart
 # Carts whose last read is kept, and their bytes at most; past either the memory starts again.
 READS_REMEMBERED = 10_000
 READ_BYTES = 8 * 1024 * 1024
@@ -125,46 +122,27 @@ def cart_key(user_id: str) -> str:
     return f"cart:{user_id}"
 
 
-class NotEnoughStock(Conflict):
-    def __init__(self, details: Mapping[str, Any]) -> None:
-        available, in_cart = details["available"], details["in_cart"]
-        super().__init__(
-            f"Not enough stock: {available} left, and your cart already holds {in_cart}.",
-            code="insufficient_stock",
-            extra={"available": available, "in_cart": in_cart},
-        )
+# What a change of a cart may be refused for (the script's refusal, its facts as keywords;
+# svc_cart.routes says how a client hears each).
 
 
-class QuantityLimit(Conflict):
-    def __init__(self, details: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"A cart holds at most {details['limit']} units of one product "
-            f"(it holds {details['in_cart']}).",
-            code="quantity_limit",
-            extra={"limit": details["limit"], "in_cart": details["in_cart"]},
-        )
+class NotEnoughStock(DomainError):
+    """Adding would pass the product's stock: ``available`` left, ``in_cart`` held."""
 
 
-class CartFull(Conflict):
-    def __init__(self, details: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"A cart holds at most {details['limit']} different products.",
-            code="cart_full",
-            extra={"limit": details["limit"]},
-        )
+class QuantityLimit(DomainError):
+    """Adding would pass ``limit`` units of one product (``in_cart`` held)."""
 
 
-class CartChanged(Conflict):
-    def __init__(self, details: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"The cart changed since it was read (it is at version {details['version']} "
-            "now); nothing was cleared.",
-            code="cart_changed",
-            extra={"version": details["version"]},
-        )
+class CartFull(DomainError):
+    """Adding a product would pass ``limit`` different products."""
 
 
-_REFUSALS: dict[bytes, type[Conflict]] = {
+class CartChanged(DomainError):
+    """The cart is at ``version`` now, not the version the caller read."""
+
+
+_REFUSALS: dict[bytes, type[DomainError]] = {
     b"insufficient_stock": NotEnoughStock,
     b"quantity_limit": QuantityLimit,
     b"cart_full": CartFull,
@@ -323,14 +301,14 @@ class CartStore:
                 units,
                 stock,
                 expected_version,
-                MAX_QUANTITY,
-                MAX_LINES,
+                MAX_CART_QUANTITY,
+                MAX_CART_LINES,
                 CART_TTL_SECONDS,
             ],
         )
         if status == b"ok":
             return StoredCart.from_json(payload)
-        raise _REFUSALS[status](orjson.loads(payload))
+        raise _REFUSALS[status](**orjson.loads(payload))
 
 
 def redis_client(url: str) -> Redis:

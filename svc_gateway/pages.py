@@ -437,15 +437,6 @@ def stock_state(stock: Any) -> tuple[str, str]:
     return "in", "In stock"
 
 
-# The order lifecycle (CONTRACT.md): the moves the order service allows from each status.
-NEXT_STATUSES: dict[str, tuple[str, ...]] = {
-    "pending": ("processing", "cancelled"),
-    "processing": ("shipped", "cancelled"),
-    "shipped": ("delivered",),
-    "delivered": (),
-    "cancelled": (),
-}
-
 # What a button that moves an order to a status says.
 STATUS_ACTIONS = {
     "processing": "Start processing",

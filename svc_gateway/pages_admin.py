@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
+from shopkit.domain import MAX_STOCK, ORDER_TRANSITIONS
 from shopkit.errors import NotFound
 from shopkit.parsing import MAX_ID, parse_amount, parse_int
 from svc_gateway.pages import (
-    NEXT_STATUSES,
     ORDER_NOT_FOUND,
     PRODUCT_NOT_FOUND,
     STATUS_LABELS,
@@ -42,7 +42,6 @@ routes = web.RouteTableDef()
 
 PRODUCTS_PAGE_SIZE = 20
 ORDERS_PAGE_SIZE = 20
-MAX_STOCK_CHANGE = 1_000_000_000  # the product service's bound
 PRODUCT_FIELDS = {
     "name": "Name",
     "description": "Description",
@@ -219,7 +218,7 @@ async def restock_product(request: web.Request) -> web.Response:
     back = local_path(form.get("next"), "/admin/products")
     session = session_of(request)
     change = _whole(str(form.get("quantity", "")))
-    if not isinstance(change, int) or change == 0 or abs(change) > MAX_STOCK_CHANGE:
+    if not isinstance(change, int) or change == 0 or abs(change) > MAX_STOCK:
         session.flash("error", "Enter the units to add (or, with a minus sign, to take away).")
         raise Redirect(back)
     path = f"/api/products/{product_id}/stock"
@@ -269,7 +268,7 @@ async def admin_orders(request: web.Request) -> web.Response:
         "orders": listing["data"],
         "total": listing["total"],
         "status": status,
-        "next_statuses": NEXT_STATUSES,
+        "next_statuses": ORDER_TRANSITIONS,
         "page": page,
         "last_page": last_page,
         "page_numbers": page_numbers(page, last_page),

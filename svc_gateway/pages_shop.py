@@ -16,12 +16,12 @@ from multidict import MultiMapping
 
 from shopkit.client import ServiceReply
 from shopkit.client_address import client_behind_hops
+from shopkit.domain import MAX_CART_QUANTITY, MAX_IDS_PER_CALL, ORDER_TRANSITIONS
 from shopkit.errors import NotFound, UpstreamUnavailable
 from shopkit.keys import SETTINGS
 from svc_gateway.checkout import certain_checkout
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages import (
-    NEXT_STATUSES,
     ORDER_NOT_FOUND,
     PRODUCT_NOT_FOUND,
     BackendRefused,
@@ -50,7 +50,6 @@ routes = web.RouteTableDef()
 
 CATALOGUE_PAGE_SIZE = 12
 ORDERS_PAGE_SIZE = 10
-MAX_CART_QUANTITY = 1000  # the cart service's limit for one product
 SORTS = {
     "-createdAt": "Newest first",
     "price": "Price: low to high",
@@ -456,9 +455,8 @@ async def cart_page(request: web.Request) -> web.Response:
     products: dict[str, dict[str, Any]] = {}
     if cart["items"]:
         ids = ",".join(item["product_id"] for item in cart["items"])
-        listing = await fetch(
-            request, "product", "GET", f"/api/products?ids={ids}&limit=100", as_shopper=False
-        )
+        path = f"/api/products?ids={ids}&limit={MAX_IDS_PER_CALL}"
+        listing = await fetch(request, "product", "GET", path, as_shopper=False)
         products = {product["id"]: product for product in listing["data"]}
     lines = []
     for item in cart["items"]:
@@ -600,7 +598,7 @@ async def order_page(request: web.Request) -> web.Response:
             Decimal(str(line["price"])) * line["quantity"] for line in order["items"]
         ],
         "own": str(order["user_id"]) == user.user_id,
-        "next_statuses": NEXT_STATUSES[order["status"]] if user.is_admin else (),
+        "next_statuses": ORDER_TRANSITIONS[order["status"]] if user.is_admin else (),
     }
     return render(request, "order.html", context)
 

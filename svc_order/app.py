@@ -15,7 +15,7 @@ from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_ser
 from shopkit.settings import HttpUrl, PostgresUrl
 from svc_order.checkout import checkout_ctx
 from svc_order.keys import CARTS, PRODUCTS
-from svc_order.routes import routes
+from svc_order.routes import REFUSALS, routes
 
 # Each call to another service during a checkout must end well inside the checkout's lease.
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
@@ -37,6 +37,7 @@ def create_app(settings: OrderSettings) -> web.Application:
         settings,
         ready_check=postgres_ready,
         unavailable_errors=POSTGRES_UNAVAILABLE,
+        refusals=REFUSALS,
         http_client=True,
     )
     app[PRODUCTS] = ServiceClient(app, "product", settings.product_service_url, CALL_TIMEOUT)

@@ -43,6 +43,7 @@ from aiohttp import web
 from shopkit.auth import ServiceCredential
 from shopkit.background import repeating
 from shopkit.client import ServiceClient
+from shopkit.domain import MAX_IDS_PER_CALL
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
 from shopkit.keys import POSTGRES, SETTINGS
 from shopkit.money import money_to_cents
@@ -284,7 +285,7 @@ class Checkout:
     async def _priced_lines(self, wanted: dict[str, int]) -> list[Line]:
         """Names and prices from the product service, never from the client."""
         ids = ",".join(sorted(wanted))
-        reply = await self.products.get(f"/api/products?ids={ids}&limit=100")
+        reply = await self.products.get(f"/api/products?ids={ids}&limit={MAX_IDS_PER_CALL}")
         if reply.status != 200:
             raise UpstreamUnavailable("The product service could not list the products.")
         found = {product["id"]: product for product in reply.body["data"]}

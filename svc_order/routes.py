@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shopkit.auth import Identity
-from shopkit.errors import Forbidden, NotFound
+from shopkit.errors import Conflict, Forbidden, NotFound, Refusal, Refusals
 from shopkit.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
 from shopkit.keys import IDENTITY
@@ -21,9 +21,20 @@ from svc_order.schemas import (
     StatusChange,
     UserOrdersPath,
 )
-from svc_order.store import OrderNotFound
+from svc_order.store import OrderNotFound, TransitionRefused
 
 routes = web.RouteTableDef()
+
+# How a client hears what the store refuses.
+REFUSALS: Refusals = {
+    OrderNotFound: Refusal(NotFound, "order_not_found", "There is no order {id}."),
+    TransitionRefused: Refusal(
+        Conflict,
+        "invalid_transition",
+        "An order that is {status} cannot become {wanted}.",
+        ("status",),
+    ),
+}
 
 
 def _customer_id(identity: Identity) -> int:

@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from shopkit.domain import ORDER_STATUSES, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
 from shopkit.parsing import ID_PATTERN
 from shopkit.validation import Body, PageNumber, PageSize, Query
 
-Status = Literal["pending", "processing", "shipped", "delivered", "cancelled"]
-ProductId = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{24}$")]
+Status = Literal[*ORDER_STATUSES]  # type: ignore[valid-type]
+ProductId = Annotated[str, Field(pattern=PRODUCT_ID_PATTERN)]
 MAX_LINES = 50
 MAX_UNITS = 1000
 

@@ -6,30 +6,26 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from shopkit.errors import Conflict, NotFound
+from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
 
 log = logging.getLogger("shop.order.store")
 
-# The lifecycle: where each status may go next.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"processing", "cancelled"}),
-    "processing": frozenset({"shipped", "cancelled"}),
-    "shipped": frozenset({"delivered"}),
-    "delivered": frozenset(),
-    "cancelled": frozenset(),
-}
 
+class OrderNotFound(DomainError):
+    """No placed order has the id ``id``."""
 
-class OrderNotFound(NotFound):
     def __init__(self, order_id: int | str) -> None:
-        super().__init__(f"There is no order {order_id}.", code="order_not_found")
+        super().__init__(id=order_id)
+
+
+class TransitionRefused(DomainError):
+    """An order that is ``status`` may not become ``wanted`` (see ORDER_TRANSITIONS)."""
 
 
 class IdempotencyKeyTaken(Exception):
@@ -53,10 +49,6 @@ class Line:
     price_cents: int
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def order_out(
     row: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -75,9 +67,9 @@ def order_out(
             }
             for line in lines
         ],
-        "history": [{"status": entry["status"], "at": _iso(entry["at"])} for entry in history],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "history": [{"status": entry["status"], "at": timestamp(entry["at"])} for entry in history],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
     }
 
 
@@ -368,12 +360,8 @@ class OrderStore:
             if current is None:
                 raise OrderNotFound(order_id)
             allowed = only_from is None or current in only_from
-            if not allowed or new_status not in TRANSITIONS[current]:
-                raise Conflict(
-                    f"An order that is {current} cannot become {new_status}.",
-                    code="invalid_transition",
-                    extra={"status": current},
-                )
+            if not allowed or new_status not in ORDER_TRANSITIONS[current]:
+                raise TransitionRefused(status=current, wanted=new_status)
             await connection.execute(
                 """UPDATE orders SET status = $2, updated_at = now(),
                                      restock_pending = ($2 = 'cancelled')

@@ -12,7 +12,7 @@ from shopkit.app import create_service_app
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import MongoUrl
 from svc_product.keys import MONGO, MONGO_ANSWERS
-from svc_product.routes import routes
+from svc_product.routes import REFUSALS, routes
 from svc_product.stock import stock_ctx
 from svc_product.store import keywords_backfill_ctx, mongo_ctx
 
@@ -45,6 +45,7 @@ def create_app(settings: ProductSettings) -> web.Application:
         settings,
         ready_check=mongo_ready,
         unavailable_errors=(ConnectionFailure,),
+        refusals=REFUSALS,
         http_client=True,
     )
     check_tokens_with_user_service(

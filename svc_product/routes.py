@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shopkit.errors import Forbidden
+from shopkit.errors import Conflict, Forbidden, Refusal, Refusals
 from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
@@ -24,10 +24,54 @@ from svc_product.schemas import (
     StockChanges,
     StockUndo,
 )
-from svc_product.store import catalogue_filter, product_out
+from svc_product.stock import (
+    NotEnoughStock,
+    ReferenceReused,
+    StockBusy,
+    StockChangeUndone,
+    StockLimit,
+)
+from svc_product.store import ProductBusy, catalogue_filter, product_out
 
 routes = web.RouteTableDef()
 ADMIN = ("admin",)
+
+# How a client hears what the store refuses (a batch's refusal also names its product_id).
+REFUSALS: Refusals = {
+    ProductBusy: Refusal(
+        Conflict, "product_busy", "This product kept changing; try the update again."
+    ),
+    StockBusy: Refusal(
+        Conflict,
+        "stock_busy",
+        "The stock of this product kept changing; try again.",
+        ("product_id",),
+    ),
+    NotEnoughStock: Refusal(
+        Conflict,
+        "insufficient_stock",
+        "Not enough stock: {available} left, {wanted} asked for.",
+        ("available", "product_id"),
+    ),
+    StockLimit: Refusal(
+        Conflict,
+        "stock_limit",
+        "Stock cannot exceed {limit} units ({available} now, {added} to add).",
+        ("product_id",),
+    ),
+    StockChangeUndone: Refusal(
+        Conflict,
+        "stock_change_undone",
+        "The stock change {reference!r} was undone; it changes nothing.",
+        ("product_id",),
+    ),
+    ReferenceReused: Refusal(
+        Conflict,
+        "reference_reused",
+        "The reference {reference!r} was used for another stock change of this product.",
+        ("product_id",),
+    ),
+}
 
 
 @routes.get("/api/products")

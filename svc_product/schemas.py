@@ -8,12 +8,17 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from shopkit.domain import (
+    CANONICAL_PRODUCT_ID_PATTERN,
+    MAX_IDS_PER_CALL,
+    MAX_STOCK,
+    PRODUCT_ID_PATTERN,
+)
 from shopkit.money import LenientMoney, Money, money_schema
-from shopkit.parsing import PRODUCT_ID_PATTERN, REFUSED_IN_LINE, Line, MultiLine
+from shopkit.parsing import REFUSED_IN_LINE, Line, MultiLine
 from shopkit.validation import Body, PageNumber, PageSize, PartialBody, Query
 
 MAX_PRICE = Decimal("1000000.00")
-MAX_STOCK = 1_000_000_000
 
 
 def _image_url(value: str) -> str:
@@ -90,8 +95,8 @@ def _id_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     ids = [part.strip() for part in value.split(",") if part.strip()]
-    if len(ids) > 100:
-        raise ValueError("at most 100 ids")
+    if len(ids) > MAX_IDS_PER_CALL:
+        raise ValueError(f"at most {MAX_IDS_PER_CALL} ids")
     return ids
 
 
@@ -116,7 +121,9 @@ class StockLine(Body):
 class StockChanges(Body):
     reference: Reference = Field(description="The reference every change is made under")
     changes: list[StockLine] = Field(
-        min_length=1, max_length=100, description="At most 100, each product once"
+        min_length=1,
+        max_length=MAX_IDS_PER_CALL,
+        description=f"At most {MAX_IDS_PER_CALL}, each product once",
     )
 
     @model_validator(mode="after")
@@ -171,7 +178,7 @@ class ProductPath(BaseModel):
 
 
 class ProductOut(BaseModel):
-    id: Annotated[str, Field(pattern=r"^[0-9a-f]{24}$")]
+    id: Annotated[str, Field(pattern=CANONICAL_PRODUCT_ID_PATTERN)]
     name: str
     description: str
     price: LenientMoney

@@ -47,11 +47,10 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shopkit.app import StartupError
 from shopkit.background import repeating
-from shopkit.errors import Conflict, ShopError
+from shopkit.domain import MAX_STOCK, DomainError, ProductNotFound
 from shopkit.keys import SETTINGS
 from svc_product.keys import MONGO, STOCK, STORE
-from svc_product.schemas import MAX_STOCK
-from svc_product.store import PUBLIC, ProductNotFound, object_id
+from svc_product.store import PUBLIC, object_id
 
 log = logging.getLogger("shop.product.stock")
 
@@ -70,44 +69,29 @@ SETTLE_INTERVAL = 0.5
 SETTLE_AFTER = 0.5
 
 
-class StockChangeUndone(Conflict):
-    """A change whose reference was undone (before or after it arrived): it never applies,
-    and says so, so that its sender does not believe it took (or added) stock."""
-
-    def __init__(self, reference: str) -> None:
-        super().__init__(
-            f"The stock change {reference!r} was undone; it changes nothing.",
-            code="stock_change_undone",
-        )
+# What a stock change may be refused for (svc_product.routes says how a client hears each).
+# change_many adds the ``product_id`` of the change refused.
 
 
-class ReferenceReused(Conflict):
-    def __init__(self, reference: str) -> None:
-        super().__init__(
-            f"The reference {reference!r} was used for another stock change of this product.",
-            code="reference_reused",
-        )
+class StockChangeUndone(DomainError):
+    """A change whose ``reference`` was undone (before or after it arrived): it never
+    applies, and says so, so that its sender does not believe it took (or added) stock."""
 
 
-class NotEnoughStock(Conflict):
-    def __init__(self, available: int, wanted: int) -> None:
-        super().__init__(
-            f"Not enough stock: {available} left, {wanted} asked for.",
-            code="insufficient_stock",
-            extra={"available": available},
-        )
+class ReferenceReused(DomainError):
+    """``reference`` was used for another change of this product."""
 
 
-class StockLimit(Conflict):
-    def __init__(self, available: int, added: int) -> None:
-        super().__init__(
-            f"Stock cannot exceed {MAX_STOCK} units ({available} now, {added} to add).",
-            code="stock_limit",
-        )
+class NotEnoughStock(DomainError):
+    """Taking ``wanted`` units would leave less than none: ``available`` are left."""
 
 
-def _busy() -> Conflict:
-    return Conflict("The stock of this product kept changing; try again.", code="stock_busy")
+class StockLimit(DomainError):
+    """Adding ``added`` units to ``available`` would pass MAX_STOCK (``limit``)."""
+
+
+class StockBusy(DomainError):
+    """The product's stock kept changing under every attempt (see ATTEMPTS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +136,8 @@ def _within(stock: int, delta: int) -> bool:
 
 def _refuse(stock: int, delta: int) -> NoReturn:
     if delta < 0:
-        raise NotEnoughStock(stock, -delta)
-    raise StockLimit(stock, delta)
+        raise NotEnoughStock(available=stock, wanted=-delta)
+    raise StockLimit(available=stock, added=delta, limit=MAX_STOCK)
 
 
 def _guard(delta: int) -> dict[str, int]:
@@ -207,8 +191,8 @@ class StockLedger:
             for product_id, delta in changes:
                 try:
                     done.append(await self._change(product_id, delta, reference))
-                except ShopError as refused:
-                    refused.extra["product_id"] = product_id
+                except DomainError as refused:
+                    refused.facts["product_id"] = product_id
                     raise
         return done
 
@@ -279,16 +263,16 @@ class StockLedger:
                 continue
             self._won(oid, reference, marker)
             return doc
-        raise _busy()
+        raise StockBusy()
 
     async def _answer_repeat(
         self, oid: ObjectId, product_id: str, reference: str, delta: int, record: dict[str, Any]
     ) -> dict[str, Any]:
         if record["state"] == UNDONE:
             await self._settle_all(oid, reference)
-            raise StockChangeUndone(reference)
+            raise StockChangeUndone(reference=reference)
         if record["units"] != delta:
-            raise ReferenceReused(reference)
+            raise ReferenceReused(reference=reference)
         await self._settle_all(oid, reference)
         return await self._public(oid, product_id)  # done before: idempotent
 
@@ -332,7 +316,7 @@ class StockLedger:
             await self._settle_found(oid, reference, str(marker))
             if claimed.modified_count:
                 return await self._public(oid, product_id)
-        raise _busy()
+        raise StockBusy()
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -440,7 +424,7 @@ class StockLedger:
                 await self._reverse(oid, reference, marker, value)
             await self._forget_empty(oid)
             return
-        raise _busy()
+        raise StockBusy()
 
     async def _remove(self, oid: ObjectId, reference: str, value: str) -> None:
         await self.products.update_one(

@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 
 from shopkit.app import StartupError
 from shopkit.background import repeating
-from shopkit.errors import Conflict, NotFound
+from shopkit.domain import DomainError, ProductNotFound, timestamp
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
@@ -50,9 +50,8 @@ PUBLIC = {
 }
 
 
-class ProductNotFound(NotFound):
-    def __init__(self, product_id: str) -> None:
-        super().__init__(f"There is no product with id {product_id!r}.", code="product_not_found")
+class ProductBusy(DomainError):
+    """The product kept changing under every attempt to update it."""
 
 
 def object_id(product_id: str) -> ObjectId:
@@ -72,7 +71,7 @@ def _now() -> datetime:
 def _iso(moment: datetime | str) -> str:
     if isinstance(moment, str):  # defensive: see the $currentDate note in update()
         return moment
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timestamp(moment)
 
 
 def product_out(doc: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +286,7 @@ class ProductStore:
                 return doc
             if text is None:
                 raise ProductNotFound(product_id)
-        raise Conflict("This product kept changing; try the update again.", code="product_busy")
+        raise ProductBusy()
 
     async def _text_guard(
         self, oid: ObjectId, product_id: str, fields: dict[str, Any]

@@ -16,7 +16,7 @@ from shopkit.revocation import TokenStatus
 from shopkit.settings import PostgresUrl, ServiceSettings
 from svc_user.keys import HASHER, STORE
 from svc_user.passwords import PasswordHasher
-from svc_user.routes import routes
+from svc_user.routes import REFUSALS, routes
 from svc_user.schemas import check_password, normalise_email
 from svc_user.store import (
     ACCOUNT_FREE_FAILURES,
@@ -130,7 +130,10 @@ async def bootstrap_admin(app: web.Application, pool: FairPool) -> None:
 
 def create_app(settings: UserSettings) -> web.Application:
     app = create_service_app(
-        settings, ready_check=postgres_ready, unavailable_errors=POSTGRES_UNAVAILABLE
+        settings,
+        ready_check=postgres_ready,
+        unavailable_errors=POSTGRES_UNAVAILABLE,
+        refusals=REFUSALS,
     )
     app.cleanup_ctx.append(hasher_ctx)
     app.cleanup_ctx.append(postgres_ctx("svc_user.migrations", after_migrations=bootstrap_admin))

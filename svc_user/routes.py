@@ -10,7 +10,15 @@ from aiohttp import web
 
 from shopkit.auth import Identity, issue_token
 from shopkit.client_address import client_from_trusted, limit_key
-from shopkit.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
+from shopkit.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Refusal,
+    Refusals,
+    TooManyRequests,
+    Unauthorized,
+)
 from shopkit.keys import IDENTITY, SETTINGS
 from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id
@@ -29,9 +37,14 @@ from svc_user.schemas import (
     UserOut,
     UserPath,
 )
-from svc_user.store import REVOKE_AHEAD_SECONDS, LoginLimited, user_out
+from svc_user.store import REVOKE_AHEAD_SECONDS, EmailTaken, LoginLimited, user_out
 
 routes = web.RouteTableDef()
+
+# How a client hears what the store refuses.
+REFUSALS: Refusals = {
+    EmailTaken: Refusal(Conflict, "email_taken", "An account with this email already exists."),
+}
 
 
 def _token_for(request: web.Request, row: asyncpg.Record) -> str:

@@ -8,14 +8,13 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
 
 from shopkit.background import repeating
-from shopkit.errors import Conflict
+from shopkit.domain import DomainError, timestamp
 from shopkit.postgres import FairPool
 from svc_user.keys import STORE
 
@@ -123,9 +122,8 @@ def revocation_second() -> int:
     return math.floor(time.time()) + 1
 
 
-class EmailTaken(Conflict):
-    def __init__(self) -> None:
-        super().__init__("An account with this email already exists.", code="email_taken")
+class EmailTaken(DomainError):
+    """An account with this email exists already."""
 
 
 def user_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -136,10 +134,7 @@ def user_out(row: asyncpg.Record) -> dict[str, Any]:
         "first_name": row["first_name"],
         "last_name": row["last_name"],
         "role": row["role"],
-        "created_at": row["created_at"]
-        .astimezone(UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "created_at": timestamp(row["created_at"]),
     }
 
 

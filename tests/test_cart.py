@@ -31,14 +31,13 @@ from support import (
 
 from shopctl import embedded, processes
 from shopkit.auth import issue_token
+from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_cart.keys import CATALOGUE, STORE
 from svc_cart.schemas import CartOut
 from svc_cart.store import (
     CART_TTL_SECONDS,
-    MAX_LINES,
-    MAX_QUANTITY,
     REDIS_UNAVAILABLE,
     CartStore,
     cart_key,
@@ -490,10 +489,10 @@ async def test_a_line_holds_at_most_the_quantity_cap(
     cart: TestClient, shopper: Shopper, stock: Callable[..., Any]
 ) -> None:
     product_id = await stock(stock=5000)
-    await add(cart, shopper, product_id, MAX_QUANTITY)
+    await add(cart, shopper, product_id, MAX_CART_QUANTITY)
     refused = await add(cart, shopper, product_id, 1, expected_status=409)
-    assert (refused["code"], refused["limit"]) == ("quantity_limit", MAX_QUANTITY)
-    assert quantities(await view(cart, shopper)) == {product_id: MAX_QUANTITY}
+    assert (refused["code"], refused["limit"]) == ("quantity_limit", MAX_CART_QUANTITY)
+    assert quantities(await view(cart, shopper)) == {product_id: MAX_CART_QUANTITY}
 
 
 async def test_a_cart_holds_at_most_the_line_cap(
@@ -501,12 +500,12 @@ async def test_a_cart_holds_at_most_the_line_cap(
 ) -> None:
     # A full cart written as the service stores it (its products long gone from the
     # catalogue), rather than a hundred products made one by one.
-    lines = [{"product_id": f"{n:024x}", "quantity": 1} for n in range(1, MAX_LINES + 1)]
+    lines = [{"product_id": f"{n:024x}", "quantity": 1} for n in range(1, MAX_CART_LINES + 1)]
     full = orjson.dumps({"items": lines, "version": 7, "updated_at": int(time.time() * 1000)})
     await redis_client.set(shopper.key, full, ex=CART_TTL_SECONDS)
     product_id = await stock(stock=5)
     refused = await add(cart, shopper, product_id, 1, expected_status=409)
-    assert (refused["code"], refused["limit"]) == ("cart_full", MAX_LINES)
+    assert (refused["code"], refused["limit"]) == ("cart_full", MAX_CART_LINES)
     assert await redis_client.get(shopper.key) == full
     # A product already in a full cart may still change.
     await redis_client.set(
@@ -534,7 +533,7 @@ PRODUCT = "<the product's id>"
         ({"product_id": PRODUCT, "quantity": 1.0}, "quantity"),
         ({"product_id": PRODUCT, "quantity": 0}, "quantity"),
         ({"product_id": PRODUCT, "quantity": -1}, "quantity"),
-        ({"product_id": PRODUCT, "quantity": MAX_QUANTITY + 1}, "quantity"),
+        ({"product_id": PRODUCT, "quantity": MAX_CART_QUANTITY + 1}, "quantity"),
         ({"product_id": PRODUCT, "quantity": 10**30}, "quantity"),
         ({"product_id": PRODUCT, "quantity": True}, "quantity"),
         ({"product_id": PRODUCT, "quantity": None}, "quantity"),
@@ -578,7 +577,7 @@ async def test_bad_additions_are_400_and_change_nothing(
         ({"quantity": "2"}, "quantity"),
         ({"quantity": 2.5}, "quantity"),
         ({"quantity": -1}, "quantity"),
-        ({"quantity": MAX_QUANTITY + 1}, "quantity"),
+        ({"quantity": MAX_CART_QUANTITY + 1}, "quantity"),
         ({"quantity": False}, "quantity"),
         ({}, "quantity"),
         ({"quantity": 2, "product_id": MISSING_ID}, "product_id"),
@@ -1129,7 +1128,7 @@ async def test_openapi_describes_the_cart(cart: TestClient) -> None:
     assert "version" in {parameter["name"] for parameter in clear["parameters"]}
     schemas = document["components"]["schemas"]
     assert schemas["AddItem"]["additionalProperties"] is False
-    assert schemas["AddItem"]["properties"]["quantity"]["maximum"] == MAX_QUANTITY
+    assert schemas["AddItem"]["properties"]["quantity"]["maximum"] == MAX_CART_QUANTITY
     assert schemas["SetQuantity"]["properties"]["quantity"]["minimum"] == 0
     assert set(schemas["CartOut"]["required"]) >= {"items", "total", "expires_at", "version"}
 
