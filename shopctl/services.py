@@ -64,7 +64,7 @@ SERVICES: tuple[Service, ...] = (
 
 
 def is_present(service: Service) -> bool:
-    """A service exists once its package has a `__main__` (later issues fill the others)."""
+    """Whether the service's package is installed here with a `__main__` to run."""
     try:
         return importlib.util.find_spec(f"{service.module}.__main__") is not None
     except ModuleNotFoundError:

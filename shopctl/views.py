@@ -13,7 +13,7 @@ from shopctl.probes import Answer, ServiceHealth, backends_not_ready, format_upt
 STATE_STYLES = {"ready": "green", "not ready": "yellow", "starting": "cyan"}
 
 
-def _answer(answer: Answer) -> Text:
+def _status_cell(answer: Answer) -> Text:
     if answer.status is None:
         return Text("no answer", style="red")
     return Text(str(answer.status), style="green" if answer.ok else "yellow")
@@ -29,8 +29,8 @@ def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Ta
             check.name,
             check.url,
             Text(label, style=STATE_STYLES.get(label, "red")),
-            _answer(check.health),
-            _answer(check.ready),
+            _status_cell(check.health),
+            _status_cell(check.ready),
             str(check.pid),
             format_uptime(check.uptime),
         )

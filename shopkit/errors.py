@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shopkit.domain import DomainError, ProductNotFound
@@ -126,18 +126,20 @@ def error_body(
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """How a client hears one kind of ``DomainError``: the error class (its status), a machine
-    code, a sentence made from the error's facts (``str.format``), and the facts that are
-    also keys of the body (``keys``, when the error has them)."""
+    code, a sentence made from the error's facts (``str.format``), the facts that are also
+    keys of the body (``keys``, when the error has them), and headers (``Retry-After``)."""
 
     error: type[ShopError]
     code: str
     message: str
     keys: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def answer(self, refused: DomainError) -> ShopError:
         facts = refused.facts
         extra = {key: facts[key] for key in self.keys if key in facts}
-        return self.error(self.message.format(**facts), code=self.code, extra=extra)
+        message = self.message.format(**facts)
+        return self.error(message, code=self.code, extra=extra, headers=self.headers)
 
 
 Refusals = Mapping[type[DomainError], Refusal]

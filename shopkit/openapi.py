@@ -11,11 +11,12 @@ import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, ConfigDict, TypeAdapter, WithJsonSchema, with_config
+from pydantic.json_schema import GenerateJsonSchema
+from typing_extensions import is_typeddict
 
 from shopkit.keys import IDENTITY
 from shopkit.parsing import TEXT_PATTERN
@@ -23,6 +24,14 @@ from shopkit.revocation import authorize
 from shopkit.validation import read_json_object, validate_body, validate_query
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+# Each answer's shape is a TypedDict marked ``@answer_shape``: the data layer builds the
+# answer as a plain dict typed as that class (no model is made per request, the fast path the
+# benchmarks measure), and the document describes the same class, listing every key an answer
+# has (``extra="forbid"``: additionalProperties false). The tests check every answer against it.
+answer_shape = with_config(ConfigDict(extra="forbid"))
+# A moment in an answer, as shopkit.domain.timestamp writes it.
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 _STATUS_TEXT = {
     200: "OK",
@@ -120,13 +129,15 @@ _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{model}"
 
 
-def _models_in(value: Any) -> list[type[BaseModel]]:
-    if isinstance(value, type) and issubclass(value, BaseModel):
+def _is_shape(value: Any) -> bool:
+    return is_typeddict(value) or (isinstance(value, type) and issubclass(value, BaseModel))
+
+
+def _models_in(value: Any) -> list[Any]:
+    """The model or answer shape a response names (itself, or a list's items)."""
+    if _is_shape(value):
         return [value]
-    for arg in getattr(value, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return [arg]
-    return []
+    return [arg for arg in getattr(value, "__args__", ()) if _is_shape(arg)][:1]
 
 
 def _response_schema(spec: EndpointSpec) -> dict[str, Any]:
@@ -222,7 +233,7 @@ ERROR_SCHEMA = {
 def build_openapi(app: web.Application, title: str, version: str) -> dict[str, Any]:
     """An OpenAPI 3.1 document of every route described with ``@endpoint``."""
     paths: dict[str, dict[str, Any]] = {}
-    models: dict[tuple[type[BaseModel], str], None] = {}
+    models: dict[tuple[Any, str], None] = {}
     for route in app.router.routes():
         spec: EndpointSpec | None = getattr(route.handler, "__endpoint__", None)
         if spec is None or route.method == "HEAD" or route.resource is None:
@@ -271,10 +282,12 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         operation["responses"] = responses
         paths.setdefault(path, {})[method] = operation
 
-    refs, definitions = models_json_schema(list(models), ref_template=_REF)
-    schemas = dict(definitions.get("$defs", {}))
+    # As pydantic's models_json_schema, for answer shapes (TypedDicts) as well as models.
+    inputs = [(key, key[1], TypeAdapter(key[0]).core_schema) for key in models]
+    refs, definitions = GenerateJsonSchema(ref_template=_REF).generate_definitions(inputs)
+    schemas = dict(definitions)
     accepted: set[str] = set()
-    for (_model, mode), ref in refs.items():
+    for ((_model, mode), _), ref in refs.items():
         if mode == "validation":
             _text_rules(ref, schemas, accepted)
     schemas["Error"] = ERROR_SCHEMA

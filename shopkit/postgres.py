@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -144,13 +144,10 @@ async def keep_session(connection: asyncpg.Connection) -> None:
 
 
 def postgres_ctx(
-    migrations_package: str,
-    *,
-    after_migrations: Callable[[web.Application, FairPool], Awaitable[None]] | None = None,
-    max_size: int = 10,
+    migrations_package: str, *, max_size: int = 10
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx: open the pool, migrate, run ``after_migrations`` (e.g. a bootstrap),
-    and close the pool on shutdown. Any failure stops start-up with one clear line."""
+    """A cleanup_ctx: open the pool (``app[POSTGRES]``), migrate, and close the pool on
+    shutdown. Any failure stops start-up with one clear line."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         url = app[SETTINGS].database_url
@@ -170,8 +167,6 @@ def postgres_ctx(
                 applied = await migrate(connection, load_migrations(migrations_package))
             if applied:
                 log.info("applied migrations %s", applied)
-            if after_migrations is not None:
-                await after_migrations(app, pool)
         except BaseException:
             await pool.close()
             raise

@@ -3,6 +3,7 @@ product service's current names and prices."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -13,9 +14,9 @@ from shopkit.client import ServiceClient
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, RedisUrl
 from svc_cart.catalogue import Catalogue, PricedAnswers
-from svc_cart.keys import ANSWERS, CATALOGUE, REDIS
+from svc_cart.keys import ANSWERS, CATALOGUE, REDIS, STORE
 from svc_cart.routes import REFUSALS, routes
-from svc_cart.store import REDIS_UNAVAILABLE, redis_ctx
+from svc_cart.store import REDIS_UNAVAILABLE, CartStore, redis_ctx
 
 
 class CartSettings(TokenCheckingSettings):
@@ -37,6 +38,12 @@ async def close_catalogue(app: web.Application) -> None:
     await app[CATALOGUE].close()
 
 
+async def carts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the client's): the store over the Redis client."""
+    app[STORE] = CartStore(app[REDIS])
+    yield
+
+
 def create_app(settings: CartSettings) -> web.Application:
     app = create_service_app(
         settings,
@@ -54,6 +61,7 @@ def create_app(settings: CartSettings) -> web.Application:
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
-    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(redis_ctx)  # app[REDIS]
+    app.cleanup_ctx.append(carts_ctx)  # app[STORE]
     app.router.add_routes(routes)
     return app

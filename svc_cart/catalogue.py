@@ -14,7 +14,6 @@ import time
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -23,6 +22,7 @@ from shopkit.domain import MAX_IDS_PER_CALL, timestamp
 from shopkit.errors import UpstreamUnavailable
 from shopkit.money import CENT, LenientMoney
 from shopkit.responses import ok_body
+from svc_cart.schemas import CartItemOut, CartOut
 from svc_cart.store import StoredCart
 
 CACHE_LIMIT = 10_000  # products (and answers) remembered at most; past it they start again
@@ -151,7 +151,7 @@ class Catalogue:
     def _start(self, look_up: LookUp, asked: set[str]) -> None:
         # Every waiter may have gone: the outcome is still observed (no "never retrieved").
         look_up.add_done_callback(lambda done: done.cancelled() or done.exception())
-        task = asyncio.ensure_future(self._answer(look_up, asked))
+        task = asyncio.ensure_future(self._look_up_for_waiters(look_up, asked))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
@@ -165,7 +165,7 @@ class Catalogue:
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
 
-    async def _answer(self, look_up: LookUp, asked: set[str]) -> None:
+    async def _look_up_for_waiters(self, look_up: LookUp, asked: set[str]) -> None:
         try:
             looked_up = await self._look_up(sorted(asked))
         except asyncio.CancelledError:
@@ -191,8 +191,8 @@ class Catalogue:
             self._seen[product_id] = (now, found.get(product_id))
 
     async def _look_up(self, wanted: list[str]) -> dict[str, Product]:
-        """One call per MAX_IDS_PER_CALL ids (a cart holds at most MAX_CART_LINES products, so one call
-        but in a rare race)."""
+        """One call per MAX_IDS_PER_CALL ids (a cart holds at most MAX_CART_LINES products,
+        so one call but in a rare race)."""
         found: dict[str, Product] = {}
         for start in range(0, len(wanted), MAX_IDS_PER_CALL):
             batch = ",".join(wanted[start : start + MAX_IDS_PER_CALL])
@@ -250,12 +250,12 @@ class PricedAnswers:
         return body
 
 
-def priced_cart(user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> dict[str, Any]:
-    """A stored cart as the API shows it (see schemas.CartOut), with each product's current
+def priced_cart(user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> CartOut:
+    """A stored cart as the API shows it (its shape: schemas.CartOut), with each product's current
     name, price and image. A product the catalogue no longer has is left out, and counts
     toward neither the total nor item_count. Money is Decimal throughout: 3 x 19.99 is
     59.97 exactly."""
-    items = []
+    items: list[CartItemOut] = []
     total = Decimal("0.00")
     item_count = 0
     for product_id, quantity in cart.lines:

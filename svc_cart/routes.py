@@ -101,7 +101,7 @@ async def _products_before_change(
     return await request.app[CATALOGUE].products(asked), asked
 
 
-async def _answer(
+async def _priced_answer(
     request: web.Request,
     user_id: str,
     cart: StoredCart,
@@ -154,7 +154,7 @@ async def add_item(request: web.Request, body: AddItem) -> web.Response:
     products, asked = await _products_before_change(request, user_id, adding=product_id)
     stock = _existing(products, product_id).stock
     cart = await request.app[STORE].add(user_id, product_id, body.quantity, stock=stock)
-    return await _answer(request, user_id, cart, products, asked)
+    return await _priced_answer(request, user_id, cart, products, asked)
 
 
 @routes.put("/api/cart/{userId}/items/{productId}")
@@ -182,7 +182,7 @@ async def set_quantity(request: web.Request, body: SetQuantity) -> web.Response:
         products, asked = await _products_before_change(request, user_id, adding=product_id)
         stock = _existing(products, product_id).stock
         cart = await store.set_quantity(user_id, product_id, body.quantity, stock=stock)
-    return await _answer(request, user_id, cart, products, asked)
+    return await _priced_answer(request, user_id, cart, products, asked)
 
 
 @routes.delete("/api/cart/{userId}/items/{productId}")
@@ -201,7 +201,7 @@ async def remove_item(request: web.Request) -> web.Response:
     product_id = _product_id(request.match_info["productId"])
     products, asked = await _products_before_change(request, user_id)
     cart = await request.app[STORE].remove(user_id, product_id)
-    return await _answer(request, user_id, cart, products, asked)
+    return await _priced_answer(request, user_id, cart, products, asked)
 
 
 @routes.delete("/api/cart/{userId}")

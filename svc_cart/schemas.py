@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 from shopkit.domain import MAX_CART_QUANTITY, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
+from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import ID_PATTERN, QueryInt
 from shopkit.validation import Body, Query
 
@@ -65,27 +66,36 @@ class CartItemPath(CartPath):
     )
 
 
-class CartItemOut(BaseModel):
+@answer_shape
+class CartItemOut(TypedDict):
     product_id: str
     name: str
     price: LenientMoney
     quantity: int
     imageUrl: str | None
-    subtotal: LenientMoney = Field(description="price x quantity, exactly")
+    subtotal: Annotated[LenientMoney, Field(description="price x quantity, exactly")]
 
 
-class CartOut(BaseModel):
+@answer_shape
+class CartOut(TypedDict):
     user_id: int
-    items: list[CartItemOut] = Field(
-        description="In the order they were first added; products the catalogue no longer "
-        "has are left out"
-    )
-    total: LenientMoney = Field(description="The sum of the subtotals, exactly")
-    item_count: int = Field(description="The sum of the quantities")
-    expires_at: datetime | None = Field(
-        description="When the cart is dropped unless it changes first (every change "
-        "renews it for 7 days); null for an empty cart"
-    )
-    version: int = Field(
-        description="Goes up with every change; DELETE ?version= clears only this version"
-    )
+    items: Annotated[
+        list[CartItemOut],
+        Field(
+            description="In the order they were first added; products the catalogue no "
+            "longer has are left out"
+        ),
+    ]
+    total: Annotated[LenientMoney, Field(description="The sum of the subtotals, exactly")]
+    item_count: Annotated[int, Field(description="The sum of the quantities")]
+    expires_at: Annotated[
+        Timestamp | None,
+        Field(
+            description="When the cart is dropped unless it changes first (every change "
+            "renews it for 7 days); null for an empty cart"
+        ),
+    ]
+    version: Annotated[
+        int,
+        Field(description="Goes up with every change; DELETE ?version= clears only this version"),
+    ]

@@ -30,7 +30,7 @@ from shopkit.app import StartupError
 from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY, DomainError
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
-from svc_cart.keys import REDIS, STORE
+from svc_cart.keys import REDIS
 
 log = logging.getLogger("shop.cart.store")
 
@@ -340,6 +340,5 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
         raise StartupError(f"Redis at {target} is not answering: {exc}") from None
     app[REDIS] = client
-    app[STORE] = CartStore(client)
     yield
     await client.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import aiohttp
@@ -9,13 +10,17 @@ from aiohttp import web
 from pydantic import Field
 
 from shopkit.app import create_service_app
+from shopkit.auth import ServiceCredential
+from shopkit.background import every
 from shopkit.client import ServiceClient
+from shopkit.keys import POSTGRES, SETTINGS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, PostgresUrl
-from svc_order.checkout import checkout_ctx
-from svc_order.keys import CARTS, PRODUCTS
+from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
 from svc_order.routes import REFUSALS, routes
+from svc_order.saga import Checkout
+from svc_order.store import OrderStore, OwnerLock
 
 # Each call to another service during a checkout must end well inside the checkout's lease.
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
@@ -32,6 +37,27 @@ class OrderSettings(TokenCheckingSettings):
     recovery_interval_seconds: float = Field(10.0, alias="RECOVERY_INTERVAL_SECONDS", gt=0, le=3600)
 
 
+async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the pool's): the store, and the saga with this process's owner
+    lock (held while it lives: recovery takes over only the checkouts of dead owners)."""
+    settings = app[SETTINGS]
+    owner = OwnerLock(settings.database_url)
+    await owner.hold()
+    try:
+        app[STORE] = store = OrderStore(app[POSTGRES])
+        app[CHECKOUT] = Checkout(
+            store,
+            app[PRODUCTS],
+            app[CARTS],
+            ServiceCredential(settings.jwt_secret.get_secret_value(), "order"),
+            settings.checkout_lease_seconds,
+            owner,
+        )
+        yield
+    finally:
+        await owner.release()
+
+
 def create_app(settings: OrderSettings) -> web.Application:
     app = create_service_app(
         settings,
@@ -45,7 +71,18 @@ def create_app(settings: OrderSettings) -> web.Application:
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
-    app.cleanup_ctx.append(postgres_ctx("svc_order.migrations"))
-    app.cleanup_ctx.append(checkout_ctx)
+    app.cleanup_ctx.append(postgres_ctx("svc_order.migrations"))  # app[POSTGRES]
+    app.cleanup_ctx.append(saga_ctx)  # app[STORE], app[CHECKOUT]
+    # The first pass runs at start-up: a restarted service takes over at once what its dead
+    # predecessor left (its owner lock died with it), not a lease later. A pass that fails
+    # (an outage) is tried again at the next one.
+    app.cleanup_ctx.append(
+        every(
+            settings.recovery_interval_seconds,
+            "order-recovery",
+            lambda app: app[CHECKOUT].recover(),
+            first_at_once=True,
+        )
+    )
     app.router.add_routes(routes)
     return app

@@ -9,7 +9,7 @@ from aiohttp import web
 from shopkit.client import ServiceClient
 
 if TYPE_CHECKING:
-    from svc_order.checkout import Checkout
+    from svc_order.saga import Checkout
     from svc_order.store import OrderStore
 
 STORE: web.AppKey[OrderStore] = web.AppKey("store")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 from shopkit.domain import ORDER_STATUSES, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
+from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import ID_PATTERN
 from shopkit.validation import Body, PageNumber, PageSize, Query
 
@@ -60,24 +61,27 @@ class UserOrdersPath(BaseModel):
     )
 
 
-class OrderLineOut(BaseModel):
+@answer_shape
+class OrderLineOut(TypedDict):
     product_id: str
     product_name: str
     quantity: int
     price: LenientMoney
 
 
-class HistoryOut(BaseModel):
+@answer_shape
+class HistoryOut(TypedDict):
     status: Status
-    at: datetime
+    at: Timestamp
 
 
-class OrderOut(BaseModel):
+@answer_shape
+class OrderOut(TypedDict):
     id: int
     user_id: int
     status: Status
     total_amount: LenientMoney
     items: list[OrderLineOut]
     history: list[HistoryOut]
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp

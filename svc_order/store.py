@@ -13,6 +13,7 @@ import asyncpg
 from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
+from svc_order.schemas import OrderOut
 
 log = logging.getLogger("shop.order.store")
 
@@ -51,8 +52,8 @@ class Line:
 
 def order_out(
     row: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """A stored order as the API shows it (see schemas.OrderOut)."""
+) -> OrderOut:
+    """A stored order as the API shows it (its shape: schemas.OrderOut)."""
     return {
         "id": row["id"],
         "user_id": row["user_id"],

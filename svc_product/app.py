@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from aiohttp import web
 from pydantic import Field
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
-from shopkit.app import create_service_app
+from shopkit.app import StartupError, create_service_app
+from shopkit.background import every
+from shopkit.readiness import DatastoreAnswers
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import MongoUrl
-from svc_product.keys import MONGO, MONGO_ANSWERS
+from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
+from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STOCK, STORE
 from svc_product.routes import REFUSALS, routes
-from svc_product.stock import stock_ctx
-from svc_product.store import keywords_backfill_ctx, mongo_ctx
+from svc_product.stock import SETTLE_AFTER, SETTLE_INTERVAL, StockLedger, housekeeping
+from svc_product.store import (
+    KEYWORDS_BACKFILL_INTERVAL,
+    ProductStore,
+    mongo_ctx,
+    products_database,
+)
+
+log = logging.getLogger("shop.product")
 
 
 class ProductSettings(TokenCheckingSettings):
@@ -39,6 +53,29 @@ async def mongo_ready(app: web.Application) -> dict[str, Any]:
     return {"datastore": "mongodb"}
 
 
+async def catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the client's): the catalogue's store, its kept answers and the
+    stock ledger, indexed before the service takes traffic; at the end, the stock markers
+    this process won are settled now rather than by the next sweep."""
+    database = products_database(app[MONGO])
+    version = CatalogueVersion(database["meta"])
+    store = app[STORE] = ProductStore(database["products"], version)
+    app[ANSWERS] = CatalogueAnswers(version)
+    ledger = app[STOCK] = StockLedger(store.collection, database["stock_moves"], store.changed)
+    try:
+        await store.ensure_indexes()
+        await ledger.ensure_indexes()
+        adopted = await ledger.adopt_old_moves()
+    except PyMongoError as exc:
+        raise StartupError(f"MongoDB could not prepare the catalogue: {exc}") from None
+    if adopted:
+        log.info("moved %d stock records out of product documents", adopted)
+    yield
+    with contextlib.suppress(PyMongoError, asyncio.CancelledError):
+        await ledger.settle_won()
+    await version.close()
+
+
 def create_app(settings: ProductSettings) -> web.Application:
     # The HTTP client is for the user service: the admin routes check tokens' revocation.
     app = create_service_app(
@@ -51,8 +88,35 @@ def create_app(settings: ProductSettings) -> web.Application:
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
-    app.cleanup_ctx.append(mongo_ctx)
-    app.cleanup_ctx.append(stock_ctx)
-    app.cleanup_ctx.append(keywords_backfill_ctx)
+    app[MONGO_ANSWERS] = DatastoreAnswers()
+    app.cleanup_ctx.append(mongo_ctx)  # app[MONGO]
+    app.cleanup_ctx.append(catalogue_ctx)  # app[STORE], app[ANSWERS], app[STOCK]
+    # A round that finds MongoDB away is one warning line; the next round tries again.
+    away = (PyMongoError,)
+    app.cleanup_ctx.append(
+        every(
+            SETTLE_INTERVAL,
+            "settle-stock-markers",
+            lambda app: app[STOCK].settle_won(SETTLE_AFTER),
+            passing=away,
+        )
+    )
+    app.cleanup_ctx.append(
+        every(
+            settings.stock_moves_prune_interval,
+            "stock-housekeeping",
+            lambda app: housekeeping(app[STOCK], settings.stock_moves_keep_seconds),
+            passing=away,
+        )
+    )
+    app.cleanup_ctx.append(
+        every(
+            KEYWORDS_BACKFILL_INTERVAL,
+            "search-keywords",
+            lambda app: app[STORE].backfill_keywords(),
+            first_at_once=True,
+            passing=away,
+        )
+    )
     app.router.add_routes(routes)
     return app

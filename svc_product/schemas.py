@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
+from typing_extensions import TypedDict
 
 from shopkit.domain import (
     CANONICAL_PRODUCT_ID_PATTERN,
@@ -15,6 +15,7 @@ from shopkit.domain import (
     PRODUCT_ID_PATTERN,
 )
 from shopkit.money import LenientMoney, Money, money_schema
+from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import REFUSED_IN_LINE, Line, MultiLine
 from shopkit.validation import Body, PageNumber, PageSize, PartialBody, Query
 
@@ -177,7 +178,8 @@ class ProductPath(BaseModel):
     )
 
 
-class ProductOut(BaseModel):
+@answer_shape
+class ProductOut(TypedDict):
     id: Annotated[str, Field(pattern=CANONICAL_PRODUCT_ID_PATTERN)]
     name: str
     description: str
@@ -185,15 +187,17 @@ class ProductOut(BaseModel):
     category: str
     stock: int
     imageUrl: str | None
-    createdAt: datetime
-    updatedAt: datetime
+    createdAt: Timestamp
+    updatedAt: Timestamp
 
 
-class CategoryOut(BaseModel):
+@answer_shape
+class CategoryOut(TypedDict):
     name: str
     count: int
 
 
-class Deleted(BaseModel):
+@answer_shape
+class Deleted(TypedDict):
     id: str
     deleted: Literal[True]

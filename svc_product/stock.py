@@ -39,17 +39,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from aiohttp import web
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from shopkit.app import StartupError
-from shopkit.background import repeating
 from shopkit.domain import MAX_STOCK, DomainError, ProductNotFound
-from shopkit.keys import SETTINGS
-from svc_product.keys import MONGO, STOCK, STORE
 from svc_product.store import PUBLIC, object_id
 
 log = logging.getLogger("shop.product.stock")
@@ -537,44 +532,13 @@ def _record_id(oid: ObjectId, reference: str) -> str:
     return f"{oid}:{reference}"
 
 
-async def stock_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the stock ledger beside the catalogue, and its housekeeping: markers
-    settled in batches (SETTLE_INTERVAL), crash leftovers swept and old records forgotten
-    (STOCK_MOVES_PRUNE_INTERVAL)."""
-    settings = app[SETTINGS]
-    database = app[MONGO].get_default_database("products")
-    store = app[STORE]
-    ledger = app[STOCK] = StockLedger(store.collection, database["stock_moves"], store.changed)
-    try:
-        await ledger.ensure_indexes()
-        adopted = await ledger.adopt_old_moves()
-    except PyMongoError as exc:
-        raise StartupError(f"MongoDB could not prepare the stock records: {exc}") from None
-    if adopted:
-        log.info("moved %d stock records out of product documents", adopted)
-
-    async def settle() -> None:
-        try:
-            await ledger.settle_won(SETTLE_AFTER)
-        except PyMongoError as exc:  # tried again by the sweep
-            log.warning("could not settle stock markers: %s", exc)
-
-    async def housekeeping() -> None:
-        try:
-            swept = await ledger.sweep(time.time() - ORPHAN_AFTER_SECONDS)
-            forgotten = await ledger.prune(time.time() - settings.stock_moves_keep_seconds)
-        except PyMongoError as exc:  # the datastore away: said briefly, tried next round
-            log.warning("stock housekeeping failed: %s", exc)
-            return
-        if swept:
-            log.warning("settled %d stock changes a crash had left half-done", swept)
-        if forgotten:
-            log.info("forgot %d stock records older than a keeping period", forgotten)
-
-    async with (
-        repeating("settle-stock-markers", settle, SETTLE_INTERVAL),
-        repeating("stock-housekeeping", housekeeping, settings.stock_moves_prune_interval),
-    ):
-        yield
-    with contextlib.suppress(PyMongoError, asyncio.CancelledError):
-        await ledger.settle_won()  # what is left goes now, not to the next sweep
+async def housekeeping(ledger: StockLedger, keep_seconds: float) -> None:
+    """Finish what crashes left half-done (markers older than ORPHAN_AFTER_SECONDS) and forget
+    records older than ``keep_seconds``, said in the log; run every
+    STOCK_MOVES_PRUNE_INTERVAL."""
+    swept = await ledger.sweep(time.time() - ORPHAN_AFTER_SECONDS)
+    forgotten = await ledger.prune(time.time() - keep_seconds)
+    if swept:
+        log.warning("settled %d stock changes a crash had left half-done", swept)
+    if forgotten:
+        log.info("forgot %d stock records older than a keeping period", forgotten)

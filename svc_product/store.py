@@ -16,18 +16,19 @@ from aiohttp import web
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from shopkit.app import StartupError
-from shopkit.background import repeating
 from shopkit.domain import DomainError, ProductNotFound, timestamp
 from shopkit.keys import SETTINGS
 from shopkit.logs import mask_url
 from shopkit.money import cents_to_money, money_to_cents
 from shopkit.parsing import parse_product_id
 from shopkit.readiness import DatastoreAnswers
-from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
-from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STORE
+from svc_product.catalogue import CatalogueVersion
+from svc_product.keys import MONGO, MONGO_ANSWERS
+from svc_product.schemas import ProductOut
 from svc_product.search import keywords, query_words
 
 log = logging.getLogger("shop.product.store")
@@ -74,8 +75,8 @@ def _iso(moment: datetime | str) -> str:
     return timestamp(moment)
 
 
-def product_out(doc: dict[str, Any]) -> dict[str, Any]:
-    """A stored product as the API shows it (see schemas.ProductOut)."""
+def product_out(doc: dict[str, Any]) -> ProductOut:
+    """A stored product as the API shows it (its shape: schemas.ProductOut)."""
     return {
         "id": str(doc["_id"]),
         "name": doc["name"],
@@ -316,29 +317,17 @@ class ProductStore:
             raise ProductNotFound(product_id)
         await self.changed()
 
-
-# How often each replica looks for products stored without search keywords.
-KEYWORDS_BACKFILL_INTERVAL = 600.0
-
-
-async def keywords_backfill_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: at start-up, then every KEYWORDS_BACKFILL_INTERVAL seconds, give search
-    keywords to the products stored without them (in the background: the service answers
-    meanwhile, and such products are found by search once they have them)."""
-
-    async def backfill() -> None:
-        try:
-            given = await app[STORE].add_missing_keywords()
-        except PyMongoError as exc:  # the datastore away: said briefly, tried next round
-            log.warning("could not give products their search keywords: %s", exc)
-            return
+    async def backfill_keywords(self) -> None:
+        """add_missing_keywords, said in the log: run at start-up and every
+        KEYWORDS_BACKFILL_INTERVAL (the service answers meanwhile, and such products are
+        found by search once they have them)."""
+        given = await self.add_missing_keywords()
         if given:
             log.info("gave search keywords to %d products stored without them", given)
 
-    async with repeating(
-        "search-keywords", backfill, KEYWORDS_BACKFILL_INTERVAL, first_at_once=True
-    ):
-        yield
+
+# How often each replica looks for products stored without search keywords.
+KEYWORDS_BACKFILL_INTERVAL = 600.0
 
 
 class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
@@ -360,29 +349,29 @@ class MongoAnswers(monitoring.CommandListener, monitoring.ServerHeartbeatListene
 
 
 async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the MongoDB client, checked and indexed before the service takes traffic."""
+    """cleanup_ctx: the MongoDB client (``app[MONGO]``), checked before the service takes
+    traffic; its answers noted in ``app[MONGO_ANSWERS]``."""
     uri = app[SETTINGS].mongodb_uri
-    answers = app[MONGO_ANSWERS] = DatastoreAnswers()
     client: AsyncMongoClient = AsyncMongoClient(
         uri,
         tz_aware=True,
         serverSelectionTimeoutMS=5000,
         appname="shop-product",
-        event_listeners=[MongoAnswers(answers)],
+        event_listeners=[MongoAnswers(app[MONGO_ANSWERS])],
     )
-    database = client.get_default_database("products")
-    log.info("connecting to MongoDB at %s, database %s", mask_url(uri), database.name)
-    version = CatalogueVersion(database["meta"])
-    store = ProductStore(database["products"], version)
+    log.info(
+        "connecting to MongoDB at %s, database %s", mask_url(uri), products_database(client).name
+    )
     try:
         await client.admin.command("ping")
-        await store.ensure_indexes()
     except PyMongoError as exc:
         await client.close()
         raise StartupError(f"MongoDB at {mask_url(uri)} is not answering: {exc}") from None
     app[MONGO] = client
-    app[STORE] = store
-    app[ANSWERS] = CatalogueAnswers(version)
     yield
-    await version.close()
     await client.close()
+
+
+def products_database(client: AsyncMongoClient) -> AsyncDatabase:
+    """The database the URI names, else ``products``."""
+    return client.get_default_database("products")

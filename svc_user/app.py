@@ -9,9 +9,10 @@ from aiohttp import web
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
 from shopkit.app import create_service_app
+from shopkit.background import every
 from shopkit.client_address import IpNetwork, parse_networks
-from shopkit.keys import SETTINGS, TOKEN_STATUS
-from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool, postgres_ctx, postgres_ready
+from shopkit.keys import POSTGRES, SETTINGS, TOKEN_STATUS
+from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenStatus
 from shopkit.settings import PostgresUrl, ServiceSettings
 from svc_user.keys import HASHER, STORE
@@ -24,10 +25,10 @@ from svc_user.store import (
     FREE_FAILURES,
     LOCK_BASE_SECONDS,
     LOCK_MAX_SECONDS,
+    PRUNE_INTERVAL_SECONDS,
     WINDOW_SECONDS,
     LoginLimits,
     UserStore,
-    prune_login_attempts_ctx,
 )
 
 DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128"
@@ -102,30 +103,27 @@ class UserSettings(ServiceSettings):
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the bcrypt thread pool."""
-    settings = app[SETTINGS]
-    hasher = PasswordHasher(settings.bcrypt_rounds, queue_limit=settings.bcrypt_queue_limit)
-    await hasher.start()
-    app[HASHER] = hasher
+    """cleanup_ctx: the bcrypt threads, ready before the first login, stopped at the end."""
+    await app[HASHER].start()
     yield
-    hasher.close()
+    app[HASHER].close()
 
 
-async def bootstrap_admin(app: web.Application, pool: FairPool) -> None:
-    """Make sure the configured admin account exists, with its configured password."""
+async def users_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the pool's): the store, and the configured admin account made
+    sure of (it exists, with its configured password)."""
     settings = app[SETTINGS]
-    store = app[STORE] = UserStore(pool, settings.login_limits())
-    if settings.admin_email is None:
-        return
-    password = settings.admin_password.get_secret_value()
-    hasher = app[HASHER]
+    store = app[STORE] = UserStore(app[POSTGRES], settings.login_limits())
+    if settings.admin_email is not None:
+        password, hasher = settings.admin_password.get_secret_value(), app[HASHER]
 
-    async def hash_unless_current(current_hash: str | None) -> str | None:
-        if current_hash and await hasher.verify(password, current_hash):
-            return None
-        return await hasher.hash(password)
+        async def hash_unless_current(current_hash: str | None) -> str | None:
+            if current_hash and await hasher.verify(password, current_hash):
+                return None
+            return await hasher.hash(password)
 
-    await store.ensure_admin(settings.admin_email, hash_unless_current)
+        await store.ensure_admin(settings.admin_email, hash_unless_current)
+    yield
 
 
 def create_app(settings: UserSettings) -> web.Application:
@@ -135,10 +133,19 @@ def create_app(settings: UserSettings) -> web.Application:
         unavailable_errors=POSTGRES_UNAVAILABLE,
         refusals=REFUSALS,
     )
-    app.cleanup_ctx.append(hasher_ctx)
-    app.cleanup_ctx.append(postgres_ctx("svc_user.migrations", after_migrations=bootstrap_admin))
-    app.cleanup_ctx.append(prune_login_attempts_ctx)
-    app.router.add_routes(routes)
+    app[HASHER] = PasswordHasher(settings.bcrypt_rounds, queue_limit=settings.bcrypt_queue_limit)
     # The owner of tokens_valid_from checks it exactly, in its own database, every time.
     app[TOKEN_STATUS] = TokenStatus(lambda user_id: app[STORE].tokens_valid_from(user_id), 0)
+    app.cleanup_ctx.append(hasher_ctx)
+    app.cleanup_ctx.append(postgres_ctx("svc_user.migrations"))  # app[POSTGRES]
+    app.cleanup_ctx.append(users_ctx)  # app[STORE]
+    # Each replica prunes; twice changes nothing.
+    app.cleanup_ctx.append(
+        every(
+            PRUNE_INTERVAL_SECONDS,
+            "prune-login-attempts",
+            lambda app: app[STORE].forget_old_login_counts(),
+        )
+    )
+    app.router.add_routes(routes)
     return app

@@ -12,9 +12,13 @@ from typing import TypeVar
 
 import bcrypt
 
-from shopkit.errors import ServiceBusy
+from shopkit.domain import DomainError
 
 T = TypeVar("T")
+
+
+class HasherBusy(DomainError):
+    """``taken`` hashes are queued or running already: the most the hasher takes on."""
 
 
 class PasswordHasher:
@@ -37,10 +41,7 @@ class PasswordHasher:
 
     async def _run(self, function: Callable[..., T], *args: bytes) -> T:
         if self._taken >= self.queue_limit:
-            raise ServiceBusy(
-                "Too many passwords are being checked right now; try again in a moment.",
-                headers={"Retry-After": "1"},
-            )
+            raise HasherBusy(taken=self._taken)
         self._taken += 1
         try:
             loop = asyncio.get_running_loop()

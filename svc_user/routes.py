@@ -16,6 +16,7 @@ from shopkit.errors import (
     NotFound,
     Refusal,
     Refusals,
+    ServiceBusy,
     TooManyRequests,
     Unauthorized,
 )
@@ -24,6 +25,7 @@ from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id
 from shopkit.responses import ok
 from svc_user.keys import HASHER, STORE
+from svc_user.passwords import HasherBusy
 from svc_user.schemas import (
     AccountRemoval,
     AccountRemoved,
@@ -44,6 +46,12 @@ routes = web.RouteTableDef()
 # How a client hears what the store refuses.
 REFUSALS: Refusals = {
     EmailTaken: Refusal(Conflict, "email_taken", "An account with this email already exists."),
+    HasherBusy: Refusal(
+        ServiceBusy,
+        "busy",
+        "Too many passwords are being checked right now; try again in a moment.",
+        headers={"Retry-After": "1"},
+    ),
 }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
+from typing_extensions import TypedDict
 
+from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import (
     ID_PATTERN,
     LINE_PATTERN,
@@ -137,29 +138,37 @@ class ProfileUpdate(PartialBody):
         return self
 
 
-class UserOut(BaseModel):
+@answer_shape
+class UserOut(TypedDict):
     id: int
     email: str
     first_name: str
     last_name: str
     role: str
-    created_at: datetime
+    created_at: Timestamp
 
 
-class AuthOut(BaseModel):
+@answer_shape
+class AuthOut(TypedDict):
     user: UserOut
-    token: str = Field(description="A JWT for Authorization: Bearer, valid for 24 hours")
+    token: Annotated[str, Field(description="A JWT for Authorization: Bearer, valid for 24 hours")]
 
 
+@answer_shape
 class ProfileChanged(UserOut):
-    token: str | None = Field(
-        None,
-        description="Only when the password changed: a fresh token for this client (every "
-        "token issued before the change no longer works)",
-    )
+    token: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                description="Only when the password changed: a fresh token for this client "
+                "(every token issued before the change no longer works)",
+            ),
+        ]
+    ]
 
 
-class LoggedOut(BaseModel):
+@answer_shape
+class LoggedOut(TypedDict):
     logged_out: bool
 
 
@@ -169,7 +178,8 @@ class AccountRemoval(Body):
     current_password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-class AccountRemoved(BaseModel):
+@answer_shape
+class AccountRemoved(TypedDict):
     id: int
     deleted: bool
 
@@ -180,8 +190,9 @@ class UserPath(BaseModel):
     id: str = Field(pattern=ID_PATTERN, description="The user's id; any other id is a 404")
 
 
-class TokenStatusOut(BaseModel):
+@answer_shape
+class TokenStatusOut(TypedDict):
     user_id: int
-    tokens_valid_from: int = Field(
-        description="Epoch seconds: the user's tokens with an earlier iat are revoked"
-    )
+    tokens_valid_from: Annotated[
+        int, Field(description="Epoch seconds: the user's tokens with an earlier iat are revoked")
+    ]

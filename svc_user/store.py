@@ -6,17 +6,14 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
-from aiohttp import web
 
-from shopkit.background import repeating
 from shopkit.domain import DomainError, timestamp
 from shopkit.postgres import FairPool
-from svc_user.keys import STORE
+from svc_user.schemas import UserOut
 
 log = logging.getLogger("shop.user.store")
 
@@ -126,8 +123,8 @@ class EmailTaken(DomainError):
     """An account with this email exists already."""
 
 
-def user_out(row: asyncpg.Record) -> dict[str, Any]:
-    """A stored user as the API shows it: never the hash (see schemas.UserOut)."""
+def user_out(row: asyncpg.Record) -> UserOut:
+    """A stored user as the API shows it: never the hash (its shape: schemas.UserOut)."""
     return {
         "id": row["id"],
         "email": row["email"],
@@ -316,16 +313,9 @@ class UserStore:
         )
         return int(attempts.split()[-1]) + int(known.split()[-1])
 
-
-async def prune_login_attempts_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: every PRUNE_INTERVAL_SECONDS, forget the login counts that count nothing
-    any more, so that a spray over millions of emails does not grow the table for good (each
-    replica does it; twice changes nothing)."""
-
-    async def prune() -> None:
-        forgotten = await app[STORE].prune_login_attempts()
+    async def forget_old_login_counts(self) -> None:
+        """prune_login_attempts, said in the log: run every PRUNE_INTERVAL_SECONDS, so that
+        a spray over millions of emails does not grow the table for good."""
+        forgotten = await self.prune_login_attempts()
         if forgotten:
             log.info("forgot %d login counts past their window", forgotten)
-
-    async with repeating("prune-login-attempts", prune, PRUNE_INTERVAL_SECONDS):
-        yield

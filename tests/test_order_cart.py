@@ -22,8 +22,8 @@ from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_cart.keys import REDIS
 from svc_order.app import create_app as create_order_app
-from svc_order.checkout import request_hash
 from svc_order.keys import CHECKOUT, STORE
+from svc_order.saga import request_hash
 from svc_order.store import Line, OwnerLock
 
 USER = 4242  # a user id of this file's own on the shared Redis

@@ -21,8 +21,8 @@ from support import (
 
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
-from svc_order.checkout import request_hash
 from svc_order.keys import CHECKOUT, STORE
+from svc_order.saga import request_hash
 from svc_order.store import Line, OwnerLock
 
 ANN = customer(111)

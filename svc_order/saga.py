@@ -32,22 +32,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from shopkit.auth import ServiceCredential
-from shopkit.background import repeating
 from shopkit.client import ServiceClient
 from shopkit.domain import MAX_IDS_PER_CALL
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
-from shopkit.keys import POSTGRES, SETTINGS
 from shopkit.money import money_to_cents
-from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
 from svc_order.store import CartClaimed, IdempotencyKeyTaken, Line, OrderStore, OwnerLock
 
 log = logging.getLogger("shop.order.checkout")
@@ -76,7 +71,8 @@ def reference(order_id: int) -> str:
     return f"order-{order_id}"
 
 
-def _merge(lines: list[tuple[str, int]]) -> dict[str, int]:
+def _quantities_by_product(lines: list[tuple[str, int]]) -> dict[str, int]:
+    """Units per product id (in lower case), lines of the same product added together."""
     merged: dict[str, int] = {}
     for product_id, quantity in lines:
         key = product_id.lower()
@@ -127,7 +123,7 @@ class Checkout:
         API shows it (None: a replay of an order placed before; read it)."""
         # "Check out my cart" is one request whatever the cart holds, so a repeat is known
         # before the cart is read (a cart the first request already emptied included).
-        wanted = _merge(explicit) if explicit else None
+        wanted = _quantities_by_product(explicit) if explicit else None
         fingerprint = request_hash(wanted)
         if idempotency_key is not None:
             earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
@@ -199,7 +195,9 @@ class Checkout:
         items = [(item["product_id"], item["quantity"]) for item in cart.get("items", [])]
         if not items:
             raise BadRequest("Your cart is empty: add something first.", code="empty_cart")
-        return CartRead(_merge(items), int(cart.get("version") or 0), cart.get("expires_at"))
+        return CartRead(
+            _quantities_by_product(items), int(cart.get("version") or 0), cart.get("expires_at")
+        )
 
     async def _still_the_cart(self, order_id: int, user_id: int, cart: CartRead) -> bool:
         """True when the cart is still as ``cart`` read it, now that this checkout holds
@@ -297,7 +295,7 @@ class Checkout:
                     f"There is no product with id {product_id!r}.", code="product_not_found"
                 )
             if product["stock"] < quantity:  # early and cheap; the take below decides
-                raise _short(product["name"], product["stock"], quantity)
+                raise _not_enough_stock(product["name"], product["stock"], quantity)
             price = money_to_cents(_decimal(product["price"]))
             lines.append(Line(product_id, product["name"], quantity, price))
         return lines
@@ -428,7 +426,7 @@ def _refused_take(status: int, body: Any, lines: list[Line]) -> ShopError:
     line = next((line for line in lines if line.product_id == refusal.get("product_id")), None)
     name = line.product_name if line is not None else "a product"
     if status == 409 and refusal.get("code") == "insufficient_stock" and line is not None:
-        return _short(name, refusal.get("available", 0), line.quantity)
+        return _not_enough_stock(name, refusal.get("available", 0), line.quantity)
     if status == 409 and refusal.get("code") == "stock_change_undone":
         # This attempt was undone meanwhile (its lease ran out and recovery took it over):
         # the take changed nothing, so neither may the order.
@@ -461,7 +459,7 @@ def _undone_meanwhile() -> UpstreamUnavailable:
     )
 
 
-def _short(name: str, available: int, wanted: int) -> Conflict:
+def _not_enough_stock(name: str, available: int, wanted: int) -> Conflict:
     return Conflict(
         f"Not enough stock of {name!r}: {available} left, {wanted} asked for.",
         code="insufficient_stock",
@@ -472,33 +470,3 @@ def _short(name: str, available: int, wanted: int) -> Conflict:
 def _decimal(value: Any) -> Decimal:
     # A JSON number read back as a float: its shortest repr is the two-place decimal written.
     return Decimal(str(value))
-
-
-async def checkout_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx (after the pool's): the saga, and recovery at start-up and periodically."""
-    settings = app[SETTINGS]
-    store = app[STORE] = OrderStore(app[POSTGRES])
-    owner = OwnerLock(settings.database_url)
-    await owner.hold()
-    checkout = app[CHECKOUT] = Checkout(
-        store,
-        app[PRODUCTS],
-        app[CARTS],
-        ServiceCredential(settings.jwt_secret.get_secret_value(), "order"),
-        settings.checkout_lease_seconds,
-        owner,
-    )
-
-    # The first pass runs now, at start-up: a restarted service takes over at once what
-    # its dead predecessor left (its owner lock died with it), not a lease later. A pass
-    # that fails (an outage) is retried at the next one.
-    try:
-        async with repeating(
-            "order-recovery",
-            checkout.recover,
-            settings.recovery_interval_seconds,
-            first_at_once=True,
-        ):
-            yield
-    finally:
-        await owner.release()
