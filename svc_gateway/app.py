@@ -53,7 +53,7 @@ class GatewaySettings(ServiceSettings):
     trusted_proxy_hops: int = Field(0, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
     # A checkout whose answer was lost is asked again (same Idempotency-Key) until its
     # outcome is certain or this many seconds pass: long enough for a crashed order
-    # service to be restarted (see svc_gateway/checkout.py).
+    # service to be restarted (see svc_gateway/checkout_forwarding.py).
     checkout_deadline: float = Field(30.0, alias="CHECKOUT_DEADLINE_SECONDS", gt=0, le=300)
 
     def backend_urls(self) -> dict[str, str]:

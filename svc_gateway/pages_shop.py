@@ -19,7 +19,7 @@ from shopkit.client_address import client_behind_hops
 from shopkit.domain import MAX_CART_QUANTITY, MAX_IDS_PER_CALL, ORDER_TRANSITIONS
 from shopkit.errors import NotFound, UpstreamUnavailable
 from shopkit.keys import SETTINGS
-from svc_gateway.checkout import certain_checkout
+from svc_gateway.checkout_forwarding import certain_checkout
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages import (
     ORDER_NOT_FOUND,
@@ -526,7 +526,7 @@ async def clear_cart(request: web.Request) -> web.Response:
 
 async def _certain_checkout(request: web.Request, key: str) -> ServiceReply:
     """The cart checked out as the API's checkout is: sent again with the same key when an
-    answer is lost, until the outcome is certain (svc_gateway/checkout.py), so a shopper
+    answer is lost, until the outcome is certain (svc_gateway/checkout_forwarding.py), so a shopper
     whose order was placed never sees an error page instead of the confirmation."""
     client = request.app[BACKENDS].get("order")
     if client is None:

@@ -20,7 +20,7 @@ from shopkit.idempotency import idempotency_key
 from shopkit.keys import SETTINGS
 from shopkit.openapi import Handler, endpoint
 from shopkit.validation import read_body
-from svc_gateway.checkout import certain_checkout, checkout_key
+from svc_gateway.checkout_forwarding import certain_checkout, checkout_key
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.paths import NoSuchPath, checked_segments, rebuilt_path
 
@@ -141,7 +141,7 @@ def proxy_to(prefix: str, backend: str) -> Handler:
 async def _checkout(
     request: web.Request, client: ServiceClient, target: str, key: str, body: bytes | None
 ) -> web.Response:
-    """A checkout is sent until its outcome is certain (see svc_gateway/checkout.py)."""
+    """A checkout is sent until its outcome is certain (see svc_gateway/checkout_forwarding.py)."""
     headers = {**_request_headers(request), IDEMPOTENCY_KEY: key}
     answer = await certain_checkout(client, target, headers, body, request.app[CHECKOUT_DEADLINE])
     answer_headers = _answer_headers(answer.headers)
