@@ -30,8 +30,8 @@ PAGE_ROUTES = [
     web.post("/profile", account.update_profile),
     web.post("/profile/password", account.change_password),
     # The cart and checkout.
-    web.post("/cart/items", cart.add_to_cart),
     web.get("/cart", cart.cart_page),
+    web.post("/cart/items", cart.add_to_cart),
     web.post("/cart/items/{product_id}", cart.change_quantity),
     web.post("/cart/items/{product_id}/remove", cart.remove_from_cart),
     web.post("/cart/clear", cart.clear_cart),
