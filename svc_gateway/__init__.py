@@ -1,1 +1,2 @@
-"""The gateway: the shop's one public entry point (API routing now, web pages later)."""
+"""The gateway: the shop's one public entry point, serving its web pages and routing
+/api/* to the service that owns it."""

@@ -1,4 +1,4 @@
-"""The gateway owns nothing: it routes /api/* to the services and serves the shop's pages."""
+"""The gateway owns no data: it routes /api/* to the services and serves the shop's pages."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
 from shopkit.revocation import check_tokens_with_user_service
 from shopkit.settings import HttpUrl, ServiceSettings
-from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
-from svc_gateway.pages import setup_pages
-from svc_gateway.pages_admin import routes as admin_pages
-from svc_gateway.pages_shop import routes as shop_pages
+from svc_gateway.assets import load_assets
+from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE, SESSION_KEYS
+from svc_gateway.pages.middleware import page_middleware
+from svc_gateway.pages.rendering import setup_templates
 from svc_gateway.paths import path_guard
-from svc_gateway.proxy import METHODS, ROUTES, gateway_ready, proxy_to
+from svc_gateway.proxy import API_PREFIXES, METHODS, gateway_ready
+from svc_gateway.routes import API_ROUTES, PAGE_ROUTES
 from svc_gateway.session import SessionKeys
 
 
@@ -53,44 +54,41 @@ class GatewaySettings(ServiceSettings):
     trusted_proxy_hops: int = Field(0, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
     # A checkout whose answer was lost is asked again (same Idempotency-Key) until its
     # outcome is certain or this many seconds pass: long enough for a crashed order
-    # service to be restarted (see svc_gateway/checkout.py).
+    # service to be restarted (see svc_gateway/checkout_forwarding.py).
     checkout_deadline: float = Field(30.0, alias="CHECKOUT_DEADLINE_SECONDS", gt=0, le=300)
 
     def backend_urls(self) -> dict[str, str]:
         """Backend name -> base URL, for the backends that are configured."""
-        urls = {name: getattr(self, f"{name}_service_url") for name in ROUTES.values()}
+        urls = {name: getattr(self, f"{name}_service_url") for name in API_PREFIXES.values()}
         return {name: url for name, url in urls.items() if url}
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(settings, ready_check=gateway_ready, http_client=True)
-    app[CHECKOUT_DEADLINE] = settings.checkout_deadline
+    # The API: a client per configured backend, and how long a checkout may take.
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, connect=2)
     app[BACKENDS] = {
         name: ServiceClient(app, name, url, timeout=timeout)
         for name, url in settings.backend_urls().items()
     }
+    app[CHECKOUT_DEADLINE] = settings.checkout_deadline
     if settings.jwt_secret is not None and settings.user_service_url is not None:
         # The pages treat a revoked login cookie as logged out (svc_gateway.session).
         check_tokens_with_user_service(app, settings.user_service_url)
-    setup_pages(
-        app,
-        SessionKeys.from_secrets(
-            settings.session_secret.get_secret_value() if settings.session_secret else None,
-            settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
-        ),
+    # The pages: the keys their cookies are signed with, their templates, their files
+    # (read at start-up) and their middleware, inside shopkit's.
+    app[SESSION_KEYS] = SessionKeys.from_secrets(
+        settings.session_secret.get_secret_value() if settings.session_secret else None,
+        settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
     )
+    setup_templates(app)
+    app.on_startup.append(load_assets)
+    app.middlewares.append(page_middleware)
     # Inside shop_middleware and the pages' middleware: a refused path is the JSON 404 under
     # /api and the shop's HTML 404 page elsewhere.
     app.middlewares.append(path_guard)
-    app.router.add_routes(shop_pages)
-    app.router.add_routes(admin_pages)
-    proxy_routes = []
-    for prefix, backend in ROUTES.items():
-        handler = proxy_to(prefix, backend)
-        for path in (f"/api/{prefix}", f"/api/{prefix}/{{tail:.*}}"):
-            for method in METHODS:
-                proxy_routes.append(app.router.add_route(method, path, handler))
+    app.router.add_routes(PAGE_ROUTES)
+    api_routes = app.router.add_routes(API_ROUTES)
     if settings.cors_origins:
         options = aiohttp_cors.ResourceOptions(
             allow_credentials=False,
@@ -106,6 +104,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
             max_age=600,
         )
         cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(settings.cors_origins, options))
-        for route in proxy_routes:
+        for route in api_routes:
             cors.add(route)
     return app

@@ -55,13 +55,6 @@ def rebuilt_path(segments: list[str]) -> str:
     return "/" + "/".join(quote(segment, safe=_SAFE) for segment in segments)
 
 
-def forwarded_target(request: web.Request) -> str:
-    """Path and query string to send to the backend, for a request the guard let through."""
-    target = rebuilt_path(checked_segments(request.rel_url.raw_path))
-    query = request.rel_url.raw_query_string
-    return f"{target}?{query}" if query else target
-
-
 @web.middleware
 async def path_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every path the gateway serves (API, pages, its own endpoints) passes the one check;

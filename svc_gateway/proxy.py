@@ -20,7 +20,7 @@ from shopkit.idempotency import idempotency_key
 from shopkit.keys import SETTINGS
 from shopkit.openapi import Handler, endpoint
 from shopkit.validation import read_body
-from svc_gateway.checkout import certain_checkout, checkout_key
+from svc_gateway.checkout_forwarding import certain_checkout, checkout_key
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.paths import NoSuchPath, checked_segments, rebuilt_path
 
@@ -33,8 +33,8 @@ BUFFERED_BODY_LIMIT = 256 * 1024
 # (shopkit.app.READY_TIMEOUT): a slow backend is reported not ready, the gateway stays ready.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0, connect=0.5)
 
-# /api/<prefix> belongs to <backend>.
-ROUTES = {"products": "product", "users": "user", "cart": "cart", "orders": "order"}
+# /api/<prefix> belongs to <backend> (svc_gateway/routes.py forwards it there).
+API_PREFIXES = {"products": "product", "users": "user", "cart": "cart", "orders": "order"}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 # What a client may tell a backend. Everything else (cookies, Host, hop-by-hop) stays here.
@@ -115,7 +115,7 @@ def proxy_to(prefix: str, backend: str) -> Handler:
         # Decoded here (gzip, deflate) and sent on plain: one decoder judges every body.
         body = await read_body(request) if request.can_read_body else None
         if checkout:
-            return await _checkout(request, client, target, key, body)
+            return await _forward_checkout(request, client, target, key, body)
         async with client.open(
             request.method,
             target,
@@ -138,10 +138,10 @@ def proxy_to(prefix: str, backend: str) -> Handler:
     return proxy
 
 
-async def _checkout(
+async def _forward_checkout(
     request: web.Request, client: ServiceClient, target: str, key: str, body: bytes | None
 ) -> web.Response:
-    """A checkout is sent until its outcome is certain (see svc_gateway/checkout.py)."""
+    """A checkout is sent until its outcome is certain (svc_gateway/checkout_forwarding.py)."""
     headers = {**_request_headers(request), IDEMPOTENCY_KEY: key}
     answer = await certain_checkout(client, target, headers, body, request.app[CHECKOUT_DEADLINE])
     answer_headers = _answer_headers(answer.headers)
@@ -196,6 +196,6 @@ async def gateway_ready(app: web.Application) -> dict[str, Any]:
     )
     backends: dict[str, Any] = {
         name: states.get(name, {"ready": False, "configured": False})
-        for name in sorted(ROUTES.values())
+        for name in sorted(API_PREFIXES.values())
     }
     return {"backends": backends}

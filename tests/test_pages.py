@@ -27,7 +27,7 @@ from support import (
 )
 
 from shopkit.auth import issue_token
-from svc_gateway.pages import SHOP_NAME
+from svc_gateway.pages.rendering import SHOP_NAME
 
 PASSWORD = "s3cret-enough"
 

@@ -1,4 +1,6 @@
-"""Checkout through the gateway: the client learns the real outcome, never a guess.
+"""A checkout forwarded to the order service until its outcome is certain, for the API's
+``POST /api/orders`` and the cart page's checkout alike: the client learns the real outcome,
+never a guess.
 
 When the connection to the order service breaks after a ``POST /api/orders`` was sent (the
 service crashed, was killed, or the answer timed out), the order may exist or not. So the

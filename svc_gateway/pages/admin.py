@@ -15,30 +15,19 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from shopkit.domain import MAX_STOCK, ORDER_TRANSITIONS
-from shopkit.errors import NotFound
 from shopkit.parsing import MAX_ID, parse_amount, parse_int
-from svc_gateway.pages import (
+from svc_gateway.pages.access import Redirect, local_path, require_admin, session_of
+from svc_gateway.pages.backend import call_backend_or_raise
+from svc_gateway.pages.forms import ShowForm, submit_form
+from svc_gateway.pages.params import (
     ORDER_NOT_FOUND,
     PRODUCT_NOT_FOUND,
-    STATUS_LABELS,
-    BackendRefused,
-    Redirect,
-    call_backend,
-    fetch,
-    field_errors,
-    local_path,
     order_id_of,
     page_numbers,
     page_of,
-    plain_amount,
     product_id_of,
-    render,
-    report_change,
-    require_admin,
-    session_of,
 )
-
-routes = web.RouteTableDef()
+from svc_gateway.pages.rendering import STATUS_LABELS, plain_amount, render
 
 PRODUCTS_PAGE_SIZE = 20
 ORDERS_PAGE_SIZE = 20
@@ -97,7 +86,6 @@ def _form_values(form: MultiMapping[Any]) -> dict[str, str]:
     return {name: str(form.get(name, "")) for name in PRODUCT_FIELDS}
 
 
-@routes.get("/admin")
 async def admin_home(request: web.Request) -> web.Response:
     require_admin(request)
     raise Redirect("/admin/products")
@@ -106,7 +94,6 @@ async def admin_home(request: web.Request) -> web.Response:
 # -- products -----------------------------------------------------------------------------------
 
 
-@routes.get("/admin/products")
 async def admin_products(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query.get("q", "").strip()[:100]
@@ -114,7 +101,7 @@ async def admin_products(request: web.Request) -> web.Response:
     params: dict[str, Any] = {"sort": "name", "page": page, "limit": PRODUCTS_PAGE_SIZE}
     if q:
         params["q"] = q
-    listing = await fetch(
+    listing = await call_backend_or_raise(
         request, "product", "GET", "/api/products?" + urlencode(params), as_shopper=False
     )
     last_page = max(1, -(-listing["total"] // PRODUCTS_PAGE_SIZE))
@@ -147,35 +134,49 @@ def _product_form(
     return render(request, "admin/product_form.html", context, status=status)
 
 
-@routes.get("/admin/products/new")
+def _product_form_again(
+    request: web.Request, form: MultiMapping[Any], product_id: str | None
+) -> ShowForm:
+    """The product form as it was sent, with the errors to correct (and, when editing, the
+    product as it is now)."""
+
+    async def show(errors: dict[str, str], status: int) -> web.Response:
+        product = None if product_id is None else await _product(request, product_id)
+        values = _form_values(form)
+        return _product_form(request, product=product, values=values, errors=errors, status=status)
+
+    return show
+
+
 async def new_product_page(request: web.Request) -> web.Response:
     require_admin(request)
     return _product_form(request, product=None, values={"stock": "0"}, errors={})
 
 
-@routes.post("/admin/products/new")
 async def create_product(request: web.Request) -> web.Response:
     require_admin(request)
     form = await request.post()
-    body = product_body(form, creating=True)
-    reply = await call_backend(request, "product", "POST", "/api/products", json=body)
-    if reply.status == 400:
-        errors = field_errors(BackendRefused(reply), PRODUCT_FIELDS)
-        return _product_form(
-            request, product=None, values=_form_values(form), errors=errors, status=400
-        )
-    if reply.status >= 400:
-        raise BackendRefused(reply)
-    session_of(request).flash("success", f"Created “{reply.data['name']}”.")
-    raise Redirect("/admin/products")
+    return await submit_form(
+        request,
+        "product",
+        "POST",
+        "/api/products",
+        json=product_body(form, creating=True),
+        show_form=_product_form_again(request, form, None),
+        fields=PRODUCT_FIELDS,
+        success=lambda product: f"Created “{product['name']}”.",
+        redirect_to="/admin/products",
+    )
 
 
 async def _product(request: web.Request, product_id: str) -> dict[str, Any]:
     path = f"/api/products/{product_id}"
-    return (await fetch(request, "product", "GET", path, not_found=PRODUCT_NOT_FOUND))["data"]
+    reply = await call_backend_or_raise(
+        request, "product", "GET", path, not_found=PRODUCT_NOT_FOUND
+    )
+    return reply["data"]
 
 
-@routes.get("/admin/products/{id}/edit")
 async def edit_product_page(request: web.Request) -> web.Response:
     require_admin(request)
     product = await _product(request, product_id_of(request))
@@ -189,56 +190,53 @@ async def edit_product_page(request: web.Request) -> web.Response:
     return _product_form(request, product=product, values=values, errors={})
 
 
-@routes.post("/admin/products/{id}/edit")
 async def update_product(request: web.Request) -> web.Response:
     require_admin(request)
     product_id = product_id_of(request)
     form = await request.post()
-    body = product_body(form, creating=False)
-    reply = await call_backend(request, "product", "PUT", f"/api/products/{product_id}", json=body)
-    if reply.status == 404:
-        raise NotFound(PRODUCT_NOT_FOUND)
-    if reply.status == 400:
-        product = await _product(request, product_id)
-        errors = field_errors(BackendRefused(reply), PRODUCT_FIELDS)
-        return _product_form(
-            request, product=product, values=_form_values(form), errors=errors, status=400
-        )
-    if reply.status >= 400:
-        raise BackendRefused(reply)
-    session_of(request).flash("success", f"Saved “{reply.data['name']}”.")
-    raise Redirect("/admin/products")
+    return await submit_form(
+        request,
+        "product",
+        "PUT",
+        f"/api/products/{product_id}",
+        json=product_body(form, creating=False),
+        not_found=PRODUCT_NOT_FOUND,
+        show_form=_product_form_again(request, form, product_id),
+        fields=PRODUCT_FIELDS,
+        success=lambda product: f"Saved “{product['name']}”.",
+        redirect_to="/admin/products",
+    )
 
 
-@routes.post("/admin/products/{id}/stock")
 async def restock_product(request: web.Request) -> web.Response:
     require_admin(request)
     product_id = product_id_of(request)
     form = await request.post()
     back = local_path(form.get("next"), "/admin/products")
-    session = session_of(request)
     change = _whole(str(form.get("quantity", "")))
     if not isinstance(change, int) or change == 0 or abs(change) > MAX_STOCK:
-        session.flash("error", "Enter the units to add (or, with a minus sign, to take away).")
+        session_of(request).flash(
+            "error", "Enter the units to add (or, with a minus sign, to take away)."
+        )
         raise Redirect(back)
-    path = f"/api/products/{product_id}/stock"
-    reply = await call_backend(request, "product", "PATCH", path, json={"quantity": change})
-    report_change(
+    return await submit_form(
         request,
-        reply,
-        lambda product: f"“{product['name']}” now has {product['stock']} in stock.",
+        "product",
+        "PATCH",
+        f"/api/products/{product_id}/stock",
+        json={"quantity": change},
         not_found=PRODUCT_NOT_FOUND,
+        success=lambda product: f"“{product['name']}” now has {product['stock']} in stock.",
+        redirect_to=back,
     )
-    raise Redirect(back)
 
 
-@routes.post("/admin/products/{id}/delete")
 async def delete_product(request: web.Request) -> web.Response:
     require_admin(request)
     product_id = product_id_of(request)
     form = await request.post()
     product = await _product(request, product_id)
-    await fetch(request, "product", "DELETE", f"/api/products/{product_id}")
+    await call_backend_or_raise(request, "product", "DELETE", f"/api/products/{product_id}")
     session_of(request).flash("success", f"Deleted “{product['name']}”.")
     raise Redirect(local_path(form.get("next"), "/admin/products"))
 
@@ -246,7 +244,6 @@ async def delete_product(request: web.Request) -> web.Response:
 # -- orders -------------------------------------------------------------------------------------
 
 
-@routes.get("/admin/orders")
 async def admin_orders(request: web.Request) -> web.Response:
     require_admin(request)
     status = request.query.get("status", "")
@@ -256,7 +253,9 @@ async def admin_orders(request: web.Request) -> web.Response:
     params: dict[str, Any] = {"page": page, "limit": ORDERS_PAGE_SIZE}
     if status:
         params["status"] = status
-    listing = await fetch(request, "order", "GET", "/api/orders?" + urlencode(params))
+    listing = await call_backend_or_raise(
+        request, "order", "GET", "/api/orders?" + urlencode(params)
+    )
     last_page = max(1, -(-listing["total"] // ORDERS_PAGE_SIZE))
 
     def page_url(number: int) -> str:
@@ -278,24 +277,23 @@ async def admin_orders(request: web.Request) -> web.Response:
     return render(request, "admin/orders.html", context)
 
 
-@routes.post("/admin/orders/{id}/status")
 async def change_order_status(request: web.Request) -> web.Response:
     require_admin(request)
     order_id = order_id_of(request)
     form = await request.post()
     back = local_path(form.get("next"), "/admin/orders")
-    session = session_of(request)
     status = form.get("status")
     if not isinstance(status, str) or status not in STATUS_LABELS:
-        session.flash("error", "Choose the status to move the order to.")
+        session_of(request).flash("error", "Choose the status to move the order to.")
         raise Redirect(back)
-    path = f"/api/orders/{order_id}/status"
-    reply = await call_backend(request, "order", "PATCH", path, json={"status": status})
     label = STATUS_LABELS[status].lower()
-    report_change(
+    return await submit_form(
         request,
-        reply,
-        lambda order: f"Order #{order_id} is now {label}.",
+        "order",
+        "PATCH",
+        f"/api/orders/{order_id}/status",
+        json={"status": status},
         not_found=ORDER_NOT_FOUND,
+        success=lambda _: f"Order #{order_id} is now {label}.",
+        redirect_to=back,
     )
-    raise Redirect(back)

@@ -1,0 +1,78 @@
+"""The gateway's route table: the pages' files, every page, and the API it forwards.
+
+shopkit's app adds the service endpoints (/health, /ready, /metrics, /openapi.json). A GET
+page answers HEAD too; a POST is a form (the page middleware checks its CSRF token).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
+from svc_gateway.pages import account, admin, cart, catalogue, orders
+from svc_gateway.proxy import API_PREFIXES, METHODS, proxy_to
+
+PAGE_ROUTES = [
+    # The stylesheet, script and icons, by content-hashed name; the catalogue's pictures.
+    web.get(STATIC_PREFIX + "{name}", static_file, name="static"),
+    web.get(CATALOGUE_PREFIX + "{name}", catalogue_image, name="catalogue_image"),
+    # The shop window.
+    web.get("/", catalogue.home),
+    web.get("/products/{id}", catalogue.product_page),
+    # The shopper's account.
+    web.get("/register", account.register_page),
+    web.post("/register", account.register),
+    web.get("/login", account.login_page),
+    web.post("/login", account.login),
+    web.post("/logout", account.logout),
+    web.get("/profile", account.profile_page),
+    web.post("/profile", account.update_profile),
+    web.post("/profile/password", account.change_password),
+    # The cart and checkout.
+    web.get("/cart", cart.cart_page),
+    web.post("/cart/items", cart.add_to_cart),
+    web.post("/cart/items/{product_id}", cart.change_quantity),
+    web.post("/cart/items/{product_id}/remove", cart.remove_from_cart),
+    web.post("/cart/clear", cart.clear_cart),
+    web.post("/checkout", cart.checkout),
+    # The shopper's orders.
+    web.get("/orders", orders.orders_page),
+    web.get("/orders/{id}", orders.order_page),
+    web.get("/orders/{id}/confirmation", orders.order_confirmation),
+    web.post("/orders/{id}/cancel", orders.cancel_order),
+    # The administrators' pages.
+    web.get("/admin", admin.admin_home),
+    web.get("/admin/products", admin.admin_products),
+    web.get("/admin/products/new", admin.new_product_page),
+    web.post("/admin/products/new", admin.create_product),
+    web.get("/admin/products/{id}/edit", admin.edit_product_page),
+    web.post("/admin/products/{id}/edit", admin.update_product),
+    web.post("/admin/products/{id}/stock", admin.restock_product),
+    web.post("/admin/products/{id}/delete", admin.delete_product),
+    web.get("/admin/orders", admin.admin_orders),
+    web.post("/admin/orders/{id}/status", admin.change_order_status),
+]
+
+
+def _forwarded(prefix: str, backend: str) -> list[web.RouteDef]:
+    """/api/<prefix> and every path below it, in each of the API's METHODS, forwarded
+    unchanged to ``backend`` (svc_gateway/proxy.py)."""
+    forward = proxy_to(prefix, backend)
+    return [
+        _api_route(method, path, forward)
+        for path in (f"/api/{prefix}", f"/api/{prefix}/{{tail:.*}}")
+        for method in METHODS
+    ]
+
+
+def _api_route(method: str, path: str, handler: Handler) -> web.RouteDef:
+    if method == "GET":  # web.get alone would answer HEAD too: the API answers METHODS only
+        return web.get(path, handler, allow_head=False)
+    return web.route(method, path, handler)
+
+
+# Each /api/<prefix> to the backend that owns it: products, users, cart, orders.
+API_ROUTES = [
+    route for prefix, backend in API_PREFIXES.items() for route in _forwarded(prefix, backend)
+]
