@@ -1,13 +1,20 @@
 """The Kubernetes manifests, checked offline as a cluster would check them and more.
 
 - Every raw YAML document and every rendered overlay (`kubectl kustomize`, when kubectl is
-  on PATH) passes kubernetes-validate, strict, against Kubernetes 1.33.
+  on PATH) passes kubernetes-validate, strict, against Kubernetes 1.33. The Prometheus
+  operator's objects (PodMonitor, PrometheusRule) have no schema there: their required
+  fields, and the names of the fields they use, are checked here instead
+  (`operator_object_errors`, after the operator's CRDs).
 - checkov (kubernetes framework) fails no check, except those skipped in the manifest with
   a written reason. checkov runs from a virtual environment of its own under .cache/ (in
-  the project's it would break pytest), made on first use.
+  the project's it would break pytest), made on first use; so does promql-parser (the
+  Rust PromQL parser's Python binding), which parses every alert and dashboard query.
 - The wiring: every Service selects a workload's pods on a port it listens on; every port,
   environment variable and probe path matches what the service itself reads and answers;
-  the network policies let exactly the callers in.
+  the network policies let exactly the callers in; the Ingress routes the shop's pages and
+  its API and none of the services' own routes.
+- The monitoring component: the PodMonitor scrapes every service where it answers
+  /metrics, the alerts and the dashboard ask only for the metrics the services export.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +40,17 @@ from shopctl.services import CONTRACT_BASE_PORT, SERVICES, Backend, Service
 from shopkit.settings import ServiceSettings
 
 MANIFESTS = PROJECT_ROOT / "manifests"
+COMPONENT = MANIFESTS / "components" / "monitoring"
 KUBERNETES_VERSION = "1.33.0"
 OVERLAYS = sorted(
     path.name
     for path in (MANIFESTS / "overlays").iterdir()
     if (path / "kustomization.yaml").is_file()
 )
-# checkov pulls in pins that break pytest, so it lives in a venv of its own, per version.
+# checkov pulls in pins that break pytest, so it lives in a venv of its own, per version;
+# promql-parser does too, so that the project's own environment does not carry it.
 CHECKOV_VERSION = "3.3.30"
-CHECKOV_VENV = PROJECT_ROOT / ".cache" / f"checkov-{CHECKOV_VERSION}"
+PROMQL_PARSER_VERSION = "0.11.0"
 # Which StatefulSet holds each kind of datastore.
 DATASTORES = {Backend.MONGODB: "mongodb", Backend.POSTGRES: "postgres", Backend.REDIS: "redis"}
 Document = dict[str, Any]
@@ -62,11 +72,21 @@ def raw_base() -> list[Document]:
     return [doc for doc in documents if doc.get("kind") != "Kustomization"]
 
 
+def raw_component() -> list[Document]:
+    """The monitoring component's own objects as committed (not its patches)."""
+    files = sorted(path for path in COMPONENT.glob("*.yaml") if path.name != "kustomization.yaml")
+    return [doc for path in files for doc in load(path.read_text())]
+
+
 def validation_errors(documents: list[Document]) -> list[str]:
-    """kubernetes-validate's first complaint about each document that has one."""
+    """kubernetes-validate's first complaint about each document that has one (for the
+    Prometheus operator's objects, which it has no schema for: ours)."""
     errors = []
     for document in documents:
         name = f"{document.get('kind')}/{document.get('metadata', {}).get('name')}"
+        if document.get("apiVersion") == OPERATOR_API_VERSION:
+            errors.extend(f"{name}: {error}" for error in operator_object_errors(document))
+            continue
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         except ValidationError as error:
@@ -74,6 +94,155 @@ def validation_errors(documents: list[Document]) -> list[str]:
             errors.append(f"{name} at {where or '/'}: {error.message}")
         except kubernetes_validate.utils.SchemaNotFoundError as error:
             errors.append(f"{name}: no schema ({error})")
+    return errors
+
+
+# -- the Prometheus operator's objects -----------------------------------------------------
+# kubernetes-validate has schemas for Kubernetes' own kinds only. For the operator's
+# (monitoring.coreos.com/v1, CRDs as of operator 0.93) this checks what its CRDs require and
+# every field name they define at the levels our objects use, so that a misspelt field
+# fails as strict validation would; and, beyond the CRDs, that each alert has a `for`, a
+# severity and a summary.
+OPERATOR_API_VERSION = "monitoring.coreos.com/v1"
+SCRAPE_SPEC_FIELDS = {
+    "attachMetadata",
+    "bodySizeLimit",
+    "convertClassicHistogramsToNHCB",
+    "fallbackScrapeProtocol",
+    "jobLabel",
+    "keepDroppedTargets",
+    "labelLimit",
+    "labelNameLengthLimit",
+    "labelValueLengthLimit",
+    "namespaceSelector",
+    "nativeHistogramBucketLimit",
+    "nativeHistogramMinBucketFactor",
+    "podTargetLabels",
+    "sampleLimit",
+    "scrapeClass",
+    "scrapeClassicHistograms",
+    "scrapeNativeHistograms",
+    "scrapeProtocols",
+    "selector",
+    "selectorMechanism",
+    "targetLimit",
+}
+ENDPOINT_FIELDS = {
+    "authorization",
+    "basicAuth",
+    "bearerTokenSecret",
+    "enableHttp2",
+    "filterRunning",
+    "followRedirects",
+    "honorLabels",
+    "honorTimestamps",
+    "interval",
+    "metricRelabelings",
+    "noProxy",
+    "oauth2",
+    "params",
+    "path",
+    "port",
+    "proxyConnectHeader",
+    "proxyFromEnvironment",
+    "proxyUrl",
+    "relabelings",
+    "scheme",
+    "scrapeTimeout",
+    "targetPort",
+    "tlsConfig",
+    "trackTimestampsStaleness",
+}
+# kind -> (its spec's fields, the field listing its endpoints, an endpoint's fields)
+MONITORS = {
+    "PodMonitor": (
+        SCRAPE_SPEC_FIELDS | {"podMetricsEndpoints"},
+        "podMetricsEndpoints",
+        ENDPOINT_FIELDS | {"portNumber"},
+    ),
+    "ServiceMonitor": (
+        SCRAPE_SPEC_FIELDS | {"endpoints", "serviceDiscoveryRole", "targetLabels"},
+        "endpoints",
+        ENDPOINT_FIELDS | {"bearerTokenFile"},
+    ),
+}
+RULE_GROUP_FIELDS = {
+    "name",
+    "interval",
+    "labels",
+    "limit",
+    "partial_response_strategy",
+    "query_offset",
+    "rules",
+}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+DURATION = re.compile(r"0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def operator_object_errors(document: Document) -> list[str]:
+    """What the operator's CRD would refuse in a PodMonitor, ServiceMonitor or
+    PrometheusRule, and what we ask of an alert beyond it."""
+    errors: list[str] = []
+
+    def unknown(fields: Document, known: set[str], where: str) -> None:
+        errors.extend(f"{where}: unknown field {name}" for name in sorted(set(fields) - known))
+
+    unknown(document, {"apiVersion", "kind", "metadata", "spec"}, "/")
+    if not document.get("metadata", {}).get("name"):
+        errors.append("metadata.name is required")
+    spec = document.get("spec")
+    if not isinstance(spec, dict):
+        return [*errors, "spec is required"]
+    kind = document["kind"]
+    if kind in MONITORS:
+        spec_fields, endpoints_field, endpoint_fields = MONITORS[kind]
+        unknown(spec, spec_fields, "spec")
+        selector = spec.get("selector")
+        # The CRD takes an empty selector, which selects every pod or Service in the namespace.
+        if not isinstance(selector, dict) or not selector:
+            errors.append("spec.selector is required, and must not be empty")
+        else:
+            unknown(selector, {"matchLabels", "matchExpressions"}, "spec.selector")
+        endpoints = spec.get(endpoints_field)
+        if not endpoints:
+            errors.append(f"spec.{endpoints_field} is required")
+        for index, endpoint in enumerate(endpoints or []):
+            where = f"spec.{endpoints_field}[{index}]"
+            unknown(endpoint, endpoint_fields, where)
+            if not isinstance(endpoint.get("port"), str) or not endpoint["port"]:
+                errors.append(f"{where}.port must name the port")
+            if not str(endpoint.get("path", "")).startswith("/"):
+                errors.append(f"{where}.path must be the metrics path")
+    elif kind == "PrometheusRule":
+        unknown(spec, {"groups"}, "spec")
+        if not spec.get("groups"):
+            errors.append("spec.groups is required")
+        for group_index, group in enumerate(spec.get("groups") or []):
+            where = f"spec.groups[{group_index}]"
+            unknown(group, RULE_GROUP_FIELDS, where)
+            if not group.get("name"):
+                errors.append(f"{where}.name is required")
+            if not group.get("rules"):
+                errors.append(f"{where}.rules is required")
+            for rule_index, rule in enumerate(group.get("rules") or []):
+                at = f"{where}.rules[{rule_index}]"
+                unknown(rule, RULE_FIELDS, at)
+                for field in ("alert", "expr", "for"):
+                    if not isinstance(rule.get(field), str) or not rule[field].strip():
+                        errors.append(f"{at}.{field} is required")
+                if isinstance(rule.get("for"), str) and not DURATION.fullmatch(rule["for"]):
+                    errors.append(f"{at}.for is not a duration: {rule['for']!r}")
+                labels, annotations = rule.get("labels", {}), rule.get("annotations", {})
+                if labels.get("severity") not in SEVERITIES:
+                    errors.append(f"{at}.labels.severity must be one of {sorted(SEVERITIES)}")
+                if not annotations.get("summary"):
+                    errors.append(f"{at}.annotations.summary is required")
+                for key, value in {**labels, **annotations}.items():
+                    if not isinstance(value, str):
+                        errors.append(f"{at}: {key} must be a string")
+    else:
+        errors.append(f"no check for {kind} here yet: write one")
     return errors
 
 
@@ -86,17 +255,37 @@ def manifests_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return manifests_with_secrets(tmp_path_factory.mktemp("manifests") / "manifests")
 
 
+# The base with the monitoring component and nothing else: what any overlay adds by
+# taking the component (README, "Monitoring in a cluster").
+MONITORED_BASE = "base + monitoring"
+MONITORED_BASE_KUSTOMIZATION = """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../base
+components:
+  - ../components/monitoring
+"""
+
+
 @pytest.fixture(scope="session")
 def rendered(manifests_copy: Path) -> dict[str, list[Document]]:
-    """The base and every overlay as `kubectl kustomize` renders them."""
+    """The base, every overlay and the base with the monitoring component, as `kubectl
+    kustomize` renders them."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip(
             "kubectl is not on PATH, so the overlays cannot be rendered (kubectl kustomize); "
             "the raw YAML is still validated"
         )
+    (manifests_copy / "monitored").mkdir(exist_ok=True)
+    (manifests_copy / "monitored" / "kustomization.yaml").write_text(MONITORED_BASE_KUSTOMIZATION)
     documents = {}
-    for name, folder in [("base", "base"), *((o, f"overlays/{o}") for o in OVERLAYS)]:
+    for name, folder in [
+        ("base", "base"),
+        *((o, f"overlays/{o}") for o in OVERLAYS),
+        (MONITORED_BASE, "monitored"),
+    ]:
         result = subprocess.run(
             [kubectl, "kustomize", str(manifests_copy / folder)],
             capture_output=True,
@@ -119,7 +308,7 @@ def test_raw_yaml_is_valid_kubernetes(path: Path) -> None:
     assert validation_errors(documents) == []
 
 
-@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS, MONITORED_BASE])
 def test_rendered_overlay_is_valid_kubernetes(
     overlay: str, rendered: dict[str, list[Document]]
 ) -> None:
@@ -131,6 +320,33 @@ def test_validation_catches_a_misspelt_field() -> None:
     (deployment,) = [doc for doc in raw_base() if doc["kind"] == "Deployment"][:1]
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
     assert "readinessProbes" in " ".join(validation_errors([deployment]))
+
+
+def test_the_operator_objects_checks_catch_what_the_crds_refuse() -> None:
+    """The operator's objects are checked as strictly: a misspelt field, a missing selector
+    or endpoint path, an alert without its expression, severity or summary."""
+    (monitor,) = by_kind(raw_component(), "PodMonitor").values()
+    (rule,) = by_kind(raw_component(), "PrometheusRule").values()
+    assert validation_errors([monitor, rule]) == []
+    del monitor["spec"]["selector"]
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    endpoint["paht"] = endpoint.pop("path")
+    alert = rule["spec"]["groups"][0]["rules"][0]
+    del alert["expr"], alert["labels"]["severity"]
+    alert["for"] = "ten minutes"
+    alert["annotation"] = alert.pop("annotations")
+    errors = "\n".join(validation_errors([monitor, rule]))
+    for complaint in [
+        "spec.selector is required",
+        "unknown field paht",
+        "podMetricsEndpoints[0].path must be",
+        "rules[0].expr is required",
+        "severity must be",
+        "for is not a duration",
+        "unknown field annotation",
+        "summary is required",
+    ]:
+        assert complaint in errors
 
 
 def test_the_overlays_secrets_are_not_committed() -> None:
@@ -160,29 +376,31 @@ def test_the_overlays_secrets_are_not_committed() -> None:
 # -- checkov -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def checkov() -> Path:
-    """checkov, installed once into a virtual environment of its own under .cache/."""
-    executable = CHECKOV_VENV / "bin" / "checkov"
-    installed = CHECKOV_VENV / "installed"
+def tool_venv(package: str, version: str) -> Path:
+    """A virtual environment of its own under .cache/ holding `package==version`, made on
+    first use (a tool whose pins would break the project's environment, or that the
+    project's own code does not need)."""
+    venv = PROJECT_ROOT / ".cache" / f"{package}-{version}"
+    installed = venv / "installed"
     if not installed.exists():
-        shutil.rmtree(CHECKOV_VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(CHECKOV_VENV)], check=True)
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         result = subprocess.run(
-            [
-                str(CHECKOV_VENV / "bin" / "pip"),
-                "install",
-                "--quiet",
-                f"checkov=={CHECKOV_VERSION}",
-            ],
+            [str(venv / "bin" / "pip"), "install", "--quiet", f"{package}=={version}"],
             capture_output=True,
             text=True,
             timeout=900,
         )
         if result.returncode != 0:
-            pytest.fail(f"cannot install checkov into {CHECKOV_VENV}: {result.stderr[-2000:]}")
-        installed.write_text(CHECKOV_VERSION)
-    return executable
+            pytest.fail(f"cannot install {package} into {venv}: {result.stderr[-2000:]}")
+        installed.write_text(version)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def checkov() -> Path:
+    """checkov, installed once into a virtual environment of its own under .cache/."""
+    return tool_venv("checkov", CHECKOV_VERSION) / "bin" / "checkov"
 
 
 def checkov_failures(checkov: Path, folder: Path) -> list[str]:
@@ -287,12 +505,13 @@ def selects(selector: dict[str, str], workload: Document) -> bool:
 
 
 def wiring_sources() -> list[str]:
-    return ["raw base", *OVERLAYS]
+    return ["raw base", *OVERLAYS, MONITORED_BASE]
 
 
 @pytest.fixture(params=wiring_sources())
 def documents(request: pytest.FixtureRequest) -> list[Document]:
-    """The raw base as committed, then each rendered overlay (those need kubectl)."""
+    """The raw base as committed, then each rendered overlay and the base with the
+    monitoring component (those need kubectl)."""
     if request.param == "raw base":
         return raw_base()
     return request.getfixturevalue("rendered")[request.param]
@@ -333,6 +552,16 @@ def test_ports_are_the_ones_the_services_listen_on(documents: list[Document]) ->
         assert [p["port"] for p in service_objects[service.name]["spec"]["ports"]] == [port]
 
 
+# Read from the environment by the OpenTelemetry SDK (its standard variables), not by the
+# service's settings class: the monitoring component sets exactly these.
+OPENTELEMETRY_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+}
+
+
 def test_every_variable_set_is_one_the_service_reads(documents: list[Document]) -> None:
     deployments = by_kind(documents, "Deployment")
     for service in SERVICES:
@@ -341,11 +570,24 @@ def test_every_variable_set_is_one_the_service_reads(documents: list[Document]) 
         values = " ".join(str(entry.get("value", "")) for entry in app["env"])
         names = [entry["name"] for entry in app["env"]]
         # A variable the service does not read may only feed another one, as $(NAME).
-        unread = {name for name in names if name not in variables_read(service)}
+        read = variables_read(service) | OPENTELEMETRY_VARIABLES
+        unread = {name for name in names if name not in read}
         assert {name for name in unread if f"$({name})" not in values} == set(), service.name
         missing = variables_required(service) - set(names)
         assert missing == set(), f"{service.name} would refuse to start without {missing}"
         assert len(names) == len(set(names)), service.name
+
+
+def test_a_variable_is_defined_before_a_value_uses_it(documents: list[Document]) -> None:
+    """Kubernetes expands $(NAME) only for a NAME earlier in the list: later, the text stays."""
+    for name, workload in workloads(documents).items():
+        defined: set[str] = set()
+        for entry in container(workload).get("env", []):
+            used = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", entry.get("value", "")))
+            assert used <= defined, (
+                f"{name}: {entry['name']} uses {used - defined} before it is set"
+            )
+            defined.add(entry["name"])
 
 
 def test_every_key_referenced_exists(documents: list[Document]) -> None:
@@ -426,13 +668,69 @@ def test_only_the_gateway_is_reachable_from_outside(documents: list[Document]) -
         assert service_object["spec"].get("type", "ClusterIP") == "ClusterIP", name
 
 
+# Prometheus runs in the namespace of this name; every service's policy lets it in, on the
+# service's own port, where /metrics is.
+MONITORING_NAMESPACE = "monitoring"
+
+
+# The routes shopkit gives every service, for the cluster (probes, Prometheus, a person
+# debugging with port-forward): the Ingress never routes them. The gateway's /openapi.json is
+# one of them; the public API's documentation is served under /api.
+INTERNAL_ROUTES = {"/health", "/ready", "/metrics", "/openapi.json"}
+
+
+def ingress_routes(ingress: Document, path: str) -> bool:
+    """Whether the Ingress sends `path` to a backend, by the API's own matching rules (Prefix
+    matches whole path segments: /api covers /api and /api/x, not /apix)."""
+    for rule in ingress["spec"]["rules"]:
+        for entry in rule["http"]["paths"]:
+            # ImplementationSpecific would leave it to the controller: not checkable.
+            assert entry["pathType"] in ("Exact", "Prefix"), entry
+            prefix = entry["path"]
+            if entry["pathType"] == "Exact" and path == prefix:
+                return True
+            stem = prefix.rstrip("/")
+            if entry["pathType"] == "Prefix" and (path == stem or path.startswith(stem + "/")):
+                return True
+    return False
+
+
+def test_the_ingress_routes_the_shop_and_its_api_and_nothing_internal(
+    documents: list[Document],
+) -> None:
+    (ingress,) = by_kind(documents, "Ingress").values()
+    # What every service answers is what stays inside: a route shopkit adds to every service
+    # has to be decided on here.
+    assert set.intersection(*(route_paths(service) for service in SERVICES)) == INTERNAL_ROUTES
+    (gateway,) = [service for service in SERVICES if service.name == "gateway"]
+    for path in sorted(route_paths(gateway) - INTERNAL_ROUTES):
+        assert ingress_routes(ingress, path), (
+            f"the gateway answers {path} but the Ingress does not route it: add its first "
+            "segment to manifests/base/ingress.yaml"
+        )
+    for path in sorted(INTERNAL_ROUTES):
+        for spelling in (path, f"{path}/", f"{path}/x"):
+            assert not ingress_routes(ingress, spelling), spelling
+
+
 def allowed_sources(policy: Document) -> set[str] | None:
-    """The app names a policy lets in, or None when it lets anyone in."""
+    """The app names a policy lets in (`namespace/NAME` for every pod of a namespace), or
+    None when it lets anyone in."""
     sources: set[str] = set()
     for rule in policy["spec"].get("ingress", []):
         if "from" not in rule:
             return None
         for peer in rule["from"]:
+            if "namespaceSelector" in peer:
+                # Only the whole namespace, by the name the API server sets (no other label
+                # can be relied on: anyone who may label a namespace could set it).
+                assert set(peer) == {"namespaceSelector"}, policy["metadata"]["name"]
+                (name,) = peer["namespaceSelector"]["matchLabels"].values()
+                assert peer["namespaceSelector"] == {
+                    "matchLabels": {"kubernetes.io/metadata.name": name}
+                }, policy["metadata"]["name"]
+                sources.add(f"namespace/{name}")
+                continue
             assert set(peer) == {"podSelector"}, policy["metadata"]["name"]
             sources.add(peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
     return sources
@@ -452,7 +750,8 @@ def test_network_policies_let_exactly_the_callers_in(documents: list[Document]) 
     expected: dict[str, set[str] | None] = {"gateway": None}  # from anywhere
     for service in SERVICES:
         if service.name != "gateway":
-            expected[service.name] = {s.name for s in SERVICES if service.name in s.calls}
+            callers = {s.name for s in SERVICES if service.name in s.calls}
+            expected[service.name] = callers | {f"namespace/{MONITORING_NAMESPACE}"}
     for backend, store in DATASTORES.items():
         expected[store] = {s.name for s in SERVICES if s.backend is backend}
     assert {name: allowed_sources(policy) for name, policy in selected.items()} == expected
@@ -562,3 +861,359 @@ def test_postgres_makes_a_database_per_service(documents: list[Document]) -> Non
                 e["name"]: e.get("value", "") for e in container(deployments[service.name])["env"]
             }
             assert env["DATABASE_URL"].endswith(f"@postgres:5432/{service.database}")
+
+
+# -- monitoring ----------------------------------------------------------------------------
+
+# Every series the PodMonitor scrapes carries job="shop" (its jobLabel names a pod label
+# whose value this is): the alerts and the dashboard select on it.
+SHOP_JOB = "shop"
+# The metrics the services export and their labels, as issue #15 agreed them (shopkit's
+# metrics and each service's own), plus the labels the scrape adds to every series.
+EXPORTED_METRICS: dict[str, set[str]] = {
+    "http_requests_total": {"service", "method", "route", "status"},
+    "http_request_duration_seconds_bucket": {"service", "method", "route", "status", "le"},
+    "http_request_duration_seconds_sum": {"service", "method", "route", "status"},
+    "http_request_duration_seconds_count": {"service", "method", "route", "status"},
+    "http_requests_in_flight": {"service"},
+    "shop_orders_placed_total": {"service"},
+    "shop_checkouts_failed_total": {"service", "reason"},
+    "shop_checkout_undos_total": {"service"},
+    "shop_checkout_recoveries_total": {"service", "outcome"},
+    "shop_checkout_oldest_unfinished_seconds": {"service"},
+    "shop_stock_conflicts_total": {"service", "code"},
+    "shop_cart_changes_total": {"service", "change"},
+    "shop_logins_failed_total": {"service"},
+    "shop_logins_throttled_total": {"service", "scope"},
+    "shop_password_hashes_queued": {"service"},
+    "shop_postgres_pool_connections_in_use": {"service"},
+    "shop_postgres_pool_waiting": {"service"},
+}
+# prometheus_client's process and platform collectors, which every service registers.
+RUNTIME_METRIC_PREFIXES = ("process_", "python_")
+TARGET_LABELS = {"job", "namespace", "pod", "container", "endpoint", "instance"}
+# Grafana's own variables, replaced by a duration before a dashboard query is parsed.
+GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)")
+# Run with promql-parser's Python (its own venv): reads a JSON list of PromQL expressions
+# on stdin, prints for each its parse error, or the selectors, functions and groupings in it.
+PROMQL_ANALYSER = """
+import json, sys
+import promql_parser as promql
+
+OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
+
+def analyse(text):
+    try:
+        tree = promql.parse(text)
+    except ValueError as error:
+        return {"error": str(error)}
+    found = {"error": None, "selectors": [], "functions": [], "by": []}
+    def visit(node):
+        if isinstance(node, promql.VectorSelector):
+            matchers = [[m.name, OPS[str(m.op)], m.value] for m in node.matchers.matchers]
+            found["selectors"].append({"name": node.name, "matchers": matchers})
+        elif isinstance(node, promql.Call):
+            found["functions"].append(node.func.name)
+        elif isinstance(node, promql.AggregateExpr) and node.modifier is not None:
+            if node.modifier.type == promql.AggModifierType.By:
+                found["by"].append(list(node.modifier.labels))
+    promql.walk(tree, visit)
+    return found
+
+print(json.dumps([analyse(text) for text in json.load(sys.stdin)]))
+"""
+Analysis = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def promql() -> Callable[[list[str]], list[Analysis]]:
+    """Parses PromQL with promql-parser (Python binding of the Rust parser GreptimeDB uses;
+    it knows Prometheus's functions), installed once into a venv of its own."""
+    python = tool_venv("promql-parser", PROMQL_PARSER_VERSION) / "bin" / "python"
+
+    def analyse(expressions: list[str]) -> list[Analysis]:
+        result = subprocess.run(
+            [str(python), "-c", PROMQL_ANALYSER],
+            input=json.dumps(expressions),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    return analyse
+
+
+def query_problems(analysis: Analysis) -> list[str]:
+    """What is wrong with one parsed query: it does not parse, or it asks for a metric the
+    services do not export (or a label the metric does not have), or for a shop metric
+    without job="shop" (it would pick up another application's series of that name)."""
+    if analysis["error"]:
+        return [f"does not parse: {analysis['error']}"]
+    problems = []
+    labels = set(TARGET_LABELS)
+    for selector in analysis["selectors"]:
+        name = selector["name"]
+        matchers = {label: (op, value) for label, op, value in selector["matchers"]}
+        if name is None:
+            problems.append("a selector without a metric name")
+            continue
+        if name.startswith("kube_"):  # kube-state-metrics: the cluster's, not ours
+            continue
+        if name in EXPORTED_METRICS:
+            labels |= EXPORTED_METRICS[name]
+        elif name != "up" and not name.startswith(RUNTIME_METRIC_PREFIXES):
+            problems.append(f"{name} is not a metric the services export")
+        if matchers.get("job") != ("=", SHOP_JOB):
+            problems.append(f'{name} without job="{SHOP_JOB}"')
+        if name in EXPORTED_METRICS and set(matchers) - labels:
+            problems.append(f"{name} has no label {sorted(set(matchers) - labels)}")
+    grouped = {label for by in analysis["by"] for label in by}
+    if grouped - labels - {"le"}:
+        problems.append(f"grouped by labels no metric has: {sorted(grouped - labels)}")
+    return problems
+
+
+def alerts() -> dict[str, Document]:
+    (rule,) = by_kind(raw_component(), "PrometheusRule").values()
+    return {alert["alert"]: alert for group in rule["spec"]["groups"] for alert in group["rules"]}
+
+
+def dashboard() -> Document:
+    return json.loads((COMPONENT / "dashboard.json").read_text())
+
+
+def dashboard_queries(board: Document) -> dict[str, list[str]]:
+    """Each panel's title and its queries, and each template variable's selector, all as
+    PromQL (Grafana's $__rate_interval as 5m)."""
+    queries: dict[str, list[str]] = {}
+    for panel in board["panels"]:
+        if panel["type"] != "row":
+            exprs = [target["expr"] for target in panel["targets"]]
+            queries[panel["title"]] = [GRAFANA_INTERVALS.sub("5m", expr) for expr in exprs]
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            selector = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"]["query"])
+            assert selector, variable["name"]
+            queries[f"${variable['name']}"] = [selector[1]]
+    return queries
+
+
+def test_every_service_pod_says_where_its_metrics_are(documents: list[Document]) -> None:
+    """The prometheus.io annotations, for a Prometheus that finds its targets by them."""
+    deployments = by_kind(documents, "Deployment")
+    for service in SERVICES:
+        template = deployments[service.name]["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(service.port(CONTRACT_BASE_PORT)),
+            "prometheus.io/path": "/metrics",
+        }, service.name
+        assert "/metrics" in route_paths(service)
+
+
+def matches(selector: Document, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if not {
+            "In": present and labels.get(key) in (values or []),
+            "NotIn": not present or labels[key] not in (values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]:
+            return False
+    return bool(selector)
+
+
+def test_the_pod_monitor_scrapes_every_service_where_it_answers_metrics() -> None:
+    (monitor,) = by_kind(raw_component(), "PodMonitor").values()
+    spec = monitor["spec"]
+    pods = {
+        name: workload["spec"]["template"]["metadata"]["labels"]
+        for name, workload in workloads(raw_base()).items()
+    }
+    scraped = {name for name, labels in pods.items() if matches(spec["selector"], labels)}
+    assert scraped == {service.name for service in SERVICES}  # and no datastore
+    (endpoint,) = spec["podMetricsEndpoints"]
+    for service in SERVICES:
+        assert pods[service.name][spec["jobLabel"]] == SHOP_JOB, service.name
+        ports = container(workloads(raw_base())[service.name])["ports"]
+        assert endpoint["port"] in [port["name"] for port in ports], service.name
+        assert endpoint["path"] in route_paths(service), service.name
+
+
+def test_the_alerts_are_the_ones_the_shop_needs(promql: Callable[..., list[Analysis]]) -> None:
+    """Error ratio, p99 latency, an unfinished checkout older than 5 minutes, readiness
+    flapping, and a pod Prometheus cannot scrape; each on the metric that shows it."""
+    watched = {
+        "ShopErrorRatioHigh": "http_requests_total",
+        "ShopLatencyP99High": "http_request_duration_seconds_bucket",
+        "ShopCheckoutUnfinished": "shop_checkout_oldest_unfinished_seconds",
+        "ShopReadinessFlapping": "kube_pod_container_status_ready",
+        "ShopMetricsDown": "up",
+    }
+    found = alerts()
+    assert set(found) == set(watched)
+    analyses = promql([found[name]["expr"] for name in watched])
+    for (name, metric), analysis in zip(watched.items(), analyses, strict=True):
+        assert metric in {selector["name"] for selector in analysis["selectors"]}, name
+    assert "> 300" in found["ShopCheckoutUnfinished"]["expr"]  # seconds: a few minutes
+
+
+def test_every_query_parses_and_asks_for_what_the_services_export(
+    promql: Callable[..., list[Analysis]],
+) -> None:
+    queries = [(f"alert {name}", alert["expr"]) for name, alert in alerts().items()]
+    queries += [
+        (f"panel {title}", expr)
+        for title, exprs in dashboard_queries(dashboard()).items()
+        for expr in exprs
+    ]
+    analyses = promql([expr for _, expr in queries])
+    problems = {
+        where: query_problems(analysis)
+        for (where, _), analysis in zip(queries, analyses, strict=True)
+        if query_problems(analysis)
+    }
+    assert problems == {}
+
+
+def test_the_query_check_catches_a_wrong_query(promql: Callable[..., list[Analysis]]) -> None:
+    wrong = [
+        'sum(rate(http_requests_total{job="shop"}[5m])',  # unbalanced
+        'rated(http_requests_total{job="shop"}[5m])',  # no such function
+        'rate(http_request_total{job="shop"}[5m])',  # not a metric we export
+        "rate(http_requests_total[5m])",  # any application's
+        'sum by (reasons) (shop_checkouts_failed_total{job="shop"})',  # no such label
+        'shop_checkouts_failed_total{job="shop", cause="x"}',
+    ]
+    assert all(query_problems(analysis) for analysis in promql(wrong))
+
+
+def test_the_dashboard_has_the_panels_the_issue_lists(
+    promql: Callable[..., list[Analysis]],
+) -> None:
+    """Rate, errors and latency per service and route; checkout outcomes; the saga's
+    recovery backlog; pool waits."""
+    queries = {
+        title: exprs for title, exprs in dashboard_queries(dashboard()).items() if title[0] != "$"
+    }
+    analyses = promql([expr for exprs in queries.values() for expr in exprs])
+    panels: dict[str, Analysis] = {}
+    for title, exprs in queries.items():
+        mine, analyses = analyses[: len(exprs)], analyses[len(exprs) :]
+        panels[title] = {
+            "metrics": {s["name"] for a in mine for s in a["selectors"]},
+            "matchers": {
+                (m[0], m[1], m[2]) for a in mine for s in a["selectors"] for m in s["matchers"]
+            },
+            "functions": {f for a in mine for f in a["functions"]},
+            "by": {label for a in mine for by in a["by"] for label in by},
+        }
+    per_route = {"service", "route"}
+    wanted = {
+        "request rate per service and route": lambda p: (
+            p["metrics"] == {"http_requests_total"}
+            and "rate" in p["functions"]
+            and per_route <= p["by"]
+            and not any(m[0] == "status" for m in p["matchers"])
+        ),
+        "5xx ratio per service and route": lambda p: (
+            ("status", "=~", "5..") in p["matchers"] and per_route <= p["by"]
+        ),
+        "p99 latency per service and route": lambda p: (
+            "http_request_duration_seconds_bucket" in p["metrics"]
+            and "histogram_quantile" in p["functions"]
+            and per_route | {"le"} <= p["by"]
+        ),
+        "checkout outcomes": lambda p: (
+            {"shop_orders_placed_total", "shop_checkouts_failed_total"} <= p["metrics"]
+        ),
+        "saga recovery backlog": lambda p: (
+            "shop_checkout_oldest_unfinished_seconds" in p["metrics"]
+        ),
+        "PostgreSQL pool waits": lambda p: "shop_postgres_pool_waiting" in p["metrics"],
+    }
+    missing = [need for need, test in wanted.items() if not any(map(test, panels.values()))]
+    assert missing == []
+
+
+def test_the_dashboard_is_one_grafana_loads() -> None:
+    """Valid JSON with a fixed uid; every panel asks the data source the dashboard's variable
+    names, has an id of its own and fits Grafana's 24-column grid."""
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    variables = {variable["name"]: variable for variable in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        place = panel["gridPos"]
+        assert place["x"] + place["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        references = [target["refId"] for target in panel["targets"]]
+        assert len(references) == len(set(references)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def monitored_sources() -> list[str]:
+    """The renders that take the monitoring component."""
+    return [MONITORED_BASE, "prod"]
+
+
+@pytest.fixture(params=monitored_sources())
+def monitored(request: pytest.FixtureRequest) -> list[Document]:
+    return request.getfixturevalue("rendered")[request.param]
+
+
+def test_prod_takes_the_monitoring_component(rendered: dict[str, list[Document]]) -> None:
+    assert {"PodMonitor", "PrometheusRule"} <= {doc["kind"] for doc in rendered["prod"]}
+
+
+def test_the_dashboard_config_map_is_one_the_grafana_sidecar_loads(
+    monitored: list[Document],
+) -> None:
+    (config_map,) = [
+        doc
+        for doc in by_kind(monitored, "ConfigMap").values()
+        if doc["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
+    ((name, text),) = config_map["data"].items()  # one dashboard, one file
+    assert name.endswith(".json")
+    assert json.loads(text) == dashboard()
+
+
+def test_every_service_sends_its_traces_to_the_collector(monitored: list[Document]) -> None:
+    config = by_kind(monitored, "ConfigMap")["shop-config"]["data"]
+    endpoint = urllib.parse.urlsplit(config["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    # OTLP over HTTP, on the collector's standard port for it.
+    assert endpoint.scheme in ("http", "https") and endpoint.port == 4318
+    assert config["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    for name, deployment in by_kind(monitored, "Deployment").items():
+        env = {entry["name"]: entry for entry in container(deployment)["env"]}
+        assert set(OPENTELEMETRY_VARIABLES) <= set(env), name
+        for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            assert env[variable]["valueFrom"]["configMapKeyRef"] == {
+                "name": "shop-config",
+                "key": variable,
+            }, name
+        field = env["OTEL_SERVICE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        label = re.fullmatch(r"metadata\.labels\['(.+)'\]", field)
+        assert label and deployment["spec"]["template"]["metadata"]["labels"][label[1]] == name
+
+
+def test_no_policy_holds_back_what_the_services_send(documents: list[Document]) -> None:
+    """The policies restrict only ingress: spans reach the collector (and names DNS) with
+    no egress rule to keep in step."""
+    for name, policy in by_kind(documents, "NetworkPolicy").items():
+        assert policy["spec"]["policyTypes"] == ["Ingress"], name
+        assert "egress" not in policy["spec"], name
