@@ -1109,9 +1109,7 @@ def test_the_dashboard_has_the_panels_the_issue_lists(
         mine, analyses = analyses[: len(exprs)], analyses[len(exprs) :]
         panels[title] = {
             "metrics": {s["name"] for a in mine for s in a["selectors"]},
-            "matchers": {
-                (m[0], m[1], m[2]) for a in mine for s in a["selectors"] for m in s["matchers"]
-            },
+            "matchers": {tuple(m) for a in mine for s in a["selectors"] for m in s["matchers"]},
             "functions": {f for a in mine for f in a["functions"]},
             "by": {label for a in mine for by in a["by"] for label in by},
         }
