@@ -7,8 +7,8 @@
   (`operator_object_errors`, after the operator's CRDs).
 - checkov (kubernetes framework) fails no check, except those skipped in the manifest with
   a written reason. checkov runs from a virtual environment of its own under .cache/ (in
-  the project's it would break pytest), made on first use; so does promql-parser (the
-  Rust PromQL parser's Python binding), which parses every alert and dashboard query.
+  the project's it would break pytest), made on first use. promql-parser (the Rust PromQL
+  parser's Python binding, a dev dependency) parses every alert and dashboard query.
 - The wiring: every Service selects a workload's pods on a port it listens on; every port,
   environment variable and probe path matches what the service itself reads and answers;
   the network policies let exactly the callers in; the Ingress routes the shop's pages and
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from jsonschema import ValidationError
@@ -47,10 +48,8 @@ OVERLAYS = sorted(
     for path in (MANIFESTS / "overlays").iterdir()
     if (path / "kustomization.yaml").is_file()
 )
-# checkov pulls in pins that break pytest, so it lives in a venv of its own, per version;
-# promql-parser does too, so that the project's own environment does not carry it.
+# checkov pulls in pins that break pytest, so it lives in a venv of its own, per version.
 CHECKOV_VERSION = "3.3.30"
-PROMQL_PARSER_VERSION = "0.11.0"
 # Which StatefulSet holds each kind of datastore.
 DATASTORES = {Backend.MONGODB: "mongodb", Backend.POSTGRES: "postgres", Backend.REDIS: "redis"}
 Document = dict[str, Any]
@@ -894,55 +893,45 @@ RUNTIME_METRIC_PREFIXES = ("process_", "python_")
 TARGET_LABELS = {"job", "namespace", "pod", "container", "endpoint", "instance"}
 # Grafana's own variables, replaced by a duration before a dashboard query is parsed.
 GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)")
-# Run with promql-parser's Python (its own venv): reads a JSON list of PromQL expressions
-# on stdin, prints for each its parse error, or the selectors, functions and groupings in it.
-PROMQL_ANALYSER = """
-import json, sys
-import promql_parser as promql
+Analysis = dict[str, Any]
+_MATCH_OPS = {
+    "MatchOp.Equal": "=",
+    "MatchOp.NotEqual": "!=",
+    "MatchOp.Re": "=~",
+    "MatchOp.NotRe": "!~",
+}
 
-OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
 
-def analyse(text):
+def _analyse(text: str) -> Analysis:
+    """One PromQL expression's parse error, or the selectors, functions and groupings in it."""
     try:
-        tree = promql.parse(text)
+        tree = promql_parser.parse(text)
     except ValueError as error:
         return {"error": str(error)}
-    found = {"error": None, "selectors": [], "functions": [], "by": []}
-    def visit(node):
-        if isinstance(node, promql.VectorSelector):
-            matchers = [[m.name, OPS[str(m.op)], m.value] for m in node.matchers.matchers]
-            found["selectors"].append({"name": node.name, "matchers": matchers})
-        elif isinstance(node, promql.Call):
-            found["functions"].append(node.func.name)
-        elif isinstance(node, promql.AggregateExpr) and node.modifier is not None:
-            if node.modifier.type == promql.AggModifierType.By:
-                found["by"].append(list(node.modifier.labels))
-    promql.walk(tree, visit)
-    return found
+    found: Analysis = {"error": None, "selectors": [], "functions": [], "by": []}
 
-print(json.dumps([analyse(text) for text in json.load(sys.stdin)]))
-"""
-Analysis = dict[str, Any]
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [[m.name, _MATCH_OPS[str(m.op)], m.value] for m in node.matchers.matchers]
+            found["selectors"].append({"name": node.name, "matchers": matchers})
+        elif isinstance(node, promql_parser.Call):
+            found["functions"].append(node.func.name)
+        elif (
+            isinstance(node, promql_parser.AggregateExpr)
+            and node.modifier is not None
+            and node.modifier.type == promql_parser.AggModifierType.By
+        ):
+            found["by"].append(list(node.modifier.labels))
+
+    promql_parser.walk(tree, visit)
+    return found
 
 
 @pytest.fixture(scope="session")
 def promql() -> Callable[[list[str]], list[Analysis]]:
     """Parses PromQL with promql-parser (Python binding of the Rust parser GreptimeDB uses;
-    it knows Prometheus's functions), installed once into a venv of its own."""
-    python = tool_venv("promql-parser", PROMQL_PARSER_VERSION) / "bin" / "python"
-
-    def analyse(expressions: list[str]) -> list[Analysis]:
-        result = subprocess.run(
-            [str(python), "-c", PROMQL_ANALYSER],
-            input=json.dumps(expressions),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    return analyse
+    it knows Prometheus's functions)."""
+    return lambda expressions: [_analyse(text) for text in expressions]
 
 
 def query_problems(analysis: Analysis) -> list[str]:
