@@ -1,296 +1,182 @@
-"""The catalogue's reads before and after many orders, and against the Node.js design.
-
-    .venv/bin/python benchmarks/catalogue.py [--orders 20000] [--duration 8] [--json FILE]
-
-Starts the same stack as run.py (datastore, product service, gateway, ...), then measures
-the catalogue lines: by id and a category's first page, at the datastore (a bare PyMongo
-client running the product service's own queries, so nothing is answered from memory) and
-over HTTP, directly and through the gateway, plus the category page sent with a matching
-If-None-Match. Then it places `--orders` stock takes with a reference, exactly as the order
-service takes stock for an order line, spread over every product, and measures the same
-lines again: the catalogue's reads should not depend on how much it has sold. See
-benchmarks/README.md.
-"""
+"""The catalogue's reads: the framework's ceiling, the datastore's own rate for the same queries,
+the product service, two workers, the gateway; and (`sales`) the same reads before and after
+many orders, which must not slow them."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
-import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-sys.dont_write_bytecode = True
+import aiohttp
+import bson
+import drivers
+import harness
+import pymongo
+from drivers import HttpRequest
+from harness import BenchmarkError, Shop, category, measure
 
-import aiohttp  # noqa: E402
-import bson  # noqa: E402
-import drivers  # noqa: E402
-import harness  # noqa: E402
-import pymongo  # noqa: E402
-import run  # noqa: E402
-from bson import ObjectId  # noqa: E402
-from harness import BenchmarkError, err  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from shopctl import processes
+from shopkit.auth import service_token
+from svc_product.store import ProductStore, catalogue_filter
 
-# The Node.js design's rates on this machine, from issue #13 (its seed services run as they
-# ship, `npm install` and `node`, against the same datastore servers, wrk -t2 -c32 -d8s,
-# medians of 3 interleaved rounds). This benchmark cannot run them: they are not in the repo.
-NODE_RATES = {
-    "product by id": 1_071.0,
-    "gateway by id": 774.0,
-    "product category": 500.0,
-    "gateway category": 398.0,
-    "product category, If-None-Match": 538.0,
-}
-# What issue #13 asks of each line, as a multiple of the Node.js rate of the line named.
-AIMS = {
-    "product category": ("product category", 1.5),
-    "gateway category": ("product category", 1.5),
-    "product category, If-None-Match": ("product category", 5.0),
-    "gateway category, If-None-Match": ("product category", 5.0),
-}
-RESTOCK = 1_000_000  # every product's stock before the orders, so that none runs out
-
-
-def category_paths() -> list[str]:
-    return [f"/api/products?category={name}&limit={drivers.PAGE_SIZE}" for name in run.CATEGORIES]
+CATEGORIES = 8  # 25 products each of the 200 seeded: a full first page
+PAGE = 20
+SALES_LINES = (
+    "datastore by id",
+    "datastore category",
+    "product by id",
+    "product category",
+    "product category, If-None-Match",
+    "gateway by id",
+    "gateway category",
+    "gateway category, If-None-Match",
+)
+RATIOS = [  # issue #13 asked for gateway / product by id >= 0.85
+    ("product by id", "datastore by id"),
+    ("product list", "datastore list"),
+    ("gateway by id", "product by id"),
+    ("gateway list", "product list"),
+    ("product by id", "bare aiohttp"),
+    ("product by id, 2 workers", "product by id"),
+]
 
 
-def etags(base: str, paths: list[str]) -> dict[str, str]:
-    tags = {}
-    for path in paths:
-        with urllib.request.urlopen(base + path, timeout=10) as response:
-            tags[path] = response.headers["ETag"]
-    return tags
+async def _page(store: ProductStore, category_name: str | None) -> None:
+    selector = catalogue_filter(category=category_name)
+    docs, _ = await store.find_page(selector, sort="-createdAt", page=1, limit=PAGE)
+    if len(docs) != PAGE:
+        raise LookupError(f"a page had {len(docs)} products, not {PAGE}")
 
 
-def plan(stack: run.Stack, args: argparse.Namespace, use_wrk: bool) -> list[run.Line]:
-    http_driver = "wrk" if use_wrk else "python"
-    load = {"connections": args.connections, "duration": args.duration, "warmup": args.warmup}
-    ids = [ObjectId(product_id) for product_id in stack.product_ids]
-    by_id = [drivers.HttpRequest(f"/api/products/{pid}") for pid in stack.product_ids]
-    pages = category_paths()
+def lines(shop: Shop, ids: list[str]) -> dict[str, tuple[str, Callable[[], Any]]]:
+    """Each line's name: the process whose CPU it reports per request, and its load."""
+    load = shop.load
+    by_id = [HttpRequest(f"/api/products/{product_id}") for product_id in ids]
+    listing = [HttpRequest(f"/api/products?limit={PAGE}")]
+    pages = [f"/api/products?category={category(n, CATEGORIES)}&limit={PAGE}" for n in range(8)]
 
-    def http(base: str, requests: list[drivers.HttpRequest]) -> Any:
-        return lambda: drivers.http_load(
-            use_wrk,
-            stack.urls[base],
-            requests,
-            threads=args.threads,
-            work_dir=stack.work_dir,
-            **load,
-        )
+    def http(service: str, requests: list[HttpRequest], name: str) -> Callable[[], Any]:
+        return lambda: drivers.http(shop.url(service), requests, load, name)
 
-    def revalidations(base: str) -> list[drivers.HttpRequest]:
-        # Fetched when the line starts: the ETags of the catalogue as it is then.
-        tags = etags(stack.urls[base], pages)
-        return [drivers.HttpRequest(path, headers={"If-None-Match": tags[path]}) for path in pages]
+    def revalidating(service: str) -> Callable[[], Any]:
+        def run() -> drivers.LoadResult:  # each page sent with the ETag it has now: 304s
+            base = shop.url(service)
+            etag = {path: urllib.request.urlopen(base + path).headers["ETag"] for path in pages}
+            held = [HttpRequest(path, headers={"If-None-Match": etag[path]}) for path in pages]
+            return drivers.http(base, held, load, f"{service} 304")
 
-    def mongo(read: str) -> Any:
-        return lambda: drivers.mongo_load(
-            stack.mongo_uri, read, ids, categories=run.CATEGORIES, **load
-        )
+        return run
 
-    def revalidating(base: str) -> Any:
-        return lambda: http(base, revalidations(base))()
+    def datastore(read: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: harness.datastore_load(shop, read, load)
 
-    category = drivers.HttpRequest
-    return [
-        run.Line("datastore by id", "find_one by _id", "pymongo", "driver", mongo("id")),
-        run.Line(
-            "datastore category",
-            "a category's first 20 + count",
-            "pymongo",
+    categories = [HttpRequest(path) for path in pages]
+    plan = {
+        "bare aiohttp": ("bare aiohttp", http("bare aiohttp", by_id, "bare")),
+        "datastore by id": ("driver", datastore(lambda s, rng: s.get(rng.choice(ids)))),
+        "datastore list": ("driver", datastore(lambda s, rng: _page(s, None))),
+        "datastore category": (
             "driver",
-            mongo("category"),
+            datastore(lambda s, rng: _page(s, category(rng.randrange(8), CATEGORIES))),
         ),
-        run.Line(
-            "product by id", "GET /api/products/:id", http_driver, "product", http("product", by_id)
-        ),
-        run.Line(
-            "product category",
-            "GET /api/products?category=…",
-            http_driver,
-            "product",
-            http("product", [category(path) for path in pages]),
-        ),
-        run.Line(
-            "product category, If-None-Match",
-            "the same, its ETag held: 304",
-            http_driver,
-            "product",
-            revalidating("product"),
-        ),
-        run.Line(
-            "gateway by id", "GET /api/products/:id", http_driver, "gateway", http("gateway", by_id)
-        ),
-        run.Line(
-            "gateway category",
-            "GET /api/products?category=…",
-            http_driver,
-            "gateway",
-            http("gateway", [category(path) for path in pages]),
-        ),
-        run.Line(
-            "gateway category, If-None-Match",
-            "the same, its ETag held: 304",
-            http_driver,
-            "gateway",
-            revalidating("gateway"),
-        ),
+    }
+    for service in ("product", "gateway"):
+        plan[f"{service} by id"] = (service, http(service, by_id, f"{service} by id"))
+        plan[f"{service} list"] = (service, http(service, listing, f"{service} list"))
+        plan[f"{service} category"] = (service, http(service, categories, f"{service} category"))
+        plan[f"{service} category, If-None-Match"] = (service, revalidating(service))
+    workers = "product-2-workers"
+    plan["product by id, 2 workers"] = (workers, http(workers, by_id, workers))
+    return plan
+
+
+def check_answers(shop: Shop, ids: list[str]) -> None:
+    """Each measured URL answers what the line means to measure, before it is measured."""
+    for service in ("bare aiohttp", "product", "gateway"):
+        one = harness.call("GET", f"{shop.url(service)}/api/products/{ids[0]}")
+        if one["data"]["id"] != ids[0]:
+            raise BenchmarkError(f"{service} answered another product: {one}")
+    for service in ("product", "gateway"):
+        page = harness.call("GET", f"{shop.url(service)}/api/products?limit={PAGE}")
+        if (page["count"], page["total"]) != (PAGE, len(ids)):
+            raise BenchmarkError(f"{service} answered an unexpected page: {str(page)[:300]}")
+
+
+def reads(options: argparse.Namespace) -> dict[str, Any]:
+    variants = {"product-2-workers": ("product", {"WORKERS": "2"})}
+    with harness.running_shop(options, variants, bare_app=True) as shop:
+        ids = harness.seed_products(shop, options.products, CATEGORIES)
+        check_answers(shop, ids)
+        rows = [measure(shop, name, cost, run) for name, (cost, run) in lines(shop, ids).items()]
+    harness.print_lines(f"catalogue reads, {options.products} products", rows)
+    return {"lines": [asdict(row) for row in rows], "ratios": harness.print_ratios(rows, RATIOS)}
+
+
+# -- sales: the same reads before and after many orders ------------------------------------
+
+
+def place_orders(shop: Shop, ids: list[str], orders: int) -> None:
+    """Restock every product, then take one unit per order line with a reference, as the
+    order service takes stock; wait until the takes' markers are settled (svc_product.stock
+    leaves one in the product for about a second)."""
+    token = service_token(shop.env("product", "JWT_SECRET"), "benchmark")
+    changes = [(product_id, {"quantity": 1_000_000}) for product_id in ids]
+    changes += [
+        (ids[n % len(ids)], {"quantity": -1, "reference": f"order-{n}"}) for n in range(orders)
     ]
 
+    async def send_all() -> int:
+        pending, refused = iter(changes), 0
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(shop.url("product"), headers=headers) as session:
 
-def measure_all(stack: run.Stack, lines: list[run.Line]) -> list[run.Measurement]:
-    measured = []
-    for line in lines:
-        err.print(f"measuring {line.name}")
-        measured.append(run.measure(stack, line))
-    return measured
+            async def worker() -> None:
+                nonlocal refused
+                for product_id, body in pending:
+                    async with session.patch(
+                        f"/api/products/{product_id}/stock", json=body
+                    ) as answer:
+                        refused += answer.status != 200
+
+            await asyncio.gather(*(worker() for _ in range(shop.load.connections)))
+        return refused
+
+    harness.err.print(f"restocking, then placing {orders:,} order lines")
+    if refused := drivers.run_async(send_all()):
+        raise BenchmarkError(f"{refused} of {len(changes)} stock changes were refused")
+    with pymongo.MongoClient(shop.env("product", "MONGODB_URI")) as client:
+        products = client.get_default_database()["products"]
+        if not processes.wait_until(
+            lambda: not products.count_documents({"pending_count": {"$exists": True}}), 60, 0.2
+        ):
+            raise BenchmarkError("the stock takes' markers were not settled within a minute")
 
 
-def document_bytes(uri: str) -> float:
-    """The products' mean stored size (BSON bytes), as the datastore keeps them."""
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-        docs = list(client.get_default_database()["products"].find({}))
+def document_bytes(shop: Shop) -> float:
+    """The products' mean stored size: what each catalogue read decodes."""
+    with pymongo.MongoClient(shop.env("product", "MONGODB_URI")) as client:
+        docs = list(client.get_default_database()["products"].find())
     return sum(len(bson.encode(doc)) for doc in docs) / len(docs)
 
 
-async def _stock_changes(
-    base: str, token: str, changes: list[dict[str, Any]], product_ids: list[str], connections: int
-) -> int:
-    """PATCH each change in turn over `connections` connections; the number refused."""
-    headers = {"Authorization": f"Bearer {token}"}
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for number in range(len(changes)):
-        queue.put_nowait(number)
-    refused = 0
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal refused
-        while not queue.empty():
-            number = queue.get_nowait()
-            product_id = product_ids[number % len(product_ids)]
-            url = f"{base}/api/products/{product_id}/stock"
-            async with session.patch(url, json=changes[number], headers=headers) as response:
-                await response.read()
-                refused += response.status != 200
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(connections)))
-    return refused
-
-
-def place_orders(stack: run.Stack, orders: int, connections: int) -> None:
-    """Restock every product, then take one unit per order with the order's reference, as
-    the order service does for each order line."""
-    base, token, ids = stack.urls["product"], stack.service_token, stack.product_ids
-    restock = [{"quantity": RESTOCK} for _ in ids]
-    if drivers.run_async(_stock_changes(base, token, restock, ids, connections)):
-        raise BenchmarkError("restocking the products was refused")
-    err.print(f"placing {orders:,} order lines (a referenced stock take each)")
-    takes = [{"quantity": -1, "reference": f"order-{number}"} for number in range(orders)]
-    refused = drivers.run_async(_stock_changes(base, token, takes, ids, connections))
-    if refused:
-        raise BenchmarkError(f"{refused} of {orders} stock takes were refused")
-    # Each take leaves a marker in its product for about a second (svc_product.stock): the
-    # "after" lines are about a catalogue that has sold, not one in the middle of a sale.
-    deadline = time.monotonic() + 60
-    with pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000) as client:
-        products = client.get_default_database()["products"]
-        while products.count_documents({"pending_count": {"$exists": True}}):
-            if time.monotonic() > deadline:
-                raise BenchmarkError("the stock markers were not settled within a minute")
-            time.sleep(0.2)
-
-
-def print_report(
-    console: Console,
-    before: list[run.Measurement],
-    after: list[run.Measurement],
-    sizes: tuple[float, float],
-    args: argparse.Namespace,
-) -> None:
-    table = Table(
-        title=f"catalogue reads before and after {args.orders:,} orders "
-        f"({args.connections} connections, {args.duration:g} s per line)",
-        title_justify="left",
-        caption=f"mean product document: {sizes[0]:,.0f} bytes before, {sizes[1]:,.0f} after",
-        caption_justify="left",
+def sales(options: argparse.Namespace) -> dict[str, Any]:
+    after = f", after {options.orders:,} orders"
+    with harness.running_shop(options) as shop:
+        ids = harness.seed_products(shop, options.products, CATEGORIES)
+        plan = {name: line for name, line in lines(shop, ids).items() if name in SALES_LINES}
+        sizes = [document_bytes(shop)]
+        rows = [measure(shop, name, cost, run) for name, (cost, run) in plan.items()]
+        place_orders(shop, ids, options.orders)
+        sizes.append(document_bytes(shop))
+        rows += [measure(shop, name + after, cost, run) for name, (cost, run) in plan.items()]
+    harness.print_lines(
+        f"catalogue reads before and after {options.orders:,} orders; mean product document "
+        f"{sizes[0]:,.0f} bytes before, {sizes[1]:,.0f} after",
+        rows,
     )
-    for column in (
-        "line",
-        "req/s before",
-        "req/s after",
-        "after / before",
-        "CPU µs/req",
-        "p99 ms",
-        "Node.js",
-        "/ Node.js",
-        "aim",
-    ):
-        table.add_column(column, justify="left" if column == "line" else "right")
-    rates = {m.name: m.rate for m in before}
-    for old, new in zip(before, after, strict=True):
-        node = NODE_RATES.get(old.name)
-        aim = AIMS.get(old.name)
-        verdict = ""
-        if aim is not None:
-            wanted = NODE_RATES[aim[0]] * aim[1]
-            met = min(old.rate, new.rate) >= wanted
-            verdict = f"{'[green]' if met else '[red]'}>= {wanted:,.0f}[/]"
-        table.add_row(
-            old.name,
-            f"{old.rate:,.0f}",
-            f"{new.rate:,.0f}",
-            f"{new.rate / old.rate:.2f}" if old.rate else "-",
-            f"{old.cpu_us_per_request:,.0f}",
-            f"{old.p99_ms:.1f}",
-            f"{node:,.0f}" if node else "",
-            f"{old.rate / node:.2f}" if node else "",
-            verdict,
-        )
-    console.print(table)
-    if rates.get("product by id"):
-        console.print(
-            f"gateway / direct, by id: {rates['gateway by id'] / rates['product by id']:.2f} "
-            "(aim 0.85)"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = harness.argument_parser(__doc__)
-    parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--orders", type=int, default=20_000, help="order lines between")
-    parser.add_argument("--products", type=int, default=200, help="products to seed (>= 160)")
-    harness.add_driver_options(parser, "HTTP load driver")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, harness.interrupt)
-    use_wrk = harness.http_driver(args.driver)
-    if use_wrk is None:
-        return 1
-    with harness.ended_plainly(), run.start_stack(args.products) as stack:
-        lines = plan(stack, args, use_wrk)
-        sizes = [document_bytes(stack.mongo_uri)]
-        before = measure_all(stack, lines)
-        place_orders(stack, args.orders, args.connections)
-        sizes.append(document_bytes(stack.mongo_uri))
-        after = measure_all(stack, lines)
-    print_report(harness.report_console(), before, after, (sizes[0], sizes[1]), args)
-    if args.json:
-        harness.write_json(
-            args.json,
-            vars(args) | {"json": str(args.json)},
-            before=[asdict(m) for m in before],
-            after=[asdict(m) for m in after],
-            document_bytes=sizes,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ratios = harness.print_ratios(rows, [(name + after, name) for name in plan])
+    return {"lines": [asdict(row) for row in rows], "ratios": ratios, "document_bytes": sizes}

@@ -1,468 +1,375 @@
-"""What every benchmark command shares: its error type, common options, consoles, the table
-of lines and the JSON file, waiting for a service to answer, stopping on SIGTERM, and
-accounting the CPU each process spends on a line."""
+"""What every scenario shares: the shop started by the code `shopctl up` runs, its customers
+and catalogue, a line measured with the CPU each process spent on it, and the tables."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import inspect
 import json
 import os
-import platform
-import resource
+import random
 import secrets
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import asyncpg
 import drivers
 import psutil
-import pymongo
-import redis
-from pymongo.errors import PyMongoError
+from drivers import BenchmarkError, LoadResult
+from pymongo import AsyncMongoClient
 from rich.console import Console
 from rich.table import Table
 
-from shopctl import embedded, processes
-from shopkit.logs import mask_url
+from shopctl import processes, stack
+from shopctl.environments import DEFAULT_ADMIN_EMAIL
+from shopctl.errors import ShopctlError
+from shopctl.stack import UpConfig
+from shopctl.state import RunningService, ShopState
+from svc_product.catalogue import CatalogueVersion
+from svc_product.store import ProductStore, _stored_fields
 
-err = Console(stderr=True, highlight=False)
-
-
-class BenchmarkError(Exception):
-    """Something the benchmark needs did not work; the message says what."""
-
-
-def argument_parser(doc: str) -> argparse.ArgumentParser:
-    """A command's parser, its description the docstring's first paragraph, with the options
-    every benchmark has first: --duration and --warmup."""
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--duration", type=float, default=10, help="seconds measured per line")
-    parser.add_argument(
-        "--warmup", type=float, default=2, help="unmeasured seconds before each line"
-    )
-    return parser
-
-
-def add_driver_options(parser: argparse.ArgumentParser, driver_help: str) -> None:
-    """The options every benchmark has last: --threads and --driver for wrk, --json."""
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument(
-        "--driver",
-        choices=("auto", "wrk", "python"),
-        default="auto",
-        help=driver_help + "; auto: wrk when it is on PATH, else the Python driver",
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
-
-
-def http_driver(choice: str) -> bool | None:
-    """Whether wrk drives the HTTP load for ``--driver`` `choice`; None (said on stderr)
-    when wrk was asked for and is not on PATH."""
-    use_wrk = drivers.use_wrk(choice)
-    if use_wrk is None:
-        err.print("wrk is not on PATH (Debian: apt-get install -y wrk)")
-    return use_wrk
-
-
-def report_console() -> Console:
-    """The console the results table goes to."""
-    console = Console()
-    if not console.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=160)
-    return console
-
-
-def write_json(path: Path, settings: Mapping[str, Any], **sections: Any) -> None:
-    """The results as JSON: when, on what machine, with which settings, then `sections`."""
-    report = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-        "settings": dict(settings),
-        **sections,
-    }
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    err.print(f"results written to {path}")
-
-
-@contextlib.contextmanager
-def ended_plainly() -> Iterator[None]:
-    """Around a benchmark's work: a failure (BenchmarkError) is one red line and exit status
-    1, Ctrl-C or SIGTERM one line and 130, never a traceback (what the work started is
-    stopped by its own context managers on the way out)."""
-    try:
-        yield
-    except BenchmarkError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted; everything this run started is stopped")
-        raise SystemExit(130) from None
-
-
-def interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler: unwind like Ctrl-C, so every `finally` stops what it started."""
-    raise KeyboardInterrupt
-
-
-def _answers_health(name: str, process: processes.ManagedProcess, url: str) -> bool:
-    if not process.alive():
-        tail = processes.log_tail(process.log_path)
-        raise BenchmarkError(f"{name} exited while starting; its log ends:\n{tail}")
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def wait_for_health(name: str, process: processes.ManagedProcess, url: str, timeout: float) -> None:
-    """Poll `url`/health until it answers 200; BenchmarkError (with the log's tail) when the
-    process dies or `timeout` seconds pass first."""
-    err.print(f"waiting for {name} (pid {process.pid}) on {url}")
-    if not processes.wait_until(
-        lambda: _answers_health(name, process, url), timeout, interval=0.05
-    ):
-        tail = processes.log_tail(process.log_path)
-        raise BenchmarkError(
-            f"{name} did not answer /health within {timeout:g} s; log ends:\n{tail}"
-        )
-
-
-# -- what a line measured ---------------------------------------------------------------
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+START_TIMEOUT = 60.0
+ADMIN_PASSWORD = "benchmark-admin-" + secrets.token_hex(8)
+DISTURBED_CORES = 0.25  # other work busier than this during a line: not figures to quote
+# The Node.js design's figures on this machine, from issue #13: its seed services run as they
+# ship (`npm install`, `node`) against the same datastore servers, wrk -t2 -c32 -d8s, medians
+# of three interleaved rounds. Its code is not in this repository: no scenario runs it.
+NODE_JS = {
+    "product by id": 1_071.0,
+    "gateway by id": 774.0,
+    "product category": 500.0,
+    "gateway category": 398.0,
+    "product category, If-None-Match": 538.0,  # a 304 that still ran the query
+    "cart read": 7_924.0,
+    "login, 10 rounds": 9.5,  # 4 connections; bcryptjs on its event loop
+    "checkout": 103.0,  # orders/s at concurrency 8, losing 4.5 % of its stock updates
+}
 
 
 @dataclass
-class Measurement:
-    """What every benchmark reports of a line; each adds its own fields."""
-
-    name: str
-    what: str
-    driver: str
-    rate: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-    first_error: str
-    # Process name -> cores it kept busy during the line (warm-up included); "driver" is the
-    # load generator (this process, and wrk), "other" whatever else ran on the machine.
-    cpu: dict[str, float]
+class Customer:
+    user_id: int
+    email: str
+    password: str
+    token: str
 
 
-def figures(result: drivers.LoadResult, cpu: Mapping[str, float]) -> dict[str, Any]:
-    """Measurement's fields from a load's result and a CpuMeter reading."""
-    return {
-        "rate": result.rate,
-        "p50_ms": result.p50_ms,
-        "p99_ms": result.p99_ms,
-        "requests": result.requests,
-        "errors": result.errors,
-        "first_error": result.first_error,
-        "cpu": {key: round(value, 2) for key, value in cpu.items()},
-    }
-
-
-def lines_table(title: str, caption: str, per_request: str, cpu_columns: Sequence[str]) -> Table:
-    """The table of lines every benchmark prints; fill it with `line_cells`."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column in ("line", "what"):
-        table.add_column(column)
-    for column in ("req/s", "p50 ms", "p99 ms", "errors", per_request, *cpu_columns):
-        table.add_column(column, justify="right")
-    return table
-
-
-def line_cells(
-    m: Measurement, figures: Sequence[str], per_request: str, cpu_columns: Sequence[str]
-) -> list[str]:
-    """A row of `lines_table`: `figures` are req/s, p50 and p99 as the benchmark shows them."""
-    errors = str(m.errors) if not m.errors else f"[red]{m.errors}[/] {m.first_error}"
-    cores = (f"{m.cpu[key]:.2f}" if key in m.cpu else "-" for key in cpu_columns)
-    return [m.name, m.what, *figures, errors, per_request, *cores]
-
-
-# -- backing servers ---------------------------------------------------------------------
-
-_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-def postgres_answers(uri: str) -> bool:
-    """Whether a PostgreSQL server answers at `uri` (within two seconds)."""
-
-    async def probe() -> None:
-        connection = await asyncpg.connect(uri, timeout=2)
-        await connection.close()
-
+def call(method: str, url: str, body: Any = None, token: str = "", expect: int = 200) -> Any:
+    """One request; its answer's JSON (an error's bytes), or BenchmarkError when the status
+    is not `expect`."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     try:
-        asyncio.run(probe())
-    except _POSTGRES_ERRORS:
-        return False
-    return True
+        request = urllib.request.Request(url, data, headers, method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, answer = response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    if status != expect:
+        raise BenchmarkError(f"{method} {url} answered {status}, not {expect}: {answer!r:.300}")
+    return answer
 
 
-async def _drop_database(server_uri: str, name: str) -> None:
-    connection = await asyncpg.connect(server_uri, timeout=10)
-    try:
-        quoted = '"' + name.replace('"', '""') + '"'
-        await connection.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-    finally:
-        await connection.close()
+@dataclass
+class Shop:
+    """The running shop: its state as `shopctl up` keeps it, and how lines are driven."""
+
+    state: ShopState
+    load: drivers.Load
+    admin_token: str = ""
+
+    def service(self, name: str) -> RunningService:
+        return next(service for service in self.state.services if service.name == name)
+
+    def url(self, name: str) -> str:
+        return self.service(name).url
+
+    def env(self, name: str, variable: str) -> str:
+        return self.service(name).env[variable]
+
+    def pids(self) -> dict[str, int]:
+        running = {service.name: service.process.pid for service in self.state.services}
+        return running | {server.name: server.pid for server in self.state.embedded}
+
+    def whole_trees(self) -> set[str]:
+        """Processes counted with their children: PostgreSQL's backends, a service's workers."""
+        return {"postgres"} | {s.name for s in self.state.services if workers(s) > 1}
+
+    def register(self, count: int, service: str = "user") -> list[Customer]:
+        """`count` new customers, through `service`'s registration (bcrypt at its rounds)."""
+        tag = secrets.token_hex(4)
+
+        def one(number: int) -> Customer:
+            email, password = f"shopper{number}.{tag}@bench.example", secrets.token_hex(8)
+            body = {"email": email, "password": password}
+            answer = call("POST", f"{self.url(service)}/api/users/register", body, expect=201)
+            user_id = int(answer["data"]["user"]["id"])
+            return Customer(user_id, email, password, answer["data"]["token"])
+
+        with ThreadPoolExecutor(2 * (os.cpu_count() or 2)) as pool:
+            return list(pool.map(one, range(count)))
+
+
+def workers(service: RunningService) -> int:
+    return int(service.env.get("WORKERS", "1"))
+
+
+def wait_for_workers(service: RunningService) -> None:
+    """Until every worker of `service` serves: its /ready answers once the first one does."""
+    log, serving = service.process.log_path, f"all {workers(service)} workers serving"
+    if workers(service) > 1 and log is not None:
+        processes.wait_until(lambda: serving in log.read_text(), START_TIMEOUT)
 
 
 @contextlib.contextmanager
-def throwaway_database(server_uri: str, name: str) -> Iterator[str]:
-    """A new PostgreSQL database `name` on the server at `server_uri` (its URL), dropped when
-    the block ends, connections and all."""
+def running_shop(
+    options: argparse.Namespace,
+    variants: Mapping[str, tuple[str, Mapping[str, str]]] | None = None,
+    bare_app: bool = False,
+) -> Iterator[Shop]:
+    """The whole shop, started by `shopctl up`'s code (embedded backing servers in a temporary
+    data directory, unless MONGODB_URI, DATABASE_URL or REDIS_URL say otherwise); then the
+    bare aiohttp app and `variants` (name: the service it copies, other settings) on the
+    ports after the five services'. Everything is stopped when the block ends."""
+    data_dir = Path(tempfile.mkdtemp(prefix="shop-bench-", dir=options.load.work_dir))
+    environ = {**os.environ, "JWT_SECRET": secrets.token_urlsafe(48)}
+    environ |= {"ADMIN_PASSWORD": ADMIN_PASSWORD, "PYTHONDONTWRITEBYTECODE": "1"}
+    environ |= {"BCRYPT_ROUNDS": "4"}  # quick registrations; logins measures its own rounds
+    environ.pop("ADMIN_EMAIL", None)
+    config = UpConfig(data_dir, options.base_port, os.environ.get("LOG_LEVEL", "INFO"), environ)
+
+    def report(line: str) -> None:
+        err.print(line, markup=False)
+
     try:
-        embedded.ensure_databases(server_uri, [name])
-    except embedded.EmbeddedServerError as exc:
+        state = stack.start_shop(config, report)
+    except ShopctlError as exc:
         raise BenchmarkError(str(exc)) from None
     try:
-        yield embedded.database_url(server_uri, name)
+        bare_port = options.base_port + 5
+        if bare_app:
+            command = [sys.executable, str(Path(__file__).with_name("bare_app.py"))]
+            env = {**environ, "PORT": str(bare_port)}
+            process = processes.spawn(command, log_path=data_dir / "logs/bare.log", env=env)
+            url = f"http://127.0.0.1:{bare_port}"
+            state.services.append(RunningService("bare aiohttp", url, bare_port, process, env))
+        for port, (name, (of, settings)) in enumerate((variants or {}).items(), bare_port + 1):
+            stack.start_variant(state, of, name, port, settings, report)
+        stack.wait_until_ready(state, START_TIMEOUT)
+        for service in state.services:
+            wait_for_workers(service)
+        shop = Shop(state, options.load)
+        login = {"email": DEFAULT_ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        answer = call("POST", f"{shop.url('user')}/api/users/login", login)
+        shop.admin_token = answer["data"]["token"]
+        yield shop
+    except ShopctlError as exc:
+        raise BenchmarkError(str(exc)) from None
     finally:
-        try:
-            asyncio.run(_drop_database(server_uri, name))
-        except _POSTGRES_ERRORS as exc:
-            err.print(f"[yellow]could not drop the database {name}: {exc}")
+        stack.stop_shop(state)
 
 
-def listening_pid(url: str, default_port: int) -> int | None:
-    """The PID of the local process listening on the URL's TCP port, when we may see it (and
-    read its CPU time): a server on this machine, for the CPU columns."""
-    parts = urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return None
-    port = parts.port or default_port
+# -- the catalogue --------------------------------------------------------------------------
+
+# Names and descriptions are made of these words; the scale scenario searches for them.
+_NOUNS = """lamp mug chair table kettle shirt hose trowel beans desk rug sofa pan knife spoon fork
+plate bowl cup glass teapot candle blanket pillow basket bucket ladder hammer wrench drill saw
+brush broom towel apron jacket scarf glove boot sock hat bag wallet watch clock mirror frame vase
+jar bottle"""
+_ADJECTIVES = "red blue green small large oak steel cotton wool ceramic"
+NOUNS, ADJECTIVES = _NOUNS.split(), _ADJECTIVES.split()
+
+
+def category(number: int, categories: int) -> str:
+    return f"category-{number % categories:02d}"
+
+
+@contextlib.asynccontextmanager
+async def product_store(shop: Shop) -> AsyncIterator[ProductStore]:
+    """The product service's own store, on a bare PyMongo client in this process."""
+    uri = shop.env("product", "MONGODB_URI")
+    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, appname="shop-benchmark")
+    database = client.get_default_database()
+    store = ProductStore(database["products"], CatalogueVersion(database["meta"]))
     try:
-        for connection in psutil.net_connections(kind="tcp"):
-            if (
-                connection.status == psutil.CONN_LISTEN
-                and connection.laddr
-                and connection.laddr.port == port
-                and connection.pid
-            ):
-                psutil.Process(connection.pid).cpu_times()  # readable by us?
-                return connection.pid
-    except (psutil.AccessDenied, psutil.NoSuchProcess):
-        return None
-    return None
+        yield store
+    finally:
+        await store.version.close()
+        await client.close()
 
 
-# -- CPU accounting -------------------------------------------------------------------------
+def seed_products(shop: Shop, up_to: int, categories: int) -> list[str]:
+    """Top the catalogue up to `up_to` products, stored as the product service stores them
+    (`_stored_fields`: cents, sort name, search keywords), then its catalogue version bumped
+    as its own writes do; the ids of all, newest (product 0) first."""
+
+    def product(number: int, created: datetime) -> dict[str, Any]:
+        rng = random.Random(number)
+        fields = {
+            "name": f"{rng.choice(ADJECTIVES).title()} {rng.choice(NOUNS)} {number}",
+            "description": " ".join(rng.choices(NOUNS + ADJECTIVES, k=14)),
+            "price": Decimal(199 + (number * 737) % 99_800) / 100,
+            "category": category(number, categories),
+            "stock": number % 50,
+        }
+        return {**_stored_fields(fields), "createdAt": created, "updatedAt": created}
+
+    async def seed() -> list[str]:
+        async with product_store(shop) as store:
+            now = datetime.now(UTC).replace(microsecond=0)
+            for start in range(await store.collection.count_documents({}), up_to, 5000):
+                numbers = range(start, min(up_to, start + 5000))
+                batch = [product(n, now - timedelta(seconds=n)) for n in numbers]
+                await store.collection.insert_many(batch, ordered=False)
+            await store.changed()
+            cursor = store.collection.find({}, {"_id": True}).sort("createdAt", -1)
+            return [str(doc["_id"]) for doc in await cursor.to_list()]
+
+    started = time.perf_counter()
+    ids = drivers.run_async(seed())
+    err.print(f"seeded up to {up_to:,} products in {time.perf_counter() - started:.1f} s")
+    return ids
 
 
-def _cpu_seconds(process: psutil.Process, whole_tree: bool) -> float:
+async def datastore_load(shop: Shop, read: Callable[..., Any], load: drivers.Load) -> LoadResult:
+    """A closed loop of `read(store, rng)` on the product service's store, from this process:
+    the datastore's own rate for the service's queries."""
+    async with product_store(shop) as store:
+        return await drivers.closed_loop(lambda rng: read(store, rng), load)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def _cpu_seconds(process: psutil.Process, children: str) -> float:
+    """`children`: "" (the process alone), "reaped" (and the children it waited for: the
+    driver's wrk), "all" (and the live ones too: PostgreSQL's backends, a service's workers)."""
     try:
-        times = process.cpu_times()
-        total = times.user + times.system
-        if whole_tree:
-            # Children it has reaped (a server's finished backends) plus the live ones.
-            total += times.children_user + times.children_system
-            for child in process.children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):  # ended while we looked
-                    child_times = child.cpu_times()
-                    total += child_times.user + child_times.system
+        total = sum(process.cpu_times()[: 4 if children else 2])
+        for child in process.children(recursive=True) if children == "all" else ():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
     except psutil.NoSuchProcess:
         return 0.0
     return total
 
 
-def _driver_cpu_seconds() -> float:
-    # This process (the Python drivers) plus its reaped children (wrk).
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _busy_seconds(times: Any) -> float:
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 class CpuMeter:
-    """Cores each watched process kept busy from now until `read()`; also "driver" (this
-    process and the children it reaped: the load generators) and "other" (the rest of the
-    machine). Processes named in `whole_trees` count with all their children (a PostgreSQL
-    server and its backends)."""
+    """Cores each process kept busy from now until `read()`; also "driver" (this process and
+    the load generators it ran) and "other" (the rest of the machine)."""
 
-    def __init__(self, pids: Mapping[str, int], whole_trees: Collection[str] = ()) -> None:
+    def __init__(self, pids: Mapping[str, int], whole_trees: set[str]) -> None:
         self._watched = {
-            name: (psutil.Process(pid), name in whole_trees) for name, pid in pids.items()
+            name: (psutil.Process(pid), "all" if name in whole_trees else "")
+            for name, pid in pids.items()
         }
-        self._before = {
-            name: _cpu_seconds(process, tree) for name, (process, tree) in self._watched.items()
-        }
-        self._driver_before = _driver_cpu_seconds()
-        self._machine_before = _busy_seconds(psutil.cpu_times())
-        self._started = time.perf_counter()
+        self._watched["driver"] = (psutil.Process(), "reaped")
+        self._before = {name: _cpu_seconds(*watched) for name, watched in self._watched.items()}
+        self._busy, self._started = _busy_seconds(), time.perf_counter()
 
     def read(self) -> dict[str, float]:
         wall = time.perf_counter() - self._started
-        busy = (_busy_seconds(psutil.cpu_times()) - self._machine_before) / wall
-        cpu = {
-            name: (_cpu_seconds(process, tree) - self._before[name]) / wall
-            for name, (process, tree) in self._watched.items()
+        cores = {
+            name: (_cpu_seconds(*watched) - self._before[name]) / wall
+            for name, watched in self._watched.items()
         }
-        cpu["driver"] = (_driver_cpu_seconds() - self._driver_before) / wall
-        cpu["other"] = max(0.0, busy - sum(cpu.values()))
-        return cpu
+        cores["other"] = max(0.0, (_busy_seconds() - self._busy) / wall - sum(cores.values()))
+        return {name: round(value, 3) for name, value in cores.items()}
 
 
-@contextlib.contextmanager
-def mongo_database(
-    work_dir: Path, prefix: str, embedded_name: str
-) -> Iterator[tuple[str, str, processes.ManagedProcess | None]]:
-    """(URI of a fresh database, a description, the server process if we started it):
-    MONGODB_URI's server with a database made up for the run (dropped afterwards), else
-    nx-27017 in memory."""
-    given = os.environ.get("MONGODB_URI")
-    if given:
-        name = f"{prefix}_{secrets.token_hex(4)}"
-        uri = embedded.database_url(given, name)
-        try:
-            yield uri, f"MONGODB_URI {mask_url(uri)}", None
-        finally:
-            # If the server went away there is nothing to drop (and nothing to add to the error).
-            with (
-                contextlib.suppress(PyMongoError),
-                pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client,
-            ):
-                client.drop_database(name)
-        return
-    err.print("starting the embedded MongoDB-protocol server (nx-27017, in memory)")
-    try:
-        server = embedded.start_mongo(None, log_dir=work_dir / "mongodb")
-    except embedded.EmbeddedServerError as exc:
-        raise BenchmarkError(str(exc)) from None
-    try:
-        yield (
-            embedded.database_url(server.uri, embedded_name),
-            "nx-27017, in memory",
-            server.process,
+@dataclass
+class Measurement(LoadResult):
+    name: str = ""
+    cpu_us: float | None = None  # CPU time per request of the process the line is about
+    cores: dict[str, float] = field(default_factory=dict)
+
+
+def measure(
+    shop: Shop, name: str, cost_of: str | None, run: Callable[..., Any], *args: Any
+) -> Measurement:
+    """`run(*args)` (a coroutine on an event loop of its own), with the CPU each
+    process spends meanwhile; CPU per request is `cost_of`'s. A line run beside another load
+    gives both results, its own first: its CPU then counts per request of that load."""
+    err.print(f"measuring {name}")
+    meter = CpuMeter(shop.pids(), shop.whole_trees())
+    outcome = run(*args)
+    if inspect.iscoroutine(outcome):
+        outcome = drivers.run_async(outcome)
+    cores = meter.read()
+    result, counted = outcome if isinstance(outcome, tuple) else (outcome, outcome)
+    cpu = cores[cost_of] / counted.rate * 1e6 if cost_of in cores and counted.rate else None
+    return Measurement(**vars(result), name=name, cpu_us=cpu, cores=cores)
+
+
+def number(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A table on stdout: the first column to the left, the figures to the right."""
+    shown = Table(title=title, title_justify="left")
+    for index, column in enumerate(columns):
+        shown.add_column(column, justify="right" if index else "left", no_wrap=not index)
+    for row in rows:
+        shown.add_row(*row)
+    out.print(shown)
+
+
+def print_lines(title: str, rows: Sequence[Measurement]) -> None:
+    """The lines; the cores each process kept busy (those that did anything, "other" yellow
+    when the line was disturbed); Node.js's rate where it ran the same line."""
+    busy = [name for name in rows[0].cores if any(row.cores.get(name, 0) >= 0.05 for row in rows)]
+    node = any(row.name in NODE_JS for row in rows)
+    cells = []
+    for row in rows:
+        errors = f"[red]{row.errors}[/] {row.first_error[:60]}" if row.errors else "0"
+        cpu = "-" if row.cpu_us is None else f"{row.cpu_us:,.0f}"
+        cores = {name: f"{row.cores.get(name, 0):.2f}" for name in busy}
+        if row.cores["other"] > DISTURBED_CORES:
+            cores["other"] = f"[yellow]{cores['other']}"
+        versus = (
+            [number(NODE_JS[row.name]), f"{row.rate / NODE_JS[row.name]:.2f}"]
+            if row.name in NODE_JS
+            else ["", ""]
         )
-    finally:
-        server.stop()
+        figures = (number(value) for value in (row.rate, row.p50_ms, row.p99_ms))
+        cells.append([row.name, *figures, errors, cpu, *cores.values(), *(versus if node else [])])
+    columns = ["line", "req/s", "p50 ms", "p99 ms", "errors", "CPU µs/req", *busy]
+    table(title, columns + (["Node.js", "/ Node.js"] if node else []), cells)
 
 
-MACHINE_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def redis_answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def delete_keys(url: str, keys: Sequence[str]) -> None:
-    """Remove the keys a run wrote (its carts); say so if that cannot be done."""
-    try:
-        with redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-            for start in range(0, len(keys), 500):
-                client.delete(*keys[start : start + 500])
-    except (redis.RedisError, OSError) as exc:
-        err.print(f"[yellow]could not delete this run's {len(keys)} keys (cart:*): {exc}")
-
-
-@contextlib.contextmanager
-def redis_server(work_dir: Path, written: Sequence[str]) -> Iterator[tuple[str, str, int | None]]:
-    """(URL, a description, the server's PID when it runs here): REDIS_URL's server, else
-    this machine's, else an embedded one. The keys in `written` (filled in by the caller as
-    it goes) are deleted when the block ends."""
-    given = os.environ.get("REDIS_URL")
-    server = None
-    if given:
-        url, described = given, f"REDIS_URL {mask_url(given)}"
-    elif redis_answers(MACHINE_REDIS):
-        url, described = MACHINE_REDIS, "this machine's, on 127.0.0.1:6379"
-    else:
-        err.print("no Redis on 127.0.0.1:6379: starting an embedded one")
-        try:
-            server = embedded.start_redis(None, log_dir=work_dir / "redis")
-        except embedded.EmbeddedServerError as exc:
-            raise BenchmarkError(str(exc)) from None
-        url, described = server.uri, "embedded redis-server"
-    try:
-        yield url, described, listening_pid(url, 6379)
-    finally:
-        if written:
-            delete_keys(url, written)
-        if server is not None:
-            server.stop()
-
-
-# -- the user service: whom every token names -------------------------------------------------
-# Each service that checks customers' tokens asks the user service whether they were revoked
-# (shopkit.revocation), so a benchmark's customers must be accounts there. They are made
-# directly in its database, thousands in one statement, instead of through bcrypt.
-
-
-@contextlib.contextmanager
-def user_service(
-    work_dir: Path, postgres_uri: str, secret: str, port: int, start_timeout: float
-) -> Iterator[tuple[str, str, processes.ManagedProcess]]:
-    """The user service on `port` over a throwaway database on the PostgreSQL server at
-    `postgres_uri`: (its URL, its database URL, its process); all gone when the block ends."""
-    name = f"shop_bench_users_{secrets.token_hex(4)}"
-    with throwaway_database(postgres_uri, name) as database_url:
-        env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "JWT_SECRET": secret,
-            "DATABASE_URL": database_url,
-            "BCRYPT_ROUNDS": "4",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-        for variable in ("ADMIN_EMAIL", "ADMIN_PASSWORD"):
-            env.pop(variable, None)
-        process = processes.spawn(
-            [sys.executable, "-m", "svc_user"],
-            log_path=work_dir / "user.log",
-            env=env,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for_health("user", process, url, start_timeout)
-            yield url, database_url, process
-        finally:
-            processes.stop(process)
-
-
-async def insert_accounts(database_url: str, ids: Collection[int], role: str = "customer") -> None:
-    """Accounts with these ids (email bench<id>@bench.example, a password nobody knows) in
-    the user service's database."""
-    import bcrypt
-
-    password_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(4)).decode()
-    connection = await asyncpg.connect(database_url, timeout=10)
-    try:
-        await connection.execute(
-            """INSERT INTO users (id, email, password_hash, role) OVERRIDING SYSTEM VALUE
-               SELECT id, 'bench' || id || '@bench.example', $2, $3
-               FROM unnest($1::bigint[]) AS id ON CONFLICT DO NOTHING""",
-            list(ids),
-            password_hash,
-            role,
-        )
-    finally:
-        await connection.close()
-
-
-def add_accounts(database_url: str, ids: Collection[int], role: str = "customer") -> None:
-    """insert_accounts, from outside an event loop."""
-    asyncio.run(insert_accounts(database_url, ids, role))
+def print_ratios(
+    rows: Sequence[Measurement], ratios: Sequence[tuple[str, str]]
+) -> dict[str, float]:
+    """req/s of one line over another's, in this run."""
+    rates = {row.name: row.rate for row in rows}
+    values = {
+        f"{numerator} / {denominator}": rates[numerator] / rates[denominator]
+        for numerator, denominator in ratios
+        if rates.get(numerator) and rates.get(denominator)
+    }
+    table(
+        "ratios of req/s, this run",
+        ["ratio", "value"],
+        [[k, f"{v:.2f}"] for k, v in values.items()],
+    )
+    return values

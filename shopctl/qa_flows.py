@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -516,20 +516,28 @@ async def delete_scarce_product(run: QaRun) -> None:
             run.recorder.failed("clean up", "", f"{reply.describe()}", reply.request_id)
 
 
-async def stock_checks(run: QaRun) -> list[StockCheck]:
-    """Units sold + stock left = stock at start, for every product the run touched."""
+async def stock_checks(
+    client: ShopClient,
+    products: Iterable[dict[str, Any]],
+    at_start: Mapping[str, int],
+    sold: Mapping[str, int],
+    recorder: Recorder,
+) -> list[StockCheck]:
+    """Units sold + stock left = stock at start, for each of `products` (their stock read
+    now through `client`); a product that cannot be read is a failure in `recorder`. The
+    checkout benchmark makes the same check of its own run."""
     checks = []
-    for product in run.products_touched():
-        reply = await run.client.call("GET", f"/api/products/{product['id']}")
+    for product in products:
+        reply = await client.call("GET", f"/api/products/{product['id']}")
         left = reply.data["stock"] if reply.ok else None
         if left is None:
-            run.recorder.failed("conservation", "", reply.describe(), reply.request_id)
+            recorder.failed("conservation", "", reply.describe(), reply.request_id)
         checks.append(
             StockCheck(
                 product_id=product["id"],
                 name=product["name"],
-                at_start=run.stock_at_start[product["id"]],
-                sold=run.ledger.sold[product["id"]],
+                at_start=at_start[product["id"]],
+                sold=sold.get(product["id"], 0),
                 left=left,
             )
         )
@@ -599,7 +607,9 @@ async def run_checkout(
         await run_shoppers(run, on_session_done, stop_at)
     finally:
         elapsed = time.monotonic() - started
-        checks = await stock_checks(run)
+        checks = await stock_checks(
+            run.client, run.products_touched(), run.stock_at_start, run.ledger.sold, run.recorder
+        )
         scarce_verdict(run)
         await delete_scarce_product(run)
     return RunSummary(

@@ -194,23 +194,26 @@ def steps_table(summary: RunSummary) -> Table:
 
 def outcome_lines(summary: RunSummary) -> list[str]:
     """The run in a few sentences, for the end of the report."""
-    lines = [
+    return [
         f"{summary.sessions} shopper sessions ({', '.join(summary.scenarios)}) against "
         f"{summary.url} in {summary.elapsed:.1f} s, concurrency {summary.concurrency}, "
         f"seed {summary.seed}.",
         f"Orders: {summary.orders_placed} placed, {summary.orders_cancelled} cancelled, "
         f"{summary.sold_out_answers} refused for lack of stock (as expected).",
+        conservation_line(summary.stock),
     ]
-    bad = [check for check in summary.stock if not check.ok]
-    sold = sum(check.sold for check in summary.stock)
+
+
+def conservation_line(checks: list[StockCheck]) -> str:
+    """Whether units sold + stock left = stock at start held for every product checked."""
+    bad = [check for check in checks if not check.ok]
     if bad:
-        lines.append(f"Stock conservation FAILED for {len(bad)} of {len(summary.stock)} products.")
-    else:
-        lines.append(
-            f"Stock conservation holds for all {len(summary.stock)} products touched: "
-            f"{sold} units sold + stock left = stock at start."
-        )
-    return lines
+        return f"Stock conservation FAILED for {len(bad)} of {len(checks)} products."
+    sold = sum(check.sold for check in checks)
+    return (
+        f"Stock conservation holds for all {len(checks)} products touched: "
+        f"{sold} units sold + stock left = stock at start."
+    )
 
 
 def conservation_table(checks: Iterable[StockCheck]) -> Table:

@@ -17,6 +17,7 @@ from shopctl.environments import DEFAULT_ADMIN_EMAIL
 from shopctl.errors import ShopctlError
 from shopctl.probes import ServiceHealth, check_services
 from shopctl.services import (
+    HOST,
     Backend,
     Service,
     backends_needed,
@@ -90,7 +91,7 @@ def start_shop(
             log_path = logs_dir(config.data_dir) / f"{service.name}.log"
             process = processes.spawn(service.command(), log_path=log_path, env=env)
             url, port = service.url(config.base_port), service.port(config.base_port)
-            state.services.append(RunningService(service.name, url, port, process))
+            state.services.append(RunningService(service.name, url, port, process, env))
             report(f"Started {service.name} (PID {process.pid}) on {url}")
             step_done()
     except EmbeddedServerError as error:
@@ -100,6 +101,23 @@ def start_shop(
         stop_shop(state)
         raise
     return state
+
+
+def start_variant(
+    state: ShopState, of: str, name: str, port: int, overrides: Mapping[str, str], report: Report
+) -> RunningService:
+    """Another instance of the running service `of`, called `name`, on `port`: started with
+    the same environment plus `overrides` (WORKERS, a cache setting), so the benchmarks can
+    measure it beside the original. It joins `state`, so `stop_shop` stops it too."""
+    original = next(service for service in state.services if service.name == of)
+    env = {**original.env, **overrides, "PORT": str(port)}
+    log_path = logs_dir(state.data_dir) / f"{name}.log"
+    process = processes.spawn(original.process.command, log_path=log_path, env=env)
+    variant = RunningService(name, f"http://{HOST}:{port}", port, process, env)
+    state.services.append(variant)
+    state.save()
+    report(f"Started {name} (PID {process.pid}) on {variant.url}")
+    return variant
 
 
 def refuse_if_running(data_dir: Path) -> None:

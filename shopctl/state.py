@@ -23,6 +23,9 @@ class RunningService:
     url: str
     port: int
     process: ManagedProcess
+    # The environment it was started with, in the process that started it only: it holds
+    # secrets, so it is never written to state.json (see stack.start_variant).
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_state(self) -> dict[str, Any]:
         return {
