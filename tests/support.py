@@ -11,12 +11,17 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import aiohttp
 import asyncpg
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, make_mocked_request
+from jsonschema import Draft202012Validator
+from yarl import URL
 
 JWT_SECRET = "test-secret-" + "x" * 60
 ADMIN_EMAIL = "boss@shop.test"
@@ -108,12 +113,14 @@ async def call(
     expected_status: int,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Make a request, check its status and the envelope, and return the JSON body."""
+    """Make a request, check its status, the envelope and that the answer is what the
+    service's OpenAPI document declares, and return the JSON body."""
     response = await client.request(method, path, **kwargs)
     text = await response.text()
     assert response.status == expected_status, text
     assert response.headers["X-Request-ID"]
     assert response.content_type == "application/json", text
+    await assert_documented(client, response, text)
     body = await response.json()
     if expected_status < 400:
         assert body["success"] is True, body
@@ -269,8 +276,9 @@ async def take_answer(
         json={"quantity": units, "reference": reference},
         headers=headers,
     )
-    body = await response.json()
-    return response.status, body.get("code")
+    text = await response.text()
+    await assert_documented(product, response, text)
+    return response.status, json.loads(text).get("code")
 
 
 async def undo(
@@ -279,7 +287,7 @@ async def undo(
     response = await product.post(
         f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
     )
-    await response.read()
+    await assert_documented(product, response, await response.text())
     return response.status
 
 
@@ -292,3 +300,139 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             lines.append({"msg": text})
     return lines
+
+
+# -- answers checked against the OpenAPI document of the service that gave them -------------
+# As backendschool2019's helpers validate every answer, `call` (and the other helpers that
+# make requests) check each one against the document the service serves at /openapi.json.
+# Numbers are read as decimals on both sides: `multipleOf: 0.01` is about the 19.99 written
+# in the answer, which its nearest binary float is not.
+
+# Refusals the services give on routes whose document does not declare that status: gaps
+# in the documents, each checked as the error envelope until its route declares it.
+UNDECLARED_ERRORS: dict[tuple[str, str, int], str] = {
+    ("POST", "/api/users/login", 415): "a body in an encoding nobody decodes (no route "
+    "that reads a body declares 415)",
+    ("GET", "/api/users/profile", 403): "a service token, which has no profile (the route "
+    "declares 401 only)",
+}
+
+_DOCUMENTS: WeakKeyDictionary[web.Application, dict[str, Any]] = WeakKeyDictionary()
+_FORWARDED_DOCUMENTS: WeakKeyDictionary[web.Application, dict[str, Any]] = WeakKeyDictionary()
+
+
+def openapi_document(app: web.Application) -> dict[str, Any]:
+    """The document the app serves at /openapi.json, numbers as Decimal (built once per app)."""
+    if app not in _DOCUMENTS:
+        from shopkit.openapi import build_openapi
+
+        document = build_openapi(app, "under test", "0")
+        _DOCUMENTS[app] = json.loads(json.dumps(document), parse_float=Decimal)
+    return _DOCUMENTS[app]
+
+
+async def route_of(app: web.Application, method: str, path: str) -> str | None:
+    """The route template the app's router takes ``path`` to; None when no route does."""
+    match = await app.router.resolve(make_mocked_request(method, path, app=app))
+    return None if match.http_exception is not None else match.route.resource.canonical
+
+
+def documented_route(document: dict[str, Any], path: str) -> str | None:
+    """The document's path template that ``path`` falls under (literal segments first)."""
+    segments = path.split("/")
+    candidates = []
+    for template in document["paths"]:
+        parts = template.split("/")
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            candidates.append((sum(part.startswith("{") for part in parts), template))
+    return min(candidates)[1] if candidates else None
+
+
+def declared_schema(
+    document: dict[str, Any], method: str, route: str | None, status: int
+) -> dict[str, Any] | None:
+    """The JSON schema the document gives the answer, or None when it declares none."""
+    if route is None:  # no route took the request: the envelope every error answer has
+        return {"$ref": "#/components/schemas/Error"} if status >= 400 else None
+    operation = document["paths"].get(route, {}).get(method.lower())
+    answer = (operation or {}).get("responses", {}).get(str(status))
+    if answer is None:
+        return None
+    return answer["content"]["application/json"]["schema"]
+
+
+def assert_matches_openapi(
+    document: dict[str, Any], method: str, route: str | None, status: int, body: Any
+) -> None:
+    """Fail unless ``body`` is what ``document`` declares ``method route`` answers with
+    ``status`` (an answer no route took: the document's error envelope)."""
+    schema = declared_schema(document, method, route, status)
+    if schema is None and (method, route, status) in UNDECLARED_ERRORS:
+        schema = {"$ref": "#/components/schemas/Error"}
+    assert schema is not None, f"the document declares no {status} answer to {method} {route}"
+    validator = Draft202012Validator(
+        {**schema, "components": document["components"]},
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    problems = [
+        f"{'/'.join(map(str, error.absolute_path)) or 'the body'}: {error.message}"
+        for error in validator.iter_errors(body)
+    ]
+    assert not problems, f"{method} {route} {status} is not as documented: {problems}"
+
+
+async def _served_document(base_url: str) -> dict[str, Any] | None:
+    """The document a service at ``base_url`` serves, numbers as Decimal; None if it does not."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.get(f"{base_url}/openapi.json") as answer,
+        ):
+            if answer.status != 200:
+                return None
+            return json.loads(await answer.text(), parse_float=Decimal)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def forwarded_document(app: web.Application, path: str) -> dict[str, Any] | None:
+    """For a gateway, the document of the backend it forwards ``path`` to: the one whose
+    document has routes under the path's /api/<prefix>; None for any other app or path."""
+    from svc_gateway.keys import BACKENDS
+
+    prefix = "/".join(path.split("/")[:3])
+    if BACKENDS not in app or not prefix.startswith("/api/"):
+        return None
+    documents = _FORWARDED_DOCUMENTS.setdefault(app, {})
+    for backend in app[BACKENDS].values():
+        if backend.name not in documents:  # asked once it answers (it may be down for now)
+            document = await _served_document(backend.base_url)
+            if document is None:
+                continue
+            documents[backend.name] = document
+        if any(
+            template == prefix or template.startswith(f"{prefix}/")
+            for template in documents[backend.name]["paths"]
+        ):
+            return documents[backend.name]
+    return None
+
+
+async def assert_documented(client: TestClient, response: ClientResponse, text: str) -> None:
+    """Fail unless the JSON answer ``text`` is what the document of the service that gave it
+    declares: the app's own, or for what a gateway forwards unchanged (its document claims
+    nothing about it), the document of the backend that answered."""
+    app = client.app
+    assert app is not None, "the answer's document is read from the app the client is of"
+    method, status, path = response.method, response.status, response.url.raw_path
+    body = json.loads(text, parse_float=Decimal)
+    document = openapi_document(app)
+    route = await route_of(app, method, path)
+    if not declared_schema(document, method, route, status):
+        backend = await forwarded_document(app, URL(path).path)
+        if backend is not None:
+            document, route = backend, documented_route(backend, URL(path).path)
+    assert_matches_openapi(document, method, route, status, body)

@@ -18,7 +18,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
-from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from support import (
     JWT_SECRET,
@@ -36,7 +35,6 @@ from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_cart.keys import CATALOGUE, STORE
-from svc_cart.schemas import CartOut
 from svc_cart.store import (
     CART_TTL_SECONDS,
     REDIS_UNAVAILABLE,
@@ -152,11 +150,8 @@ async def set_quantity(
 
 
 async def view(cart: TestClient, shopper: Shopper) -> dict[str, Any]:
-    data = (await call(cart, "GET", shopper.path, headers=shopper.headers, expected_status=200))[
-        "data"
-    ]
-    TypeAdapter(CartOut).validate_python(data)
-    return data
+    reply = await call(cart, "GET", shopper.path, headers=shopper.headers, expected_status=200)
+    return reply["data"]
 
 
 def quantities(data: dict[str, Any]) -> dict[str, int]:

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import TypeAdapter
 from support import JWT_SECRET, call, change_stock, create_product, customer, postgres, stock_of
 
 from svc_order.app import OrderSettings
 from svc_order.app import create_app as create_order_app
-from svc_order.schemas import OrderOut
 
 ANN, BOB = customer(101), customer(102)
 
@@ -76,7 +74,6 @@ async def test_checkout_takes_stock_and_totals_exactly(
     clip = await create_product(products, admin_headers, name="Clip", price=0.1, stock=9)
     reply = await checkout(orders, ANN, [(shirt["id"], 3), (clip["id"], 3)])
     order = reply["data"]
-    TypeAdapter(OrderOut).validate_python(order)
     assert order["user_id"] == 101 and order["status"] == "pending"
     assert Decimal(str(order["total_amount"])) == Decimal("60.27")  # 59.97 + 0.30
     lines = {line["product_name"]: line for line in order["items"]}
