@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +25,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from jsonschema import Draft202012Validator
 from yarl import URL
+
+from shopctl import processes
 
 JWT_SECRET = "test-secret-" + "x" * 60
 ADMIN_EMAIL = "boss@shop.test"
@@ -300,6 +305,98 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             lines.append({"msg": text})
     return lines
+
+
+# -- a whole shop from `shopctl up`, driven as a user would ---------------------------------
+
+SHOP_ADMIN_EMAIL = "admin@shop.local"  # the admin `shopctl up` makes
+# Settings the shell may carry that would make shopctl use something other than what it
+# starts itself on a fresh machine.
+NOT_INHERITED = {
+    "MONGODB_URI",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "ADMIN_EMAIL",
+    "ADMIN_PASSWORD",
+}
+
+
+def shop_env(**values: str) -> dict[str, str]:
+    """The environment `shopctl` runs with: this shell's, less what would change its choices."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in NOT_INHERITED and not key.startswith("SHOP_")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "250"
+    return {**env, **values}
+
+
+def shopctl(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m shopctl` as a user would; its output is captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "shopctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or shop_env(),
+        cwd=REPO,
+        timeout=180,
+    )
+
+
+def free_base_port() -> int:
+    """A base port whose five service ports are all free."""
+    while True:
+        base = processes.free_port()
+        if base + 4 < 65536 and not any(processes.port_in_use(base + k) for k in range(5)):
+            return base
+
+
+@contextmanager
+def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A whole shop from `shopctl up --detach` on free ports: its gateway URL and the
+    environment shopctl runs with; stopped afterwards, whatever happened."""
+    base = free_base_port()
+    # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
+    env = shop_env(BCRYPT_ROUNDS="4")
+    try:
+        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield f"http://127.0.0.1:{base}", env
+    finally:
+        down = shopctl("down", "--data-dir", data_dir, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """A blocking JSON request (no proxy), for tests without an event loop: status and body."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with opener.open(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def shop_admin_token(gateway: str, data_dir: Path) -> str:
+    """The token of the admin `shopctl up` made, from a real login with its password."""
+    password = (data_dir / "admin_password").read_text().strip()
+    credentials = {"email": SHOP_ADMIN_EMAIL, "password": password}
+    code, reply = http("POST", f"{gateway}/api/users/login", credentials)
+    assert code == 200, reply
+    assert reply["data"]["user"]["role"] == "admin"
+    return reply["data"]["token"]
 
 
 # -- answers checked against the OpenAPI document of the service that gave them -------------

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import REPO, SEED_PRODUCTS, Shop
+from browser_support import SEED_PRODUCTS, Shop
 from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
-from test_shopctl_e2e import admin_token, http, running_shop
+from support import REPO, http, running_shop, shop_admin_token
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -96,7 +96,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     at the end of the session, whatever happened."""
     data_dir = tmp_path_factory.mktemp("browser") / "shop"
     with running_shop(data_dir) as (url, _):
-        token = admin_token(url, data_dir)
+        token = shop_admin_token(url, data_dir)
         products = {}
         for body in SEED_PRODUCTS:
             status, reply = http("POST", f"{url}/api/products", body, token)
