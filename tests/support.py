@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,8 +14,11 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -305,6 +309,268 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             lines.append({"msg": text})
     return lines
+
+
+# -- the shop's pages, read and driven through their forms as a browser would ----------------
+
+SHOPPER_PASSWORD = "s3cret-enough"  # register_with_form's
+
+
+@dataclass
+class Form:
+    action: str
+    method: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    buttons: list[tuple[str, str, str]] = field(default_factory=list)  # name, value, text
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str]
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[Form] = []
+        self.elements: list[Element] = []
+        self.title = ""
+        self.inline_scripts = 0
+        self._form: Form | None = None
+        self._text_target: tuple[str, Any] | None = None
+        self._select: str | None = None
+        self._button: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        self.elements.append(Element(tag, values))
+        form = self._form
+        if tag == "form":
+            self._form = Form(values.get("action", ""), values.get("method", "get").lower(), values)
+            self.forms.append(self._form)
+        elif tag == "title":
+            self._text_target = ("title", None)
+        elif tag == "script" and "src" not in values:
+            self.inline_scripts += 1
+        elif form is None:
+            return
+        elif tag == "input" and values.get("name"):
+            kind = values.get("type", "text")
+            if kind in ("checkbox", "radio") and "checked" not in values:
+                return
+            form.fields[values["name"]] = values.get("value", "")
+        elif tag == "select":
+            self._select = values.get("name")
+        elif tag == "option" and self._select and "selected" in values:
+            form.fields[self._select] = values.get("value", "")
+        elif tag == "textarea" and values.get("name"):
+            form.fields[values["name"]] = ""
+            self._text_target = ("textarea", values["name"])
+        elif tag == "button":
+            self._button = [values.get("name", ""), values.get("value", ""), ""]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        elif tag in ("title", "textarea"):
+            self._text_target = None
+        elif tag == "select":
+            self._select = None
+        elif tag == "button" and self._button is not None and self._form is not None:
+            name, value, text = self._button
+            self._form.buttons.append((name, value, " ".join(text.split())))
+            self._button = None
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button[2] += data
+        if self._text_target is None:
+            return
+        kind, name = self._text_target
+        if kind == "title":
+            self.title += data
+        elif self._form is not None:
+            self._form.fields[name] += data
+
+
+@dataclass
+class Page:
+    status: int
+    path: str  # where the client ended up, after redirects
+    html: str
+    headers: Any
+    forms: list[Form]
+    elements: list[Element]
+    title: str
+    inline_scripts: int
+
+    def form(self, action: str, label: str | None = None) -> Form:
+        """The (first) form sending to ``action``; ``label``: the one with this aria-label."""
+        for form in self.forms:
+            if form.action == action and (label is None or form.attrs.get("aria-label") == label):
+                return form
+        raise AssertionError(f"no form sending to {action} ({label}) on {self.path}")
+
+    def has_form(self, action: str) -> bool:
+        return any(form.action == action for form in self.forms)
+
+    def tags(self, tag: str) -> list[Element]:
+        return [element for element in self.elements if element.tag == tag]
+
+    @property
+    def text(self) -> str:
+        """The visible words, tags taken out (for looking for sentences)."""
+        inline_gone = re.sub(r"</?(?:a|span|strong|em|time|b)\b[^>]*>", "", self.html)
+        without_tags = re.sub(r"<[^>]+>", " ", inline_gone)
+        return unescape(" ".join(without_tags.split()))
+
+    def flashes(self) -> list[str]:
+        found = re.findall(r'<p class="flash flash--(\w+)">(.*?)</p>', self.html, re.S)
+        return [f"{level}: {unescape(' '.join(text.split()))}" for level, text in found]
+
+
+async def read_page(response: ClientResponse) -> Page:
+    """The page an answer holds, parsed."""
+    html = await response.text()
+    parser = _PageParser()
+    parser.feed(html)
+    return Page(
+        response.status,
+        response.url.path_qs,
+        html,
+        response.headers,
+        parser.forms,
+        parser.elements,
+        " ".join(parser.title.split()),
+        parser.inline_scripts,
+    )
+
+
+async def get_page(
+    client: TestClient, path: str, *, expected_status: int = 200, **kwargs: Any
+) -> Page:
+    """GET an HTML page (redirects followed) and check its status."""
+    response = await client.get(path, **kwargs)
+    page = await read_page(response)
+    assert page.status == expected_status, f"{path}: {page.status}\n{page.text[:2000]}"
+    assert response.content_type == "text/html", page.html[:500]
+    return page
+
+
+async def submit(
+    client: TestClient,
+    page: Page,
+    action: str,
+    *,
+    expected_status: int = 200,
+    button: str | None = None,
+    **values: Any,
+) -> Page:
+    """Fill in the form posting to ``action`` on ``page`` and send it, following redirects.
+    ``button`` picks a submit button by its text (its name and value are sent)."""
+    form = page.form(action)
+    data = {**form.fields, **{name: str(value) for name, value in values.items()}}
+    if button is not None:
+        chosen = [b for b in form.buttons if b[2].startswith(button)]
+        assert chosen, f"no button {button!r} in {form.buttons}"
+        name, value, _ = chosen[0]
+        if name:
+            data[name] = value
+    response = await client.post(action, data=data)
+    result = await read_page(response)
+    assert result.status == expected_status, f"{action}: {result.status}\n{result.text[:2000]}"
+    return result
+
+
+# -- shoppers and admins on the pages ---------------------------------------------------------
+
+
+async def register_with_form(
+    client: TestClient, email: str, *, first_name: str = "Ann", password: str = SHOPPER_PASSWORD
+) -> Page:
+    """Create an account through the register page's form (which logs it in)."""
+    page = await get_page(client, "/register")
+    return await submit(
+        client,
+        page,
+        "/register",
+        email=email,
+        first_name=first_name,
+        last_name="Shopper",
+        password=password,
+        password_confirm=password,
+    )
+
+
+async def log_in_with_form(client: TestClient, email: str, password: str) -> Page:
+    """Log in through the login page's form."""
+    page = await get_page(client, "/login")
+    return await submit(client, page, "/login", email=email, password=password)
+
+
+async def log_in_as_admin_with_form(client: TestClient) -> Page:
+    """Log the test services' admin in through the login page's form."""
+    return await log_in_with_form(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+async def admin_login_headers(client: TestClient) -> dict[str, str]:
+    """Headers of the test services' admin, from a real login through ``client``'s API."""
+    body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    reply = await call(client, "POST", "/api/users/login", json=body, expected_status=200)
+    return bearer(reply["data"]["token"])
+
+
+async def add_to_cart_with_form(client: TestClient, product_id: str, quantity: int) -> Page:
+    """Add to the cart through the product page's form."""
+    page = await get_page(client, f"/products/{product_id}")
+    return await submit(client, page, "/cart/items", quantity=quantity)
+
+
+def cookie_header(response: ClientResponse, name: str) -> str:
+    """The Set-Cookie header for ``name`` (the last one, if set more than once)."""
+    found = [
+        value for value in response.headers.getall("Set-Cookie", []) if value.startswith(f"{name}=")
+    ]
+    assert found, f"no Set-Cookie for {name}: {response.headers.getall('Set-Cookie', [])}"
+    return found[-1]
+
+
+def set_cookie(client: TestClient, name: str, value: str) -> None:
+    """Put a cookie in the client's jar as if the gateway had set it."""
+    client.session.cookie_jar.update_cookies({name: value}, response_url=client.make_url("/"))
+
+
+def cookie_flags(header: str) -> set[str]:
+    """The attributes a Set-Cookie header gives its cookie (secure, httponly, ...)."""
+    return {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}
+
+
+def assert_page_basics(page: Page, title: str) -> None:
+    """What every page must have: its title, the landmarks, a skip link, labelled inputs,
+    images with alt text, no inline scripts."""
+    from svc_gateway.pages.rendering import SHOP_NAME
+
+    assert page.title == f"{title} · {SHOP_NAME}", page.title
+    assert page.tags("html")[0].attrs.get("lang") == "en"
+    for landmark in ("header", "nav", "main", "footer"):
+        assert page.tags(landmark), f"no <{landmark}> on {page.path}"
+    assert page.tags("main")[0].attrs.get("id") == "main"
+    assert any(a.attrs.get("href") == "#main" for a in page.tags("a")), "no skip link"
+    assert len(page.tags("h1")) == 1, f"{page.path} should have one h1"
+    labelled = {label.attrs.get("for") for label in page.tags("label")}
+    for element in page.elements:
+        if element.tag in ("input", "select", "textarea"):
+            if element.attrs.get("type") in ("hidden", "submit"):
+                continue
+            assert element.attrs.get("id") in labelled or element.attrs.get("aria-label"), (
+                f"unlabelled {element.tag} {element.attrs} on {page.path}"
+            )
+    for image in page.tags("img"):
+        assert "alt" in image.attrs, f"image without alt on {page.path}: {image.attrs}"
+    assert page.inline_scripts == 0
+    assert "flashes" in page.html and 'aria-live="polite"' in page.html
 
 
 # -- a whole shop from `shopctl up`, driven as a user would ---------------------------------

@@ -31,8 +31,11 @@ from support import (
     create_product,
     customer,
     eventually,
+    get_page,
     postgres,
+    set_cookie,
     stock_of,
+    submit,
 )
 
 from shopctl import processes
@@ -267,8 +270,6 @@ async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
 ) -> None:
     """The web shop's checkout form goes through the same certainty as the API: the
     shopper whose order was placed sees its confirmation, not an error page."""
-    from test_pages import get_page, set_cookie, submit
-
     lamp = await create_product(shop.products, admin_headers, stock=5)
     shopper = customer(304)
     set_cookie(shop.gateway, "shop_session", shopper["Authorization"].removeprefix("Bearer "))
