@@ -34,6 +34,8 @@ from shopkit.auth import issue_token, service_token
 from shopkit.logs import BufferedStreamHandler, configure_logging
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
+from svc_order.app import OrderSettings
+from svc_order.app import create_app as create_order_app
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 from svc_user.app import UserSettings
@@ -93,7 +95,7 @@ async def throwaway_database(server_uri: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """A database of this test's own (the service migrates it), dropped afterwards."""
+    """A database of this test's own (the order service's, if any), dropped afterwards."""
     async with throwaway_database(postgres_server_uri) as uri:
         yield uri
 
@@ -104,8 +106,8 @@ def service_env(**values: str) -> dict[str, str]:
 
 @pytest.fixture
 async def users_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """The user service's database of this test's own (postgres_uri is the order service's
-    in the order tests: both keep a schema_migrations table), dropped afterwards."""
+    """The user service's database of this test's own, dropped afterwards."""
+    # Not postgres_uri, the order service's: both keep a schema_migrations table.
     async with throwaway_database(postgres_server_uri) as uri:
         yield uri
 
@@ -250,17 +252,50 @@ async def cart(aiohttp_client: Any, cart_settings: CartSettings) -> TestClient:
     return await aiohttp_client(create_cart_app(cart_settings))
 
 
-# == The whole shop behind the gateway, as a browser sees it (tests/test_pages*.py) ============
-# Every service real and listening on a port of its own, the gateway in front of them with
-# the environment `shopctl up` gives it. Imports are local to keep this block self-contained.
+@pytest.fixture
+async def cart_server(aiohttp_server: Any, cart_settings: CartSettings) -> TestServer:
+    """The real cart service on a port of its own, for the services that call it."""
+    return await aiohttp_server(create_cart_app(cart_settings))
+
+
+# -- the order service: PostgreSQL, in front of the real product (and cart) service ----------
 
 
 @pytest.fixture
-async def orders_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """A second database of this test's own, for the order service (postgres_uri is the user
-    service's: both keep a schema_migrations table), dropped afterwards."""
-    async with throwaway_database(postgres_server_uri) as uri:
-        yield uri
+def order_cart_service_url() -> str:
+    """The order service's CART_SERVICE_URL: nothing there, unless a module overrides this."""
+    # Checkouts of explicit items never ask the cart service; test_order_cart.py gives it one.
+    return "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def order_settings(
+    postgres_uri: str,
+    product_server: TestServer,
+    user_service_url: str,
+    order_cart_service_url: str,
+) -> OrderSettings:
+    """The order service's settings: its own database, recovery only when a test runs it."""
+    return OrderSettings.from_env(
+        service_env(
+            DATABASE_URL=postgres_uri,
+            PRODUCT_SERVICE_URL=str(product_server.make_url("")),
+            USER_SERVICE_URL=user_service_url,
+            CART_SERVICE_URL=order_cart_service_url,
+            RECOVERY_INTERVAL_SECONDS="3600",
+        )
+    )
+
+
+@pytest.fixture
+async def orders(aiohttp_client: Any, order_settings: OrderSettings) -> TestClient:
+    """The real order service over HTTP, on its own database (see order_settings)."""
+    return await aiohttp_client(create_order_app(order_settings))
+
+
+# == The whole shop behind the gateway, as a browser sees it (tests/test_pages*.py) ============
+# Every service real and listening on a port of its own, the gateway in front of them with
+# the environment `shopctl up` gives it. Imports are local to keep this block self-contained.
 
 
 @pytest.fixture
@@ -269,19 +304,15 @@ async def shop_services(
     product_server: TestServer,
     user_server: TestServer,
     user_settings: UserSettings,
-    cart_settings: CartSettings,
-    orders_postgres_uri: str,
+    cart_server: TestServer,
+    postgres_uri: str,
 ) -> AsyncIterator[dict[str, TestServer]]:
     """The product, user, cart and order services, all real, by backend name."""
     import secrets
 
-    from svc_order.app import OrderSettings
-    from svc_order.app import create_app as create_order_app
-
-    cart_server = await aiohttp_server(create_cart_app(cart_settings))
     order_settings = OrderSettings.from_env(
         service_env(
-            DATABASE_URL=orders_postgres_uri,
+            DATABASE_URL=postgres_uri,
             PRODUCT_SERVICE_URL=str(product_server.make_url("")),
             CART_SERVICE_URL=str(cart_server.make_url("")),
             USER_SERVICE_URL=str(user_server.make_url("")),

@@ -206,6 +206,33 @@ async def change_stock(
     )
 
 
+async def checkout(
+    orders: TestClient,
+    headers: dict[str, str],
+    items: list[tuple[str, int]],
+    *,
+    expected_status: int = 201,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """POST an order of these (product id, quantity) lines, with an Idempotency-Key if given."""
+    body = {"items": [{"product_id": pid, "quantity": qty} for pid, qty in items]}
+    extra = {"Idempotency-Key": key} if key else {}
+    return await call(
+        orders,
+        "POST",
+        "/api/orders",
+        json=body,
+        headers={**headers, **extra},
+        expected_status=expected_status,
+    )
+
+
+async def rows_in(database_uri: str, table: str) -> int:
+    """How many rows a table of a PostgreSQL database holds."""
+    async with postgres(database_uri) as connection:
+        return await connection.fetchval(f"SELECT count(*) FROM {table}")
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

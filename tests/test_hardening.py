@@ -97,11 +97,11 @@ async def test_page_and_limit_are_ascii_digits(web_shop: TestClient, value: str)
 
 
 async def test_an_order_id_in_other_digits_is_not_that_order(
-    web_shop: TestClient, orders_postgres_uri: str
+    web_shop: TestClient, postgres_uri: str
 ) -> None:
     headers, user = await signed_up(web_shop)
     product = await create_product(web_shop, await admin_login_headers(web_shop), stock=5)
-    async with postgres(orders_postgres_uri) as connection:
+    async with postgres(postgres_uri) as connection:
         await connection.execute("ALTER TABLE orders ALTER COLUMN id RESTART WITH 66")
     body = {"items": [{"product_id": product["id"], "quantity": 1}]}
     order = await call(
