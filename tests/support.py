@@ -1,4 +1,6 @@
-"""Helpers the tests share (fixtures live in conftest.py)."""
+"""Helpers the tests share (fixtures live in conftest.py): waiting, tokens, API calls whose
+answers are checked against the service's own OpenAPI document, the pages driven through
+their forms, service processes, and a whole shop from `shopctl up`."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -37,17 +40,48 @@ ADMIN_EMAIL = "boss@shop.test"
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+# The one way tests wait for something: poll it with a deadline (never sleep a fixed time).
+# A failure names ``what`` did not happen and, with ``seen``, shows what there was instead.
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    within: float = 30,
+    *,
+    seen: Callable[[], object] | None = None,
+) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` once ``within`` seconds pass."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
-            raise AssertionError(f"{what} did not happen within {within} s")
+            raise AssertionError(_did_not_happen(what, within, seen))
         await asyncio.sleep(0.01)
 
 
+def eventually_sync(
+    check: Callable[[], bool],
+    what: str,
+    within: float = 30,
+    *,
+    seen: Callable[[], object] | None = None,
+    interval: float = 0.1,
+) -> None:
+    """``eventually`` for tests without an event loop (processes, files): it blocks."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(_did_not_happen(what, within, seen))
+        time.sleep(interval)
+
+
+def _did_not_happen(what: str, within: float, seen: Callable[[], object] | None) -> str:
+    return f"{what} did not happen within {within} s" + (f"; seen:\n{seen()}" if seen else "")
+
+
 def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -142,6 +176,7 @@ async def call(
 
 
 def product_body(**overrides: Any) -> dict[str, Any]:
+    """A valid body for creating a product, with ``overrides``."""
     body = {
         "name": "Enamel Mug",
         "description": "A sturdy camping mug",
@@ -156,6 +191,7 @@ def product_body(**overrides: Any) -> dict[str, Any]:
 async def create_product(
     client: TestClient, headers: dict[str, str], **overrides: Any
 ) -> dict[str, Any]:
+    """Create a product (product_body with ``overrides``) and return it as answered."""
     body = await call(
         client,
         "POST",
@@ -300,6 +336,7 @@ class OrderProcess:
 async def take(
     product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
 ) -> int:
+    """The status of a referenced stock change of ``units`` (negative: taken)."""
     return (await take_answer(product, headers, product_id, units, reference))[0]
 
 
@@ -320,6 +357,7 @@ async def take_answer(
 async def undo(
     product: TestClient, headers: dict[str, str], product_id: str, reference: str
 ) -> int:
+    """The status of undoing the stock change made under ``reference``."""
     response = await product.post(
         f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
     )
@@ -336,6 +374,16 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             lines.append({"msg": text})
     return lines
+
+
+def eventually_logged(path: Path, message: str, *, times: int = 1, within: float = 30) -> None:
+    """Wait until ``message`` is in a service's log ``times`` times; fail showing its tail."""
+    eventually_sync(
+        lambda: [line.get("msg") for line in log_lines(path)].count(message) >= times,
+        f"{message!r} in {path.name} {times} time(s)",
+        within,
+        seen=lambda: processes.log_tail(path),
+    )
 
 
 # -- the shop's pages, read and driven through their forms as a browser would ----------------

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import REPO, free_base_port, http, shop_admin_token, shop_env, shopctl
+from support import (
+    REPO,
+    eventually_sync,
+    free_base_port,
+    http,
+    shop_admin_token,
+    shop_env,
+    shopctl,
+)
 
 from shopctl import probes, processes
 from shopctl.state import load_state
@@ -26,7 +34,12 @@ def listed_processes(data_dir: Path) -> list[processes.ManagedProcess]:
 
 
 def assert_all_gone(listed: list[processes.ManagedProcess]) -> None:
-    assert processes.wait_until(lambda: not any(p.alive() for p in listed), timeout=15), listed
+    eventually_sync(
+        lambda: not any(p.alive() for p in listed),
+        "every process listed gone",
+        15,
+        seen=lambda: [p for p in listed if p.alive()],
+    )
 
 
 @pytest.fixture
@@ -107,8 +120,7 @@ def test_up_with_two_workers_per_service_and_down_stops_them_all(data_dir: Path)
     for service in state.services:
         supervisor = psutil.Process(service.process.pid)
         # Its two workers (the second starts once the first serves).
-        two = processes.wait_until(lambda p=supervisor: len(p.children()) == 2, 30)
-        assert two, service.name
+        eventually_sync(lambda p=supervisor: len(p.children()) == 2, f"two {service.name}s", 30)
         workers += supervisor.children()
     code, listing = http("GET", f"http://127.0.0.1:{base}/api/products")
     assert code == 200, listing
@@ -133,12 +145,16 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(data_dir: Path, tmp_pat
             cwd=REPO,
         )
     try:
-        gateway_ready = processes.wait_until(
-            lambda: probes.get(f"http://127.0.0.1:{base}/ready", timeout=1).ok or up.poll(),
-            timeout=60,
+        eventually_sync(
+            lambda: (
+                probes.get(f"http://127.0.0.1:{base}/ready", timeout=1).ok or up.poll() is not None
+            ),
+            "the gateway ready",
+            60,
+            seen=output.read_text,
             interval=0.2,
         )
-        assert gateway_ready and up.poll() is None, output.read_text()
+        assert up.poll() is None, output.read_text()
         listed = listed_processes(data_dir)
         assert any(process.pid == up.pid for process in listed)
 

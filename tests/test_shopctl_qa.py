@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, http, running_shop, shop_admin_token, shopctl
+from support import REPO, eventually_sync, http, running_shop, shop_admin_token, shopctl
 
 from shopctl import processes
 from shopctl.seeding import load_demo_data
@@ -279,8 +279,7 @@ def test_a_broken_shop_fails_the_run_with_a_clear_report(broken_shop: Shop) -> N
         command, env=shop.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        placed = processes.wait_until(lambda: len(shop.orders()) > orders_before, timeout=60)
-        assert placed, "no order was placed"
+        eventually_sync(lambda: len(shop.orders()) > orders_before, "an order placed", 60)
         stop_service(shop, "product")
         stdout, stderr = running.communicate(timeout=120)
     finally:
