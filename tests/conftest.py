@@ -114,6 +114,7 @@ async def users_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def user_settings(users_postgres_uri: str) -> UserSettings:
+    """The user service's settings: its own database, the test admin, cheap bcrypt."""
     # Few bcrypt rounds keep the suite fast; the default (12) is measured in benchmarks/.
     return UserSettings.from_env(
         service_env(
@@ -133,10 +134,10 @@ async def user(aiohttp_client: Any, user_settings: UserSettings) -> TestClient:
 
 @pytest.fixture
 async def user_server(aiohttp_server: Any, user_settings: UserSettings) -> TestServer:
-    """The real user service on a port of its own: every other service asks it whether a
-    token was revoked (USER_SERVICE_URL). Its accounts are those the tests' tokens name: the
-    admin (id 1, made at start-up) and customers 2 to TEST_ACCOUNTS - 1 (support.customer);
-    accounts registered later get ids after them."""
+    """The real user service on a port of its own, holding the accounts test tokens name."""
+    # Every other service asks it whether a token was revoked (USER_SERVICE_URL). Its
+    # accounts: the admin (id 1, made at start-up) and customers 2 to TEST_ACCOUNTS - 1
+    # (support.customer); accounts registered later get ids after them.
     server = await aiohttp_server(create_user_app(user_settings))
     async with postgres(user_settings.database_url) as connection:
         await add_accounts(connection, range(2, TEST_ACCOUNTS))
@@ -152,6 +153,7 @@ def user_service_url(user_server: TestServer) -> str:
 
 @pytest.fixture
 def product_settings(mongo_uri: str, user_service_url: str) -> ProductSettings:
+    """The product service's settings: its own database, the real user service."""
     return ProductSettings.from_env(
         service_env(MONGODB_URI=mongo_uri, USER_SERVICE_URL=user_service_url)
     )
@@ -165,16 +167,19 @@ async def product(aiohttp_client: Any, product_settings: ProductSettings) -> Tes
 
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
+    """Headers of the admin (id 1), with a token as the user service would issue it."""
     return bearer(issue_token(JWT_SECRET, sub="1", email="admin@shop.test", role="admin"))
 
 
 @pytest.fixture
 def customer_headers() -> dict[str, str]:
+    """Headers of customer 2, with a token as the user service would issue it."""
     return bearer(issue_token(JWT_SECRET, sub="2", email="ann@shop.test", role="customer"))
 
 
 @pytest.fixture
 def service_headers() -> dict[str, str]:
+    """Headers of the order service (a service token: stock moves with a reference)."""
     return bearer(service_token(JWT_SECRET, "order"))
 
 
@@ -204,8 +209,8 @@ def json_logs() -> Any:
 
 @pytest.fixture(scope="session")
 def redis_server_uri() -> Iterator[str]:
-    """A Redis server: REDIS_URL's, or an embedded one for this session. Tests share it and
-    keep apart by using user ids of their own: nothing is ever flushed."""
+    """A Redis server: REDIS_URL's, or an embedded one for this session."""
+    # Tests share it and keep apart by using user ids of their own: nothing is ever flushed.
     with given_or_embedded("REDIS_URL", lambda: embedded.start_redis(None)) as uri:
         yield uri
 
@@ -224,8 +229,7 @@ async def products(aiohttp_client: Any, product_server: TestServer) -> TestClien
 
 @pytest.fixture
 def catalogue_cache_seconds() -> str:
-    """The cart service's CATALOGUE_CACHE_SECONDS: its default, unless a test parametrizes
-    this name."""
+    """The cart service's CATALOGUE_CACHE_SECONDS: its default, unless a test parametrizes it."""
     return "1"
 
 
@@ -236,6 +240,7 @@ def cart_settings(
     user_service_url: str,
     catalogue_cache_seconds: str,
 ) -> CartSettings:
+    """The cart service's settings: the shared Redis, the real product and user services."""
     return CartSettings.from_env(
         service_env(
             REDIS_URL=redis_server_uri,
@@ -337,8 +342,7 @@ async def shop_services(
 
 @pytest.fixture
 def gateway_env(shop_services: dict[str, TestServer]) -> dict[str, str]:
-    """The gateway's environment in front of those services (JWT_SECRET too, as shopctl up
-    gives it)."""
+    """The gateway's environment in front of shop_services, JWT_SECRET too as shopctl up's."""
     urls = {
         f"{name.upper()}_SERVICE_URL": str(server.make_url(""))
         for name, server in shop_services.items()
@@ -348,8 +352,7 @@ def gateway_env(shop_services: dict[str, TestServer]) -> dict[str, str]:
 
 @pytest.fixture
 async def web_shop(aiohttp_client: Any, gateway_env: dict[str, str]) -> TestClient:
-    """A browser on the whole shop: a client of the gateway (it keeps cookies between
-    requests and follows redirects)."""
+    """A browser on the whole shop: a gateway client (keeps cookies, follows redirects)."""
     from svc_gateway.app import GatewaySettings
     from svc_gateway.app import create_app as create_gateway_app
 

@@ -97,6 +97,7 @@ async def test_categories_count_products(
 
 @pytest.fixture
 async def catalogue(product: TestClient, admin_headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Five products in three categories, for the listing tests; as created."""
     rows = [
         ("Blue Mug", "ceramic mug for coffee", 5, "kitchen", 3),
         ("red mug", "enamel mug (camping)", 7.5, "kitchen", 0),
