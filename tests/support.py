@@ -590,11 +590,16 @@ async def log_in_as_admin_with_form(client: TestClient) -> Page:
     return await log_in_with_form(client, ADMIN_EMAIL, ADMIN_PASSWORD)
 
 
-async def admin_login_headers(client: TestClient) -> dict[str, str]:
-    """Headers of the test services' admin, from a real login through ``client``'s API."""
-    body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+async def log_in_with_api(client: TestClient, email: str, password: str) -> dict[str, str]:
+    """Headers of an account, from a real login through ``client``'s API."""
+    body = {"email": email, "password": password}
     reply = await call(client, "POST", "/api/users/login", json=body, expected_status=200)
     return bearer(reply["data"]["token"])
+
+
+async def admin_login_headers(client: TestClient) -> dict[str, str]:
+    """Headers of the test services' admin, from a real login through ``client``'s API."""
+    return await log_in_with_api(client, ADMIN_EMAIL, ADMIN_PASSWORD)
 
 
 async def add_to_cart_with_form(client: TestClient, product_id: str, quantity: int) -> Page:
