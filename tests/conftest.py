@@ -34,6 +34,8 @@ from shopkit.auth import issue_token, service_token
 from shopkit.logs import BufferedStreamHandler, configure_logging
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
+from svc_order.app import OrderSettings
+from svc_order.app import create_app as create_order_app
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 from svc_user.app import UserSettings
@@ -93,7 +95,7 @@ async def throwaway_database(server_uri: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """A database of this test's own (the service migrates it), dropped afterwards."""
+    """A database of this test's own (the order service's, if any), dropped afterwards."""
     async with throwaway_database(postgres_server_uri) as uri:
         yield uri
 
@@ -104,14 +106,15 @@ def service_env(**values: str) -> dict[str, str]:
 
 @pytest.fixture
 async def users_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """The user service's database of this test's own (postgres_uri is the order service's
-    in the order tests: both keep a schema_migrations table), dropped afterwards."""
+    """The user service's database of this test's own, dropped afterwards."""
+    # Not postgres_uri, the order service's: both keep a schema_migrations table.
     async with throwaway_database(postgres_server_uri) as uri:
         yield uri
 
 
 @pytest.fixture
 def user_settings(users_postgres_uri: str) -> UserSettings:
+    """The user service's settings: its own database, the test admin, cheap bcrypt."""
     # Few bcrypt rounds keep the suite fast; the default (12) is measured in benchmarks/.
     return UserSettings.from_env(
         service_env(
@@ -131,10 +134,10 @@ async def user(aiohttp_client: Any, user_settings: UserSettings) -> TestClient:
 
 @pytest.fixture
 async def user_server(aiohttp_server: Any, user_settings: UserSettings) -> TestServer:
-    """The real user service on a port of its own: every other service asks it whether a
-    token was revoked (USER_SERVICE_URL). Its accounts are those the tests' tokens name: the
-    admin (id 1, made at start-up) and customers 2 to TEST_ACCOUNTS - 1 (support.customer);
-    accounts registered later get ids after them."""
+    """The real user service on a port of its own, holding the accounts test tokens name."""
+    # Every other service asks it whether a token was revoked (USER_SERVICE_URL). Its
+    # accounts: the admin (id 1, made at start-up) and customers 2 to TEST_ACCOUNTS - 1
+    # (support.customer); accounts registered later get ids after them.
     server = await aiohttp_server(create_user_app(user_settings))
     async with postgres(user_settings.database_url) as connection:
         await add_accounts(connection, range(2, TEST_ACCOUNTS))
@@ -150,6 +153,7 @@ def user_service_url(user_server: TestServer) -> str:
 
 @pytest.fixture
 def product_settings(mongo_uri: str, user_service_url: str) -> ProductSettings:
+    """The product service's settings: its own database, the real user service."""
     return ProductSettings.from_env(
         service_env(MONGODB_URI=mongo_uri, USER_SERVICE_URL=user_service_url)
     )
@@ -163,16 +167,19 @@ async def product(aiohttp_client: Any, product_settings: ProductSettings) -> Tes
 
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
+    """Headers of the admin (id 1), with a token as the user service would issue it."""
     return bearer(issue_token(JWT_SECRET, sub="1", email="admin@shop.test", role="admin"))
 
 
 @pytest.fixture
 def customer_headers() -> dict[str, str]:
+    """Headers of customer 2, with a token as the user service would issue it."""
     return bearer(issue_token(JWT_SECRET, sub="2", email="ann@shop.test", role="customer"))
 
 
 @pytest.fixture
 def service_headers() -> dict[str, str]:
+    """Headers of the order service (a service token: stock moves with a reference)."""
     return bearer(service_token(JWT_SECRET, "order"))
 
 
@@ -202,8 +209,8 @@ def json_logs() -> Any:
 
 @pytest.fixture(scope="session")
 def redis_server_uri() -> Iterator[str]:
-    """A Redis server: REDIS_URL's, or an embedded one for this session. Tests share it and
-    keep apart by using user ids of their own: nothing is ever flushed."""
+    """A Redis server: REDIS_URL's, or an embedded one for this session."""
+    # Tests share it and keep apart by using user ids of their own: nothing is ever flushed.
     with given_or_embedded("REDIS_URL", lambda: embedded.start_redis(None)) as uri:
         yield uri
 
@@ -222,8 +229,7 @@ async def products(aiohttp_client: Any, product_server: TestServer) -> TestClien
 
 @pytest.fixture
 def catalogue_cache_seconds() -> str:
-    """The cart service's CATALOGUE_CACHE_SECONDS: its default, unless a test parametrizes
-    this name."""
+    """The cart service's CATALOGUE_CACHE_SECONDS: its default, unless a test parametrizes it."""
     return "1"
 
 
@@ -234,6 +240,7 @@ def cart_settings(
     user_service_url: str,
     catalogue_cache_seconds: str,
 ) -> CartSettings:
+    """The cart service's settings: the shared Redis, the real product and user services."""
     return CartSettings.from_env(
         service_env(
             REDIS_URL=redis_server_uri,
@@ -250,17 +257,50 @@ async def cart(aiohttp_client: Any, cart_settings: CartSettings) -> TestClient:
     return await aiohttp_client(create_cart_app(cart_settings))
 
 
-# == The whole shop behind the gateway, as a browser sees it (tests/test_pages*.py) ============
-# Every service real and listening on a port of its own, the gateway in front of them with
-# the environment `shopctl up` gives it. Imports are local to keep this block self-contained.
+@pytest.fixture
+async def cart_server(aiohttp_server: Any, cart_settings: CartSettings) -> TestServer:
+    """The real cart service on a port of its own, for the services that call it."""
+    return await aiohttp_server(create_cart_app(cart_settings))
+
+
+# -- the order service: PostgreSQL, in front of the real product (and cart) service ----------
 
 
 @pytest.fixture
-async def orders_postgres_uri(postgres_server_uri: str) -> AsyncIterator[str]:
-    """A second database of this test's own, for the order service (postgres_uri is the user
-    service's: both keep a schema_migrations table), dropped afterwards."""
-    async with throwaway_database(postgres_server_uri) as uri:
-        yield uri
+def order_cart_service_url() -> str:
+    """The order service's CART_SERVICE_URL: nothing there, unless a module overrides this."""
+    # Checkouts of explicit items never ask the cart service; test_order_cart.py gives it one.
+    return "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def order_settings(
+    postgres_uri: str,
+    product_server: TestServer,
+    user_service_url: str,
+    order_cart_service_url: str,
+) -> OrderSettings:
+    """The order service's settings: its own database, recovery only when a test runs it."""
+    return OrderSettings.from_env(
+        service_env(
+            DATABASE_URL=postgres_uri,
+            PRODUCT_SERVICE_URL=str(product_server.make_url("")),
+            USER_SERVICE_URL=user_service_url,
+            CART_SERVICE_URL=order_cart_service_url,
+            RECOVERY_INTERVAL_SECONDS="3600",
+        )
+    )
+
+
+@pytest.fixture
+async def orders(aiohttp_client: Any, order_settings: OrderSettings) -> TestClient:
+    """The real order service over HTTP, on its own database (see order_settings)."""
+    return await aiohttp_client(create_order_app(order_settings))
+
+
+# == The whole shop behind the gateway, as a browser sees it (tests/test_pages*.py) ============
+# Every service real and listening on a port of its own, the gateway in front of them with
+# the environment `shopctl up` gives it. Imports are local to keep this block self-contained.
 
 
 @pytest.fixture
@@ -269,19 +309,15 @@ async def shop_services(
     product_server: TestServer,
     user_server: TestServer,
     user_settings: UserSettings,
-    cart_settings: CartSettings,
-    orders_postgres_uri: str,
+    cart_server: TestServer,
+    postgres_uri: str,
 ) -> AsyncIterator[dict[str, TestServer]]:
     """The product, user, cart and order services, all real, by backend name."""
     import secrets
 
-    from svc_order.app import OrderSettings
-    from svc_order.app import create_app as create_order_app
-
-    cart_server = await aiohttp_server(create_cart_app(cart_settings))
     order_settings = OrderSettings.from_env(
         service_env(
-            DATABASE_URL=orders_postgres_uri,
+            DATABASE_URL=postgres_uri,
             PRODUCT_SERVICE_URL=str(product_server.make_url("")),
             CART_SERVICE_URL=str(cart_server.make_url("")),
             USER_SERVICE_URL=str(user_server.make_url("")),
@@ -306,8 +342,7 @@ async def shop_services(
 
 @pytest.fixture
 def gateway_env(shop_services: dict[str, TestServer]) -> dict[str, str]:
-    """The gateway's environment in front of those services (JWT_SECRET too, as shopctl up
-    gives it)."""
+    """The gateway's environment in front of shop_services, JWT_SECRET too as shopctl up's."""
     urls = {
         f"{name.upper()}_SERVICE_URL": str(server.make_url(""))
         for name, server in shop_services.items()
@@ -317,8 +352,7 @@ def gateway_env(shop_services: dict[str, TestServer]) -> dict[str, str]:
 
 @pytest.fixture
 async def web_shop(aiohttp_client: Any, gateway_env: dict[str, str]) -> TestClient:
-    """A browser on the whole shop: a client of the gateway (it keeps cookies between
-    requests and follows redirects)."""
+    """A browser on the whole shop: a gateway client (keeps cookies, follows redirects)."""
     from svc_gateway.app import GatewaySettings
     from svc_gateway.app import create_app as create_gateway_app
 

@@ -1,39 +1,87 @@
-"""Helpers the tests share (fixtures live in conftest.py)."""
+"""Helpers the tests share (fixtures live in conftest.py): waiting, tokens, API calls whose
+answers are checked against the service's own OpenAPI document, the pages driven through
+their forms, service processes, and a whole shop from `shopctl up`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import aiohttp
 import asyncpg
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, make_mocked_request
+from jsonschema import Draft202012Validator
+from yarl import URL
+
+from shopctl import processes
 
 JWT_SECRET = "test-secret-" + "x" * 60
 ADMIN_EMAIL = "boss@shop.test"
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+# The one way tests wait for something: poll it with a deadline (never sleep a fixed time).
+# A failure names ``what`` did not happen and, with ``seen``, shows what there was instead.
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    within: float = 30,
+    *,
+    seen: Callable[[], object] | None = None,
+) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` once ``within`` seconds pass."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
-            raise AssertionError(f"{what} did not happen within {within} s")
+            raise AssertionError(_did_not_happen(what, within, seen))
         await asyncio.sleep(0.01)
 
 
+def eventually_sync(
+    check: Callable[[], bool],
+    what: str,
+    within: float = 30,
+    *,
+    seen: Callable[[], object] | None = None,
+    interval: float = 0.1,
+) -> None:
+    """``eventually`` for tests without an event loop (processes, files): it blocks."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(_did_not_happen(what, within, seen))
+        time.sleep(interval)
+
+
+def _did_not_happen(what: str, within: float, seen: Callable[[], object] | None) -> str:
+    return f"{what} did not happen within {within} s" + (f"; seen:\n{seen()}" if seen else "")
+
+
 def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -108,12 +156,14 @@ async def call(
     expected_status: int,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Make a request, check its status and the envelope, and return the JSON body."""
+    """Make a request, check its status, the envelope and that the answer is what the
+    service's OpenAPI document declares, and return the JSON body."""
     response = await client.request(method, path, **kwargs)
     text = await response.text()
     assert response.status == expected_status, text
     assert response.headers["X-Request-ID"]
     assert response.content_type == "application/json", text
+    await assert_documented(client, response, text)
     body = await response.json()
     if expected_status < 400:
         assert body["success"] is True, body
@@ -126,6 +176,7 @@ async def call(
 
 
 def product_body(**overrides: Any) -> dict[str, Any]:
+    """A valid body for creating a product, with ``overrides``."""
     body = {
         "name": "Enamel Mug",
         "description": "A sturdy camping mug",
@@ -140,6 +191,7 @@ def product_body(**overrides: Any) -> dict[str, Any]:
 async def create_product(
     client: TestClient, headers: dict[str, str], **overrides: Any
 ) -> dict[str, Any]:
+    """Create a product (product_body with ``overrides``) and return it as answered."""
     body = await call(
         client,
         "POST",
@@ -188,6 +240,33 @@ async def change_stock(
         headers=headers,
         expected_status=expected_status,
     )
+
+
+async def checkout(
+    orders: TestClient,
+    headers: dict[str, str],
+    items: list[tuple[str, int]],
+    *,
+    expected_status: int = 201,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """POST an order of these (product id, quantity) lines, with an Idempotency-Key if given."""
+    body = {"items": [{"product_id": pid, "quantity": qty} for pid, qty in items]}
+    extra = {"Idempotency-Key": key} if key else {}
+    return await call(
+        orders,
+        "POST",
+        "/api/orders",
+        json=body,
+        headers={**headers, **extra},
+        expected_status=expected_status,
+    )
+
+
+async def rows_in(database_uri: str, table: str) -> int:
+    """How many rows a table of a PostgreSQL database holds."""
+    async with postgres(database_uri) as connection:
+        return await connection.fetchval(f"SELECT count(*) FROM {table}")
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,6 +336,7 @@ class OrderProcess:
 async def take(
     product: TestClient, headers: dict[str, str], product_id: str, units: int, reference: str
 ) -> int:
+    """The status of a referenced stock change of ``units`` (negative: taken)."""
     return (await take_answer(product, headers, product_id, units, reference))[0]
 
 
@@ -269,17 +349,19 @@ async def take_answer(
         json={"quantity": units, "reference": reference},
         headers=headers,
     )
-    body = await response.json()
-    return response.status, body.get("code")
+    text = await response.text()
+    await assert_documented(product, response, text)
+    return response.status, json.loads(text).get("code")
 
 
 async def undo(
     product: TestClient, headers: dict[str, str], product_id: str, reference: str
 ) -> int:
+    """The status of undoing the stock change made under ``reference``."""
     response = await product.post(
         f"/api/products/{product_id}/stock/undo", json={"reference": reference}, headers=headers
     )
-    await response.read()
+    await assert_documented(product, response, await response.text())
     return response.status
 
 
@@ -292,3 +374,508 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             lines.append({"msg": text})
     return lines
+
+
+def eventually_logged(path: Path, message: str, *, times: int = 1, within: float = 30) -> None:
+    """Wait until ``message`` is in a service's log ``times`` times; fail showing its tail."""
+    eventually_sync(
+        lambda: [line.get("msg") for line in log_lines(path)].count(message) >= times,
+        f"{message!r} in {path.name} {times} time(s)",
+        within,
+        seen=lambda: processes.log_tail(path),
+    )
+
+
+# -- the shop's pages, read and driven through their forms as a browser would ----------------
+
+SHOPPER_PASSWORD = "s3cret-enough"  # register_with_form's
+
+
+@dataclass
+class Form:
+    action: str
+    method: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    buttons: list[tuple[str, str, str]] = field(default_factory=list)  # name, value, text
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str]
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[Form] = []
+        self.elements: list[Element] = []
+        self.title = ""
+        self.inline_scripts = 0
+        self._form: Form | None = None
+        self._text_target: tuple[str, Any] | None = None
+        self._select: str | None = None
+        self._button: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        self.elements.append(Element(tag, values))
+        form = self._form
+        if tag == "form":
+            self._form = Form(values.get("action", ""), values.get("method", "get").lower(), values)
+            self.forms.append(self._form)
+        elif tag == "title":
+            self._text_target = ("title", None)
+        elif tag == "script" and "src" not in values:
+            self.inline_scripts += 1
+        elif form is None:
+            return
+        elif tag == "input" and values.get("name"):
+            kind = values.get("type", "text")
+            if kind in ("checkbox", "radio") and "checked" not in values:
+                return
+            form.fields[values["name"]] = values.get("value", "")
+        elif tag == "select":
+            self._select = values.get("name")
+        elif tag == "option" and self._select and "selected" in values:
+            form.fields[self._select] = values.get("value", "")
+        elif tag == "textarea" and values.get("name"):
+            form.fields[values["name"]] = ""
+            self._text_target = ("textarea", values["name"])
+        elif tag == "button":
+            self._button = [values.get("name", ""), values.get("value", ""), ""]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        elif tag in ("title", "textarea"):
+            self._text_target = None
+        elif tag == "select":
+            self._select = None
+        elif tag == "button" and self._button is not None and self._form is not None:
+            name, value, text = self._button
+            self._form.buttons.append((name, value, " ".join(text.split())))
+            self._button = None
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button[2] += data
+        if self._text_target is None:
+            return
+        kind, name = self._text_target
+        if kind == "title":
+            self.title += data
+        elif self._form is not None:
+            self._form.fields[name] += data
+
+
+@dataclass
+class Page:
+    status: int
+    path: str  # where the client ended up, after redirects
+    html: str
+    headers: Any
+    forms: list[Form]
+    elements: list[Element]
+    title: str
+    inline_scripts: int
+
+    def form(self, action: str, label: str | None = None) -> Form:
+        """The (first) form sending to ``action``; ``label``: the one with this aria-label."""
+        for form in self.forms:
+            if form.action == action and (label is None or form.attrs.get("aria-label") == label):
+                return form
+        raise AssertionError(f"no form sending to {action} ({label}) on {self.path}")
+
+    def has_form(self, action: str) -> bool:
+        return any(form.action == action for form in self.forms)
+
+    def tags(self, tag: str) -> list[Element]:
+        return [element for element in self.elements if element.tag == tag]
+
+    @property
+    def text(self) -> str:
+        """The visible words, tags taken out (for looking for sentences)."""
+        inline_gone = re.sub(r"</?(?:a|span|strong|em|time|b)\b[^>]*>", "", self.html)
+        without_tags = re.sub(r"<[^>]+>", " ", inline_gone)
+        return unescape(" ".join(without_tags.split()))
+
+    def flashes(self) -> list[str]:
+        found = re.findall(r'<p class="flash flash--(\w+)">(.*?)</p>', self.html, re.S)
+        return [f"{level}: {unescape(' '.join(text.split()))}" for level, text in found]
+
+
+async def read_page(response: ClientResponse) -> Page:
+    """The page an answer holds, parsed."""
+    html = await response.text()
+    parser = _PageParser()
+    parser.feed(html)
+    return Page(
+        response.status,
+        response.url.path_qs,
+        html,
+        response.headers,
+        parser.forms,
+        parser.elements,
+        " ".join(parser.title.split()),
+        parser.inline_scripts,
+    )
+
+
+async def get_page(
+    client: TestClient, path: str, *, expected_status: int = 200, **kwargs: Any
+) -> Page:
+    """GET an HTML page (redirects followed) and check its status."""
+    response = await client.get(path, **kwargs)
+    page = await read_page(response)
+    assert page.status == expected_status, f"{path}: {page.status}\n{page.text[:2000]}"
+    assert response.content_type == "text/html", page.html[:500]
+    return page
+
+
+async def submit(
+    client: TestClient,
+    page: Page,
+    action: str,
+    *,
+    expected_status: int = 200,
+    button: str | None = None,
+    **values: Any,
+) -> Page:
+    """Fill in the form posting to ``action`` on ``page`` and send it, following redirects.
+    ``button`` picks a submit button by its text (its name and value are sent)."""
+    form = page.form(action)
+    data = {**form.fields, **{name: str(value) for name, value in values.items()}}
+    if button is not None:
+        chosen = [b for b in form.buttons if b[2].startswith(button)]
+        assert chosen, f"no button {button!r} in {form.buttons}"
+        name, value, _ = chosen[0]
+        if name:
+            data[name] = value
+    response = await client.post(action, data=data)
+    result = await read_page(response)
+    assert result.status == expected_status, f"{action}: {result.status}\n{result.text[:2000]}"
+    return result
+
+
+# -- shoppers and admins on the pages ---------------------------------------------------------
+
+
+async def register_with_form(
+    client: TestClient, email: str, *, first_name: str = "Ann", password: str = SHOPPER_PASSWORD
+) -> Page:
+    """Create an account through the register page's form (which logs it in)."""
+    page = await get_page(client, "/register")
+    return await submit(
+        client,
+        page,
+        "/register",
+        email=email,
+        first_name=first_name,
+        last_name="Shopper",
+        password=password,
+        password_confirm=password,
+    )
+
+
+async def log_in_with_form(client: TestClient, email: str, password: str) -> Page:
+    """Log in through the login page's form."""
+    page = await get_page(client, "/login")
+    return await submit(client, page, "/login", email=email, password=password)
+
+
+async def log_in_as_admin_with_form(client: TestClient) -> Page:
+    """Log the test services' admin in through the login page's form."""
+    return await log_in_with_form(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+async def log_in_with_api(client: TestClient, email: str, password: str) -> dict[str, str]:
+    """Headers of an account, from a real login through ``client``'s API."""
+    body = {"email": email, "password": password}
+    reply = await call(client, "POST", "/api/users/login", json=body, expected_status=200)
+    return bearer(reply["data"]["token"])
+
+
+async def admin_login_headers(client: TestClient) -> dict[str, str]:
+    """Headers of the test services' admin, from a real login through ``client``'s API."""
+    return await log_in_with_api(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+async def add_to_cart_with_form(client: TestClient, product_id: str, quantity: int) -> Page:
+    """Add to the cart through the product page's form."""
+    page = await get_page(client, f"/products/{product_id}")
+    return await submit(client, page, "/cart/items", quantity=quantity)
+
+
+def cookie_header(response: ClientResponse, name: str) -> str:
+    """The Set-Cookie header for ``name`` (the last one, if set more than once)."""
+    found = [
+        value for value in response.headers.getall("Set-Cookie", []) if value.startswith(f"{name}=")
+    ]
+    assert found, f"no Set-Cookie for {name}: {response.headers.getall('Set-Cookie', [])}"
+    return found[-1]
+
+
+def set_cookie(client: TestClient, name: str, value: str) -> None:
+    """Put a cookie in the client's jar as if the gateway had set it."""
+    client.session.cookie_jar.update_cookies({name: value}, response_url=client.make_url("/"))
+
+
+def cookie_flags(header: str) -> set[str]:
+    """The attributes a Set-Cookie header gives its cookie (secure, httponly, ...)."""
+    return {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}
+
+
+def assert_page_basics(page: Page, title: str) -> None:
+    """What every page must have: its title, the landmarks, a skip link, labelled inputs,
+    images with alt text, no inline scripts."""
+    from svc_gateway.pages.rendering import SHOP_NAME
+
+    assert page.title == f"{title} · {SHOP_NAME}", page.title
+    assert page.tags("html")[0].attrs.get("lang") == "en"
+    for landmark in ("header", "nav", "main", "footer"):
+        assert page.tags(landmark), f"no <{landmark}> on {page.path}"
+    assert page.tags("main")[0].attrs.get("id") == "main"
+    assert any(a.attrs.get("href") == "#main" for a in page.tags("a")), "no skip link"
+    assert len(page.tags("h1")) == 1, f"{page.path} should have one h1"
+    labelled = {label.attrs.get("for") for label in page.tags("label")}
+    for element in page.elements:
+        if element.tag in ("input", "select", "textarea"):
+            if element.attrs.get("type") in ("hidden", "submit"):
+                continue
+            assert element.attrs.get("id") in labelled or element.attrs.get("aria-label"), (
+                f"unlabelled {element.tag} {element.attrs} on {page.path}"
+            )
+    for image in page.tags("img"):
+        assert "alt" in image.attrs, f"image without alt on {page.path}: {image.attrs}"
+    assert page.inline_scripts == 0
+    assert "flashes" in page.html and 'aria-live="polite"' in page.html
+
+
+# -- a whole shop from `shopctl up`, driven as a user would ---------------------------------
+
+SHOP_ADMIN_EMAIL = "admin@shop.local"  # the admin `shopctl up` makes
+# Settings the shell may carry that would make shopctl use something other than what it
+# starts itself on a fresh machine.
+NOT_INHERITED = {
+    "MONGODB_URI",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "ADMIN_EMAIL",
+    "ADMIN_PASSWORD",
+}
+
+
+def shop_env(**values: str) -> dict[str, str]:
+    """The environment `shopctl` runs with: this shell's, less what would change its choices."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in NOT_INHERITED and not key.startswith("SHOP_")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "250"
+    return {**env, **values}
+
+
+def shopctl(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m shopctl` as a user would; its output is captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "shopctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or shop_env(),
+        cwd=REPO,
+        timeout=180,
+    )
+
+
+def free_base_port() -> int:
+    """A base port whose five service ports are all free."""
+    while True:
+        base = processes.free_port()
+        if base + 4 < 65536 and not any(processes.port_in_use(base + k) for k in range(5)):
+            return base
+
+
+@contextmanager
+def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A whole shop from `shopctl up --detach` on free ports: its gateway URL and the
+    environment shopctl runs with; stopped afterwards, whatever happened."""
+    base = free_base_port()
+    # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
+    env = shop_env(BCRYPT_ROUNDS="4")
+    try:
+        up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield f"http://127.0.0.1:{base}", env
+    finally:
+        down = shopctl("down", "--data-dir", data_dir, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """A blocking JSON request (no proxy), for tests without an event loop: status and body."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with opener.open(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def shop_admin_token(gateway: str, data_dir: Path) -> str:
+    """The token of the admin `shopctl up` made, from a real login with its password."""
+    password = (data_dir / "admin_password").read_text().strip()
+    credentials = {"email": SHOP_ADMIN_EMAIL, "password": password}
+    code, reply = http("POST", f"{gateway}/api/users/login", credentials)
+    assert code == 200, reply
+    assert reply["data"]["user"]["role"] == "admin"
+    return reply["data"]["token"]
+
+
+# -- answers checked against the OpenAPI document of the service that gave them -------------
+# As backendschool2019's helpers validate every answer, `call` (and the other helpers that
+# make requests) check each one against the document the service serves at /openapi.json.
+# Numbers are read as decimals on both sides: `multipleOf: 0.01` is about the 19.99 written
+# in the answer, which its nearest binary float is not.
+
+# Refusals the services give on routes whose document does not declare that status: gaps
+# in the documents, each checked as the error envelope until its route declares it.
+UNDECLARED_ERRORS: dict[tuple[str, str, int], str] = {
+    ("POST", "/api/users/login", 415): "a body in an encoding nobody decodes (no route "
+    "that reads a body declares 415)",
+    ("GET", "/api/users/profile", 403): "a service token, which has no profile (the route "
+    "declares 401 only)",
+}
+
+_DOCUMENTS: WeakKeyDictionary[web.Application, dict[str, Any]] = WeakKeyDictionary()
+_FORWARDED_DOCUMENTS: WeakKeyDictionary[web.Application, dict[str, Any]] = WeakKeyDictionary()
+
+
+def openapi_document(app: web.Application) -> dict[str, Any]:
+    """The document the app serves at /openapi.json, numbers as Decimal (built once per app)."""
+    if app not in _DOCUMENTS:
+        from shopkit.openapi import build_openapi
+
+        document = build_openapi(app, "under test", "0")
+        _DOCUMENTS[app] = json.loads(json.dumps(document), parse_float=Decimal)
+    return _DOCUMENTS[app]
+
+
+async def route_of(app: web.Application, method: str, path: str) -> str | None:
+    """The route template the app's router takes ``path`` to; None when no route does."""
+    match = await app.router.resolve(make_mocked_request(method, path, app=app))
+    return None if match.http_exception is not None else match.route.resource.canonical
+
+
+def documented_route(document: dict[str, Any], path: str) -> str | None:
+    """The document's path template that ``path`` falls under (literal segments first)."""
+    segments = path.split("/")
+    candidates = []
+    for template in document["paths"]:
+        parts = template.split("/")
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            candidates.append((sum(part.startswith("{") for part in parts), template))
+    return min(candidates)[1] if candidates else None
+
+
+def declared_schema(
+    document: dict[str, Any], method: str, route: str | None, status: int
+) -> dict[str, Any] | None:
+    """The JSON schema the document gives the answer, or None when it declares none."""
+    if route is None:  # no route took the request: the envelope every error answer has
+        return {"$ref": "#/components/schemas/Error"} if status >= 400 else None
+    operation = document["paths"].get(route, {}).get(method.lower())
+    answer = (operation or {}).get("responses", {}).get(str(status))
+    if answer is None:
+        return None
+    return answer["content"]["application/json"]["schema"]
+
+
+def assert_matches_openapi(
+    document: dict[str, Any], method: str, route: str | None, status: int, body: Any
+) -> None:
+    """Fail unless ``body`` is what ``document`` declares ``method route`` answers with
+    ``status`` (an answer no route took: the document's error envelope)."""
+    schema = declared_schema(document, method, route, status)
+    if schema is None and (method, route, status) in UNDECLARED_ERRORS:
+        schema = {"$ref": "#/components/schemas/Error"}
+    assert schema is not None, f"the document declares no {status} answer to {method} {route}"
+    validator = Draft202012Validator(
+        {**schema, "components": document["components"]},
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    problems = [
+        f"{'/'.join(map(str, error.absolute_path)) or 'the body'}: {error.message}"
+        for error in validator.iter_errors(body)
+    ]
+    assert not problems, f"{method} {route} {status} is not as documented: {problems}"
+
+
+async def _served_document(base_url: str) -> dict[str, Any] | None:
+    """The document a service at ``base_url`` serves, numbers as Decimal; None if it does not."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.get(f"{base_url}/openapi.json") as answer,
+        ):
+            if answer.status != 200:
+                return None
+            return json.loads(await answer.text(), parse_float=Decimal)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def forwarded_document(app: web.Application, path: str) -> dict[str, Any] | None:
+    """For a gateway, the document of the backend it forwards ``path`` to: the one whose
+    document has routes under the path's /api/<prefix>; None for any other app or path."""
+    from svc_gateway.keys import BACKENDS
+
+    prefix = "/".join(path.split("/")[:3])
+    if BACKENDS not in app or not prefix.startswith("/api/"):
+        return None
+    documents = _FORWARDED_DOCUMENTS.setdefault(app, {})
+    for backend in app[BACKENDS].values():
+        if backend.name not in documents:  # asked once it answers (it may be down for now)
+            document = await _served_document(backend.base_url)
+            if document is None:
+                continue
+            documents[backend.name] = document
+        if any(
+            template == prefix or template.startswith(f"{prefix}/")
+            for template in documents[backend.name]["paths"]
+        ):
+            return documents[backend.name]
+    return None
+
+
+async def assert_documented(client: TestClient, response: ClientResponse, text: str) -> None:
+    """Fail unless the JSON answer ``text`` is what the document of the service that gave it
+    declares: the app's own, or for what a gateway forwards unchanged (its document claims
+    nothing about it), the document of the backend that answered."""
+    app = client.app
+    assert app is not None, "the answer's document is read from the app the client is of"
+    method, status, path = response.method, response.status, response.url.raw_path
+    body = json.loads(text, parse_float=Decimal)
+    document = openapi_document(app)
+    route = await route_of(app, method, path)
+    if not declared_schema(document, method, route, status):
+        backend = await forwarded_document(app, URL(path).path)
+        if backend is not None:
+            document, route = backend, documented_route(backend, URL(path).path)
+    assert_matches_openapi(document, method, route, status, body)

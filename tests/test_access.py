@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from support import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, call, product_body
+from support import admin_login_headers, bearer, call, product_body
 
 from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
@@ -35,14 +35,8 @@ async def shop(
     return await aiohttp_client(create_gateway_app(settings))
 
 
-async def log_in(shop: TestClient, email: str, password: str) -> dict[str, str]:
-    body = {"email": email, "password": password}
-    reply = await call(shop, "POST", "/api/users/login", json=body, expected_status=200)
-    return bearer(reply["data"]["token"])
-
-
 async def test_an_admin_who_logged_in_runs_the_catalogue(shop: TestClient) -> None:
-    admin = await log_in(shop, ADMIN_EMAIL, ADMIN_PASSWORD)
+    admin = await admin_login_headers(shop)
     created = await call(
         shop, "POST", "/api/products", json=product_body(), headers=admin, expected_status=201
     )

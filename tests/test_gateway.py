@@ -26,6 +26,7 @@ def gateway_settings(**urls: str) -> GatewaySettings:
 
 @pytest.fixture
 async def gateway(aiohttp_client: Any, product_server: TestServer) -> TestClient:
+    """A gateway in front of the real product service, allowing one CORS origin."""
     settings = gateway_settings(
         PRODUCT_SERVICE_URL=str(product_server.make_url("")),
         CORS_ORIGINS="https://shop.example",

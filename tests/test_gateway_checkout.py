@@ -31,13 +31,14 @@ from support import (
     create_product,
     customer,
     eventually,
+    get_page,
     postgres,
+    set_cookie,
     stock_of,
+    submit,
 )
 
 from shopctl import processes
-from svc_cart.app import CartSettings
-from svc_cart.app import create_app as create_cart_app
 from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
 
@@ -136,14 +137,13 @@ async def shop(
     product_server: TestServer,
     products: TestClient,
     user_server: TestServer,
-    cart_settings: CartSettings,
-    orders_postgres_uri: str,
+    cart_server: TestServer,
+    postgres_uri: str,
     checkout_deadline: str,
 ) -> AsyncIterator[Shop]:
     """Gateway -> order service process -> relays -> real product and cart services."""
     product_holds: list[Hold] = []
     cart_holds: list[Hold] = []
-    cart_server = await aiohttp_server(create_cart_app(cart_settings))
     product_relay = await aiohttp_server(
         relay_app(str(product_server.make_url("")).rstrip("/"), product_holds)
     )
@@ -156,7 +156,7 @@ async def shop(
         "HOST": "127.0.0.1",
         "PORT": str(processes.free_port()),
         "JWT_SECRET": JWT_SECRET,
-        "DATABASE_URL": orders_postgres_uri,
+        "DATABASE_URL": postgres_uri,
         "PRODUCT_SERVICE_URL": str(product_relay.make_url("")),
         "CART_SERVICE_URL": str(cart_relay.make_url("")),
         "USER_SERVICE_URL": str(user_server.make_url("")),
@@ -178,7 +178,7 @@ async def shop(
             }
         )
         gateway = await aiohttp_client(create_gateway_app(settings))
-        yield Shop(gateway, products, orders, orders_postgres_uri, product_holds, cart_holds)
+        yield Shop(gateway, products, orders, postgres_uri, product_holds, cart_holds)
     finally:
         for hold in product_holds + cart_holds:
             hold.release.set()
@@ -267,8 +267,6 @@ async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
 ) -> None:
     """The web shop's checkout form goes through the same certainty as the API: the
     shopper whose order was placed sees its confirmation, not an error page."""
-    from test_pages import get_page, set_cookie, submit
-
     lamp = await create_product(shop.products, admin_headers, stock=5)
     shopper = customer(304)
     set_cookie(shop.gateway, "shop_session", shopper["Authorization"].removeprefix("Bearer "))

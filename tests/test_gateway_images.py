@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from support import call
-from test_pages import admin_token, get_page
+from support import admin_login_headers, call, get_page
 
 from shopkit.responses import dumps
 from svc_gateway.app import GatewaySettings
@@ -111,7 +110,7 @@ async def test_a_seeded_product_shows_its_picture_on_the_shop_pages(web_shop: Te
         (resources.files("shopctl") / "seed_data" / "catalogue.json").read_text("utf-8")
     )
     demo = catalogue["products"][0]
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     created = await call(
         web_shop,
         "POST",

@@ -21,18 +21,17 @@ from multidict import CIMultiDict
 from support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
+    SHOPPER_PASSWORD,
+    add_to_cart_with_form,
+    admin_login_headers,
     bearer,
     call,
     create_product,
     eventually,
-    postgres,
-)
-from test_pages import (
-    PASSWORD,
-    add_to_cart,
     get_page,
-    log_in_as_admin,
-    register,
+    log_in_as_admin_with_form,
+    postgres,
+    register_with_form,
     set_cookie,
     submit,
 )
@@ -63,15 +62,9 @@ ODD_INTEGERS = [
 
 async def signed_up(client: TestClient, **fields: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """A new customer registered through the API: its headers and its user."""
-    body = {"email": f"u{secrets.token_hex(6)}@shop.test", "password": PASSWORD, **fields}
+    body = {"email": f"u{secrets.token_hex(6)}@shop.test", "password": SHOPPER_PASSWORD, **fields}
     reply = await call(client, "POST", "/api/users/register", json=body, expected_status=201)
     return bearer(reply["data"]["token"]), reply["data"]["user"]
-
-
-async def admin(client: TestClient) -> dict[str, str]:
-    body = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
-    reply = await call(client, "POST", "/api/users/login", json=body, expected_status=200)
-    return bearer(reply["data"]["token"])
 
 
 # -- 1. numbers and ids -------------------------------------------------------------------------
@@ -95,7 +88,7 @@ async def test_the_catalogue_page_says_which_filter_it_refused(web_shop: TestCli
 
 @pytest.mark.parametrize("value", ODD_INTEGERS)
 async def test_page_and_limit_are_ascii_digits(web_shop: TestClient, value: str) -> None:
-    headers = await admin(web_shop)
+    headers = await admin_login_headers(web_shop)
     for path in ("/api/products", "/api/orders"):
         for name in ("page", "limit"):
             await call(
@@ -104,11 +97,11 @@ async def test_page_and_limit_are_ascii_digits(web_shop: TestClient, value: str)
 
 
 async def test_an_order_id_in_other_digits_is_not_that_order(
-    web_shop: TestClient, orders_postgres_uri: str
+    web_shop: TestClient, postgres_uri: str
 ) -> None:
     headers, user = await signed_up(web_shop)
-    product = await create_product(web_shop, await admin(web_shop), stock=5)
-    async with postgres(orders_postgres_uri) as connection:
+    product = await create_product(web_shop, await admin_login_headers(web_shop), stock=5)
+    async with postgres(postgres_uri) as connection:
         await connection.execute("ALTER TABLE orders ALTER COLUMN id RESTART WITH 66")
     body = {"items": [{"product_id": product["id"], "quantity": 1}]}
     order = await call(
@@ -130,14 +123,14 @@ async def test_an_order_id_in_other_digits_is_not_that_order(
             web_shop,
             "GET",
             f"/api/orders/user/{spelling}",
-            headers=await admin(web_shop),
+            headers=await admin_login_headers(web_shop),
             expected_status=404,
         )
         assert reply["code"] == "user_not_found"
 
 
 async def test_a_product_id_with_a_trailing_newline_is_not_found(web_shop: TestClient) -> None:
-    product = await create_product(web_shop, await admin(web_shop))
+    product = await create_product(web_shop, await admin_login_headers(web_shop))
     for suffix in ("%0A", "%00", "%20", "x"):
         await call(web_shop, "GET", f"/api/products/{product['id']}{suffix}", expected_status=404)
 
@@ -145,7 +138,7 @@ async def test_a_product_id_with_a_trailing_newline_is_not_found(web_shop: TestC
 async def test_a_cart_user_id_is_written_plainly(web_shop: TestClient) -> None:
     headers, user = await signed_up(web_shop)
     await call(web_shop, "GET", f"/api/cart/{user['id']}", headers=headers, expected_status=200)
-    admin_headers = await admin(web_shop)
+    admin_headers = await admin_login_headers(web_shop)
     for spelling in (f"{user['id']}%0A", f"0{user['id']}", "%C2%B2", "٦"):
         await call(
             web_shop,
@@ -167,17 +160,17 @@ async def test_a_cart_user_id_is_written_plainly(web_shop: TestClient) -> None:
 
 @pytest.mark.parametrize("value", ["²", "①", "٦"])
 async def test_pages_take_only_ascii_page_numbers(web_shop: TestClient, value: str) -> None:
-    await log_in_as_admin(web_shop)
+    await log_in_as_admin_with_form(web_shop)
     for path in ("/", "/orders", "/admin/orders", "/admin/products"):
         response = await web_shop.get(path, params={"page": value})
         assert response.status == 200, await response.text()
 
 
 async def test_a_cart_form_quantity_in_other_digits_is_refused(web_shop: TestClient) -> None:
-    product = await create_product(web_shop, await admin(web_shop), stock=50)
-    await register(web_shop, f"q{secrets.token_hex(4)}@shop.test")
+    product = await create_product(web_shop, await admin_login_headers(web_shop), stock=50)
+    await register_with_form(web_shop, f"q{secrets.token_hex(4)}@shop.test")
     for value in ("²", "٦", "1e3", "9" * 40):
-        page = await add_to_cart(web_shop, product["id"], value)  # type: ignore[arg-type]
+        page = await add_to_cart_with_form(web_shop, product["id"], value)  # type: ignore[arg-type]
         assert page.status == 200 and "Choose a quantity from 1 to" in page.text, page.text
     page = await get_page(web_shop, "/cart")
     assert "Your cart is empty." in page.text
@@ -186,7 +179,7 @@ async def test_a_cart_form_quantity_in_other_digits_is_refused(web_shop: TestCli
 async def test_an_admin_price_with_a_huge_exponent_is_refused_unexpanded(
     web_shop: TestClient,
 ) -> None:
-    await log_in_as_admin(web_shop)
+    await log_in_as_admin_with_form(web_shop)
     page = await get_page(web_shop, "/admin/products/new")
     page = await submit(
         web_shop,
@@ -244,13 +237,13 @@ async def test_control_characters_in_text_are_400_naming_the_field(
 ) -> None:
     email = f"c{secrets.token_hex(4)}@shop.test"
     cases = [
-        ("/api/users/register", {"email": f"a{bad}{email}", "password": PASSWORD}, "email"),
+        ("/api/users/register", {"email": f"a{bad}{email}", "password": SHOPPER_PASSWORD}, "email"),
         (
             "/api/users/register",
-            {"email": email, "password": PASSWORD, "first_name": bad},
+            {"email": email, "password": SHOPPER_PASSWORD, "first_name": bad},
             "first_name",
         ),
-        ("/api/users/login", {"email": f"a{bad}{email}", "password": PASSWORD}, "email"),
+        ("/api/users/login", {"email": f"a{bad}{email}", "password": SHOPPER_PASSWORD}, "email"),
     ]
     for path, body, field in cases:
         reply = await call(web_shop, "POST", path, json=body, expected_status=400)
@@ -265,7 +258,7 @@ async def test_control_characters_in_text_are_400_naming_the_field(
         expected_status=400,
     )
     assert reply["details"][0]["field"] == "last_name"
-    admin_headers = await admin(web_shop)
+    admin_headers = await admin_login_headers(web_shop)
     for field in ("name", "category", "description"):
         reply = await call(
             web_shop,
@@ -281,7 +274,7 @@ async def test_control_characters_in_text_are_400_naming_the_field(
 
 
 async def test_line_breaks_stay_allowed_in_a_description_only(web_shop: TestClient) -> None:
-    admin_headers = await admin(web_shop)
+    admin_headers = await admin_login_headers(web_shop)
     product = await create_product(web_shop, admin_headers, description="One\nTwo\r\n\tThree")
     assert product["description"] == "One\nTwo\r\n\tThree"
     await call(
@@ -296,14 +289,14 @@ async def test_line_breaks_stay_allowed_in_a_description_only(web_shop: TestClie
 
 async def test_emails_equal_under_nfkc_are_one_account(web_shop: TestClient) -> None:
     local = f"norm{secrets.token_hex(4)}"
-    body = {"email": f"{local}@x.test", "password": PASSWORD}
+    body = {"email": f"{local}@x.test", "password": SHOPPER_PASSWORD}
     await call(web_shop, "POST", "/api/users/register", json=body, expected_status=201)
     for spelling in (
         f"\uff4e{local[1:]}@x.test",
         f"{local.upper()}@X.TEST",
         f"{local}@x\uff0etest",
     ):
-        taken = {"email": spelling, "password": PASSWORD}
+        taken = {"email": spelling, "password": SHOPPER_PASSWORD}
         reply = await call(web_shop, "POST", "/api/users/register", json=taken, expected_status=409)
         assert reply["code"] == "email_taken"
         reply = await call(web_shop, "POST", "/api/users/login", json=taken, expected_status=200)
@@ -449,12 +442,12 @@ async def test_a_next_path_too_long_for_a_location_header_goes_home(web_shop: Te
         web_shop,
         "POST",
         "/api/users/register",
-        json={"email": email, "password": PASSWORD},
+        json={"email": email, "password": SHOPPER_PASSWORD},
         expected_status=201,
     )
     page = await get_page(web_shop, "/login", params={"next": "/cart"})
     page = await submit(
-        web_shop, page, "/login", email=email, password=PASSWORD, next="/" + "a" * 9000
+        web_shop, page, "/login", email=email, password=SHOPPER_PASSWORD, next="/" + "a" * 9000
     )
     assert page.path == "/"
 
@@ -574,7 +567,7 @@ async def test_a_client_that_leaves_mid_body_is_not_a_server_error(
 
 async def test_a_profile_change_that_changes_nothing_is_400(web_shop: TestClient) -> None:
     headers, _ = await signed_up(web_shop)
-    for body in ({"current_password": "x"}, {"current_password": PASSWORD}, {}):
+    for body in ({"current_password": "x"}, {"current_password": SHOPPER_PASSWORD}, {}):
         reply = await call(
             web_shop, "PUT", "/api/users/profile", json=body, headers=headers, expected_status=400
         )

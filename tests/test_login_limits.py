@@ -106,8 +106,7 @@ async def replicas_of(
 
 @pytest.fixture
 async def slow_replicas(aiohttp_server: Any, user_settings: UserSettings) -> list[TestServer]:
-    """Two replicas at the production bcrypt cost, so that the checks taken are still
-    running while the other guesses arrive, as in a real attack."""
+    """Two replicas at the production bcrypt cost (checks still run as guesses arrive)."""
     return await replicas_of(aiohttp_server, user_settings, bcrypt_rounds=12)
 
 

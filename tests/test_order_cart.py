@@ -14,14 +14,11 @@ from support import (
     create_product,
     customer,
     postgres,
+    rows_in,
     stock_of,
 )
-from test_order import order_settings, rows_in
 
-from svc_cart.app import CartSettings
-from svc_cart.app import create_app as create_cart_app
 from svc_cart.keys import REDIS
-from svc_order.app import create_app as create_order_app
 from svc_order.keys import CHECKOUT, STORE
 from svc_order.saga import request_hash
 from svc_order.store import Line, OwnerLock
@@ -32,29 +29,14 @@ ORDER_SERVICE = as_service("order")  # stock moves with a reference are its alon
 
 
 @pytest.fixture
-async def cart_server(aiohttp_server: Any, cart_settings: CartSettings) -> TestServer:
-    return await aiohttp_server(create_cart_app(cart_settings))
-
-
-@pytest.fixture
-async def orders(
-    aiohttp_client: Any,
-    postgres_uri: str,
-    product_server: TestServer,
-    cart_server: TestServer,
-    user_service_url: str,
-) -> TestClient:
-    settings = order_settings(
-        postgres_uri,
-        str(product_server.make_url("")),
-        user_service_url,
-        CART_SERVICE_URL=str(cart_server.make_url("")),
-    )
-    return await aiohttp_client(create_order_app(settings))
+def order_cart_service_url(cart_server: TestServer) -> str:
+    """The order service's CART_SERVICE_URL here: the real cart service, for cart checkouts."""
+    return str(cart_server.make_url(""))
 
 
 @pytest.fixture
 async def carts(aiohttp_client: Any, cart_server: TestServer) -> TestClient:
+    """A client of the cart service the order service empties; USER's cart emptied after."""
     client = await aiohttp_client(cart_server)
     yield client
     await client.delete(f"/api/cart/{USER}", headers=ANN)

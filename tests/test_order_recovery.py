@@ -15,35 +15,22 @@ from support import (
     OrderProcess,
     call,
     change_stock,
+    checkout,
     create_product,
     customer,
     eventually,
     postgres,
+    rows_in,
     stock_of,
 )
-from test_order import checkout, order_settings, rows_in
 
 from shopctl import processes
-from svc_order.app import create_app as create_order_app
 from svc_order.keys import CHECKOUT, STORE
 from svc_order.store import Line
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 
 ANN = customer(101)
-
-
-@pytest.fixture
-async def orders(
-    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, user_service_url: str
-) -> TestClient:
-    settings = order_settings(
-        postgres_uri,
-        str(product_server.make_url("")),
-        user_service_url,
-        RECOVERY_INTERVAL_SECONDS="3600",
-    )
-    return await aiohttp_client(create_order_app(settings))
 
 
 async def expire_leases(postgres_uri: str) -> None:

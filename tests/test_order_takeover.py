@@ -4,12 +4,8 @@ first attempt is alive and running answers 409 checkout_in_progress with Retry-A
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from support import (
-    JWT_SECRET,
     as_service,
     call,
     change_stock,
@@ -19,31 +15,12 @@ from support import (
     stock_of,
 )
 
-from svc_order.app import OrderSettings
-from svc_order.app import create_app as create_order_app
 from svc_order.keys import CHECKOUT, STORE
 from svc_order.saga import request_hash
 from svc_order.store import Line, OwnerLock
 
 ANN = customer(111)
 ORDER_SERVICE = as_service("order")  # stock moves with a reference are its alone
-
-
-@pytest.fixture
-async def orders(
-    aiohttp_client: Any, postgres_uri: str, product_server: TestServer, user_service_url: str
-) -> TestClient:
-    settings = OrderSettings.from_env(
-        {
-            "JWT_SECRET": JWT_SECRET,
-            "DATABASE_URL": postgres_uri,
-            "PRODUCT_SERVICE_URL": str(product_server.make_url("")),
-            "CART_SERVICE_URL": "http://127.0.0.1:9",  # explicit-items checkouts only here
-            "USER_SERVICE_URL": user_service_url,
-            "RECOVERY_INTERVAL_SECONDS": "3600",  # recovery runs when the test says
-        }
-    )
-    return await aiohttp_client(create_order_app(settings))
 
 
 async def half_done_checkout(

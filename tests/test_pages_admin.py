@@ -7,15 +7,15 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp.test_utils import TestClient
-from support import create_product
-from test_pages import (
+from support import (
     Page,
-    add_to_cart,
-    admin_token,
+    add_to_cart_with_form,
+    admin_login_headers,
+    create_product,
     get_page,
-    log_in_as_admin,
+    log_in_as_admin_with_form,
     read_page,
-    register,
+    register_with_form,
     stock_of,
     submit,
 )
@@ -36,7 +36,7 @@ def buttons_in(row: str) -> list[str]:
 
 
 async def place_order(client: TestClient, product_id: str, quantity: int = 1) -> str:
-    await add_to_cart(client, product_id, quantity)
+    await add_to_cart_with_form(client, product_id, quantity)
     placed = await submit(client, await get_page(client, "/cart"), "/checkout")
     return re.fullmatch(r"/orders/(\d+)/confirmation", placed.path)[1]
 
@@ -44,14 +44,14 @@ async def place_order(client: TestClient, product_id: str, quantity: int = 1) ->
 async def test_customers_get_403_and_strangers_the_login_page(
     web_shop: TestClient, aiohttp_client: Any
 ) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     lamp = await create_product(web_shop, admin, name="Lamp", stock=5)
     for path in ADMIN_PAGES:
         response = await web_shop.get(path, allow_redirects=False)
         assert response.status == 303, path
         assert unquote(response.headers["Location"]) == f"/login?next={path}"
 
-    home = await register(web_shop, "customer@shop.test")
+    home = await register_with_form(web_shop, "customer@shop.test")
     assert "Manage products" not in home.text
     for path in (*ADMIN_PAGES, f"/admin/products/{lamp['id']}/edit"):
         page = await get_page(web_shop, path, expected_status=403)
@@ -76,7 +76,7 @@ async def test_customers_get_403_and_strangers_the_login_page(
 async def test_an_admin_creates_a_product_with_messages_next_to_the_fields(
     web_shop: TestClient,
 ) -> None:
-    await log_in_as_admin(web_shop)
+    await log_in_as_admin_with_form(web_shop)
     home = await get_page(web_shop, "/")
     assert "Manage products" in home.text and "Manage orders" in home.text
     form = await get_page(web_shop, "/admin/products/new")
@@ -130,11 +130,11 @@ async def test_an_admin_creates_a_product_with_messages_next_to_the_fields(
 
 
 async def test_an_admin_edits_restocks_and_deletes(web_shop: TestClient) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     kettle = await create_product(
         web_shop, admin, name="Kettle", price=30, stock=10, imageUrl="/static/kettle.jpg"
     )
-    await log_in_as_admin(web_shop)
+    await log_in_as_admin_with_form(web_shop)
     products = await get_page(web_shop, "/admin/products")
     edit = await get_page(web_shop, f"/admin/products/{kettle['id']}/edit")
     fields = edit.form(f"/admin/products/{kettle['id']}/edit").fields
@@ -182,14 +182,14 @@ async def test_an_admin_edits_restocks_and_deletes(web_shop: TestClient) -> None
 async def test_an_admin_moves_orders_along_with_only_the_allowed_moves(
     web_shop: TestClient, aiohttp_client: Any
 ) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     rug = await create_product(web_shop, admin, name="Rug", price=99.99, stock=10)
-    await register(web_shop, "buyer@shop.test")
+    await register_with_form(web_shop, "buyer@shop.test")
     shipped_id = await place_order(web_shop, rug["id"], 2)
     pending_id = await place_order(web_shop, rug["id"], 1)
 
     boss = await aiohttp_client(web_shop.server)
-    await log_in_as_admin(boss)
+    await log_in_as_admin_with_form(boss)
     orders = await get_page(boss, "/admin/orders")
     assert buttons_in(row_of(orders, f"Order #{shipped_id}<")) == ["processing", "cancelled"]
     action = f"/admin/orders/{shipped_id}/status"

@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import call, create_product
-from test_pages import (
-    PASSWORD,
-    add_to_cart,
-    admin_token,
+from support import (
+    SHOPPER_PASSWORD,
+    add_to_cart_with_form,
+    admin_login_headers,
     assert_page_basics,
+    call,
+    create_product,
     get_page,
-    log_in_as_admin,
+    log_in_as_admin_with_form,
     read_page,
-    register,
+    register_with_form,
     set_cookie,
     stock_of,
     submit,
@@ -41,14 +42,14 @@ async def cart_lines(client: TestClient) -> str:
 async def test_a_form_without_the_right_csrf_token_is_refused_and_changes_nothing(
     web_shop: TestClient, aiohttp_client: Any
 ) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     mug = await create_product(web_shop, admin, name="Mug", stock=5)
-    await register(web_shop, "csrf@shop.test")
+    await register_with_form(web_shop, "csrf@shop.test")
     page = await get_page(web_shop, f"/products/{mug['id']}")
     good = page.form("/cart/items").fields
 
     other = await aiohttp_client(web_shop.server)  # another browser, its own cookies
-    await register(other, "mallory@shop.test")
+    await register_with_form(other, "mallory@shop.test")
     foreign = (await get_page(other, "/")).form("/logout").fields["csrf_token"]
 
     attempts = {
@@ -74,7 +75,7 @@ async def test_a_form_without_the_right_csrf_token_is_refused_and_changes_nothin
         await get_page(web_shop, "/login"),
         "/login",
         email="csrf@shop.test",
-        password=PASSWORD,
+        password=SHOPPER_PASSWORD,
     )
     stale = await web_shop.post("/cart/items", data={**good, "csrf_token": old_token})
     assert stale.status == 403
@@ -90,18 +91,18 @@ async def test_a_form_without_the_right_csrf_token_is_refused_and_changes_nothin
 
 
 async def test_a_login_form_needs_its_token_too(web_shop: TestClient) -> None:
-    await register(web_shop, "login-csrf@shop.test")
+    await register_with_form(web_shop, "login-csrf@shop.test")
     await submit(web_shop, await get_page(web_shop, "/"), "/logout")
-    data = {"email": "login-csrf@shop.test", "password": PASSWORD}
+    data = {"email": "login-csrf@shop.test", "password": SHOPPER_PASSWORD}
     response = await web_shop.post("/login", data=data)
     assert response.status == 403
     assert not (await get_page(web_shop, "/")).has_form("/logout")
 
 
 async def test_admin_changes_need_the_token(web_shop: TestClient) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     lamp = await create_product(web_shop, admin, name="Lamp", stock=5)
-    await log_in_as_admin(web_shop)
+    await log_in_as_admin_with_form(web_shop)
     response = await web_shop.post(f"/admin/products/{lamp['id']}/stock", data={"quantity": "5"})
     assert response.status == 403
     response = await web_shop.post(f"/admin/products/{lamp['id']}/delete", data={})
@@ -147,7 +148,7 @@ async def test_every_page_answer_carries_the_security_headers(web_shop: TestClie
 
 
 async def test_everything_a_page_loads_comes_from_the_gateway(web_shop: TestClient) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     await create_product(web_shop, admin, name="Far Away", imageUrl="https://cdn.example/x.jpg")
     near = await create_product(web_shop, admin, name="Near By", imageUrl="/static/near.jpg")
     page = await get_page(web_shop, "/")
@@ -166,7 +167,7 @@ async def test_everything_a_page_loads_comes_from_the_gateway(web_shop: TestClie
 
 
 async def test_template_output_is_escaped(web_shop: TestClient) -> None:
-    admin = await admin_token(web_shop)
+    admin = await admin_login_headers(web_shop)
     evil = "<script>alert(1)</script>"
     product = await create_product(
         web_shop,
@@ -176,8 +177,8 @@ async def test_template_output_is_escaped(web_shop: TestClient) -> None:
         category="<b>bold</b>",
         stock=5,
     )
-    await register(web_shop, "escape@shop.test", first_name=evil)
-    added = await add_to_cart(web_shop, product["id"], 1)
+    await register_with_form(web_shop, "escape@shop.test", first_name=evil)
+    added = await add_to_cart_with_form(web_shop, product["id"], 1)
     pages = [
         await get_page(web_shop, "/"),
         await get_page(web_shop, "/?q=" + evil),
@@ -237,7 +238,7 @@ async def test_pages_answer_html_errors_and_the_api_keeps_its_json(web_shop: Tes
 async def test_a_backend_that_is_down_is_a_503_page(
     web_shop: TestClient, shop_services: dict[str, TestServer]
 ) -> None:
-    await register(web_shop, "down@shop.test")
+    await register_with_form(web_shop, "down@shop.test")
     await shop_services["product"].close()
     page = await get_page(web_shop, "/", expected_status=503)
     assert_page_basics(page, "Temporarily unavailable")
@@ -271,7 +272,7 @@ async def test_a_gateway_without_jwt_secret_still_knows_who_is_logged_in(
 ) -> None:
     env = {name: value for name, value in gateway_env.items() if name != "JWT_SECRET"}
     gateway = await aiohttp_client(create_gateway_app(GatewaySettings.from_env(env)))
-    home = await register(gateway, "nosecret@shop.test")
+    home = await register_with_form(gateway, "nosecret@shop.test")
     assert home.has_form("/logout") and "nosecret@shop.test" in home.text
     assert (await get_page(gateway, "/cart")).title.startswith("Your cart")
 
@@ -288,8 +289,8 @@ async def test_replicas_sharing_session_secret_accept_each_others_forms(
     data = {
         **page.form("/register").fields,
         "email": "replica@shop.test",
-        "password": PASSWORD,
-        "password_confirm": PASSWORD,
+        "password": SHOPPER_PASSWORD,
+        "password_confirm": SHOPPER_PASSWORD,
     }
     response = await second.post("/register", data=data, allow_redirects=False)
     assert response.status == 303

@@ -16,8 +16,6 @@ from aiohttp.test_utils import TestClient
 from support import JWT_SECRET, call, create_product, eventually
 
 from shopkit.keys import POSTGRES
-from svc_order.app import OrderSettings
-from svc_order.app import create_app as create_order_app
 from svc_product.app import ProductSettings
 from svc_product.app import create_app as create_product_app
 
@@ -111,19 +109,8 @@ async def test_a_product_service_whose_datastore_answers_its_work_stays_ready(
 
 
 async def test_an_order_service_with_every_connection_busy_stays_ready(
-    aiohttp_client: Any, postgres_uri: str, product_server: Any, user_service_url: str
+    orders: TestClient,
 ) -> None:
-    settings = OrderSettings.from_env(
-        {
-            "JWT_SECRET": JWT_SECRET,
-            "HOST": "127.0.0.1",
-            "DATABASE_URL": postgres_uri,
-            "PRODUCT_SERVICE_URL": str(product_server.make_url("")),
-            "CART_SERVICE_URL": "http://127.0.0.1:9",
-            "USER_SERVICE_URL": user_service_url,
-        }
-    )
-    orders: TestClient = await aiohttp_client(create_order_app(settings))
     pool = orders.server.app[POSTGRES]
     await pool.fetchval("SELECT 1")  # the service's own work, answered
     async with AsyncExitStack() as busy:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import typer
+from support import eventually_sync
 from typer.testing import CliRunner, Result
 
 from shopctl import processes, stack
@@ -126,7 +127,7 @@ def test_down_stops_exactly_what_the_state_file_lists(
     result = invoke("down", "--data-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert f"Stopped product (PID {idle_process.pid})" in result.output
-    assert processes.wait_until(lambda: not idle_process.alive(), timeout=10)
+    eventually_sync(lambda: not idle_process.alive(), "the listed process stopped", 10)
     assert not (tmp_path / STATE_FILE).exists()
 
 

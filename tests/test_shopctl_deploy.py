@@ -113,8 +113,8 @@ def commands(bin_dir: Path) -> list[str]:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> dict[str, Any]:
-    """A manifests/ with its secrets files, a stand-in kubectl, and `staging`: an
-    environment (in the user's shopctl.toml) on the kube context kind-shop."""
+    """A manifests/ with its secrets files and a stand-in kubectl, for deploys to staging."""
+    # `staging`: an environment (in the user's shopctl.toml) on the kube context kind-shop.
     manifests = manifests_with_secrets(tmp_path / "manifests")
     bin_dir = tmp_path / "bin"
     fake_kubectl(bin_dir)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pymongo
 import pytest
 import redis
-from support import postgres
+from support import eventually_sync, postgres
 
 from shopctl import embedded, processes
 
@@ -126,7 +126,7 @@ def test_a_postgres_left_running_by_a_failed_start_is_stopped(tmp_path: Path) ->
     server = embedded.start_postgres(data_dir)  # as `pg_ctl -w start` leaves it on a timeout
     try:
         assert embedded.stop_orphaned_postgres(data_dir)
-        assert processes.wait_until(lambda: not server.alive(), timeout=15)
+        eventually_sync(lambda: not server.alive(), "the orphaned postgres stopped", 15)
     finally:
         server.stop()
     assert not embedded.stop_orphaned_postgres(data_dir)  # nothing left to stop

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_shopctl_e2e import REPO, admin_token, http, running_shop, shopctl
+from support import REPO, eventually_sync, http, running_shop, shop_admin_token, shopctl
 
 from shopctl import processes
 from shopctl.seeding import load_demo_data
@@ -69,7 +69,7 @@ class Shop:
 def start_shop(tmp_path: Path) -> Iterator[Shop]:
     data_dir = tmp_path / "shop"
     with running_shop(data_dir) as (url, env):
-        yield Shop(url, data_dir, env, admin_token(url, data_dir))
+        yield Shop(url, data_dir, env, shop_admin_token(url, data_dir))
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +279,7 @@ def test_a_broken_shop_fails_the_run_with_a_clear_report(broken_shop: Shop) -> N
         command, env=shop.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        placed = processes.wait_until(lambda: len(shop.orders()) > orders_before, timeout=60)
-        assert placed, "no order was placed"
+        eventually_sync(lambda: len(shop.orders()) > orders_before, "an order placed", 60)
         stop_service(shop, "product")
         stdout, stderr = running.communicate(timeout=120)
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import JWT_SECRET, REPO, log_lines
+from support import JWT_SECRET, REPO, eventually_logged, eventually_sync, log_lines
 
 from shopctl import processes
 
@@ -91,13 +91,6 @@ def busy_process(path: Path, pid: int) -> psutil.Process:
     return psutil.Process(int(start.removeprefix(started).rstrip(")")))
 
 
-def logged(path: Path, message: str, times: int = 1) -> bool:
-    """Whether ``message`` is in the log ``times`` times (once per worker) within 30 s."""
-    return processes.wait_until(
-        lambda: [line.get("msg") for line in log_lines(path)].count(message) >= times, 30
-    )
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(
     tmp_path: Path, workers: int
@@ -118,9 +111,13 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(
     assert service.popen is not None
     try:
         if workers > 1:
-            assert logged(log, "all 2 workers serving"), processes.log_tail(log)
-        listening = processes.wait_until(lambda: processes.accepts_connections(port), 30)
-        assert listening, processes.log_tail(log)
+            eventually_logged(log, "all 2 workers serving")
+        eventually_sync(
+            lambda: processes.accepts_connections(port),
+            "the service listening",
+            30,
+            seen=lambda: processes.log_tail(log),
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             body = b'{"job": 7}'
             client.sendall(
@@ -128,10 +125,10 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_the_pools(
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            assert logged(log, "work started"), processes.log_tail(log)
+            eventually_logged(log, "work started")
 
             service.popen.send_signal(signal.SIGTERM)
-            assert logged(log, "shutdown begun", times=workers), processes.log_tail(log)
+            eventually_logged(log, "shutdown begun", times=workers)  # once per worker
             # No new connections from here on; the one in flight still gets its answer.
             assert not processes.accepts_connections(port)
             busy_process(log, service.popen.pid).send_signal(signal.SIGUSR1)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import JWT_SECRET, REPO, log_lines
+from support import JWT_SECRET, REPO, eventually_logged, eventually_sync, log_lines
 
 from shopctl import processes
 
@@ -48,12 +48,6 @@ def worker_pids(path: Path) -> dict[int, int]:
         if started and line.get("worker") == 0:
             pids[int(started[1])] = int(started[2])
     return pids
-
-
-def logged(path: Path, message: str) -> bool:
-    return processes.wait_until(
-        lambda: any(line.get("msg") == message for line in log_lines(path)), START_TIMEOUT
-    )
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -91,7 +85,7 @@ def service(redis_server_uri: str, tmp_path: Path) -> Iterator[Service]:
         [sys.executable, "-m", "svc_cart"], log_path=log, env=cart_env(redis_server_uri, port)
     )
     try:
-        assert logged(log, "all 2 workers serving"), processes.log_tail(log)
+        eventually_logged(log, "all 2 workers serving", within=START_TIMEOUT)
         yield Service(process, port, log)
     finally:
         workers = psutil.Process(process.pid).children() if process.alive() else []
@@ -116,15 +110,18 @@ def test_two_workers_answer_on_one_port_and_metrics_count_both(service: Service)
         )
 
     # Each worker has a Redis client of its own (info lines reach the log within 0.5 s).
-    assert processes.wait_until(lambda: connecting() == [1, 2], START_TIMEOUT), connecting()
+    eventually_sync(
+        lambda: connecting() == [1, 2], "both workers connecting", START_TIMEOUT, seen=connecting
+    )
 
     for _ in range(40):
         assert get(service.port, "/health")[0] == 200
     # Forty connections, each hashed to a worker by its source port: both answered.
-    assert processes.wait_until(
+    eventually_sync(
         lambda: (
             len([line for line in log_lines(service.log) if line.get("path") == "/health"]) == 40
         ),
+        "forty /health requests logged",
         START_TIMEOUT,
     )
     answered_by = {
@@ -157,10 +154,15 @@ def test_a_killed_worker_is_started_again(service: Service) -> None:
     before = worker_pids(service.log)
     psutil.Process(before[2]).kill()
 
-    assert processes.wait_until(lambda: worker_pids(service.log)[2] != before[2], START_TIMEOUT), (
-        processes.log_tail(service.log)
+    eventually_sync(
+        lambda: worker_pids(service.log)[2] != before[2],
+        "worker 2 started again",
+        START_TIMEOUT,
+        seen=lambda: processes.log_tail(service.log),
     )
-    assert logged(service.log, f"worker 2 serving (pid {worker_pids(service.log)[2]})")
+    eventually_logged(
+        service.log, f"worker 2 serving (pid {worker_pids(service.log)[2]})", within=START_TIMEOUT
+    )
     assert any(
         line.get("level") == "error" and "worker 2" in line["msg"] and "SIGKILL" in line["msg"]
         for line in log_lines(service.log)

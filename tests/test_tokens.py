@@ -17,13 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import (
-    ADMIN_EMAIL,
     ADMIN_PASSWORD,
     JWT_SECRET,
+    admin_login_headers,
     bearer,
     call,
     create_product,
     eventually,
+    log_in_with_api,
     postgres,
     product_body,
 )
@@ -47,12 +48,6 @@ async def register(users: TestClient, email: str) -> tuple[int, dict[str, str]]:
     body = {"email": email, "password": PASSWORD}
     reply = await call(users, "POST", "/api/users/register", json=body, expected_status=201)
     return reply["data"]["user"]["id"], bearer(reply["data"]["token"])
-
-
-async def log_in(users: TestClient, email: str, password: str) -> dict[str, str]:
-    body = {"email": email, "password": password}
-    reply = await call(users, "POST", "/api/users/login", json=body, expected_status=200)
-    return bearer(reply["data"]["token"])
 
 
 async def status_of(client: TestClient, method: str, path: str, **kwargs: Any) -> int:
@@ -124,7 +119,7 @@ async def test_logout_ends_the_token_at_every_service(
 ) -> None:
     product_id = await a_product(shop, admin_headers)
     user_id, old = await register(shop["user"], "leaving@shop.test")
-    other_session = await log_in(shop["user"], "leaving@shop.test", PASSWORD)
+    other_session = await log_in_with_api(shop["user"], "leaving@shop.test", PASSWORD)
     await works_everywhere(shop, user_id, old, product_id)  # remembered as good meanwhile
 
     reply = await call(shop["user"], "POST", "/api/users/logout", headers=old, expected_status=200)
@@ -133,7 +128,7 @@ async def test_logout_ends_the_token_at_every_service(
     await refused_everywhere(shop, user_id, old, product_id)
     await refused_everywhere(shop, user_id, other_session, product_id)  # "everywhere"
     # A login right after (the same second, most likely) works at once, everywhere.
-    fresh = await log_in(shop["user"], "leaving@shop.test", PASSWORD)
+    fresh = await log_in_with_api(shop["user"], "leaving@shop.test", PASSWORD)
     await works_everywhere(shop, user_id, fresh, product_id)
 
 
@@ -159,7 +154,7 @@ async def test_a_password_change_ends_the_old_token_and_answers_a_new_one(
     await refused_everywhere(shop, user_id, old, product_id)
     # ...while the token the change answered works, and so does the new password.
     await works_everywhere(shop, user_id, new, product_id)
-    await log_in(shop["user"], "changing@shop.test", NEW_PASSWORD)
+    await log_in_with_api(shop["user"], "changing@shop.test", NEW_PASSWORD)
     # A name change revokes nothing.
     names = {"first_name": "Ann"}
     await call(
@@ -237,7 +232,7 @@ async def test_a_removed_account_ends_its_tokens_everywhere(
 async def test_an_admin_account_is_not_removed_through_its_profile(
     shop: dict[str, TestClient],
 ) -> None:
-    admin = await log_in(shop["user"], ADMIN_EMAIL, ADMIN_PASSWORD)
+    admin = await admin_login_headers(shop["user"])
     reply = await call(
         shop["user"],
         "DELETE",
@@ -250,7 +245,7 @@ async def test_an_admin_account_is_not_removed_through_its_profile(
 
 
 async def test_a_logged_out_admin_runs_the_catalogue_no_more(shop: dict[str, TestClient]) -> None:
-    admin = await log_in(shop["user"], ADMIN_EMAIL, ADMIN_PASSWORD)
+    admin = await admin_login_headers(shop["user"])
     created = await create_product(shop["product"], admin)
     await call(shop["user"], "POST", "/api/users/logout", headers=admin, expected_status=200)
 
@@ -526,6 +521,6 @@ async def test_no_token_outlives_a_revocation_at_the_ceiling(
     refused = await call(shop["user"], "POST", "/api/users/login", json=body, expected_status=429)
     assert refused["code"] == "too_many_sessions" and int(refused["error"].split()[-2]) >= 1
     await valid_from(REVOKE_AHEAD_SECONDS - 5)
-    token = await log_in(shop["user"], "ceiling@shop.test", PASSWORD)
+    token = await log_in_with_api(shop["user"], "ceiling@shop.test", PASSWORD)
     await call(shop["user"], "POST", "/api/users/logout", headers=token, expected_status=200)
     await call(shop["user"], "GET", "/api/users/profile", headers=token, expected_status=401)

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr
 from support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -28,7 +28,6 @@ from svc_user.app import UserSettings
 from svc_user.app import create_app as create_user_app
 from svc_user.passwords import HasherBusy, PasswordHasher
 from svc_user.routes import REFUSALS
-from svc_user.schemas import AuthOut, UserOut
 from svc_user.store import FREE_FAILURES
 
 PASSWORD = "s3cret-enough"
@@ -58,7 +57,6 @@ def claims(token: str) -> dict[str, Any]:
 
 async def test_register_makes_a_customer_and_logs_it_in(user: TestClient) -> None:
     data = await register(user, "  Ann@Shop.TEST ", first_name=" Ann ", last_name="Lee")
-    TypeAdapter(AuthOut).validate_python(data)
     account = data["user"]
     assert account["email"] == "ann@shop.test"
     assert (account["first_name"], account["last_name"], account["role"]) == (
@@ -258,7 +256,6 @@ async def test_profile_is_the_callers_own(user: TestClient) -> None:
         user, "GET", "/api/users/profile", headers=bearer(ann["token"]), expected_status=200
     )
     assert mine["data"] == ann["user"]
-    TypeAdapter(UserOut).validate_python(mine["data"])
     theirs = await call(
         user, "GET", "/api/users/profile", headers=bearer(bob["token"]), expected_status=200
     )

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import BrowserContext, Locator, Page, expect
-from test_shopctl_e2e import http
+from support import REPO, http
 
-REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-results" / "screenshots"
-ADMIN_EMAIL = "admin@shop.local"
 PASSWORD = "browser-test-password"
 SCRIPT_NAME = "<script>alert(1)</script>"
 # pytest-playwright's `new_context` fixture: a browser context made with these options (and

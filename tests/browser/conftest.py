@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import REPO, SEED_PRODUCTS, Shop
+from browser_support import SEED_PRODUCTS, Shop
 from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
-from test_shopctl_e2e import admin_token, http, running_shop
+from support import REPO, http, running_shop, shop_admin_token
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -72,6 +72,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser_type(playwright: Playwright, browser_name: str) -> BrowserType:
+    """The browser kind pytest-playwright's --browser names, from this module's Playwright."""
     return getattr(playwright, browser_name)
 
 
@@ -79,6 +80,7 @@ def browser_type(playwright: Playwright, browser_name: str) -> BrowserType:
 def browser(
     browser_type: BrowserType, browser_type_launch_args: dict[str, Any]
 ) -> Iterator[Browser]:
+    """The launched browser, for this module (see playwright)."""
     browser = browser_type.launch(**browser_type_launch_args)
     yield browser
     browser.close()
@@ -92,11 +94,10 @@ def browser_context_args(base_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    """The whole shop on free ports and a fresh data dir, with the seed catalogue; stopped
-    at the end of the session, whatever happened."""
+    """The whole shop on free ports and a fresh data dir, seeded; stopped whatever happens."""
     data_dir = tmp_path_factory.mktemp("browser") / "shop"
     with running_shop(data_dir) as (url, _):
-        token = admin_token(url, data_dir)
+        token = shop_admin_token(url, data_dir)
         products = {}
         for body in SEED_PRODUCTS:
             status, reply = http("POST", f"{url}/api/products", body, token)

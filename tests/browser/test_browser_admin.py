@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_support import ADMIN_EMAIL, Shop, flash, heading, log_in
+from browser_support import Shop, flash, heading, log_in
 from playwright.sync_api import Page, expect
+from support import SHOP_ADMIN_EMAIL
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -19,7 +20,7 @@ def action_name(action: str, order_id: int) -> re.Pattern[str]:
 
 
 def test_an_admin_creates_a_product_after_fixing_its_price(page: Page, shop: Shop) -> None:
-    log_in(page, ADMIN_EMAIL, shop.admin_password)
+    log_in(page, SHOP_ADMIN_EMAIL, shop.admin_password)
     page.get_by_role("link", name="Manage products").click()
     expect(heading(page)).to_have_text("Manage products")
     page.get_by_role("link", name="New product").click()
@@ -64,7 +65,7 @@ def test_an_admin_ships_an_order(page: Page, shop: Shop) -> None:
     lamp = shop.products["Desk Lamp"]
     order_id = shop.place_order(customer, [(lamp["id"], 1)])["id"]
 
-    log_in(page, ADMIN_EMAIL, shop.admin_password)
+    log_in(page, SHOP_ADMIN_EMAIL, shop.admin_password)
     page.get_by_role("link", name="Manage orders").click()
     expect(heading(page)).to_have_text("Manage orders")
     page.get_by_label("Show").select_option("pending")

@@ -37,6 +37,7 @@ class Shopper:
 
 @pytest.fixture
 def shopper(shop: Shop, page: Page) -> Shopper:
+    """A customer logged in on ``page``, on the cart page with two aprons in the cart."""
     product = shop.create_product(
         name=f"Linen Apron {uuid.uuid4().hex[:6]}", price=18.25, category="textiles", stock=10
     )

@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 from browser_support import (
-    ADMIN_EMAIL,
     MISSING_IMAGE,
-    REPO,
     SCREENSHOTS,
     Customer,
     NewContext,
@@ -25,6 +23,7 @@ from browser_support import (
 )
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from support import REPO, SHOP_ADMIN_EMAIL
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -164,7 +163,9 @@ def scene(shop: Shop, browser: Browser) -> Scene:
         },
         logins={
             "customer": storage_state_after_login(browser, shop, customer.email, customer.password),
-            "admin": storage_state_after_login(browser, shop, ADMIN_EMAIL, shop.admin_password),
+            "admin": storage_state_after_login(
+                browser, shop, SHOP_ADMIN_EMAIL, shop.admin_password
+            ),
         },
     )
 
