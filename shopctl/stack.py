@@ -46,6 +46,11 @@ def logs_dir(data_dir: Path) -> Path:
     return data_dir / "logs"
 
 
+def traces_dir(data_dir: Path) -> Path:
+    """Where the services record their spans (their TRACES_DIR), for `shopctl trace`."""
+    return data_dir / "traces"
+
+
 def start_shop(
     config: UpConfig, report: Report, cancelled: threading.Event | None = None
 ) -> ShopState:
@@ -62,6 +67,7 @@ def start_shop(
         "JWT_SECRET": jwt_secret(config, report),
         "LOG_LEVEL": config.log_level.upper(),
         "WORKERS": str(config.workers),
+        "TRACES_DIR": str(traces_dir(config.data_dir)),
     }
     needs_admin = any(service.owns_admin_account for service in present)
     admin = admin_account(config, report) if needs_admin else {}
