@@ -7,9 +7,11 @@ Spans are exported over OTLP (HTTP/protobuf) when the standard variables ask for
 (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
 ``OTEL_TRACES_EXPORTER=otlp``; the exporter reads its other ``OTEL_EXPORTER_OTLP_*``
 settings itself), and to a bounded JSON-lines file when ``TRACES_DIR`` names a directory
-(``shopctl up`` sets it: see shopkit.span_files). With neither, spans are still made but
-never recorded: trace ids are passed on and written in the log lines, and nothing else is
-kept. ``OTEL_SDK_DISABLED=true`` turns all of it off.
+(``shopctl up`` sets it: see shopkit.span_files). With neither, or with
+``OTEL_SDK_DISABLED=true``, nothing is instrumented at all, so tracing costs nothing: the
+instrumentations' own work for a span no one records is most of what a recorded one costs
+(see benchmarks/tracing.py), and trace ids no one can look up would add nothing to the
+request id the log lines carry anyway.
 
 Only requests are traced: a span with no parent that is not a request's server span (a
 background loop's query) is dropped, and so are the probes (/health, /ready, /metrics),
@@ -30,7 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 
@@ -77,7 +79,7 @@ def configure_tracing(
     worker: int | None = None,
 ) -> TracerProvider | None:
     """Make this process trace as the module docstring says; the provider, to shut down
-    (which writes what waits) when the process ends, or None when tracing is disabled.
+    (which writes what waits) when the process ends, or None when nothing is traced.
     Call it once, before the app is built: the instrumentations patch aiohttp's Application
     and ClientSession, which must be made after."""
     if _is_true(environ.get("OTEL_SDK_DISABLED")):
@@ -89,20 +91,20 @@ def configure_tracing(
         exporters.append(OTLPSpanExporter())  # endpoint, headers, timeout: OTEL_EXPORTER_OTLP_*
     if traces_dir is not None:
         exporters.append(SpanFileExporter(traces_dir / spans_file_name(service, worker)))
+    if not exporters:
+        return None
     # The sampler the standard variables choose (OTEL_TRACES_SAMPLER: parent-based, always
-    # on, unless they say otherwise), for requests only; nothing recorded with no exporter.
+    # on, unless they say otherwise), for requests only.
     chosen = TracerProvider(shutdown_on_exit=False).sampler
     provider = TracerProvider(
-        sampler=RequestsOnly(chosen) if exporters else ALWAYS_OFF,
-        resource=Resource.create({"service.name": service}),
+        sampler=RequestsOnly(chosen), resource=Resource.create({"service.name": service})
     )
     for exporter in exporters:
         delay = FILE_EXPORT_DELAY_MS if isinstance(exporter, SpanFileExporter) else None
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
     trace.set_tracer_provider(provider)
     _instrument(provider)
-    if exporters:
-        log.info("tracing to %s", ", ".join(_describe(exporter) for exporter in exporters))
+    log.info("tracing to %s", ", ".join(_describe(exporter) for exporter in exporters))
     return provider
 
 
