@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_shopctl_e2e import REPO, admin_token, http, running_shop, shopctl
+from support import REPO, admin_token, http, running_shop, shopctl
 
 from shopctl import processes
 from shopctl.seeding import load_demo_data
