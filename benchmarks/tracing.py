@@ -11,7 +11,7 @@ in ten sampled). Each line is measured
 `--rounds` times, interleaved, and the median round of each is reported, with the CPU the
 service spent per request. Starts the embedded MongoDB-protocol server (or uses
 MONGODB_URI, in a fresh database) and seeds it as run.py does; stops everything on the way
-out. See benchmarks/README.md.
+out. The latest figures are in README.md (design notes, Tracing).
 """
 
 from __future__ import annotations
