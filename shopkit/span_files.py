@@ -60,6 +60,11 @@ class SpanFile:
         if not text:
             return
         with self._lock:
+            if self._file is not None and not self.path.exists():
+                # Deleted (someone cleared the traces directory): start a new file, rather
+                # than write on into one no one can read.
+                self._file.close()
+                self._file = None
             file = self._open()
             if self._size and self._size + len(text) > self.max_bytes:
                 file.close()

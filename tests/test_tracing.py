@@ -141,7 +141,6 @@ def test_a_spans_file_keeps_its_latest_lines_within_twice_its_size(tmp_path: Pat
             lines.append(orjson.dumps(record) + b"\n")
         file.write(lines)
         written += lines
-    file.close()
     rotated = path.with_name(path.name + ".1")
     assert path.stat().st_size <= 1000 and rotated.stat().st_size <= 1000
     # Another process cut off in the middle of a line: that line alone is skipped.
@@ -149,6 +148,13 @@ def test_a_spans_file_keeps_its_latest_lines_within_twice_its_size(tmp_path: Pat
         cut.write(b'{"trace_id": "00')
     kept = [orjson.dumps(record) + b"\n" for record in read_spans(tmp_path)]
     assert kept == written[-len(kept) :] and len(kept) >= 1000 // len(written[0])
+
+    # The directory cleared while a service runs: its next spans start a new file.
+    for kept_file in list(tmp_path.iterdir()):
+        kept_file.unlink()
+    file.write([written[0]])
+    file.close()
+    assert path.read_bytes() == written[0]
 
 
 # -- spans written by the real exporter, and `shopctl trace` drawing them ----------------------
