@@ -40,6 +40,8 @@ class UpConfig:
     environ: Mapping[str, str]
     foreground: bool = False
     workers: int = 1  # each service's WORKERS
+    # Whether the services record their spans in the data directory (traces/).
+    traces: bool = True
 
 
 def logs_dir(data_dir: Path) -> Path:
@@ -67,8 +69,9 @@ def start_shop(
         "JWT_SECRET": jwt_secret(config, report),
         "LOG_LEVEL": config.log_level.upper(),
         "WORKERS": str(config.workers),
-        "TRACES_DIR": str(traces_dir(config.data_dir)),
     }
+    if config.traces:
+        shared["TRACES_DIR"] = str(traces_dir(config.data_dir))
     needs_admin = any(service.owns_admin_account for service in present)
     admin = admin_account(config, report) if needs_admin else {}
     state = ShopState(config.data_dir, config.base_port)
