@@ -167,8 +167,8 @@ def _detail(span: Span) -> Text:
     """What went wrong, for a span that failed or was refused; else its statement."""
     if span.failed and span.error:
         return Text(span.error, style=ERROR_STYLE)
-    if span.refusal:
-        return Text(span.refusal, style=ERROR_STYLE if span.failed else "yellow")
+    if span.error_code:
+        return Text(span.error_code, style=ERROR_STYLE if span.failed else "yellow")
     return Text(span.statement, style="dim")
 
 

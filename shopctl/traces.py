@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shopkit.span_files import (
-    REFUSAL_ATTRIBUTE,
+    ERROR_CODE_ATTRIBUTE,
     REQUEST_ID_ATTRIBUTE,
     STATEMENT_ATTRIBUTE,
     read_spans,
@@ -78,9 +78,9 @@ class Span:
         return self.attributes.get(REQUEST_ID_ATTRIBUTE)
 
     @property
-    def refusal(self) -> str:
+    def error_code(self) -> str:
         """The error code a service answered with (``insufficient_stock``), if it refused."""
-        return str(self.attributes.get(REFUSAL_ATTRIBUTE, ""))
+        return str(self.attributes.get(ERROR_CODE_ATTRIBUTE, ""))
 
     @property
     def http_status(self) -> int | None:

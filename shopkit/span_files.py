@@ -23,7 +23,7 @@ import orjson
 # Set on every server span: `shopctl trace` finds a trace by the request id QA pastes.
 REQUEST_ID_ATTRIBUTE = "shop.request_id"
 # The envelope's error code on the server span of a request answered with an error.
-REFUSAL_ATTRIBUTE = "shop.error_code"
+ERROR_CODE_ATTRIBUTE = "shop.error_code"
 # A datastore span's statement (the instrumentations' name for it), never its parameters.
 STATEMENT_ATTRIBUTE = "db.statement"
 

@@ -9,9 +9,9 @@ Spans are exported over OTLP (HTTP/protobuf) when the standard variables ask for
 settings itself), and to a bounded JSON-lines file when ``TRACES_DIR`` names a directory
 (``shopctl up`` sets it: see shopkit.span_files). With neither, or with
 ``OTEL_SDK_DISABLED=true``, nothing is instrumented at all, so tracing costs nothing: the
-instrumentations' own work for a span no one records is most of what a recorded one costs
-(see benchmarks/tracing.py), and trace ids no one can look up would add nothing to the
-request id the log lines carry anyway.
+instrumentations' own work for a span no one records is about half of what a recorded one
+costs (see benchmarks/tracing.py), and trace ids no one can look up would add nothing to
+the request id the log lines carry anyway.
 
 Only requests are traced: a span with no parent that is not a request's server span (a
 background loop's query) is dropped, and so are the probes (/health, /ready, /metrics),
@@ -37,8 +37,8 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 
 from shopkit.span_files import (
+    ERROR_CODE_ATTRIBUTE,
     MAX_BYTES,
-    REFUSAL_ATTRIBUTE,
     REQUEST_ID_ATTRIBUTE,
     STATEMENT_ATTRIBUTE,
     SpanFile,
@@ -173,7 +173,7 @@ def record_error_code(code: str) -> None:
     """Name the error code a request is answered with on its span (when it is recorded)."""
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attribute(REFUSAL_ATTRIBUTE, code)
+        span.set_attribute(ERROR_CODE_ATTRIBUTE, code)
 
 
 def record_failure(error: BaseException) -> None:
