@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from browser_support import REPO, SEED_PRODUCTS, Shop
 from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
-from test_shopctl_e2e import admin_token, http, running_shop
+from support import admin_token, http, running_shop
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
