@@ -12,6 +12,7 @@ from shopctl.down import down
 from shopctl.envs import env_app
 from shopctl.seed import seed
 from shopctl.status import status
+from shopctl.trace import trace
 from shopctl.up import up
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.command()(down)
 app.command()(status)
 app.command()(seed)
 app.command()(checkout)
+app.command()(trace)
 app.add_typer(env_app)
 app.command()(build)
 app.command()(deploy)

@@ -41,10 +41,17 @@ class UpConfig:
     environ: Mapping[str, str]
     foreground: bool = False
     workers: int = 1  # each service's WORKERS
+    # Whether the services record their spans in the data directory (traces/).
+    traces: bool = True
 
 
 def logs_dir(data_dir: Path) -> Path:
     return data_dir / "logs"
+
+
+def traces_dir(data_dir: Path) -> Path:
+    """Where the services record their spans (their TRACES_DIR), for `shopctl trace`."""
+    return data_dir / "traces"
 
 
 def start_shop(
@@ -64,6 +71,8 @@ def start_shop(
         "LOG_LEVEL": config.log_level.upper(),
         "WORKERS": str(config.workers),
     }
+    if config.traces:
+        shared["TRACES_DIR"] = str(traces_dir(config.data_dir))
     needs_admin = any(service.owns_admin_account for service in present)
     admin = admin_account(config, report) if needs_admin else {}
     state = ShopState(config.data_dir, config.base_port)

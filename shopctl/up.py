@@ -52,6 +52,14 @@ def up(
             max=MAX_WORKERS,
         ),
     ] = 1,
+    traces: Annotated[
+        bool,
+        typer.Option(
+            help="Have the services record the spans of every request in the data "
+            "directory, for `shopctl trace`.",
+            envvar="SHOP_TRACES",
+        ),
+    ] = True,
 ) -> None:
     """Start the shop: backing servers, then every service.
 
@@ -73,6 +81,7 @@ def up(
         dict(os.environ),
         foreground=not detach,
         workers=workers,
+        traces=traces,
     )
     with failures_reported(consoles):
         if detach:

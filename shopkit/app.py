@@ -23,6 +23,7 @@ from shopkit.middleware import answer_expect_headers, shop_middleware
 from shopkit.openapi import build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
+from shopkit.tracing import configure_tracing
 from shopkit.validation import MAX_BODY
 
 log = logging.getLogger("shop.app")
@@ -150,11 +151,16 @@ def run(
         configure_logging(name, settings.log_level, worker=workers.SUPERVISOR)
     else:
         configure_logging(name, settings.log_level, worker=role.number if role else None)
+    tracer_provider = None
     try:
         if supervising:
             raise SystemExit(
                 workers.supervise(name, settings.host, settings.port, settings.workers, environ)
             )
+        # Before the app is built: the instrumentations patch the classes it is made of.
+        tracer_provider = configure_tracing(
+            name, environ, settings.traces_dir, role.number if role else None
+        )
         app = create_app(settings)
         log.info("starting on %s:%s", settings.host, settings.port)
         web.run_app(
@@ -183,6 +189,9 @@ def run(
         log.error("cannot start: %s", message)
         print(f"{name} service: cannot start: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # writes the spans still waiting
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,4 +1,4 @@
-"""Logging: one JSON line per record, each naming the request it belongs to."""
+"""Logging: one JSON line per record, each naming the request (and trace) it belongs to."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+from opentelemetry.trace import get_current_span
 
 from shopkit.context import REQUEST_ID
 
@@ -48,8 +49,15 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "logger": record.name,
             "request_id": REQUEST_ID.get(),
-            "msg": record.getMessage(),
         }
+        # The trace and span the line was written in (shopkit.tracing), read here rather
+        # than by the logging instrumentation, whose record fields would only reach the line
+        # if it were set up before this module read the standard attributes.
+        span = get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = format(span.trace_id, "032x")
+            line["span_id"] = format(span.span_id, "016x")
+        line["msg"] = record.getMessage()
         if self.worker is not None:
             line["worker"] = self.worker
         # Anything passed as `extra=` becomes a field of its own.

@@ -17,6 +17,7 @@ from shopkit.errors import ShopError, error_body, refusal_error
 from shopkit.keys import METRICS, REFUSALS, UNAVAILABLE_ERRORS
 from shopkit.logs import request_record
 from shopkit.responses import json_response
+from shopkit.tracing import record_error_code, record_failure, set_request_id
 from shopkit.validation import MAX_BODY
 
 access_log = logging.getLogger("shop.access")
@@ -50,6 +51,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.St
         exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason + ".")
     )
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    record_error_code(code)
     return json_response(
         error_body(message.format(method=request.method, path=request.path), code),
         status=exc.status,
@@ -58,6 +60,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.St
 
 
 def _from_shop_error(exc: ShopError) -> web.Response:
+    record_error_code(exc.code)
     return json_response(
         error_body(exc.message, exc.code, exc.details, exc.extra),
         status=exc.status,
@@ -75,6 +78,7 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
     except DomainError as exc:
         answer = refusal_error(exc, request.app[REFUSALS])
         if answer is None:
+            record_failure(exc)
             error_log.exception("a refusal no answer is given for: %r", exc)
             return _internal_error()
         return _from_shop_error(answer)
@@ -84,6 +88,7 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
         raise
     except request.app[UNAVAILABLE_ERRORS] as exc:
         error_log.warning("dependency unavailable: %s", exc)
+        record_error_code("upstream_unavailable")
         return json_response(
             error_body(
                 "A service this one depends on is not answering; try again shortly.",
@@ -91,12 +96,14 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
             ),
             status=503,
         )
-    except Exception:
+    except Exception as exc:
+        record_failure(exc)
         error_log.exception("unhandled error answering %s %s", request.method, request.path)
         return _internal_error()
 
 
 def _internal_error() -> web.Response:
+    record_error_code("internal_error")
     return json_response(
         error_body(
             f"Something went wrong on our side; it was logged as request {REQUEST_ID.get()}.",
@@ -110,6 +117,7 @@ def _internal_error() -> web.Response:
 async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = _request_id(request)
     token = REQUEST_ID.set(request_id)
+    set_request_id(request_id)
     started = time.perf_counter()
     try:
         response = await answer_in_envelope(request, handler)

@@ -8,6 +8,7 @@ a plain dict) and turns the first problem into one line that names the variable.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -61,6 +62,9 @@ class ServiceSettings(BaseModel):
     # Processes serving this one port (SO_REUSEPORT), each with its own app, pools and
     # background loops: see shopkit.workers. 1 is one process, as without the setting.
     workers: int = Field(1, alias="WORKERS", ge=1, le=MAX_WORKERS)
+    # Where this service writes the spans it records, as bounded JSON-lines files (see
+    # shopkit.tracing); `shopctl up` sets it to its data directory's traces/. Unset: none.
+    traces_dir: Path | None = Field(None, alias="TRACES_DIR")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

@@ -716,9 +716,15 @@ def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
         assert down.returncode == 0, down.stdout + down.stderr
 
 
-def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """A blocking JSON request (no proxy), for tests without an event loop: status and body."""
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", **(headers or {})}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
