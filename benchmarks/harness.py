@@ -150,7 +150,12 @@ def running_shop(
     environ |= {"ADMIN_PASSWORD": ADMIN_PASSWORD, "PYTHONDONTWRITEBYTECODE": "1"}
     environ |= {"BCRYPT_ROUNDS": "4"}  # quick registrations; logins measures its own rounds
     environ.pop("ADMIN_EMAIL", None)
-    config = UpConfig(data_dir, options.base_port, os.environ.get("LOG_LEVEL", "INFO"), environ)
+    # The lines measure the shop without tracing's cost (`shopctl up` records every span):
+    # no spans file and no OTLP from the shell; the tracing scenario adds them to variants.
+    for variable in [name for name in environ if name.startswith("OTEL_")] + ["TRACES_DIR"]:
+        environ.pop(variable, None)
+    log_level = os.environ.get("LOG_LEVEL", "INFO")
+    config = UpConfig(data_dir, options.base_port, log_level, environ, traces=False)
 
     def report(line: str) -> None:
         err.print(line, markup=False)

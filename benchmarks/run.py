@@ -28,6 +28,7 @@ import drivers
 import harness
 import logins
 import scale
+import tracing
 
 SCENARIOS = {
     "catalogue": catalogue.reads,
@@ -36,6 +37,7 @@ SCENARIOS = {
     "scale": scale.run,
     "logins": logins.run,
     "checkout": checkouts.run,
+    "tracing": tracing.run,
 }
 
 
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--threads", type=int, default=2, help="wrk's threads")
     add("--base-port", type=int, default=5100, help="the gateway's; the rest take the next 10")
     add("--json", type=Path, metavar="FILE", help="also write the results here")
-    add("--products", type=int, default=200, help="catalogue, sales, carts: products seeded")
+    add("--products", type=int, default=200, help="catalogue, sales, carts, tracing: products")
     add("--orders", type=int, default=20_000, help="sales: order lines between before and after")
     add("--scales", type=_numbers, default="1000,10000,100000", help="scale: catalogue sizes")
     add("--bcrypt-rounds", type=_numbers, default="12,10", help="logins: BCRYPT_ROUNDS values")

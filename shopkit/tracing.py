@@ -10,8 +10,8 @@ settings itself), and to a bounded JSON-lines file when ``TRACES_DIR`` names a d
 (``shopctl up`` sets it: see shopkit.span_files). With neither, or with
 ``OTEL_SDK_DISABLED=true``, nothing is instrumented at all, so tracing costs nothing: the
 instrumentations' own work for a span no one records is about half of what a recorded one
-costs (see benchmarks/tracing.py), and trace ids no one can look up would add nothing to
-the request id the log lines carry anyway.
+costs (``benchmarks/run.py --only tracing``), and trace ids no one can look up would add
+nothing to the request id the log lines carry anyway.
 
 Only requests are traced: a span with no parent that is not a request's server span (a
 background loop's query) is dropped, and so are the probes (/health, /ready, /metrics),
