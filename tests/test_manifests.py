@@ -269,8 +269,7 @@ components:
 
 @pytest.fixture(scope="session")
 def rendered(manifests_copy: Path) -> dict[str, list[Document]]:
-    """The base, every overlay and the base with the monitoring component, as `kubectl
-    kustomize` renders them."""
+    """The base, every overlay and the monitored base, as `kubectl kustomize` renders them."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip(
@@ -509,8 +508,8 @@ def wiring_sources() -> list[str]:
 
 @pytest.fixture(params=wiring_sources())
 def documents(request: pytest.FixtureRequest) -> list[Document]:
-    """The raw base as committed, then each rendered overlay and the base with the
-    monitoring component (those need kubectl)."""
+    """The raw base as committed, then each rendered overlay and the monitored base."""
+    # The rendered ones need kubectl.
     if request.param == "raw base":
         return raw_base()
     return request.getfixturevalue("rendered")[request.param]
@@ -929,8 +928,8 @@ def _analyse(text: str) -> Analysis:
 
 @pytest.fixture(scope="session")
 def promql() -> Callable[[list[str]], list[Analysis]]:
-    """Parses PromQL with promql-parser (Python binding of the Rust parser GreptimeDB uses;
-    it knows Prometheus's functions)."""
+    """Parses PromQL with promql-parser (the binding of the Rust parser GreptimeDB uses)."""
+    # It knows Prometheus's functions.
     return lambda expressions: [_analyse(text) for text in expressions]
 
 
@@ -1159,6 +1158,7 @@ def monitored_sources() -> list[str]:
 
 @pytest.fixture(params=monitored_sources())
 def monitored(request: pytest.FixtureRequest) -> list[Document]:
+    """Each rendering that has the monitoring component (the monitored base, prod)."""
     return request.getfixturevalue("rendered")[request.param]
 
 

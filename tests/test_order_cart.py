@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
     as_service,
+    assert_documented,
     call,
     change_stock,
     create_product,
@@ -138,7 +139,9 @@ async def test_things_added_during_a_checkout_stay_in_the_cart(
 
 
 async def checkout_answer(orders: TestClient, headers: dict[str, str]) -> tuple[int, Any, Any]:
+    """A cart checkout's status, body (checked against the document) and headers."""
     response = await orders.post("/api/orders", headers=headers)
+    await assert_documented(orders, response, await response.text())
     return response.status, await response.json(), response.headers
 
 

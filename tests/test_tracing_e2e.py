@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import http, log_lines, running_shop, shop_admin_token, shopctl
+from support import eventually_sync, http, log_lines, running_shop, shop_admin_token, shopctl
 
-from shopctl import processes
 from shopctl.stack import logs_dir, traces_dir
 from shopctl.traces import Span, Trace, find_traces
 
@@ -78,7 +77,7 @@ def whole_trace(shop: Shop, request_id: str, complete: Any) -> Trace:
         found[:] = find_traces(shop.traces, request_id)
         return len(found) == 1 and complete(found[0])
 
-    assert processes.wait_until(ready, SPANS_WITHIN, interval=0.2), found
+    eventually_sync(ready, "the whole trace recorded", SPANS_WITHIN, seen=found.copy, interval=0.2)
     return found[0]
 
 
@@ -167,7 +166,13 @@ def test_a_checkout_through_the_gateway_is_one_trace_of_every_service_and_datast
             ]
         return lines
 
-    assert processes.wait_until(lambda: all(logged().values()), SPANS_WITHIN, interval=0.2)
+    eventually_sync(
+        lambda: all(logged().values()),
+        "a log line about the request from every service",
+        SPANS_WITHIN,
+        seen=logged,
+        interval=0.2,
+    )
     for service, lines in logged().items():
         assert {line.get("trace_id") for line in lines} == {found.trace_id}, (service, lines)
         assert all(len(line["span_id"]) == 16 for line in lines)
