@@ -21,6 +21,11 @@ import psutil
 # psutil derives a create time from the boot time and the start tick; two reads of the same
 # process agree to well under this, a recycled PID (started later) never does.
 _CREATE_TIME_TOLERANCE = 0.05
+# But the boot time the kernel reports moves when the clock is stepped (seen here: 20 s), and
+# every create time with it. A process whose command line is the one recorded and whose
+# create time is this close is still ours: a recycled PID would have to come round the
+# whole PID space and start the same command within the window.
+_STEPPED_CLOCK_TOLERANCE = 300.0
 
 
 @dataclass
@@ -80,8 +85,13 @@ class ManagedProcess:
     def _process(self) -> psutil.Process | None:
         try:
             process = psutil.Process(self.pid)
-            same = abs(process.create_time() - self.create_time) < _CREATE_TIME_TOLERANCE
-        except psutil.NoSuchProcess:
+            drift = abs(process.create_time() - self.create_time)
+            same = drift < _CREATE_TIME_TOLERANCE or (
+                drift < _STEPPED_CLOCK_TOLERANCE
+                and bool(self.command)
+                and process.cmdline() == self.command
+            )
+        except psutil.Error:  # gone, or not ours to read
             return None
         return process if same else None
 

@@ -145,6 +145,21 @@ def test_down_never_kills_a_recycled_pid(
     assert idle_process.alive()
 
 
+def test_down_stops_its_process_after_the_clock_was_stepped(
+    tmp_path: Path, idle_process: processes.ManagedProcess
+) -> None:
+    # The boot time the kernel reports moved 20 s since `up` recorded the process (a stepped
+    # clock moves every create time): same PID, same command, so still the shop's process.
+    stepped = processes.ManagedProcess(
+        idle_process.pid, idle_process.create_time - 20.0, idle_process.command
+    )
+    write_state(tmp_path, RunningService("product", "http://127.0.0.1:1", 1, stepped))
+    result = invoke("down", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "Stopped product" in result.output
+    eventually_sync(lambda: not idle_process.alive(), "the stepped process stopped", 10)
+
+
 def test_a_stale_state_file_is_cleared_on_up(tmp_path: Path) -> None:
     gone = processes.ManagedProcess(pid=2**22 + 1, create_time=1.0, command=["gone"])
     write_state(tmp_path, RunningService("product", "http://127.0.0.1:1", 1, gone))
