@@ -77,6 +77,7 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
         if answer is None:
             error_log.exception("a refusal no answer is given for: %r", exc)
             return _internal_error()
+        request.app[METRICS].refused(exc, answer.code)
         return _from_shop_error(answer)
     except web.HTTPException as exc:
         return _from_http_exception(request, exc)
@@ -111,6 +112,8 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request_id = _request_id(request)
     token = REQUEST_ID.set(request_id)
     started = time.perf_counter()
+    metrics = request.app[METRICS]
+    metrics.in_flight.up()
     try:
         response = await answer_in_envelope(request, handler)
         if not response.prepared:
@@ -122,7 +125,7 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers.setdefault("X-Content-Type-Options", "nosniff")
         elapsed = time.perf_counter() - started
         method, status = request.method, response.status
-        request.app[METRICS].observe(method, _route_template(request), status, elapsed)
+        metrics.observe(method, _route_template(request), status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             path = request.path
             fields = {"method": method, "path": path, "status": status}
@@ -130,6 +133,7 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
             access_log.handle(request_record(access_log.name, f"{method} {path} {status}", fields))
         return response
     finally:
+        metrics.in_flight.down()
         REQUEST_ID.reset(token)
 
 
