@@ -113,7 +113,7 @@ def _not_ready(name: str, reason: str, details: dict[str, Any]) -> web.Response:
 
 
 @endpoint(
-    "Prometheus metrics: request counts and latency histograms",
+    "Prometheus metrics: requests, the process, and the service's own events (README: Metrics)",
     raw=True,
     response={"type": "string"},
     content_type="text/plain",

@@ -81,6 +81,7 @@ async def answer_in_envelope(request: web.Request, handler: Handler) -> web.Stre
             record_failure(exc)
             error_log.exception("a refusal no answer is given for: %r", exc)
             return _internal_error()
+        request.app[METRICS].refused(exc, answer.code)
         return _from_shop_error(answer)
     except web.HTTPException as exc:
         return _from_http_exception(request, exc)
@@ -119,6 +120,8 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = REQUEST_ID.set(request_id)
     set_request_id(request_id)
     started = time.perf_counter()
+    metrics = request.app[METRICS]
+    metrics.in_flight.up()
     try:
         response = await answer_in_envelope(request, handler)
         if not response.prepared:
@@ -130,7 +133,7 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers.setdefault("X-Content-Type-Options", "nosniff")
         elapsed = time.perf_counter() - started
         method, status = request.method, response.status
-        request.app[METRICS].observe(method, _route_template(request), status, elapsed)
+        metrics.observe(method, _route_template(request), status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             path = request.path
             fields = {"method": method, "path": path, "status": status}
@@ -138,6 +141,7 @@ async def shop_middleware(request: web.Request, handler: Handler) -> web.StreamR
             access_log.handle(request_record(access_log.name, f"{method} {path} {status}", fields))
         return response
     finally:
+        metrics.in_flight.down()
         REQUEST_ID.reset(token)
 
 

@@ -23,8 +23,9 @@ import asyncpg
 from aiohttp import web
 
 from shopkit.app import StartupError
-from shopkit.keys import POSTGRES, SETTINGS
+from shopkit.keys import METRICS, POSTGRES, SETTINGS
 from shopkit.logs import mask_url
+from shopkit.metrics import Level
 from shopkit.readiness import DatastoreAnswers
 
 log = logging.getLogger("shop.postgres")
@@ -51,22 +52,50 @@ class FairPool:
     connections some wait many turns (profile reads at 32 clients on 10 connections: p50
     10 ms, p99 180 ms). A FIFO semaphore of the pool's size in front queues them fairly.
     It offers what the stores use: ``acquire`` and the one-query shortcuts, and notes when
-    PostgreSQL last answered them (``answers``: the ready check's proof under load)."""
+    PostgreSQL last answered them (``answers``: the ready check's proof under load), and
+    counts the connections ``in_use`` and the callers ``waiting`` for a turn (gauges)."""
 
-    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        size: int,
+        *,
+        in_use: Level | None = None,
+        waiting: Level | None = None,
+    ) -> None:
         self.pool = pool
         self._turns = asyncio.Semaphore(size)
         self.answers = DatastoreAnswers()
+        self.in_use = in_use or Level()
+        self.waiting = waiting or Level()
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with self._turns, self.pool.acquire() as connection:
-                yield connection
+            if self._turns.locked():
+                await self._wait_for_turn()
+            else:  # a turn at once, the usual case: no waiting to count
+                await self._turns.acquire()
+            try:
+                async with self.pool.acquire() as connection:
+                    self.in_use.up()
+                    try:
+                        yield connection
+                    finally:
+                        self.in_use.down()
+            finally:
+                self._turns.release()
         except POSTGRES_UNAVAILABLE:
             self.answers.failed()
             raise
         self.answers.answered()
+
+    async def _wait_for_turn(self) -> None:
+        self.waiting.up()
+        try:
+            await self._turns.acquire()
+        finally:
+            self.waiting.down()
 
     async def execute(self, query: str, *args: Any) -> str:
         async with self.acquire() as connection:
@@ -153,12 +182,20 @@ def postgres_ctx(
         url = app[SETTINGS].database_url
         target = mask_url(url)
         log.info("connecting to PostgreSQL at %s", target)
+        metrics = app[METRICS]
         try:
             pool = FairPool(
                 await asyncpg.create_pool(
                     url, min_size=1, max_size=max_size, timeout=10, reset=keep_session
                 ),
                 max_size,
+                in_use=metrics.level(
+                    "shop_postgres_pool_connections_in_use",
+                    "PostgreSQL connections taken from the pool",
+                ),
+                waiting=metrics.level(
+                    "shop_postgres_pool_waiting", "Callers waiting for a PostgreSQL connection"
+                ),
             )
         except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StartupError(f"PostgreSQL at {target} is not answering: {exc}") from None

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from shopkit.metrics import MULTIPROCESS_DIR_VARIABLE
 
 log = logging.getLogger("shop.workers")
@@ -192,6 +194,9 @@ class Supervisor:
             code = await self._unless_stopping(worker.process.wait())
             if self.stopping.is_set():
                 return
+            # Its gauges (requests in flight, connections in use) end with it; its counters
+            # stay, so that the sums over the workers never go back.
+            mark_process_dead(worker.process.pid, self.env[MULTIPROCESS_DIR_VARIABLE])
             lived = loop.time() - worker.started
             if worker.serving and lived >= STEADY_SECONDS:
                 delay = FIRST_RESTART_DELAY

@@ -11,11 +11,12 @@ from pydantic import Field
 
 from shopkit.app import create_service_app
 from shopkit.client import ServiceClient
+from shopkit.keys import METRICS
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, RedisUrl
 from svc_cart.catalogue import Catalogue, PricedAnswers
-from svc_cart.keys import ANSWERS, CATALOGUE, REDIS, STORE
-from svc_cart.routes import REFUSALS, routes
+from svc_cart.keys import ANSWERS, CART_CHANGES, CATALOGUE, REDIS, STORE
+from svc_cart.routes import CHANGE_KINDS, REFUSALS, routes
 from svc_cart.store import REDIS_UNAVAILABLE, CartStore, redis_ctx
 
 
@@ -57,6 +58,9 @@ def create_app(settings: CartSettings) -> web.Application:
         max_age=settings.catalogue_cache_seconds,
     )
     app[ANSWERS] = PricedAnswers()
+    app[CART_CHANGES] = app[METRICS].counter(
+        "shop_cart_changes", "Changes made to carts, by kind", "change", known=CHANGE_KINDS
+    )
     app.on_shutdown.append(close_catalogue)
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds

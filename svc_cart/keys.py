@@ -8,6 +8,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from shopkit.metrics import Family
     from svc_cart.catalogue import Catalogue, PricedAnswers
     from svc_cart.store import CartStore
 
@@ -15,3 +18,5 @@ REDIS = web.AppKey("redis", Redis)
 STORE: web.AppKey[CartStore] = web.AppKey("store")
 CATALOGUE: web.AppKey[Catalogue] = web.AppKey("catalogue")
 ANSWERS: web.AppKey[PricedAnswers] = web.AppKey("answers")
+# Changes made to carts, by kind (routes.CHANGE_KINDS): shop_cart_changes_total.
+CART_CHANGES: web.AppKey[Family[Counter]] = web.AppKey("cart_changes")

@@ -16,7 +16,7 @@ from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id, parse_product_id
 from shopkit.responses import encoded_response, ok
 from svc_cart.catalogue import Product, priced_cart
-from svc_cart.keys import ANSWERS, CATALOGUE, STORE
+from svc_cart.keys import ANSWERS, CART_CHANGES, CATALOGUE, STORE
 from svc_cart.schemas import (
     AddItem,
     CartItemPath,
@@ -53,6 +53,11 @@ REFUSALS: Refusals = {
         ("version",),
     ),
 }
+
+# The kinds of change a cart takes, as shop_cart_changes_total counts them: each change a
+# route makes (answered 200, also one that leaves the cart as it was); a PUT of quantity 0
+# takes the product out, so it is a remove.
+CHANGE_KINDS = ("add", "set", "remove", "clear")
 
 _ACCESS = (
     "Only the cart's owner (the token's sub is userId), an admin or a service reaches a "
@@ -154,6 +159,7 @@ async def add_item(request: web.Request, body: AddItem) -> web.Response:
     products, asked = await _products_before_change(request, user_id, adding=product_id)
     stock = _existing(products, product_id).stock
     cart = await request.app[STORE].add(user_id, product_id, body.quantity, stock=stock)
+    request.app[CART_CHANGES].labels("add").inc()
     return await _priced_answer(request, user_id, cart, products, asked)
 
 
@@ -178,10 +184,13 @@ async def set_quantity(request: web.Request, body: SetQuantity) -> web.Response:
     if body.quantity == 0:
         products, asked = await _products_before_change(request, user_id)
         cart = await store.remove(user_id, product_id)
+        change = "remove"
     else:
         products, asked = await _products_before_change(request, user_id, adding=product_id)
         stock = _existing(products, product_id).stock
         cart = await store.set_quantity(user_id, product_id, body.quantity, stock=stock)
+        change = "set"
+    request.app[CART_CHANGES].labels(change).inc()
     return await _priced_answer(request, user_id, cart, products, asked)
 
 
@@ -201,6 +210,7 @@ async def remove_item(request: web.Request) -> web.Response:
     product_id = _product_id(request.match_info["productId"])
     products, asked = await _products_before_change(request, user_id)
     cart = await request.app[STORE].remove(user_id, product_id)
+    request.app[CART_CHANGES].labels("remove").inc()
     return await _priced_answer(request, user_id, cart, products, asked)
 
 
@@ -221,4 +231,5 @@ async def remove_item(request: web.Request) -> web.Response:
 async def clear_cart(request: web.Request, query: ClearQuery) -> web.Response:
     user_id = _cart_owner(request)
     cart = await request.app[STORE].clear(user_id, expected_version=query.version)
+    request.app[CART_CHANGES].labels("clear").inc()
     return ok(priced_cart(user_id, cart, {}))

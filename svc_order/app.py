@@ -13,13 +13,13 @@ from shopkit.app import create_service_app
 from shopkit.auth import ServiceCredential
 from shopkit.background import every
 from shopkit.client import ServiceClient
-from shopkit.keys import POSTGRES, SETTINGS
+from shopkit.keys import METRICS, POSTGRES, SETTINGS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, PostgresUrl
 from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
 from svc_order.routes import REFUSALS, routes
-from svc_order.saga import Checkout
+from svc_order.saga import Checkout, CheckoutCounts
 from svc_order.store import OrderStore, OwnerLock
 
 # Each call to another service during a checkout must end well inside the checkout's lease.
@@ -51,6 +51,7 @@ async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
             app[CARTS],
             ServiceCredential(settings.jwt_secret.get_secret_value(), "order"),
             settings.checkout_lease_seconds,
+            CheckoutCounts(app[METRICS]),
             owner,
         )
         yield

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -42,7 +43,9 @@ from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
 from shopkit.domain import MAX_IDS_PER_CALL
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
+from shopkit.metrics import Metrics
 from shopkit.money import money_to_cents
+from shopkit.postgres import POSTGRES_UNAVAILABLE
 from svc_order.store import CartClaimed, IdempotencyKeyTaken, Line, OrderStore, OwnerLock
 
 log = logging.getLogger("shop.order.checkout")
@@ -86,6 +89,55 @@ def request_hash(wanted: dict[str, int] | None) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+class CheckoutCounts:
+    """What the saga counts (metrics): orders placed, checkouts failed by the code the client
+    is answered, checkouts undone, recoveries by how the checkout ended, and the age of the
+    oldest unfinished checkout, measured by each recovery pass and aged on at each scrape
+    (so it keeps growing if the passes stop)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.placed = metrics.counter("shop_orders_placed", "Orders placed by a checkout").labels()
+        self.failed = metrics.counter(
+            "shop_checkouts_failed",
+            "Checkouts that placed no order, by the error code answered",
+            "reason",
+            known=(
+                "insufficient_stock",
+                "cart_changed",
+                "product_not_found",
+                "upstream_unavailable",
+            ),
+        )
+        self.undos = metrics.counter(
+            "shop_checkout_undos",
+            "Checkouts undone: the stock they took put back and the order forgotten",
+        ).labels()
+        self.recoveries = metrics.counter(
+            "shop_checkout_recoveries",
+            "Checkouts a crash or an outage left, finished by recovery: undone, or placed "
+            "and their cart cleared",
+            "outcome",
+            known=("placed", "undone"),
+        )
+        # Every replica and worker measures the same database: the most any of them saw.
+        self._oldest = metrics.gauge(
+            "shop_checkout_oldest_unfinished_seconds",
+            "Age of the oldest checkout neither placed nor undone (0 when none)",
+            mode="livemax",
+        ).labels()
+        self._oldest_seen: tuple[float, float] | None = None  # (its age, time.monotonic())
+        metrics.before_scrape(self._show_oldest)
+
+    def unfinished(self, oldest_age: float | None) -> None:
+        """The oldest unfinished checkout is ``oldest_age`` seconds old (None: there is none)."""
+        self._oldest_seen = None if oldest_age is None else (oldest_age, time.monotonic())
+        self._show_oldest()
+
+    def _show_oldest(self) -> None:
+        seen = self._oldest_seen
+        self._oldest.set(0.0 if seen is None else seen[0] + time.monotonic() - seen[1])
+
+
 class Checkout:
     # The service token is asked of ``credential`` at each call: one made at start-up would
     # stop working after TOKEN_LIFETIME, and every checkout with it.
@@ -96,6 +148,7 @@ class Checkout:
         carts: ServiceClient,
         credential: ServiceCredential,
         lease_seconds: float,
+        counts: CheckoutCounts,
         owner: OwnerLock | None = None,
     ) -> None:
         self.store = store
@@ -103,6 +156,7 @@ class Checkout:
         self.carts = carts
         self.credential = credential
         self.lease_seconds = lease_seconds
+        self.counts = counts
         self.owner = owner
 
     @property
@@ -121,6 +175,24 @@ class Checkout:
     ) -> tuple[int, dict[str, Any] | None]:
         """Check out; return the order id and, when this call placed it, the order as the
         API shows it (None: a replay of an order placed before; read it)."""
+        try:
+            order_id, order = await self._place(user_id, explicit, idempotency_key)
+        except ShopError as exc:
+            self.counts.failed.labels(exc.code).inc()
+            raise
+        except POSTGRES_UNAVAILABLE:  # the middleware answers these 503 upstream_unavailable
+            self.counts.failed.labels(UpstreamUnavailable.code).inc()
+            raise
+        if order is not None:
+            self.counts.placed.inc()
+        return order_id, order
+
+    async def _place(
+        self,
+        user_id: int,
+        explicit: list[tuple[str, int]] | None,
+        idempotency_key: str | None,
+    ) -> tuple[int, dict[str, Any] | None]:
         # "Check out my cart" is one request whatever the cart holds, so a repeat is known
         # before the cart is read (a cart the first request already emptied included).
         wanted = _quantities_by_product(explicit) if explicit else None
@@ -227,9 +299,10 @@ class Checkout:
         if holder is None:
             return True  # given up meanwhile
         if holder["checkout_state"] == "placed":
-            await self._clear_bought_cart(
+            if await self._clear_bought_cart(
                 holder["id"], user_id, holder["cart_version"], holder["cart_stamp"]
-            )
+            ):
+                self.counts.recoveries.labels("placed").inc()
         elif holder["abandoned"]:
             await self._take_over(holder["id"])
         else:
@@ -279,6 +352,7 @@ class Checkout:
                 "An earlier checkout attempt failed and is still being undone; no order was "
                 "placed. Try again shortly."
             )
+        self.counts.recoveries.labels("undone").inc()
 
     async def _priced_lines(self, wanted: dict[str, int]) -> list[Line]:
         """Names and prices from the product service, never from the client."""
@@ -340,12 +414,13 @@ class Checkout:
                 log.warning("order %s: undo of %s answered %s", order_id, product_id, reply.status)
                 return False
         await self.store.forget(order_id)
+        self.counts.undos.inc()
         return True
 
-    async def _clear_cart(self, order_id: int, user_id: int, version: int) -> None:
+    async def _clear_cart(self, order_id: int, user_id: int, version: int) -> bool:
         """Empty the cart this order came from, unless it changed since it was read (then
         the customer changed it during the checkout, and it stays as they left it: 409
-        cart_changed). Either way the order's claim on the cart ends. Not one of the
+        cart_changed). Either way the order's claim on the cart ends (True). Not one of the
         checkouts racing this one can have bought the cart too: they failed on the claim.
         Retried by recovery if the cart service could not be reached."""
         try:
@@ -353,28 +428,31 @@ class Checkout:
                 "DELETE", f"/api/cart/{user_id}?version={version}", token=self.credential.token
             )
         except UpstreamUnavailable:
-            return
+            return False
         if reply.status == 409:
             log.info("order %s: the cart changed during the checkout; left as it is", order_id)
         if reply.status in (200, 409):
             await self.store.cart_cleared(order_id)
+            return True
+        return False
 
     async def _clear_bought_cart(
         self, order_id: int, user_id: int, version: int, stamp: str | None
-    ) -> None:
+    ) -> bool:
         """A clear long after the cart was read (recovery, or a checkout that found this
         order still holding the claim): first make sure the cart is still the one bought.
         Versions start again when a cart expires or Redis loses it, so a later cart may be
-        at the same version number; its stamp (expires_at, new with every write) differs."""
+        at the same version number; its stamp (expires_at, new with every write) differs.
+        True once the order holds the cart no more."""
         if stamp is not None:
             try:
                 cart = await self._read_cart(user_id)
             except UpstreamUnavailable:
-                return  # tried again by recovery
+                return False  # tried again by recovery
             if (cart.get("version"), cart.get("expires_at")) != (version, stamp):
                 await self.store.cart_cleared(order_id)  # that cart is gone: nothing to clear
-                return
-        await self._clear_cart(order_id, user_id, version)
+                return True
+        return await self._clear_cart(order_id, user_id, version)
 
     # -- cancelling ------------------------------------------------------------------------
 
@@ -411,13 +489,16 @@ class Checkout:
             await self.owner.hold()  # again, if the database lost it (a restart)
         for order_id in await self.store.claim_abandoned(self.lease_seconds, self.owner_id):
             log.info("order %s: undoing an abandoned checkout", order_id)
-            await self.undo(order_id)
+            if await self.undo(order_id):
+                self.counts.recoveries.labels("undone").inc()
         for order_id in await self.store.restocks_pending():
             await self.restock(order_id)
         for row in await self.store.carts_to_clear():
-            await self._clear_bought_cart(
+            if await self._clear_bought_cart(
                 row["id"], row["user_id"], row["cart_version"], row["cart_stamp"]
-            )
+            ):
+                self.counts.recoveries.labels("placed").inc()
+        self.counts.unfinished(await self.store.oldest_unfinished_age())
 
 
 def _refused_take(status: int, body: Any, lines: list[Line]) -> ShopError:

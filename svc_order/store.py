@@ -249,6 +249,13 @@ class OrderStore:
         )
         return [row["id"] for row in rows]
 
+    async def oldest_unfinished_age(self) -> float | None:
+        """Seconds since the oldest checkout neither placed nor undone began; None if none."""
+        return await self.pool.fetchval(
+            """SELECT extract(epoch FROM now() - min(created_at))::float8 FROM orders
+               WHERE checkout_state <> 'placed'"""
+        )
+
     async def product_ids(self, order_id: int) -> list[str]:
         rows = await self.pool.fetch(
             "SELECT product_id FROM order_items WHERE order_id = $1 ORDER BY product_id",

@@ -14,13 +14,20 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shopkit.app import StartupError, create_service_app
 from shopkit.background import every
+from shopkit.keys import METRICS
 from shopkit.readiness import DatastoreAnswers
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import MongoUrl
 from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
 from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STOCK, STORE
-from svc_product.routes import REFUSALS, routes
-from svc_product.stock import SETTLE_AFTER, SETTLE_INTERVAL, StockLedger, housekeeping
+from svc_product.routes import REFUSALS, STOCK_CONFLICT_CODES, routes
+from svc_product.stock import (
+    SETTLE_AFTER,
+    SETTLE_INTERVAL,
+    STOCK_CONFLICTS,
+    StockLedger,
+    housekeeping,
+)
 from svc_product.store import (
     KEYWORDS_BACKFILL_INTERVAL,
     ProductStore,
@@ -89,6 +96,19 @@ def create_app(settings: ProductSettings) -> web.Application:
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
     app[MONGO_ANSWERS] = DatastoreAnswers()
+    # Counted where every refusal is answered (shopkit's middleware), by the code the client
+    # hears: whichever route refused (one change, a checkout's batch, an undo), and with
+    # no counting in the ledger, which knows nothing of codes.
+    metrics = app[METRICS]
+    metrics.count_refusals(
+        STOCK_CONFLICTS,
+        metrics.counter(
+            "shop_stock_conflicts",
+            "Stock changes refused, by the code answered",
+            "code",
+            known=STOCK_CONFLICT_CODES,
+        ),
+    )
     app.cleanup_ctx.append(mongo_ctx)  # app[MONGO]
     app.cleanup_ctx.append(catalogue_ctx)  # app[STORE], app[ANSWERS], app[STOCK]
     # A round that finds MongoDB away is one warning line; the next round tries again.

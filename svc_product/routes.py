@@ -25,6 +25,7 @@ from svc_product.schemas import (
     StockUndo,
 )
 from svc_product.stock import (
+    STOCK_CONFLICTS,
     NotEnoughStock,
     ReferenceReused,
     StockBusy,
@@ -72,6 +73,9 @@ REFUSALS: Refusals = {
         ("product_id",),
     ),
 }
+
+# The codes a refused stock change is answered with (shown as 0 before the first).
+STOCK_CONFLICT_CODES = tuple(REFUSALS[kind].code for kind in STOCK_CONFLICTS)
 
 
 @routes.get("/api/products")

@@ -89,6 +89,11 @@ class StockBusy(DomainError):
     """The product's stock kept changing under every attempt (see ATTEMPTS)."""
 
 
+# Every refusal of a stock change: the stock stays as it was. The app counts them by the code
+# each is answered with (shop_stock_conflicts_total).
+STOCK_CONFLICTS = (NotEnoughStock, StockLimit, StockBusy, StockChangeUndone, ReferenceReused)
+
+
 @dataclass(frozen=True, slots=True)
 class Marker:
     kind: str

@@ -11,13 +11,13 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_va
 from shopkit.app import create_service_app
 from shopkit.background import every
 from shopkit.client_address import IpNetwork, parse_networks
-from shopkit.keys import POSTGRES, SETTINGS, TOKEN_STATUS
+from shopkit.keys import METRICS, POSTGRES, SETTINGS, TOKEN_STATUS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenStatus
 from shopkit.settings import PostgresUrl, ServiceSettings
-from svc_user.keys import HASHER, STORE
+from svc_user.keys import HASHER, LOGIN_COUNTS, STORE
 from svc_user.passwords import PasswordHasher
-from svc_user.routes import REFUSALS, routes
+from svc_user.routes import REFUSALS, LoginCounts, routes
 from svc_user.schemas import check_password, normalise_email
 from svc_user.store import (
     ACCOUNT_FREE_FAILURES,
@@ -133,7 +133,15 @@ def create_app(settings: UserSettings) -> web.Application:
         unavailable_errors=POSTGRES_UNAVAILABLE,
         refusals=REFUSALS,
     )
-    app[HASHER] = PasswordHasher(settings.bcrypt_rounds, queue_limit=settings.bcrypt_queue_limit)
+    metrics = app[METRICS]
+    app[HASHER] = PasswordHasher(
+        settings.bcrypt_rounds,
+        queue_limit=settings.bcrypt_queue_limit,
+        taken=metrics.level(
+            "shop_password_hashes_queued", "Password hashes and checks running or waiting"
+        ),
+    )
+    app[LOGIN_COUNTS] = LoginCounts.declare(metrics)
     # The owner of tokens_valid_from checks it exactly, in its own database, every time.
     app[TOKEN_STATUS] = TokenStatus(lambda user_id: app[STORE].tokens_valid_from(user_id), 0)
     app.cleanup_ctx.append(hasher_ctx)

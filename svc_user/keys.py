@@ -9,7 +9,9 @@ from aiohttp import web
 from svc_user.passwords import PasswordHasher
 
 if TYPE_CHECKING:
+    from svc_user.routes import LoginCounts
     from svc_user.store import UserStore
 
 HASHER = web.AppKey("hasher", PasswordHasher)
 STORE: web.AppKey[UserStore] = web.AppKey("store")
+LOGIN_COUNTS: web.AppKey[LoginCounts] = web.AppKey("login_counts")

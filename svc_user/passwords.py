@@ -13,6 +13,7 @@ from typing import TypeVar
 import bcrypt
 
 from shopkit.domain import DomainError
+from shopkit.metrics import Level
 
 T = TypeVar("T")
 
@@ -28,26 +29,33 @@ class PasswordHasher:
     At most ``queue_limit`` hashes are taken on at once (running or waiting): each costs a
     quarter of a second of a core, so a flood of logins (say, for unknown emails) would
     otherwise queue without end and every login would wait behind it. Past the limit the
-    answer is at once a 503 ``busy`` with Retry-After, and nothing is recorded."""
+    answer is at once a 503 ``busy`` with Retry-After, and nothing is recorded. ``taken``
+    counts them (a gauge: the bcrypt queue)."""
 
-    def __init__(self, rounds: int, workers: int | None = None, queue_limit: int = 32) -> None:
+    def __init__(
+        self,
+        rounds: int,
+        workers: int | None = None,
+        queue_limit: int = 32,
+        taken: Level | None = None,
+    ) -> None:
         self.rounds = rounds
         self.queue_limit = queue_limit
         self._executor = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="bcrypt"
         )
         self._dummy_hash: bytes | None = None
-        self._taken = 0
+        self.taken = taken or Level()
 
     async def _run(self, function: Callable[..., T], *args: bytes) -> T:
-        if self._taken >= self.queue_limit:
-            raise HasherBusy(taken=self._taken)
-        self._taken += 1
+        if self.taken.value >= self.queue_limit:
+            raise HasherBusy(taken=self.taken.value)
+        self.taken.up()
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, function, *args)
         finally:
-            self._taken -= 1
+            self.taken.down()
 
     async def start(self) -> None:
         # A real hash of nothing anyone knows, to check unknown emails against, so that an

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter
 
 from shopkit.auth import Identity, issue_token
 from shopkit.client_address import client_from_trusted, limit_key
@@ -21,10 +23,11 @@ from shopkit.errors import (
     Unauthorized,
 )
 from shopkit.keys import IDENTITY, SETTINGS
+from shopkit.metrics import Family, Metrics
 from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id
 from shopkit.responses import ok
-from svc_user.keys import HASHER, STORE
+from svc_user.keys import HASHER, LOGIN_COUNTS, STORE
 from svc_user.passwords import HasherBusy
 from svc_user.schemas import (
     AccountRemoval,
@@ -121,6 +124,28 @@ _LIMITED_ADVICE = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class LoginCounts:
+    """What the login route counts (metrics): failed logins, and logins the limits held."""
+
+    failed: Counter
+    throttled: Family[Counter]  # by the limit that held it (LoginLimited.scope)
+
+    @classmethod
+    def declare(cls, metrics: Metrics) -> LoginCounts:
+        return cls(
+            failed=metrics.counter(
+                "shop_logins_failed", "Logins refused for a wrong email or password"
+            ).labels(),
+            throttled=metrics.counter(
+                "shop_logins_throttled",
+                "Logins refused by a login limit before any password check, by its scope",
+                "scope",
+                known=_LIMITED,
+            ),
+        )
+
+
 def _too_many(limited: LoginLimited) -> TooManyRequests:
     wait = max(1, math.ceil(limited.seconds))
     advice = _LIMITED_ADVICE.get(limited.scope, "; try again in {wait} seconds.")
@@ -152,6 +177,7 @@ async def login(request: web.Request, body: LoginBody) -> web.Response:
     try:
         await store.take_login_attempt(email, address)
     except LoginLimited as limited:
+        request.app[LOGIN_COUNTS].throttled.labels(limited.scope).inc()
         raise _too_many(limited) from None
     try:
         row = await store.by_email(email)
@@ -162,6 +188,7 @@ async def login(request: web.Request, body: LoginBody) -> web.Response:
         await store.finish_login_attempt(email, address, "unchecked")
         raise
     if not matches:
+        request.app[LOGIN_COUNTS].failed.inc()
         await store.finish_login_attempt(email, address, "failed")
         raise Unauthorized("The email or password is incorrect.", code="invalid_credentials")
     await store.finish_login_attempt(email, address, "succeeded")
