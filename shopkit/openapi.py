@@ -43,6 +43,7 @@ _STATUS_TEXT = {
     404: "No such resource",
     409: "Conflict with the current state",
     413: "Body over 1 MiB",
+    415: "A body in a media type or Content-Encoding the service does not read",
     429: "Too many attempts",
     503: "A dependency is down or timed out",
 }
@@ -267,7 +268,7 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         if spec.body is not None or spec.query is not None:
             errors.add(400)
         if spec.body is not None:
-            errors.add(413)
+            errors.update((413, 415))
         if spec.roles is not None:
             errors.add(401)
             errors.add(503)  # whether the token was revoked could not be confirmed

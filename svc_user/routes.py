@@ -220,7 +220,7 @@ async def _check_current_password(request: web.Request, row: asyncpg.Record, pas
 
 
 @routes.get("/api/users/profile")
-@endpoint("The caller's own account", response=UserOut, roles=())
+@endpoint("The caller's own account", response=UserOut, roles=(), errors=(403,))
 async def get_profile(request: web.Request) -> web.Response:
     return ok(user_out(await _own_account(request, request[IDENTITY])))
 
