@@ -20,6 +20,20 @@ from rich.progress import (
 
 from shopctl.errors import ShopctlError
 
+# Each service in one colour wherever a command names it (trace waterfalls, merged logs).
+SERVICE_STYLES = {
+    "gateway": "magenta",
+    "product": "cyan",
+    "user": "blue",
+    "order": "green",
+    "cart": "bright_yellow",
+}
+# C0 (but tab), DEL and C1 control characters, shown as \x1b: what a service recorded may
+# carry what a stranger sent (ESC, or a newline that would forge a line, in a request path),
+# and Rich passes ESC on.
+VISIBLE_CONTROLS = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 9
+}
 FAILURES_SHOWN = 10  # a command lists at most this many failures, then counts the rest
 
 
@@ -45,6 +59,16 @@ class Consoles:
         """Print a plain line (no markup: messages hold paths, URLs and log text), wrapped
         to the terminal's width."""
         self.out.print(message, markup=False)
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written out, fit to print on a terminal."""
+    return text if text.isprintable() else text.translate(VISIBLE_CONTROLS)
+
+
+def service_style(service: str) -> str:
+    """The colour `service` is shown in (a variant, cart-2-workers, in its service's)."""
+    return SERVICE_STYLES.get(service.split("-", 1)[0], "white")
 
 
 def get_consoles(ctx: typer.Context) -> Consoles:

@@ -10,6 +10,7 @@ from shopctl.console import Consoles
 from shopctl.deploy import deploy
 from shopctl.down import down
 from shopctl.envs import env_app
+from shopctl.logs import logs
 from shopctl.seed import seed
 from shopctl.status import status
 from shopctl.trace import trace
@@ -38,6 +39,7 @@ app.command()(status)
 app.command()(seed)
 app.command()(checkout)
 app.command()(trace)
+app.command()(logs)
 app.add_typer(env_app)
 app.command()(build)
 app.command()(deploy)

@@ -11,18 +11,11 @@ from rich.console import Group
 from rich.text import Text
 
 from shopctl import stack
-from shopctl.console import failures_reported, get_consoles
+from shopctl.console import failures_reported, get_consoles, service_style, visible
 from shopctl.errors import ShopctlError
 from shopctl.options import DataDir
 from shopctl.traces import Span, Trace, find_traces, latest_slow_trace
 
-SERVICE_STYLES = {
-    "gateway": "magenta",
-    "product": "cyan",
-    "user": "blue",
-    "order": "green",
-    "cart": "bright_yellow",
-}
 ERROR_STYLE = "bold red"
 STATEMENT_WIDTH = 60  # the most a statement is given; what is longer ends in …
 MIN_STATEMENT_WIDTH = 16
@@ -113,8 +106,8 @@ def waterfall(found: Trace, width: int) -> Group:
         style = ERROR_STYLE if span.failed else ""
         label = Text()
         label.append(prefix, style="dim")
-        label.append(span.service, style=style or _service_style(span))
-        label.append(f" {_operation(span)}", style=style)
+        label.append(span.service, style=style or service_style(span.service))
+        label.append(f" {visible(_operation(span))}", style=style)
         rows.append((span, label, _detail(span)))
     label_width = min(max(len(label) for _, label, _ in rows), max(30, width * 9 // 20))
     wanted = min(STATEMENT_WIDTH, max(len(detail) for _, _, detail in rows))
@@ -166,10 +159,10 @@ def _line(cells: list[Text], widths: tuple[int, ...], style: str = "") -> Text:
 def _detail(span: Span) -> Text:
     """What went wrong, for a span that failed or was refused; else its statement."""
     if span.failed and span.error:
-        return Text(span.error, style=ERROR_STYLE)
+        return Text(visible(span.error), style=ERROR_STYLE)
     if span.error_code:
-        return Text(span.error_code, style=ERROR_STYLE if span.failed else "yellow")
-    return Text(span.statement, style="dim")
+        return Text(visible(span.error_code), style=ERROR_STYLE if span.failed else "yellow")
+    return Text(visible(span.statement), style="dim")
 
 
 def _heading(found: Trace) -> Text:
@@ -201,10 +194,6 @@ def _tree(found: Trace) -> list[tuple[Span, str]]:
     for root in found.roots:
         visit(root, "", "")
     return lines
-
-
-def _service_style(span: Span) -> str:
-    return SERVICE_STYLES.get(span.service, "white")
 
 
 def _operation(span: Span) -> str:
@@ -250,7 +239,7 @@ def _bar(span: Span, found: Trace, width: int) -> Text:
     total = max(found.end - found.start, 1)
     offset = min(width - 1, int((span.start - found.start) * width / total))
     length = max(1, min(width - offset, round((span.end - span.start) * width / total)))
-    style = ERROR_STYLE if span.failed else _service_style(span)
+    style = ERROR_STYLE if span.failed else service_style(span.service)
     bar = Text(" " * offset)
     bar.append(BAR * length, style=style)
     return bar

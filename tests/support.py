@@ -692,6 +692,31 @@ def shopctl(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
+@contextmanager
+def following_logs(
+    data_dir: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """`shopctl logs -f --json` on ``data_dir`` running in the background: yields what it
+    has shown so far, as records; afterwards it must end cleanly on SIGTERM."""
+    out = data_dir.parent / f"followed-{os.urandom(4).hex()}.jsonl"
+    command = [sys.executable, "-m", "shopctl", "logs", "-f", "--json", *options]
+    with out.open("w") as stdout:
+        follower = subprocess.Popen(
+            [*command, "--data-dir", str(data_dir)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env or shop_env(),
+            cwd=REPO,
+        )
+    try:
+        yield lambda: [json.loads(line) for line in out.read_text().splitlines()]
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _, errors = follower.communicate(timeout=30)
+        out.unlink()
+    assert follower.returncode == 0, errors
+
+
 def free_base_port() -> int:
     """A base port whose five service ports are all free."""
     while True:

@@ -1,17 +1,29 @@
 """Tracing end to end: a shop started by `shopctl up` (real processes, embedded servers),
 a checkout through its gateway read back from the spans the services recorded in the data
-directory, its log lines, and `shopctl trace` drawing it, as QA would run it."""
+directory, its log lines, `shopctl trace` drawing it and `shopctl logs` following it, as QA
+would run them."""
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import eventually_sync, http, log_lines, running_shop, shop_admin_token, shopctl
+from support import (
+    eventually_sync,
+    following_logs,
+    http,
+    log_lines,
+    running_shop,
+    shop_admin_token,
+    shopctl,
+)
 
 from shopctl.stack import logs_dir, traces_dir
 from shopctl.traces import Span, Trace, find_traces
@@ -232,3 +244,91 @@ def test_shopctl_trace_finds_a_trace_by_the_id_in_the_log_lines_and_the_latest_s
     unknown = shopctl("trace", "qa-no-such-request", "--data-dir", shop.data_dir, env=shop.env)
     assert unknown.returncode == 1
     assert "no trace of 'qa-no-such-request'" in unknown.stderr
+
+
+def test_shopctl_logs_follows_one_request_across_the_shop(shop: Shop) -> None:
+    _, _, token = shop.customer()
+    product_id = shop.product(stock=1)
+    request_id = f"qa-logs-{secrets.token_hex(6)}"
+    items = {"items": [{"product_id": product_id, "quantity": 3}]}
+    code, reply = http("POST", f"{shop.url}/api/orders", items, token, {"X-Request-ID": request_id})
+    assert code == 409, reply
+
+    def logged() -> list[dict[str, Any]]:
+        shown = shopctl(
+            "logs", "--request-id", request_id, "--json", "--data-dir", shop.data_dir, env=shop.env
+        )
+        assert shown.returncode == 0, shown.stderr
+        return [json.loads(line) for line in shown.stdout.splitlines()]
+
+    # The request's lines from the gateway, the order service and the product service it
+    # asked about stock, in time order, each naming the one trace.
+    eventually_sync(
+        lambda: {"gateway", "order", "product"} <= {line["service"] for line in logged()},
+        "the request's lines from every service it reached",
+        SPANS_WITHIN,
+        seen=logged,
+        interval=0.2,
+    )
+    lines = logged()
+    assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
+    assert {line["request_id"] for line in lines} == {request_id}
+    [trace_id] = {line["trace_id"] for line in lines}
+    gateway_line = next(line for line in lines if line["service"] == "gateway")
+    assert gateway_line["msg"] == "POST /api/orders 409"
+
+    by_trace = shopctl("logs", "--trace-id", trace_id, "--json", "--data-dir", shop.data_dir)
+    assert [json.loads(line) for line in by_trace.stdout.splitlines()] == lines
+
+    # On the terminal: one line each, the request id left out as every line has it.
+    shown = shopctl("logs", "--request-id", request_id, "--data-dir", shop.data_dir, env=shop.env)
+    rows = shown.stdout.splitlines()[1:]
+    assert len(rows) == len(lines) and request_id not in shown.stdout
+    assert any(row.split()[1:5] == ["gateway", "INFO", "POST", "/api/orders"] for row in rows)
+
+
+def test_shopctl_logs_follow_shows_requests_as_they_are_served(shop: Shop) -> None:
+    request_id = f"qa-follow-{secrets.token_hex(6)}"
+    with following_logs(shop.data_dir, "--service", "product", env=shop.env) as followed:
+
+        def served() -> bool:
+            # Asked again until seen: following starts with the last lines, and a request
+            # served before it began reading would be among them, or not.
+            http(
+                "GET", f"{shop.url}/api/products?limit=1", None, None, {"X-Request-ID": request_id}
+            )
+            return any(line.get("request_id") == request_id for line in followed())
+
+        eventually_sync(served, "the request's line, followed", SPANS_WITHIN, seen=followed)
+        assert {line["service"] for line in followed()} == {"product"}
+
+
+def test_what_a_stranger_put_in_a_path_is_drawn_not_obeyed(shop: Shop) -> None:
+    request_id = f"qa-escape-{secrets.token_hex(6)}"
+    # ESC [2J (clear the screen), BEL and a newline, percent-encoded in the path.
+    path = "/api/products/%1b%5b2J%07%0a10:00:00.000%20forged"
+    code, _ = http("GET", f"{shop.url}{path}", None, None, {"X-Request-ID": request_id})
+    assert code == 404
+    # The gateway refuses it (no product id looks like that) and logs the path decoded.
+    whole_trace(shop, request_id, lambda found: "gateway" in found.services)
+    eventually_sync(
+        lambda: (
+            "gateway"
+            in shopctl("logs", "--request-id", request_id, "--data-dir", shop.data_dir).stdout
+        ),
+        "the request's line",
+        SPANS_WITHIN,
+    )
+    for command in ("trace", "logs"):
+        shown = shopctl(
+            command,
+            *(["--request-id"] if command == "logs" else []),
+            request_id,
+            "--data-dir",
+            shop.data_dir,
+            env={**shop.env, "FORCE_COLOR": "1"},
+        )
+        assert shown.returncode == 0, shown.stderr
+        text = re.sub("\x1b\\[[0-9;]*m", "", shown.stdout)  # the colours shopctl sets
+        controls = [c for c in text if unicodedata.category(c) == "Cc" and c != "\n"]
+        assert not controls, (command, shown.stdout)
