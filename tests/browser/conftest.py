@@ -8,16 +8,15 @@ kept from the async tests as explained at the `playwright` fixture."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
 from browser_support import SEED_PRODUCTS, Shop
 from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
-from support import REPO, http, running_shop, shop_admin_token
+from support import http, running_shop, shop_admin_token
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -30,8 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-AXE_CORE = "axe-core@4"
-AXE_CACHE = REPO / ".cache" / "axe-core"  # outside git (.gitignore): fetched from npm once
 
 # Pages wait on several services (and nx-27017 is a Python process): a little more room
 # than Playwright's 5 s default before an expectation fails.
@@ -120,19 +117,8 @@ def base_url(shop: Shop) -> str:
 
 @pytest.fixture(scope="session")
 def axe_script() -> Path:
-    """axe-core's browser bundle, from the npm registry into a cache outside git."""
-    script = AXE_CACHE / "node_modules" / "axe-core" / "axe.min.js"
-    if script.exists():
-        return script
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail(
-            f"npm is needed to fetch {AXE_CORE} from the npm registry (apt-get install npm)"
-        )
-    AXE_CACHE.mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(AXE_CACHE)]
-    result = subprocess.run(
-        [*command, AXE_CORE], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0 and script.exists(), result.stdout + result.stderr
+    """axe-core's browser bundle, as the axe-playwright-python wheel (a dev dependency)
+    ships it: no npm, no download when the tests run."""
+    script = Path(str(files("axe_playwright_python").joinpath("axe.min.js")))
+    assert script.is_file(), f"{script} is missing: pip install -e '.[dev]' installs it"
     return script
