@@ -30,8 +30,14 @@ from shopkit.responses import ok
 from svc_user.keys import HASHER, LOGIN_COUNTS, STORE
 from svc_user.passwords import HasherBusy
 from svc_user.schemas import (
+    MAX_ADDRESSES,
     AccountRemoval,
     AccountRemoved,
+    AddressBody,
+    AddressList,
+    AddressOut,
+    AddressPath,
+    AddressRemoved,
     AuthOut,
     LoggedOut,
     LoginBody,
@@ -39,16 +45,37 @@ from svc_user.schemas import (
     ProfileUpdate,
     RegisterBody,
     TokenStatusOut,
+    UserAddressPath,
     UserOut,
     UserPath,
 )
-from svc_user.store import REVOKE_AHEAD_SECONDS, EmailTaken, LoginLimited, user_out
+from svc_user.store import (
+    REVOKE_AHEAD_SECONDS,
+    AccountGone,
+    AddressNotFound,
+    EmailTaken,
+    LoginLimited,
+    TooManyAddresses,
+    address_out,
+    user_out,
+)
 
 routes = web.RouteTableDef()
 
 # How a client hears what the store refuses.
 REFUSALS: Refusals = {
     EmailTaken: Refusal(Conflict, "email_taken", "An account with this email already exists."),
+    # A valid signature for an account that is gone: the token no longer names anyone.
+    AccountGone: Refusal(
+        Unauthorized, "invalid_token", "The account this token names no longer exists."
+    ),
+    AddressNotFound: Refusal(NotFound, "address_not_found", "There is no address {id} of yours."),
+    TooManyAddresses: Refusal(
+        Conflict,
+        "too_many_addresses",
+        "You keep {limit} addresses already, the most there can be: change or remove one.",
+        keys=("limit",),
+    ),
     HasherBusy: Refusal(
         ServiceBusy,
         "busy",
@@ -204,13 +231,8 @@ async def _own_account(request: web.Request, identity: Identity) -> asyncpg.Reco
         raise Forbidden("Only a user's own token reaches a profile.", code="not_a_user")
     row = await request.app[STORE].by_id(identity.user_number)
     if row is None:
-        raise _account_gone()
+        raise AccountGone()
     return row
-
-
-def _account_gone() -> Unauthorized:
-    # A valid signature for an account that is gone: the token no longer names anyone.
-    return Unauthorized("The account this token names no longer exists.", code="invalid_token")
 
 
 async def _check_current_password(request: web.Request, row: asyncpg.Record, password: str) -> None:
@@ -250,7 +272,7 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
         changes["password_hash"] = await hasher.hash(body.password)
     updated = await request.app[STORE].update(row["id"], changes, revoke_tokens=new_password)
     if updated is None:
-        raise _account_gone()
+        raise AccountGone()
     if new_password:
         try:
             token = _token_for(request, updated)
@@ -273,7 +295,7 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> web.Respo
 async def logout(request: web.Request) -> web.Response:
     row = await _own_account(request, request[IDENTITY])
     if await request.app[STORE].revoke_tokens(row["id"]) is None:
-        raise _account_gone()
+        raise AccountGone()
     return ok({"logged_out": True})
 
 
@@ -295,7 +317,7 @@ async def remove_account(request: web.Request, body: AccountRemoval) -> web.Resp
         raise Forbidden("An admin account cannot remove itself.", code="admin_account")
     await _check_current_password(request, row, body.current_password)
     if not await request.app[STORE].delete(row["id"]):
-        raise _account_gone()
+        raise AccountGone()
     return ok({"id": row["id"], "deleted": True})
 
 
@@ -317,3 +339,94 @@ async def token_status(request: web.Request) -> web.Response:
     if valid_from is None:
         raise NotFound(f"There is no user {raw!r}.", code="user_not_found")
     return ok({"user_id": user_id, "tokens_valid_from": valid_from})
+
+
+# -- delivery addresses --------------------------------------------------------------------
+
+
+def _own_id(identity: Identity) -> int:
+    if identity.user_number is None:  # a service's token names no user
+        raise Forbidden("Only a user's own token reaches its addresses.", code="not_a_user")
+    return identity.user_number
+
+
+def _address_id(request: web.Request, key: str = "id") -> int:
+    raw = request.match_info[key]
+    address_id = parse_id(raw)
+    if address_id is None:
+        raise NotFound(f"There is no address {raw!r}.", code="address_not_found")
+    return address_id
+
+
+@routes.get("/api/users/addresses")
+@endpoint("The caller's delivery addresses", response=AddressList, roles=(), errors=(403,))
+async def list_addresses(request: web.Request) -> web.Response:
+    rows = await request.app[STORE].addresses_of(_own_id(request[IDENTITY]))
+    return ok({"addresses": [address_out(row) for row in rows], "limit": MAX_ADDRESSES})
+
+
+@routes.post("/api/users/addresses")
+@endpoint(
+    "Keep a new delivery address",
+    body=AddressBody,
+    response=AddressOut,
+    status=201,
+    roles=(),
+    errors=(403, 409),
+    description=f"409 too_many_addresses: the caller keeps {MAX_ADDRESSES} already (with "
+    "`limit`); counted under a lock, so requests at once never pass it.",
+)
+async def add_address(request: web.Request, body: AddressBody) -> web.Response:
+    user_id = _own_id(request[IDENTITY])
+    row = await request.app[STORE].add_address(user_id, body.model_dump(), MAX_ADDRESSES)
+    return ok(address_out(row), status=201)
+
+
+@routes.put("/api/users/addresses/{id}")
+@endpoint(
+    "Change one of the caller's addresses (the whole address)",
+    path=AddressPath,
+    body=AddressBody,
+    response=AddressOut,
+    roles=(),
+    errors=(403, 404),
+    description="Orders keep the address as it was when they were placed: changing it "
+    "changes none of them. 404 address_not_found: not one of the caller's.",
+)
+async def replace_address(request: web.Request, body: AddressBody) -> web.Response:
+    user_id, address_id = _own_id(request[IDENTITY]), _address_id(request)
+    row = await request.app[STORE].replace_address(user_id, address_id, body.model_dump())
+    return ok(address_out(row))
+
+
+@routes.delete("/api/users/addresses/{id}")
+@endpoint(
+    "Remove one of the caller's addresses",
+    path=AddressPath,
+    response=AddressRemoved,
+    roles=(),
+    errors=(403, 404),
+    description="404 address_not_found: not one of the caller's (or removed already).",
+)
+async def remove_address(request: web.Request) -> web.Response:
+    user_id, address_id = _own_id(request[IDENTITY]), _address_id(request)
+    await request.app[STORE].remove_address(user_id, address_id)
+    return ok({"id": address_id, "deleted": True})
+
+
+@routes.get("/internal/users/{id}/addresses/{address_id}")
+@endpoint(
+    "Internal: one user's address, for the order service at checkout (service tokens only)",
+    path=UserAddressPath,
+    response=AddressOut,
+    roles=("service",),
+    errors=(404,),
+    description="404 address_not_found: the user has no such address. Not under /api/, so "
+    "the gateway never routes it.",
+)
+async def user_address(request: web.Request) -> web.Response:
+    user_id = parse_id(request.match_info["id"])
+    address_id = _address_id(request, "address_id")
+    if user_id is None:
+        raise AddressNotFound(id=address_id)
+    return ok(address_out(await request.app[STORE].address_of(user_id, address_id)))

@@ -6,6 +6,7 @@ import re
 import unicodedata
 from typing import Annotated, Any, NotRequired
 
+import pycountry
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from typing_extensions import TypedDict
 
@@ -196,3 +197,110 @@ class TokenStatusOut(TypedDict):
     tokens_valid_from: Annotated[
         int, Field(description="Epoch seconds: the user's tokens with an earlier iat are revoked")
     ]
+
+
+# -- delivery addresses ------------------------------------------------------------------
+
+MAX_ADDRESSES = 5  # kept per customer: enough for home, work and a few others
+
+
+COUNTRY_CODES = sorted(country.alpha_2 for country in pycountry.countries)
+
+
+def check_country(value: str) -> str:
+    if value not in _COUNTRY_CODES:
+        raise ValueError(
+            "must be a country's ISO 3166-1 alpha-2 code in capitals, such as GB, DE or US"
+        )
+    return value
+
+
+_COUNTRY_CODES = frozenset(COUNTRY_CODES)
+
+
+def country_name(code: str) -> str:
+    country = pycountry.countries.get(alpha_2=code)
+    return getattr(country, "common_name", None) or country.name if country else code
+
+
+_POSTAL_CODE_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9 -]{0,10}[A-Za-z0-9])?)?$"
+_PHONE_PATTERN = r"^(\+?[0-9]([0-9 ()-]{4,18}[0-9])?)?$"
+AddressLine = Annotated[Line, Field(min_length=1, max_length=100)]
+OptionalLine = Annotated[Line, Field(max_length=100)]
+
+
+class AddressBody(Body):
+    """A delivery address: where an order goes and who takes it in."""
+
+    label: Annotated[
+        Line, Field(max_length=40, description="The customer's name for it: Home, Work")
+    ] = ""
+    recipient: Annotated[AddressLine, Field(description="Who takes the parcel in")]
+    line1: Annotated[AddressLine, Field(description="Street and number")]
+    line2: Annotated[OptionalLine, Field(description="Flat, floor, company")] = ""
+    city: Annotated[Line, Field(min_length=1, max_length=60)]
+    region: Annotated[Line, Field(max_length=60, description="State, county or province")] = ""
+    postal_code: Annotated[
+        str,
+        Field(
+            max_length=12,
+            pattern=_POSTAL_CODE_PATTERN,
+            description="Letters, digits, spaces and hyphens (kept upper-case); empty where "
+            "the country has none",
+        ),
+        AfterValidator(str.upper),
+    ] = ""
+    country: Annotated[
+        str,
+        AfterValidator(check_country),
+        Field(
+            json_schema_extra={"enum": COUNTRY_CODES},
+            description="ISO 3166-1 alpha-2 code, such as GB, DE or US",
+        ),
+    ]
+    phone: Annotated[
+        str,
+        Field(max_length=20, pattern=_PHONE_PATTERN, description="For the courier; optional"),
+    ] = ""
+
+
+class AddressPath(BaseModel):
+    """The path of one of the caller's addresses (a malformed or another's id is a 404)."""
+
+    id: str = Field(pattern=ID_PATTERN, description="The address's id")
+
+
+class UserAddressPath(BaseModel):
+    """The path of one user's address, for the services."""
+
+    id: str = Field(pattern=ID_PATTERN, description="The user's id")
+    address_id: str = Field(pattern=ID_PATTERN, description="The address's id")
+
+
+@answer_shape
+class AddressOut(TypedDict):
+    id: int
+    label: str
+    recipient: str
+    line1: str
+    line2: str
+    city: str
+    region: str
+    postal_code: str
+    country: str
+    country_name: Annotated[str, Field(description="The country's name, in English")]
+    phone: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+@answer_shape
+class AddressList(TypedDict):
+    addresses: list[AddressOut]
+    limit: Annotated[int, Field(description="How many addresses a customer may keep")]
+
+
+@answer_shape
+class AddressRemoved(TypedDict):
+    id: int
+    deleted: bool

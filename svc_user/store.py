@@ -13,7 +13,7 @@ import asyncpg
 
 from shopkit.domain import DomainError, timestamp
 from shopkit.postgres import FairPool
-from svc_user.schemas import UserOut
+from svc_user.schemas import AddressOut, UserOut, country_name
 
 log = logging.getLogger("shop.user.store")
 
@@ -121,6 +121,43 @@ def revocation_second() -> int:
 
 class EmailTaken(DomainError):
     """An account with this email exists already."""
+
+
+class AccountGone(DomainError):
+    """The account the caller's token names no longer exists."""
+
+
+class AddressNotFound(DomainError):
+    """No address ``id`` of this customer (another's is not found either)."""
+
+
+class TooManyAddresses(DomainError):
+    """The customer keeps ``limit`` addresses already."""
+
+
+_ADDRESS_FIELDS = (
+    "label",
+    "recipient",
+    "line1",
+    "line2",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "phone",
+)
+_ADDRESS_COLUMNS = "id, " + ", ".join(_ADDRESS_FIELDS) + ", created_at, updated_at"
+
+
+def address_out(row: asyncpg.Record) -> AddressOut:
+    """A stored address as the API shows it (its shape: schemas.AddressOut)."""
+    return {
+        "id": row["id"],
+        **{field: row[field] for field in _ADDRESS_FIELDS},  # type: ignore[typeddict-item]
+        "country_name": country_name(row["country"]),
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+    }
 
 
 def user_out(row: asyncpg.Record) -> UserOut:
@@ -246,6 +283,71 @@ class UserStore:
                 revocation_second(),
             )
             log.info("admin account %s made ready", email)
+
+    # -- delivery addresses ------------------------------------------------------------------
+
+    async def addresses_of(self, user_id: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {_ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 ORDER BY id", user_id
+        )
+
+    async def address_of(self, user_id: int, address_id: int) -> asyncpg.Record:
+        row = await self.pool.fetchrow(
+            f"SELECT {_ADDRESS_COLUMNS} FROM addresses WHERE id = $1 AND user_id = $2",
+            address_id,
+            user_id,
+        )
+        if row is None:
+            raise AddressNotFound(id=address_id)
+        return row
+
+    async def add_address(self, user_id: int, fields: dict[str, str], limit: int) -> asyncpg.Record:
+        """A new address of the user, unless it keeps ``limit`` already. Counted under the
+        user's row lock, in a statement after the lock is held (one statement would count
+        from its own snapshot, taken before the lock, and let a race past the limit)."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            if (
+                await connection.fetchval("SELECT id FROM users WHERE id = $1 FOR UPDATE", user_id)
+                is None
+            ):
+                raise AccountGone()
+            kept = await connection.fetchval(
+                "SELECT count(*) FROM addresses WHERE user_id = $1", user_id
+            )
+            if kept >= limit:
+                raise TooManyAddresses(limit=limit)
+            values = [fields[field] for field in _ADDRESS_FIELDS]
+            placeholders = ", ".join(f"${n}" for n in range(2, len(values) + 2))
+            return await connection.fetchrow(
+                f"""INSERT INTO addresses (user_id, {", ".join(_ADDRESS_FIELDS)})
+                    VALUES ($1, {placeholders}) RETURNING {_ADDRESS_COLUMNS}""",
+                user_id,
+                *values,
+            )
+
+    async def replace_address(
+        self, user_id: int, address_id: int, fields: dict[str, str]
+    ) -> asyncpg.Record:
+        assignments = ", ".join(f"{field} = ${n}" for n, field in enumerate(_ADDRESS_FIELDS, 3))
+        row = await self.pool.fetchrow(
+            f"""UPDATE addresses SET {assignments}, updated_at = now()
+                WHERE id = $1 AND user_id = $2 RETURNING {_ADDRESS_COLUMNS}""",
+            address_id,
+            user_id,
+            *(fields[field] for field in _ADDRESS_FIELDS),
+        )
+        if row is None:
+            raise AddressNotFound(id=address_id)
+        return row
+
+    async def remove_address(self, user_id: int, address_id: int) -> None:
+        removed = await self.pool.fetchval(
+            "DELETE FROM addresses WHERE id = $1 AND user_id = $2 RETURNING id",
+            address_id,
+            user_id,
+        )
+        if removed is None:
+            raise AddressNotFound(id=address_id)
 
     # -- the login limits ---------------------------------------------------------------------
 
