@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 # -- public contract ---------------------------------------------------------------------------
@@ -40,6 +41,21 @@ MAX_STOCK = 1_000_000_000
 
 # Products one call names at most: ids in GET /api/products?ids=, changes in one stock batch.
 MAX_IDS_PER_CALL = 100
+
+
+@cache
+def country_names() -> dict[str, str]:
+    """The countries an address may be in: ISO 3166-1 alpha-2 code -> English name, by name
+    (the user service checks addresses by it, the pages offer it as a list). From pycountry,
+    which follows the standard's changes; loaded on first use, as only the user service and
+    the gateway need it (it costs a process some 6 MB)."""
+    import pycountry
+
+    names = (
+        (country.alpha_2, getattr(country, "common_name", None) or country.name)
+        for country in pycountry.countries
+    )
+    return dict(sorted(names, key=lambda item: item[1]))
 
 
 def timestamp(moment: datetime) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Self, TypeVar
 
@@ -193,6 +193,28 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _length_message(bound: str, key: str) -> Callable[[dict[str, Any]], str]:
+    def message(ctx: dict[str, Any]) -> str:
+        length = ctx.get(key)
+        if ctx.get("field_type") == "List":
+            return f"must have {bound} {length} item{'s' if length != 1 else ''}"
+        if bound == "at least" and length == 1:
+            return "must not be empty"
+        return f"must be {bound} {length} characters long"
+
+    return message
+
+
+# pydantic words a length rule after a validator as "Value should have at least 1 item after
+# validation, not 0": said here as a person would, for text and lists alike.
+_LENGTH_MESSAGES = {
+    "too_short": _length_message("at least", "min_length"),
+    "string_too_short": _length_message("at least", "min_length"),
+    "too_long": _length_message("at most", "max_length"),
+    "string_too_long": _length_message("at most", "max_length"),
+}
+
+
 def error_details(exc: ValidationError, whole: str = "body") -> list[dict[str, str]]:
     """``[{"field", "message"}]``; a rule about the whole input names ``whole`` as its field."""
     details = []
@@ -202,6 +224,8 @@ def error_details(exc: ValidationError, whole: str = "body") -> list[dict[str, s
             message = "is not a known field"
         elif error["type"] == "missing":
             message = "is required"
+        elif error["type"] in _LENGTH_MESSAGES:
+            message = _LENGTH_MESSAGES[error["type"]](error.get("ctx") or {})
         else:
             message = error["msg"].removeprefix("Value error, ")
         details.append({"field": field, "message": message})

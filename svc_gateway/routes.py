@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
-from svc_gateway.pages import account, admin, cart, catalogue, orders
+from svc_gateway.pages import account, addresses, admin, cart, catalogue, orders
 from svc_gateway.proxy import API_PREFIXES, METHODS, proxy_to
 
 PAGE_ROUTES = [
@@ -29,6 +29,11 @@ PAGE_ROUTES = [
     web.get("/profile", account.profile_page),
     web.post("/profile", account.update_profile),
     web.post("/profile/password", account.change_password),
+    web.get("/profile/addresses", addresses.addresses_page),
+    web.post("/profile/addresses", addresses.add_address),
+    web.get("/profile/addresses/{id}/edit", addresses.edit_address_page),
+    web.post("/profile/addresses/{id}", addresses.update_address),
+    web.post("/profile/addresses/{id}/remove", addresses.remove_address),
     # The cart and checkout.
     web.get("/cart", cart.cart_page),
     web.post("/cart/items", cart.add_to_cart),

@@ -6,10 +6,10 @@ import re
 import unicodedata
 from typing import Annotated, Any, NotRequired
 
-import pycountry
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from typing_extensions import TypedDict
 
+from shopkit.domain import country_names
 from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import (
     ID_PATTERN,
@@ -204,23 +204,12 @@ class TokenStatusOut(TypedDict):
 MAX_ADDRESSES = 5  # kept per customer: enough for home, work and a few others
 
 
-COUNTRY_CODES = sorted(country.alpha_2 for country in pycountry.countries)
-
-
 def check_country(value: str) -> str:
-    if value not in _COUNTRY_CODES:
+    if value not in country_names():
         raise ValueError(
             "must be a country's ISO 3166-1 alpha-2 code in capitals, such as GB, DE or US"
         )
     return value
-
-
-_COUNTRY_CODES = frozenset(COUNTRY_CODES)
-
-
-def country_name(code: str) -> str:
-    country = pycountry.countries.get(alpha_2=code)
-    return getattr(country, "common_name", None) or country.name if country else code
 
 
 _POSTAL_CODE_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9 -]{0,10}[A-Za-z0-9])?)?$"
@@ -254,7 +243,7 @@ class AddressBody(Body):
         str,
         AfterValidator(check_country),
         Field(
-            json_schema_extra={"enum": COUNTRY_CODES},
+            json_schema_extra={"enum": sorted(country_names())},
             description="ISO 3166-1 alpha-2 code, such as GB, DE or US",
         ),
     ]

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import asyncpg
 
-from shopkit.domain import DomainError, timestamp
+from shopkit.domain import DomainError, country_names, timestamp
 from shopkit.postgres import FairPool
-from svc_user.schemas import AddressOut, UserOut, country_name
+from svc_user.schemas import AddressOut, UserOut
 
 log = logging.getLogger("shop.user.store")
 
@@ -154,7 +154,7 @@ def address_out(row: asyncpg.Record) -> AddressOut:
     return {
         "id": row["id"],
         **{field: row[field] for field in _ADDRESS_FIELDS},  # type: ignore[typeddict-item]
-        "country_name": country_name(row["country"]),
+        "country_name": country_names().get(row["country"], row["country"]),
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
     }

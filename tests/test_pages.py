@@ -367,6 +367,53 @@ async def test_profile_names_and_password(web_shop: TestClient) -> None:
     )
 
 
+async def test_the_address_book_through_its_forms(web_shop: TestClient) -> None:
+    await register_with_form(web_shop, "addresses@shop.test")
+    book = await get_page(web_shop, "/profile/addresses")
+    assert_page_basics(book, "Your addresses")
+    assert "You have no addresses yet." in book.text
+    form = book.form("/profile/addresses")
+    assert form.fields["country"] == ""  # chosen by the shopper, never guessed
+    assert '<option value="GB">United Kingdom</option>' in book.html
+
+    # A mistake is shown next to its field, with what was typed kept.
+    typed = {"recipient": "Ann Lee", "line1": "10 Downing Street", "city": "London"}
+    wrong = await submit(
+        web_shop,
+        book,
+        "/profile/addresses",
+        **typed,
+        postal_code="SW1A!",
+        country="GB",
+        expected_status=400,
+    )
+    assert 'id="address-postal_code-error"' in wrong.html
+    assert wrong.form("/profile/addresses").fields["line1"] == "10 Downing Street"
+    saved = await submit(
+        web_shop, wrong, "/profile/addresses", **typed, postal_code="sw1a 2aa", country="GB"
+    )
+    assert saved.path == "/profile/addresses"
+    assert saved.flashes() == ["success: Your address “10 Downing Street” is saved."]
+    assert "SW1A 2AA" in saved.text and "United Kingdom" in saved.text
+
+    [change] = [a for a in saved.tags("a") if a.attrs.get("href", "").endswith("/edit")]
+    edit = await get_page(web_shop, change.attrs["href"])
+    assert_page_basics(edit, "Change an address")
+    action = change.attrs["href"].removesuffix("/edit")
+    fields = {k: v for k, v in edit.form(action).fields.items() if k != "csrf_token"}
+    assert fields["postal_code"] == "SW1A 2AA" and fields["country"] == "GB"
+    changed = await submit(web_shop, edit, action, **{**fields, "label": "Home"})
+    assert changed.flashes() == ["success: Your address “Home” is changed."]
+
+    removed = await submit(web_shop, changed, f"{action}/remove")
+    assert removed.flashes() == ["success: The address is removed."]
+    assert "You have no addresses yet." in removed.text
+    # Gone, or never an address: the 404 page, as for an order.
+    for path in (f"{action}/edit", "/profile/addresses/x/edit", "/profile/addresses/0/edit"):
+        gone = await get_page(web_shop, path, expected_status=404)
+        assert "We could not find that address" in gone.text
+
+
 # -- the cart, checkout and orders ----------------------------------------------------------------
 
 

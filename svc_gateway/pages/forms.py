@@ -26,7 +26,7 @@ FormRefusal = Callable[[BackendRefused], dict[str, str]]
 _KEPT_STATUSES = frozenset({401, 429})
 
 _FRIENDLIER = {
-    "String should have at least 1 character": "Fill this in.",
+    "must not be empty": "Fill this in.",
     "is required": "Fill this in.",
     "must be a number": "Enter a number, such as 12.50.",
     "Input should be a valid integer": "Enter a whole number.",

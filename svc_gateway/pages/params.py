@@ -13,6 +13,7 @@ from shopkit.validation import MAX_PAGE
 
 PRODUCT_NOT_FOUND = "We could not find that product; it may have been removed."
 ORDER_NOT_FOUND = "We could not find that order."
+ADDRESS_NOT_FOUND = "We could not find that address; it may have been removed."
 
 
 def is_product_id(value: str) -> bool:
@@ -28,9 +29,15 @@ def product_id_of(request: web.Request, name: str = "id") -> str:
 
 
 def order_id_of(request: web.Request) -> str:
+    return id_of(request, ORDER_NOT_FOUND)
+
+
+def id_of(request: web.Request, not_found: str) -> str:
+    """A database id in the path (an order's, an address's); anything else is the 404 page
+    saying ``not_found``."""
     value = request.match_info["id"]
     if parse_id(value) is None:
-        raise NotFound(ORDER_NOT_FOUND)
+        raise NotFound(not_found)
     return value
 
 

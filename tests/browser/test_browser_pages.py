@@ -99,6 +99,11 @@ def submit_bad_product(page: Page) -> None:
     expect(page.get_by_role("alert")).to_be_visible()
 
 
+def submit_empty_address(page: Page) -> None:
+    page.get_by_role("button", name="Save address").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+
+
 PAGES = [
     ShopPage("home", "/", "All products"),
     ShopPage(
@@ -119,6 +124,14 @@ PAGES = [
     ShopPage("orders", "/orders", "My orders", "customer"),
     ShopPage("order", "/orders/{order}", "Order #{order}", "customer"),
     ShopPage("profile", "/profile", "Your profile", "customer"),
+    ShopPage("addresses", "/profile/addresses", "Your addresses", "customer"),
+    ShopPage(
+        "addresses-errors",
+        "/profile/addresses",
+        "Your addresses",
+        "customer",
+        act=submit_empty_address,
+    ),
     ShopPage("admin-products", "/admin/products", "Manage products", "admin"),
     ShopPage("admin-product-new", "/admin/products/new", "New product", "admin"),
     ShopPage(
