@@ -30,6 +30,10 @@ log = logging.getLogger("shop.app")
 
 READY_TIMEOUT = 2.0
 
+# The endpoints every service has for the cluster (probes, Prometheus, operators): never
+# reachable from outside, whatever the path's spelling (CONTRACT.md).
+SERVICE_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
+
 ReadyCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
 
 

@@ -14,12 +14,13 @@ from shopkit.client import ServiceClient
 from shopkit.revocation import check_tokens_with_user_service
 from shopkit.settings import HttpUrl, ServiceSettings
 from svc_gateway.assets import load_assets
+from svc_gateway.docs import api_docs_ctx
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE, SESSION_KEYS
 from svc_gateway.pages.middleware import page_middleware
 from svc_gateway.pages.rendering import setup_templates
 from svc_gateway.paths import path_guard
 from svc_gateway.proxy import API_PREFIXES, METHODS, gateway_ready
-from svc_gateway.routes import API_ROUTES, PAGE_ROUTES
+from svc_gateway.routes import API_ROUTES, DOCS_ROUTES, PAGE_ROUTES
 from svc_gateway.session import SessionKeys
 
 
@@ -89,6 +90,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.middlewares.append(path_guard)
     app.router.add_routes(PAGE_ROUTES)
     api_routes = app.router.add_routes(API_ROUTES)
+    # The API's documentation: Swagger UI's files and the merged document, made when first
+    # asked for (after the HTTP session's context, so it stops before the session closes).
+    app.cleanup_ctx.append(api_docs_ctx)
+    app.router.add_routes(DOCS_ROUTES)
     if settings.cors_origins:
         options = aiohttp_cors.ResourceOptions(
             allow_credentials=False,

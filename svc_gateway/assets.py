@@ -11,6 +11,7 @@ for a day and revalidated by its ETag.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,12 +42,18 @@ class Asset:
     body: bytes
     content_type: str
     etag: str
+    # The same bytes gzip-compressed, for a client that accepts it (large text files only).
+    gzipped: bytes | None = None
 
 
 class Assets:
-    """Static files by name, each reachable under its content-hashed name."""
+    """Static files by name, each reachable under its content-hashed name (below ``prefix``);
+    with ``compress``, each is kept gzip-compressed too."""
 
-    def __init__(self, files: Mapping[str, bytes]) -> None:
+    def __init__(
+        self, files: Mapping[str, bytes], prefix: str = STATIC_PREFIX, *, compress: bool = False
+    ) -> None:
+        self._prefix = prefix
         self._hashed_names: dict[str, str] = {}
         self._by_hashed_name: dict[str, Asset] = {}
         for name, body in files.items():
@@ -54,12 +61,16 @@ class Assets:
             digest = hashlib.sha256(body).hexdigest()[:12]
             hashed = f"{path.stem}.{digest}{path.suffix}"
             content_type = _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+            # mtime=0: the same bytes whenever and wherever they are compressed.
+            gzipped = gzip.compress(body, mtime=0) if compress else None
+            if gzipped is not None and len(gzipped) >= len(body):
+                gzipped = None  # a tiny file: not worth a second representation
             self._hashed_names[name] = hashed
-            self._by_hashed_name[hashed] = Asset(body, content_type, f'"{digest}"')
+            self._by_hashed_name[hashed] = Asset(body, content_type, f'"{digest}"', gzipped)
 
     def url(self, name: str) -> str:
         """The URL of a static file, e.g. ``shop.css`` -> ``/static/shop.3f9a0c1d2e4b.css``."""
-        return STATIC_PREFIX + self._hashed_names[name]
+        return self._prefix + self._hashed_names[name]
 
     def get(self, hashed_name: str) -> Asset | None:
         return self._by_hashed_name.get(hashed_name)
@@ -87,7 +98,7 @@ async def load_assets(app: web.Application) -> None:
     app[CATALOGUE_IMAGES] = read_assets(folder=CATALOGUE_FOLDER)
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """Whether an ``If-None-Match`` header names this ETag (weakly compared, as RFC 9110
     asks for ``If-None-Match``), or is ``*``."""
     if not if_none_match:
@@ -97,18 +108,42 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
 
 
-def _file_response(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip (by name or ``*``, not at q=0)."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, parameters = item.partition(";")
+        if coding.strip() not in ("gzip", "*"):
+            continue
+        weight = parameters.strip().removeprefix("q=").strip() if parameters else "1"
+        try:
+            return float(weight) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def file_response(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
+    """The file, or a 304 when the client's copy is current; gzip-compressed when the asset
+    has a compressed copy and the client accepts it (each copy with its own ETag)."""
     headers = {"Cache-Control": cache_control, "ETag": asset.etag}
-    if _etag_matches(request.headers.get("If-None-Match"), asset.etag):
+    body = asset.body
+    if asset.gzipped is not None:
+        headers["Vary"] = "Accept-Encoding"  # so a shared cache keeps the two copies apart
+        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            body = asset.gzipped
+            headers["ETag"] = asset.etag[:-1] + '-gzip"'  # another representation, another tag
+            headers["Content-Encoding"] = "gzip"
+    if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        headers.pop("Content-Encoding", None)
         return web.Response(status=304, headers=headers)
-    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
+    return web.Response(body=body, headers={**headers, "Content-Type": asset.content_type})
 
 
 async def static_file(request: web.Request) -> web.Response:
     asset = request.app[ASSETS].get(request.match_info["name"])
     if asset is None:
         raise NotFound("There is no such file.")
-    return _file_response(request, asset, CACHE_FOREVER)
+    return file_response(request, asset, CACHE_FOREVER)
 
 
 @endpoint(
@@ -126,4 +161,4 @@ async def catalogue_image(request: web.Request) -> web.Response:
         # Asked for by an <img> or a script, not read by a person: the API's JSON 404.
         body = error_body("There is no such image in the catalogue.", NotFound.code)
         return json_response(body, status=404)
-    return _file_response(request, asset, CACHE_A_DAY)
+    return file_response(request, asset, CACHE_A_DAY)

@@ -10,6 +10,7 @@ from shopkit.client import ServiceClient
 
 if TYPE_CHECKING:
     from svc_gateway.assets import Assets
+    from svc_gateway.docs import ApiDocs
     from svc_gateway.session import PageSession, SessionKeys
 
 # Backend name -> client, for the backends this gateway is configured with.
@@ -22,6 +23,8 @@ SESSION_KEYS: web.AppKey[SessionKeys] = web.AppKey("session_keys")
 ASSETS: web.AppKey[Assets] = web.AppKey("assets")
 # The demo catalogue's pictures, by their own (unhashed) names (loaded at start-up).
 CATALOGUE_IMAGES: web.AppKey[Assets] = web.AppKey("catalogue_images")
+# What /api/docs serves: Swagger UI's files and the public API's merged document.
+API_DOCS: web.AppKey[ApiDocs] = web.AppKey("api_docs")
 
 # Who is browsing and what goes back into the page cookies, for a page request.
 PAGE_SESSION: web.RequestKey[PageSession] = web.RequestKey("page_session")

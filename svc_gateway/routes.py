@@ -1,4 +1,5 @@
-"""The gateway's route table: the pages' files, every page, and the API it forwards.
+"""The gateway's route table: the pages' files, every page, the API it forwards, and the
+API's documentation.
 
 shopkit's app adds the service endpoints (/health, /ready, /metrics, /openapi.json). A GET
 page answers HEAD too; a POST is a form (the page middleware checks its CSRF token).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from svc_gateway import docs
 from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
 from svc_gateway.pages import account, addresses, admin, cart, catalogue, orders
 from svc_gateway.proxy import API_PREFIXES, METHODS, proxy_to
@@ -80,4 +82,12 @@ def _api_route(method: str, path: str, handler: Handler) -> web.RouteDef:
 # Each /api/<prefix> to the backend that owns it: products, users, cart, orders.
 API_ROUTES = [
     route for prefix, backend in API_PREFIXES.items() for route in _forwarded(prefix, backend)
+]
+
+# The API's documentation (svc_gateway/docs.py), under /api so that the Ingress routes it.
+# Answers keep the API's JSON for errors; the page and its files carry their own CSP.
+DOCS_ROUTES = [
+    web.get(docs.DOCS_PATH, docs.docs_page),
+    web.get(docs.DOCUMENT_PATH, docs.docs_document),
+    web.get(docs.DOCS_FILES_PREFIX + "{name}", docs.docs_file),
 ]

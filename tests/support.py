@@ -1,6 +1,7 @@
 """Helpers the tests share (fixtures live in conftest.py): waiting, tokens, API calls whose
 answers are checked against the service's own OpenAPI document, the pages driven through
-their forms, service processes, and a whole shop from `shopctl up`."""
+their forms, service processes, requests written byte for byte, and a whole shop from
+`shopctl up`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import unescape
 from html.parser import HTMLParser
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -651,6 +653,55 @@ def assert_page_basics(page: Page, title: str) -> None:
         assert "alt" in image.attrs, f"image without alt on {page.path}: {image.attrs}"
     assert page.inline_scripts == 0
     assert "flashes" in page.html and 'aria-live="polite"' in page.html
+
+
+# -- requests written byte for byte: paths no client library would send as they are -------
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    status: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def send_raw(
+    port: int,
+    method: str,
+    target: str,
+    headers: dict[str, str | bytes],
+    body: bytes | None = None,
+) -> RawAnswer:
+    """A request whose target and header bytes are sent exactly as written (blocking)."""
+    connection = HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        # putrequest sends the target exactly as given: no normalising, no re-quoting.
+        connection.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return RawAnswer(
+            response.status,
+            {name.lower(): value for name, value in response.getheaders()},
+            response.read().decode("utf-8", "replace"),
+        )
+    finally:
+        connection.close()
+
+
+async def raw(
+    client: TestClient,
+    target: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str | bytes] | None = None,
+) -> RawAnswer:
+    """A request whose target and header bytes reach the gateway exactly as written."""
+    return await asyncio.to_thread(send_raw, client.server.port, method, target, headers or {})
 
 
 # -- a whole shop from `shopctl up`, driven as a user would ---------------------------------

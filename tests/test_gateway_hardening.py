@@ -6,63 +6,16 @@ the real services (the web_shop fixture), with requests written byte for byte.""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import bearer, call, create_product
+from support import RawAnswer, bearer, call, create_product, raw, send_raw
 
 from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
-
-
-@dataclass(frozen=True)
-class RawAnswer:
-    status: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
-def _send(
-    port: int,
-    method: str,
-    target: str,
-    headers: dict[str, str | bytes],
-    body: bytes | None = None,
-) -> RawAnswer:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        # putrequest sends the target exactly as given: no normalising, no re-quoting.
-        connection.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        connection.endheaders(body)
-        response = connection.getresponse()
-        return RawAnswer(
-            response.status,
-            {name.lower(): value for name, value in response.getheaders()},
-            response.read().decode("utf-8", "replace"),
-        )
-    finally:
-        connection.close()
-
-
-async def raw(
-    client: TestClient,
-    target: str,
-    *,
-    method: str = "GET",
-    headers: dict[str, str | bytes] | None = None,
-) -> RawAnswer:
-    """A request whose target and header bytes reach the gateway exactly as written."""
-    return await asyncio.to_thread(_send, client.server.port, method, target, headers or {})
 
 
 async def shopper(client: TestClient) -> dict[str, str]:
@@ -218,7 +171,7 @@ async def test_a_key_that_is_not_visible_ascii_is_refused_as_the_order_service_d
     }
     answers = []
     for port in (web_shop.server.port, shop_services["order"].port):
-        answer = await asyncio.to_thread(_send, port, "POST", "/api/orders", headers, body)
+        answer = await asyncio.to_thread(send_raw, port, "POST", "/api/orders", headers, body)
         assert answer.status == 400, answer.text
         answers.append(answer.json())
     through, direct = answers

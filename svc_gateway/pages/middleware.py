@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
+from shopkit.app import SERVICE_PATHS
 from shopkit.context import REQUEST_ID
 from shopkit.errors import (
     BadRequest,
@@ -34,8 +35,6 @@ from svc_gateway.session import CSRF_FIELD, PageSession
 
 log = logging.getLogger("shop.gateway.pages")
 
-# Paths that are not pages: the API keeps its JSON, and so do the service endpoints.
-_SERVICE_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 CONTENT_SECURITY_POLICY = (
@@ -71,7 +70,8 @@ _HTTP_MESSAGES = {
 
 
 def is_page_path(path: str) -> bool:
-    return not (path == "/api" or path.startswith("/api/") or path in _SERVICE_PATHS)
+    """Paths that are not pages: the API keeps its JSON, and so do the service endpoints."""
+    return not (path == "/api" or path.startswith("/api/") or path in SERVICE_PATHS)
 
 
 def error_page(
