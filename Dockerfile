@@ -1,6 +1,8 @@
 # One image per service from one file: `--build-arg SERVICE=gateway --build-arg PORT=3000`
 # (`shopctl build` passes both from its service table). Every image holds the whole `shop`
-# package; SERVICE only picks which service runs.
+# package; SERVICE only picks which service runs. Nothing in it is tied to one CPU: it builds
+# for every platform the base image has (`shopctl build --platform linux/amd64,linux/arm64`),
+# and every dependency ships wheels for both, so no compiler is needed on either.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # -- build: a virtual environment under /opt/shop ------------------------------------------

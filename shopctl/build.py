@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.table import Table
@@ -16,7 +17,7 @@ from shopctl import processes
 from shopctl.console import Consoles, failures_reported, get_consoles
 from shopctl.environments import resolve_environment
 from shopctl.errors import ShopctlError
-from shopctl.images import DEFAULT_REGISTRY, PROJECT_ROOT, image_name, valid_tag, version_tag
+from shopctl.images import DEFAULT_REGISTRY, image_name, project_dir, valid_tag, version_tag
 from shopctl.options import EnvName, default_data_dir
 from shopctl.services import CONTRACT_BASE_PORT, SERVICES, Service
 
@@ -24,6 +25,11 @@ INFO_TIMEOUT = 30.0
 _REGISTRY = re.compile(
     r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$"
 )
+# os/arch[/variant], as OCI image indexes name platforms: linux/amd64, linux/arm64/v8.
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
+# What `docker info` says when images are kept in containerd's store, which (unlike the
+# classic one) holds a multi-platform image, so `buildx build --load` can keep one.
+CONTAINERD_STORE = "io.containerd.snapshotter"
 
 
 class ContainerTool(StrEnum):
@@ -40,6 +46,8 @@ class ContainerTool(StrEnum):
 class Builder:
     tool: ContainerTool
     path: str
+    # `<tool> info`'s output, once check_engine has asked.
+    info: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class BuiltImage:
     service: str
     reference: str
     pushed: bool
+    platforms: tuple[str, ...] = ()
 
 
 def _known_services(names: list[str] | None) -> list[str] | None:
@@ -63,6 +72,16 @@ def _registry(value: str | None) -> str | None:
             f"{value!r} is not a registry path (lower case), e.g. registry.example.com/shop"
         )
     return value.rstrip("/") if value else value
+
+
+def _platforms(value: str | None) -> str | None:
+    for platform in (value or "").split(","):
+        if value is not None and not _PLATFORM.match(platform.strip()):
+            raise typer.BadParameter(
+                f"{platform.strip()!r} is not a platform; give os/arch, comma-separated, "
+                "e.g. linux/amd64,linux/arm64"
+            )
+    return value
 
 
 def build(
@@ -112,6 +131,17 @@ def build(
         bool,
         typer.Option("--push", help="Push each image to the registry once it is built."),
     ] = False,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            help="Build for these platforms, comma-separated, as one multi-platform image "
+            "(docker buildx; podman and buildah make a manifest list). Several need --push "
+            "with docker's classic image store. Example: --platform linux/amd64,linux/arm64",
+            envvar="SHOP_PLATFORM",
+            callback=_platforms,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Build one container image per service (or the ones named) from the Dockerfile.
 
@@ -124,21 +154,27 @@ def build(
     * `shopctl build`
     * `shopctl build gateway product --tag 0.1.0`
     * `shopctl build --env dev --push`
+    * `shopctl build --platform linux/amd64,linux/arm64 --env dev --push`
     """
     consoles = get_consoles(ctx)
+    platforms = [name.strip() for name in platform.split(",")] if platform else []
     with failures_reported(consoles):
         if registry is None and env is not None:
             registry = resolve_environment(env, None, default_data_dir()).registry
-        builder = find_builder(tool)
-        check_engine(builder)
+        builder = check_engine(find_builder(tool))
+        if platforms:
+            check_multi_platform(builder, platforms, push=push)
         chosen = [service for service in SERVICES if not services or service.name in services]
+        project = project_dir()
         built = build_images(
             builder,
             chosen,
             registry=registry or DEFAULT_REGISTRY,
-            tag=tag or version_tag(),
+            tag=tag or version_tag(project),
             push=push,
             consoles=consoles,
+            context=project,
+            platforms=platforms,
         )
     consoles.out.print(built_table(built, builder))
 
@@ -160,8 +196,9 @@ def find_builder(tool: ContainerTool | None) -> Builder:
     )
 
 
-def check_engine(builder: Builder) -> None:
-    """`<tool> info` must answer: a docker client with no daemon behind it builds nothing."""
+def check_engine(builder: Builder) -> Builder:
+    """`<tool> info` must answer: a docker client with no daemon behind it builds nothing.
+    The builder is returned with what `info` said."""
     name = builder.tool.value
     try:
         result = processes.run_program([builder.path, "info"], timeout=INFO_TIMEOUT)
@@ -178,6 +215,31 @@ def check_engine(builder: Builder) -> None:
         raise ShopctlError(
             f"{name} cannot reach its engine ({reason}); start it, or pick another --tool"
         )
+    return replace(builder, info=result.stdout)
+
+
+def check_multi_platform(builder: Builder, platforms: list[str], *, push: bool) -> None:
+    """What --platform needs before anything is built. docker builds with buildx, and its
+    classic image store holds one platform of an image: several must go to a registry
+    (--push) unless the engine keeps images in containerd's store."""
+    if builder.tool is not ContainerTool.DOCKER:
+        return
+    try:
+        result = processes.run_program([builder.path, "buildx", "version"], timeout=INFO_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ShopctlError(f"cannot run {builder.path} buildx version: {error}") from None
+    if result.returncode != 0:
+        reason = processes.last_line(result.stderr or result.stdout) or "no output"
+        raise ShopctlError(
+            f"--platform builds with docker buildx, which is not installed ({reason}): "
+            "install the buildx plugin, or pick another --tool"
+        )
+    if len(platforms) > 1 and not push and CONTAINERD_STORE not in builder.info:
+        raise ShopctlError(
+            f"{len(platforms)} platforms make one multi-platform image, which docker's image "
+            "store here cannot keep: add --push to send it to the registry, or build one "
+            "--platform at a time"
+        )
 
 
 def build_images(
@@ -188,38 +250,88 @@ def build_images(
     tag: str,
     push: bool,
     consoles: Consoles,
-    context: Path = PROJECT_ROOT,
+    context: Path,
+    platforms: list[str] | None = None,
 ) -> list[BuiltImage]:
     """Build (and push) each service's image in turn; the first failure stops the rest."""
     dockerfile = context / "Dockerfile"
     if not dockerfile.is_file():
         raise ShopctlError(f"no Dockerfile at {dockerfile}: run shopctl from a checkout")
+    platforms = platforms or []
     built: list[BuiltImage] = []
     for service in services:
         reference = f"{image_name(registry, service.name)}:{tag}"
-        consoles.out.print(f"[bold]Building[/] {reference} with {builder.tool.value}")
-        command = [
-            builder.path,
-            "build",
+        on = f" for {', '.join(platforms)}" if platforms else ""
+        consoles.out.print(f"[bold]Building[/] {reference}{on} with {builder.tool.value}")
+        arguments = [
             "--file",
             str(dockerfile),
             "--build-arg",
             f"SERVICE={service.name}",
             "--build-arg",
             f"PORT={service.port(CONTRACT_BASE_PORT)}",
-            "--tag",
-            reference,
-            str(context),
         ]
-        _run_step(command, f"building {reference}", consoles)
-        if push:
-            consoles.out.print(f"[bold]Pushing[/] {reference}")
-            _run_step([builder.path, "push", reference], f"pushing {reference}", consoles)
-        built.append(BuiltImage(service.name, reference, push))
+        for step in build_steps(builder, reference, arguments, str(context), platforms, push):
+            if step.may_fail:
+                _run_quietly(step.command)
+                continue
+            if step.what.startswith("pushing"):
+                consoles.out.print(f"[bold]Pushing[/] {reference}")
+            _run_step(step.command, step.what, consoles, multi_platform=len(platforms) > 1)
+        built.append(BuiltImage(service.name, reference, push, tuple(platforms)))
     return built
 
 
-def _run_step(command: list[str], what: str, consoles: Consoles) -> None:
+class Step(NamedTuple):
+    what: str
+    command: list[str]
+    # A tidying step whose failure (nothing to tidy) is expected and not shown.
+    may_fail: bool = False
+
+
+def build_steps(
+    builder: Builder,
+    reference: str,
+    arguments: list[str],
+    context: str,
+    platforms: list[str],
+    push: bool,
+) -> list[Step]:
+    """The commands that build (and push) one image, each with what it does. Without
+    platforms every tool takes `build --tag` then `push`. With them: docker builds with
+    buildx, which pushes (or loads) as it builds; podman and buildah build a manifest list
+    (removed first: `--manifest` adds to an existing one) and push it with every image it
+    lists; nerdctl builds with --platform and pushes all of them."""
+    tool = builder.path
+    building, pushing = f"building {reference}", f"pushing {reference}"
+    steps: list[Step] = []
+    if not platforms:
+        steps.append(Step(building, [tool, "build", *arguments, "--tag", reference, context]))
+        return steps + ([Step(pushing, [tool, "push", reference])] if push else [])
+    on = ["--platform", ",".join(platforms)]
+    if builder.tool is ContainerTool.DOCKER:
+        keep = "--push" if push else "--load"
+        command = [tool, "buildx", "build", *on, *arguments, "--tag", reference, keep, context]
+        return [Step(building, command)]
+    if builder.tool in (ContainerTool.PODMAN, ContainerTool.BUILDAH):
+        steps.append(Step("clearing", [tool, "manifest", "rm", reference], may_fail=True))
+        steps.append(
+            Step(building, [tool, "build", *on, *arguments, "--manifest", reference, context])
+        )
+        push_list = [tool, "manifest", "push", "--all", reference, f"docker://{reference}"]
+        return steps + ([Step(pushing, push_list)] if push else [])
+    steps.append(Step(building, [tool, "build", *on, *arguments, "--tag", reference, context]))
+    return steps + ([Step(pushing, [tool, "push", "--all-platforms", reference])] if push else [])
+
+
+def _run_quietly(command: list[str]) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        processes.run_program(command, timeout=INFO_TIMEOUT)
+
+
+def _run_step(
+    command: list[str], what: str, consoles: Consoles, *, multi_platform: bool = False
+) -> None:
     def show(line: str) -> None:
         consoles.out.print(f"  {line}", markup=False, style="dim", soft_wrap=True)
 
@@ -229,14 +341,25 @@ def _run_step(command: list[str], what: str, consoles: Consoles) -> None:
         raise ShopctlError(f"{what} failed: cannot run {command[0]}: {error.strerror}") from None
     if result.returncode != 0:
         reason = processes.last_line(result.stdout) or "no output"
-        raise ShopctlError(f"{what} failed (exit code {result.returncode}): {reason}")
+        hint = ""
+        if multi_platform and "docker driver" in result.stdout:
+            # buildx's default builder (the `docker` driver) builds one platform.
+            hint = (
+                "; make a builder that builds several: docker buildx create --use "
+                "--driver docker-container"
+            )
+        raise ShopctlError(f"{what} failed (exit code {result.returncode}): {reason}{hint}")
 
 
 def built_table(built: list[BuiltImage], builder: Builder) -> Table:
     table = Table(title=f"Images built with {builder.tool.value}", title_justify="left")
+    multi_platform = any(image.platforms for image in built)
     table.add_column("service")
     table.add_column("image", overflow="fold")
+    if multi_platform:
+        table.add_column("platforms", overflow="fold")
     table.add_column("pushed")
     for image in built:
-        table.add_row(image.service, image.reference, "yes" if image.pushed else "no")
+        platforms = [", ".join(image.platforms)] if multi_platform else []
+        table.add_row(image.service, image.reference, *platforms, "yes" if image.pushed else "no")
     return table

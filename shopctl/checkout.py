@@ -17,7 +17,7 @@ from shopctl.environments import (
     AdminCredentials,
     Environment,
     admin_credentials,
-    resolve_environment,
+    running_target,
 )
 from shopctl.errors import ShopctlError
 from shopctl.options import DataDir, EnvName, TargetUrl
@@ -122,7 +122,7 @@ def checkout(
         max_failures=max_failures,
     )
     with failures_reported(consoles):
-        target = resolve_environment(env, url, data_dir)
+        target = running_target(env, url, data_dir)
         token_source = None
         if Scenario.SHORT_STOCK in config.scenarios:
             token_source = admin_credentials(target, data_dir)
@@ -139,7 +139,9 @@ async def _run(
     consoles: Consoles,
 ) -> RunSummary:
     connections = min(400, config.concurrency * 2 + 4)
-    async with ShopClient(target.url, new_run_id("qa"), connections=connections) as client:
+    async with ShopClient(
+        target.url, new_run_id("qa"), connections=connections, when_down=target.when_down
+    ) as client:
         token = await client.admin_token(credentials) if credentials else None
         run = await start_run(client, config, token)
         consoles.err.print(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,14 +18,17 @@ from rich.table import Table
 
 from shopctl import processes
 from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
-from shopctl.environments import Environment, resolve_environment
+from shopctl.environments import LOCAL, Environment, load_environments, resolve_environment
 from shopctl.errors import ShopctlError
-from shopctl.images import PROJECT_ROOT, image_name, split_image, valid_tag
-from shopctl.options import DataDir, EnvName, TargetUrl
+from shopctl.images import image_name, project_dir, split_image, valid_tag
+from shopctl.options import DataDir
 from shopctl.services import SERVICES
 from shopctl.status import status
 
 FIELD_MANAGER = "shopctl"
+# The environment (and overlay) for a Kubernetes cluster on this machine, as shopctl.toml
+# names it: `local` is the shop `shopctl up` runs, with no cluster.
+LOCAL_CLUSTER = "local-cluster"
 RENDER_TIMEOUT = 120.0
 CLUSTER_TIMEOUT = 300.0
 # What `kubectl rollout status` can wait for.
@@ -34,8 +40,20 @@ Document = dict[str, Any]
 def deploy(
     ctx: typer.Context,
     data_dir: DataDir,
-    env: EnvName = None,
-    url: TargetUrl = None,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env",
+            "-e",
+            help="The environment whose cluster to deploy to, by name from shopctl.toml "
+            "(required; see `shopctl env list`). Example: --env dev",
+            envvar="SHOP_ENV",
+            show_default=False,
+        ),
+    ] = None,
+    # Refused with one line rather than unknown: every other command takes --url. No
+    # envvar, so a SHOP_URL set for the other commands does not stop a deploy.
+    url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
     image_tag: Annotated[
         str | None,
         typer.Option(
@@ -50,18 +68,21 @@ def deploy(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print the manifests that would be applied, and apply nothing.",
+            help="Print the manifests that would be applied, and apply nothing. Needs no "
+            "secrets file: a missing one is filled with placeholders, with a warning.",
         ),
     ] = False,
     manifests: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            help="The kustomize tree: base/ and overlays/NAME/. Example: --manifests ./manifests",
+            help="The kustomize tree: base/ and overlays/NAME/ (default: manifests/ beside "
+            "the project's shopctl.toml, found from here). Example: --manifests ./manifests",
             envvar="SHOP_MANIFESTS",
             file_okay=False,
             resolve_path=True,
+            show_default=False,
         ),
-    ] = PROJECT_ROOT / "manifests",
+    ] = None,
     timeout: Annotated[
         int,
         typer.Option(
@@ -82,16 +103,23 @@ def deploy(
 
     * `shopctl deploy --env dev --dry-run`
     * `shopctl deploy --env dev --image-tag 0.1.0-c56a1e9`
-    * `shopctl deploy --env prod --timeout 600`
+    * `shopctl deploy --env local-cluster` (kind, minikube or k3d on this machine)
     """
     consoles = get_consoles(ctx)
     with failures_reported(consoles):
-        environment = resolve_environment(env, url, data_dir)
+        if url is not None:
+            raise ShopctlError(
+                "deploy takes --env NAME, not --url: a URL names a gateway, not a cluster "
+                "(check a gateway with `shopctl status --url URL`)"
+            )
+        environment = deploy_target(env, data_dir)
         context = None if dry_run else cluster_context(environment)
+        manifests = manifests or project_dir() / "manifests"
         overlay = overlay_dir(manifests, environment)
         kubectl = find_kubectl()
-        unfilled = check_secrets_files(overlay, complete=not dry_run)
-        documents = render(kubectl, overlay)
+        secrets = check_secrets_files(overlay, complete=not dry_run)
+        with placeholder_secrets(manifests, overlay, secrets.missing) as rendered_overlay:
+            documents = render(kubectl, rendered_overlay)
         documents = set_images(documents, environment.registry, image_tag)
         documents = set_namespace(documents, environment.namespace)
         text = to_yaml(documents)
@@ -104,8 +132,8 @@ def deploy(
                 "masked; nothing applied.",
                 markup=False,
             )
-            for warning in unfilled:
-                consoles.err.print(f"[yellow]Warning:[/] {escape(warning)}")
+            for warning in secrets.warnings:
+                consoles.err.print(f"[yellow]Warning:[/] {escape(warning)}", soft_wrap=True)
             return
         assert context is not None
         cluster = Cluster(kubectl, context, environment.namespace)
@@ -115,16 +143,37 @@ def deploy(
         consoles.say(f"Applied {len(documents)} objects to {cluster}.")
         wait_for_rollouts(cluster, documents, timeout, consoles)
     consoles.say(f"Deployed {environment.name}. Its gateway says:")
-    status(ctx, data_dir=data_dir, env=env, url=url)
+    status(ctx, data_dir=data_dir, env=environment.name, url=None)
+
+
+def deploy_target(env_name: str | None, data_dir: Path) -> Environment:
+    """The environment to deploy to, named: never `local` by default, which is the shop
+    `shopctl up` runs and has no cluster."""
+    environments = load_environments(data_dir)
+    deployable = ", ".join(name for name, found in environments.items() if found.kube_context)
+    if env_name is None:
+        raise ShopctlError(
+            f"deploy needs --env NAME, the environment whose cluster to deploy to: "
+            f"{deployable or 'none has a kube_context yet'} (see `shopctl env list`)"
+        )
+    environment = resolve_environment(env_name, None, data_dir)
+    if environment.is_local and environment.kube_context is None:
+        raise ShopctlError(
+            f"{LOCAL!r} is the shop `shopctl up` runs on this machine, not a cluster: for a "
+            f"cluster on this machine (kind, minikube, k3d) deploy --env {LOCAL_CLUSTER}; "
+            f"deployable: {deployable or 'none'}"
+        )
+    return environment
 
 
 def overlay_dir(manifests: Path, environment: Environment) -> Path:
-    overlay = manifests / "overlays" / environment.overlay
-    if not (overlay / "kustomization.yaml").is_file():
+    name = environment.overlay
+    overlay = manifests / "overlays" / (name or "")
+    if name is None or not (overlay / "kustomization.yaml").is_file():
         found = (manifests / "overlays").glob("*/kustomization.yaml")
         there = ", ".join(sorted(path.parent.name for path in found)) or "none"
         raise ShopctlError(
-            f"no overlay {environment.overlay!r} in {manifests / 'overlays'} (there: {there}); "
+            f"no overlay {name!r} in {manifests / 'overlays'} (there: {there}); "
             f"set overlay in [env.{environment.name}] of shopctl.toml"
         )
     return overlay
@@ -150,10 +199,20 @@ def cluster_context(environment: Environment) -> str:
     return environment.kube_context
 
 
-def check_secrets_files(overlay: Path, *, complete: bool) -> list[str]:
+@dataclass(frozen=True)
+class SecretsFiles:
+    """What check_secrets_files found: files a dry run renders with placeholders instead,
+    and sentences to warn with."""
+
+    missing: list[Path]
+    warnings: list[str]
+
+
+def check_secrets_files(overlay: Path, *, complete: bool) -> SecretsFiles:
     """The files the overlay's secretGenerator reads exist (they are never committed) and,
-    before a real deploy, set every key they list. With `complete=False` (a dry run) empty
-    keys are not an error: they are returned as sentences to warn with."""
+    before a real deploy, set every key they list. A dry run (`complete=False`) needs no
+    secret value: a missing file or an empty key is a warning naming the file to fill."""
+    missing: list[Path] = []
     warnings: list[str] = []
     file = overlay / "kustomization.yaml"
     try:
@@ -171,7 +230,14 @@ def check_secrets_files(overlay: Path, *, complete: bool) -> list[str]:
                 hint = "create it"
                 if example.is_file():
                     hint = f"copy {example.name} beside it and fill it in"
-                raise ShopctlError(f"{path} is missing: {hint} (it is never committed)")
+                if complete:
+                    raise ShopctlError(f"{path} is missing: {hint} (it is never committed)")
+                missing.append(path)
+                warnings.append(
+                    f"{path} is missing, so its Secret was rendered with placeholder values; "
+                    f"before a real deploy, {hint}"
+                )
+                continue
             if source in generator.get("envs", []):
                 empty = [key for key, value in env_file(path).items() if not value]
                 if empty and complete:
@@ -181,7 +247,38 @@ def check_secrets_files(overlay: Path, *, complete: bool) -> list[str]:
                         f"{path}: {', '.join(empty)} empty; a real deploy refuses until they "
                         "are filled in"
                     )
-    return warnings
+    return SecretsFiles(missing, warnings)
+
+
+@contextmanager
+def placeholder_secrets(manifests: Path, overlay: Path, missing: list[Path]) -> Iterator[Path]:
+    """The overlay to render: itself, or, when secrets files are missing (a dry run from a
+    fresh clone), the same overlay in a private temporary copy of the tree in which each
+    missing file is made from its `.example` with every value a placeholder. The dry run
+    masks Secret values anyway; only the keys show."""
+    if not missing:
+        yield overlay
+        return
+    with tempfile.TemporaryDirectory(prefix="shopctl-dry-run-") as temporary:
+        copy = Path(temporary) / "manifests"
+        shutil.copytree(manifests, copy)
+        for path in missing:
+            try:
+                stand_in = copy / path.relative_to(manifests)
+            except ValueError:
+                raise ShopctlError(f"{path} is missing (and outside {manifests})") from None
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            stand_in.write_text(placeholder_text(path))
+        yield copy / overlay.relative_to(manifests)
+
+
+def placeholder_text(path: Path) -> str:
+    """What stands in for a missing secrets file: its example's keys, each set to
+    `placeholder`, or `placeholder` alone when there is no example."""
+    example = path.with_name(path.name + ".example")
+    if not example.is_file():
+        return "placeholder\n"
+    return "".join(f"{key}=placeholder\n" for key in env_file(example))
 
 
 def env_file(path: Path) -> dict[str, str]:

@@ -11,17 +11,31 @@ from rich.table import Table
 
 from shopctl.console import failures_reported, get_consoles
 from shopctl.environments import (
+    LOCAL_CONFIG_NAME,
+    CredentialSource,
     Environment,
     config_files,
+    credential_sources,
     load_environments,
+    project_config,
     resolve_environment,
+    start_command,
     user_config,
 )
 from shopctl.options import DataDir
 
 env_app = typer.Typer(
     name="env",
-    help="List and show the environments commands can target with --env.",
+    help="""List and show the environments commands can target with --env.
+
+    `local` is built in: the shop `shopctl up` runs. The others come from three files, each
+    overriding the ones before it key by key: the project's `shopctl.toml` (committed: the
+    team's defaults), your own (`$SHOP_CONFIG`, else ~/.config/shop/shopctl.toml: what is
+    yours, such as your kube context's name), then `shopctl.local.toml` beside the
+    project's (git ignores it: yours, for this checkout only). A personal file overrides the
+    committed one, as git's global config overrides its system config: the project-level
+    files git and clig.dev put first are not committed.
+    """,
     no_args_is_help=True,
 )
 
@@ -65,11 +79,40 @@ def list_environments(ctx: typer.Context, data_dir: DataDir) -> None:
         )
     consoles.out.print(table)
     read = ", ".join(_where(str(path)) for path in files) or "none"
-    consoles.say(f"Files read: {read} (yours: {_where(str(user_config(os.environ)))})")
+    project = project_config(Path.cwd())
+    checkout = f"; this checkout's: {_where(str(project.with_name(LOCAL_CONFIG_NAME)))}"
+    consoles.say(
+        f"Files read, each overriding the one before: {read} "
+        f"(yours: {_where(str(user_config(os.environ)))}{checkout if project else ''})"
+    )
 
 
-def _variable(name: str) -> str:
-    return f"${name} ({'set' if os.environ.get(name) else 'not set'})"
+def _source(source: CredentialSource) -> str:
+    """`$NAME (set)`, `$NAME (not set)`, `<file> (there)` or `<file> (not there)`."""
+    if source.where.startswith("$"):
+        return f"{source.where} ({'set' if source.value else 'not set'})"
+    return f"{_where(source.where)} ({'there' if source.value else 'not there'})"
+
+
+def _credential_rows(environment: Environment, data_dir: Path) -> list[tuple[str, str]]:
+    """Each place an admin credential may come from, in the order they are tried, and the
+    one a command would use now (never a value)."""
+    sources = credential_sources(environment, data_dir)
+    tokens = [source for source in sources if source.kind == "token"]
+    passwords = [source for source in sources if source.kind == "password"]
+    used = next((source for source in sources if source.value), None)
+    if used is None:
+        uses = "nothing yet: set one of the above" + (
+            f", or start the shop with {start_command(data_dir)}" if environment.is_local else ""
+        )
+    else:
+        uses = f"{'token' if used.kind == 'token' else 'password'} from {_where(used.where)}"
+    return [
+        ("admin email", (used or sources[-1]).email),
+        ("admin token", ", ".join(_source(source) for source in tokens)),
+        ("admin password", ", then ".join(_source(source) for source in passwords)),
+        ("admin login uses", uses),
+    ]
 
 
 @env_app.command("show")
@@ -78,7 +121,11 @@ def show_environment(
     name: Annotated[str, typer.Argument(help="The environment's name. Example: staging")],
     data_dir: DataDir,
 ) -> None:
-    """Show everything one environment sets, and which credentials are available now.
+    """Show everything one environment sets, and where its admin credentials come from.
+
+    The places an admin token or password may come from are listed in the order commands
+    try them (for `local`, last, the password `shopctl up` keeps in its data directory),
+    with the one they would use now; values are never shown.
 
     Example: `shopctl env show local`
     """
@@ -91,17 +138,15 @@ def show_environment(
     rows = [
         ("description", environment.description or "-"),
         ("URL", environment.url),
-        ("admin email", environment.admin_email),
-        ("admin token", _variable(environment.admin_token_env)),
-        ("admin password", _variable(environment.admin_password_env)),
+        *_credential_rows(environment, data_dir),
         ("kube context", environment.kube_context or "-"),
         ("namespace", environment.namespace),
-        ("overlay", environment.overlay),
+        ("overlay", environment.overlay or "-"),
         ("registry", environment.registry or "-"),
         ("defined in", _where(environment.source)),
     ]
     if environment.is_local:
-        rows.insert(5, ("data dir", str(data_dir)))
+        rows.insert(2, ("data dir", str(data_dir)))
     for key, value in rows:
         table.add_row(key, value)
     consoles.out.print(table)

@@ -9,13 +9,31 @@ from pathlib import Path
 import typer
 
 from shopctl import processes
+from shopctl.environments import CONFIG_NAME, project_root
+from shopctl.errors import ShopctlError
 from shopkit.app import package_version
 
-# The checkout shopctl runs from: the Dockerfile and manifests/ live here.
+# The checkout shopctl was installed from, when it was (an editable install): its
+# Dockerfile and manifests/ are here. Installed from a wheel, this is site-packages.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = "localhost/shop"
 GIT_TIMEOUT = 10.0
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def project_dir(cwd: Path | None = None) -> Path:
+    """The project `build` and `deploy` work on, as `shopctl.toml` is found: the nearest
+    folder from the working directory up that holds one, else the checkout shopctl was
+    installed from in editable mode. Neither is an error saying where to run from."""
+    found = project_root(cwd)
+    if found is not None:
+        return found
+    if (PROJECT_ROOT / CONFIG_NAME).is_file():
+        return PROJECT_ROOT
+    raise ShopctlError(
+        f"no {CONFIG_NAME} in {Path.cwd() if cwd is None else cwd} or above it: run shopctl "
+        "in the project's checkout (its Dockerfile and manifests/ are beside shopctl.toml)"
+    )
 
 
 def valid_tag(value: str | None) -> str | None:
@@ -42,7 +60,7 @@ def split_image(reference: str) -> tuple[str, str | None]:
     return name, tag
 
 
-def version_tag(root: Path = PROJECT_ROOT) -> str:
+def version_tag(root: Path) -> str:
     """The images' tag: the package version, then the commit (`0.1.0-c56a1e9`), marked
     `-dirty` when the work tree has changes the commit does not hold. Outside a git
     checkout (or without git) it is the version alone."""

@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from shopctl.errors import ShopctlError
+from shopctl.errors import ShopctlError, command
 from shopctl.probes import backends_not_ready
 from shopctl.qa_report import Recorder, RunSummary, StockCheck
 from shopctl.shop_client import Reply, ShopClient, list_all_products
@@ -433,7 +433,7 @@ async def check_ready(client: ShopClient) -> None:
     gateway stays ready when a backend is down: its body says which)."""
     reply = await client.call("GET", "/ready")
     if reply.status is None:
-        raise ShopctlError(f"the shop at {client.base_url} does not answer: {reply.error}")
+        raise client.not_answering(reply)
     down = backends_not_ready({"data": reply.data})
     if reply.status == 200 and not down:
         return
@@ -456,7 +456,7 @@ async def prepare(run: QaRun) -> None:
     if pool_scenarios and not plenty:
         raise ShopctlError(
             f"no product at {run.client.base_url} has {MIN_POOL_STOCK} or more in stock; "
-            "load the demo catalogue first: shopctl seed"
+            f"load the demo catalogue first: {command('seed')}"
         )
     chooser = random.Random(run.config.seed)
     run.pool = chooser.sample(plenty, min(POOL_SIZE, len(plenty))) if pool_scenarios else []
@@ -481,7 +481,7 @@ def check_enough_stock(run: QaRun) -> None:
         if wanted[product["id"]] > product["stock"]:
             raise ShopctlError(
                 f"{product['name']!r} has {product['stock']} in stock but this run's shoppers "
-                f"want {wanted[product['id']]}; restock with `shopctl seed` or use fewer --users"
+                f"want {wanted[product['id']]}; restock with {command('seed')} or use fewer --users"
             )
 
 

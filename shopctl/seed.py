@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
-from shopctl.environments import AdminCredentials, Environment, admin_credentials
-from shopctl.environments import resolve_environment as resolve
+from shopctl.environments import AdminCredentials, Environment, admin_credentials, running_target
 from shopctl.errors import ShopctlError
 from shopctl.options import DataDir, EnvName, TargetUrl
 from shopctl.seeding import (
@@ -99,7 +98,7 @@ def seed(
     consoles = get_consoles(ctx)
     options = SeedOptions(dry_run, reset, yes, concurrency, customers, customer_password)
     with failures_reported(consoles):
-        target = resolve(env, url, data_dir)
+        target = running_target(env, url, data_dir)
         credentials = admin_credentials(target, data_dir)
         demo = load_demo_data()
         report = asyncio.run(_seed(target, credentials, demo, options, consoles))
@@ -117,7 +116,7 @@ async def _seed(
 ) -> SeedReport:
     report = SeedReport()
     async with ShopClient(
-        target.url, new_run_id("seed"), connections=options.concurrency
+        target.url, new_run_id("seed"), connections=options.concurrency, when_down=target.when_down
     ) as client:
         token = await client.admin_token(credentials)
         existing = await list_all_products(client)

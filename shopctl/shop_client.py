@@ -83,8 +83,11 @@ class ShopClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         connections: int = 100,
+        when_down: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # What to do when nothing answers (Environment.when_down): ends that error.
+        self.when_down = when_down
         self.run_id = run_id
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
@@ -145,6 +148,11 @@ class ShopClient:
             body = None
         return Reply(method, path, status, body, request_id, elapsed, headers=headers)
 
+    def not_answering(self, reply: Reply) -> ShopctlError:
+        """The error for a call nothing answered: why, then what to do about it."""
+        then = f"; {self.when_down}" if self.when_down else ""
+        return ShopctlError(f"the shop at {self.base_url} does not answer ({reply.error}){then}")
+
     async def admin_token(self, credentials: AdminCredentials) -> str:
         """An admin's token: the one given, or one from logging in. Anything else is a
         ShopctlError saying what to fix."""
@@ -156,7 +164,7 @@ class ShopClient:
             reply = await self.call("POST", "/api/users/login", json_body=login)
             token = (reply.data or {}).get("token") if reply.ok else None
         if reply.status is None:
-            raise ShopctlError(f"the shop at {self.base_url} does not answer: {reply.error}")
+            raise self.not_answering(reply)
         if not reply.ok:
             raise ShopctlError(
                 f"cannot act as the admin {credentials.email} (from {credentials.source}): "

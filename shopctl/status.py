@@ -6,7 +6,7 @@ import typer
 
 from shopctl import probes, views
 from shopctl.console import Consoles, failures_reported, get_consoles
-from shopctl.environments import resolve_environment
+from shopctl.environments import resolve_environment, start_command
 from shopctl.errors import ShopctlError
 from shopctl.options import DataDir, EnvName, TargetUrl
 from shopctl.state import load_state
@@ -36,7 +36,7 @@ def status(
         if target.is_local and url is None:
             ready = _local_status(data_dir, consoles)
         else:
-            ready = _gateway_status(target.url, consoles)
+            ready = _gateway_status(target.url, consoles, target.when_down)
     if not ready:
         raise typer.Exit(1)
 
@@ -44,7 +44,9 @@ def status(
 def _local_status(data_dir, consoles: Consoles) -> bool:
     state = load_state(data_dir)
     if state is None:
-        consoles.say(f"Nothing is running from {data_dir}.")
+        consoles.say(
+            f"Nothing is running from {data_dir}: start it with {start_command(data_dir)}."
+        )
         return False
     checks = probes.check_services(state.services)
     consoles.out.print(views.health_table(checks))
@@ -54,10 +56,11 @@ def _local_status(data_dir, consoles: Consoles) -> bool:
     return servers_up and all(check.is_ready for check in checks)
 
 
-def _gateway_status(url: str, consoles: Consoles) -> bool:
+def _gateway_status(url: str, consoles: Consoles, when_down: str) -> bool:
     url = url.rstrip("/")
     answer = probes.get(f"{url}/ready")
     if answer.status is None:
-        raise ShopctlError(f"the gateway at {url} does not answer: {answer.error}")
+        then = f"; {when_down}" if when_down else ""
+        raise ShopctlError(f"the gateway at {url} does not answer ({answer.error}){then}")
     consoles.out.print(views.gateway_table(url, answer))
     return answer.ok and not probes.backends_not_ready(answer.body)

@@ -25,7 +25,8 @@ ENGINE_DOWN = "Cannot connect to the Docker daemon at unix:///var/run/docker.soc
 
 
 # What the stand-in tool does once told where to record (CALLS), whether its engine answers
-# (ENGINE_UP) and which image's build fails (FAIL).
+# (ENGINE_UP), what `info` says (INFO), whether it has buildx (BUILDX), which image's build
+# fails (FAIL) and with what (FAILURE).
 FAKE_TOOL = """
 import json, os, sys
 with open(CALLS, "a") as calls:
@@ -33,15 +34,33 @@ with open(CALLS, "a") as calls:
 if sys.argv[1] == "info" and not ENGINE_UP:
     print(ENGINE_DOWN, file=sys.stderr)
     sys.exit(1)
-if sys.argv[1] == "build" and FAIL and FAIL in " ".join(sys.argv):
-    print('#7 ERROR: process "pip install" did not complete successfully')
+if sys.argv[1] == "info":
+    print(INFO)
+if sys.argv[1] == "buildx" and not BUILDX:
+    print("docker: 'buildx' is not a docker command.", file=sys.stderr)
+    sys.exit(1)
+if sys.argv[1:3] == ["manifest", "rm"]:
+    print("Error: " + sys.argv[3] + ": image not known", file=sys.stderr)
+    sys.exit(1)
+if "build" in sys.argv[1:3] and FAIL and FAIL in " ".join(sys.argv):
+    print(FAILURE)
     sys.exit(1)
 print("#1 [internal] load build definition from Dockerfile")
 """
+BUILD_FAILED = '#7 ERROR: process "pip install" did not complete successfully'
+CLASSIC_STORE = " Storage Driver: overlay2"
+CONTAINERD_STORE = " Storage Driver: overlayfs\n  driver-type: io.containerd.snapshotter.v1"
 
 
 def fake_tool(
-    bin_dir: Path, name: str, *, engine_up: bool = True, fail_building: str | None = None
+    bin_dir: Path,
+    name: str,
+    *,
+    engine_up: bool = True,
+    fail_building: str | None = None,
+    failure: str = BUILD_FAILED,
+    info: str = CLASSIC_STORE,
+    buildx: bool = True,
 ) -> Path:
     """Put a stand-in `name` on `bin_dir` that appends its arguments (one JSON list per
     line) to `<bin_dir>/calls.jsonl` and answers like a tool with a working engine, or with
@@ -52,6 +71,9 @@ def fake_tool(
         "CALLS": str(bin_dir / "calls.jsonl"),
         "ENGINE_UP": engine_up,
         "FAIL": fail_building,
+        "FAILURE": failure,
+        "INFO": info,
+        "BUILDX": buildx,
         "ENGINE_DOWN": ENGINE_DOWN,
     }
     header = "".join(f"{key} = {value!r}\n" for key, value in settings.items())
@@ -77,15 +99,16 @@ def invoke(*args: str, path: Path, env: dict[str, str] | None = None) -> Result:
         "SHOP_REGISTRY": None,
         "SHOP_IMAGE_TAG": None,
         "SHOP_CONTAINER_TOOL": None,
+        "SHOP_PLATFORM": None,
     }
     return CliRunner().invoke(app, list(args), env={**settings, **(env or {})})
 
 
 def build_calls(recorded: list[list[str]]) -> dict[str, list[str]]:
-    """The `build` calls by the SERVICE build argument they pass."""
+    """The `build` (or `buildx build`) calls by the SERVICE build argument they pass."""
     found = {}
     for call in recorded:
-        if call[1] == "build":
+        if "build" in call[1:3]:
             service = next(arg for arg in call if arg.startswith("SERVICE="))
             found[service.removeprefix("SERVICE=")] = call
     return found
@@ -153,7 +176,7 @@ def test_the_default_tag_is_the_package_version_and_commit(tmp_path: Path) -> No
     result = invoke("build", "user", path=bin_dir)
     assert result.exit_code == 0, result.output
     tag = build_calls(calls(bin_dir))["user"][-2].rpartition(":")[2]
-    assert tag == version_tag()
+    assert tag == version_tag(PROJECT_ROOT)
     assert tag.startswith(package_version())
 
 
@@ -233,6 +256,8 @@ def test_no_container_tool_at_all_is_a_clear_error_not_a_traceback(tmp_path: Pat
         ["build", "--registry", "Registry.Example.com/Shop"],
         ["build", "--tag", "has space"],
         ["build", "--tool", "kaniko"],
+        ["build", "--platform", "arm64"],
+        ["build", "--platform", "linux/amd64,,linux/arm64"],
     ],
 )
 def test_bad_arguments_are_usage_errors(args: list[str], tmp_path: Path) -> None:
@@ -241,6 +266,142 @@ def test_bad_arguments_are_usage_errors(args: list[str], tmp_path: Path) -> None
     result = invoke(*args, path=bin_dir)
     assert result.exit_code == 2, result.output
     assert calls(bin_dir) == []
+
+
+def test_the_project_built_is_the_one_found_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `shopctl.toml` is found: what a non-editable install (shopctl in site-packages,
+    far from any Dockerfile) builds is the checkout it is run in."""
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    shutil.copy(DOCKERFILE, project / "Dockerfile")
+    shutil.copy(PROJECT_ROOT / "shopctl.toml", project / "shopctl.toml")
+    monkeypatch.chdir(project / "sub")
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke("build", "user", "--tag", "1", path=bin_dir)
+    assert result.exit_code == 0, result.output
+    call = build_calls(calls(bin_dir))["user"]
+    assert call[2:4] == ["--file", str(project / "Dockerfile")]
+    assert call[-1] == str(project)
+
+
+# -- multi-platform images -----------------------------------------------------------------
+
+PLATFORMS = "linux/amd64,linux/arm64"
+
+
+def test_several_platforms_build_and_push_one_image_with_docker_buildx(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke(
+        "build", "gateway", "cart", "--platform", PLATFORMS, "--push", "--tag", "2",
+        "--registry", "reg.test/shop", path=bin_dir,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recorded = calls(bin_dir)
+    # buildx pushes as it builds: no separate push, one build per service.
+    assert [call[:3] for call in recorded] == [
+        ["docker", "info"],
+        ["docker", "buildx", "version"],
+        ["docker", "buildx", "build"],
+        ["docker", "buildx", "build"],
+    ]
+    gateway = build_calls(recorded)["gateway"]
+    assert gateway == [
+        "docker", "buildx", "build", "--platform", PLATFORMS,
+        "--file", str(DOCKERFILE),
+        "--build-arg", "SERVICE=gateway", "--build-arg", "PORT=3000",
+        "--tag", "reg.test/shop/shop-gateway:2", "--push", str(PROJECT_ROOT),
+    ]  # fmt: skip
+    assert re.search(
+        r"cart\s+│\s+reg.test/shop/shop-cart:2\s+│\s+linux/amd64, linux/arm64\s+│\s+yes",
+        result.output,
+    )
+
+
+def test_one_platform_is_loaded_into_docker_without_a_registry(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke("build", "user", "--platform", "linux/arm64", "--tag", "3", path=bin_dir)
+    assert result.exit_code == 0, result.output
+    call = build_calls(calls(bin_dir))["user"]
+    assert call[:5] == ["docker", "buildx", "build", "--platform", "linux/arm64"]
+    assert call[-2:] == ["--load", str(PROJECT_ROOT)]
+
+
+def test_several_platforms_without_push_are_refused_by_docker_s_classic_store(
+    tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    result = invoke("build", "--platform", PLATFORMS, path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert "add --push" in result.output and "one --platform at a time" in result.output
+    assert build_calls(calls(bin_dir)) == {}
+    # containerd's image store keeps a multi-platform image: loaded, not refused.
+    fake_tool(bin_dir, "docker", info=CONTAINERD_STORE)
+    kept = invoke("build", "order", "--platform", PLATFORMS, path=bin_dir)
+    assert kept.exit_code == 0, kept.output
+    assert "--load" in build_calls(calls(bin_dir))["order"]
+
+
+def test_platform_without_buildx_is_one_line_naming_the_plugin(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker", buildx=False)
+    result = invoke("build", "--platform", "linux/arm64", path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert "docker buildx, which is not installed" in result.output
+    assert "'buildx' is not a docker command" in result.output
+    assert build_calls(calls(bin_dir)) == {}
+
+
+def test_the_default_buildx_builder_failing_several_platforms_says_what_to_make(
+    tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    refusal = (
+        "ERROR: Multi-platform build is not supported for the docker driver.\n"
+        "Switch to a different driver, or turn on the containerd image store, and try again."
+    )
+    fake_tool(bin_dir, "docker", fail_building="shop-gateway", failure=refusal)
+    result = invoke("build", "--platform", PLATFORMS, "--push", path=bin_dir)
+    assert result.exit_code == 1, result.output
+    assert "docker buildx create --use --driver docker-container" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("tool", ["podman", "buildah"])
+def test_podman_and_buildah_build_a_manifest_list_and_push_all_of_it(
+    tool: str, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, tool)
+    result = invoke(
+        "build", "product", "--platform", PLATFORMS, "--push", "--tag", "4", path=bin_dir
+    )
+    assert result.exit_code == 0, result.output
+    reference = "localhost/shop/shop-product:4"
+    recorded = calls(bin_dir)
+    assert recorded[0] == [tool, "info"]
+    # An old list of the same name is removed first (`--manifest` would add to it); that
+    # there was none is not shown.
+    assert recorded[1] == [tool, "manifest", "rm", reference]
+    assert "image not known" not in result.output
+    assert recorded[2][:4] == [tool, "build", "--platform", PLATFORMS]
+    assert recorded[2][-3:] == ["--manifest", reference, str(PROJECT_ROOT)]
+    assert recorded[3] == [tool, "manifest", "push", "--all", reference, f"docker://{reference}"]
+    assert len(recorded) == 4
+
+
+def test_nerdctl_pushes_every_platform(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "nerdctl")
+    result = invoke("build", "cart", "--platform", PLATFORMS, "--push", "--tag", "5", path=bin_dir)
+    assert result.exit_code == 0, result.output
+    recorded = calls(bin_dir)
+    assert recorded[1][:4] == ["nerdctl", "build", "--platform", PLATFORMS]
+    assert recorded[2] == ["nerdctl", "push", "--all-platforms", "localhost/shop/shop-cart:5"]
 
 
 # -- the default tag, with a real git ------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
-from support import manifests_with_secrets
+from support import REPO, manifests_with_secrets
 
 from shopctl.images import split_image
 from shopctl.services import SERVICES
@@ -364,7 +364,7 @@ def test_an_unknown_overlay_names_the_ones_there_are(setup: dict[str, Any]) -> N
     write_environment(setup["tmp"], "https://shop.staging.test", overlay="qa")
     result = shopctl_deploy(setup)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "no overlay 'qa'" in result.stderr and "dev, local, prod" in result.stderr
+    assert "no overlay 'qa'" in result.stderr and "dev, local-cluster, prod" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -389,3 +389,128 @@ def test_a_broken_kustomization_is_one_line_and_exit_1(setup: dict[str, Any]) ->
     assert result.returncode == 1, result.stdout + result.stderr
     assert "cannot read" in result.stderr and "kustomization.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def fresh_clone(destination: Path) -> Path:
+    """What a fresh clone holds for deploy: the project's shopctl.toml and manifests/ as
+    committed (no secrets/*.env: git ignores them)."""
+    destination.mkdir()
+    shutil.copy(REPO / "shopctl.toml", destination / "shopctl.toml")
+    shutil.copytree(
+        REPO / "manifests", destination / "manifests", ignore=shutil.ignore_patterns("*.env")
+    )
+    return destination
+
+
+def deploy_in(
+    folder: Path, setup: dict[str, Any], *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`shopctl deploy ARGS` run in `folder`, with no --manifests and no user file."""
+    return subprocess.run(
+        [sys.executable, "-m", "shopctl", "deploy", *args],
+        capture_output=True,
+        text=True,
+        env={**shopctl_env(setup["tmp"], setup["bin"]), "SHOP_CONFIG": "/nonexistent", **env},
+        cwd=folder,
+        timeout=120,
+    )
+
+
+@needs_kustomize
+def test_the_readmes_dry_run_works_on_a_fresh_clone(setup: dict[str, Any]) -> None:
+    """No secrets/shop.env, no --manifests: the project found from the working directory
+    (as a non-editable install needs), its Secret rendered from placeholders, and a warning
+    naming the file to fill. Nothing is written into the clone."""
+    clone = fresh_clone(setup["tmp"] / "clone")
+    (clone / "sub").mkdir()
+    result = deploy_in(clone / "sub", setup, "--env", "dev", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (secret,) = [doc for doc in documents if doc["kind"] == "Secret"]
+    example = clone / "manifests" / "overlays" / "dev" / "secrets" / "shop.env.example"
+    keys = [
+        line.partition("=")[0]
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    ]
+    assert sorted(secret["data"]) == sorted(keys)
+    assert set(secret["data"].values()) == {"(masked)"}
+    (ingress,) = [doc for doc in documents if doc["kind"] == "Ingress"]
+    assert ingress["spec"]["rules"][0]["host"] == "shop.dev.example.com"  # the dev overlay
+    shop_env_file = example.with_name("shop.env")
+    warning = " ".join(result.stderr.split())
+    assert (
+        f"Warning: {shop_env_file} is missing, so its Secret was rendered with placeholder "
+        "values; before a real deploy, copy shop.env.example beside it and fill it in" in warning
+    )
+    assert not shop_env_file.exists()
+    (render,) = calls(setup["bin"])
+    rendered_from = Path(render["args"][1])
+    assert rendered_from.parts[-2:] == ("overlays", "dev")
+    assert not rendered_from.exists()  # the temporary copy is gone
+    # A real deploy from the same clone still refuses, naming the file.
+    real = deploy_in(clone, setup, "--env", "dev")
+    assert real.returncode == 1
+    assert f"{shop_env_file} is missing: copy shop.env.example" in " ".join(real.stderr.split())
+
+
+@needs_kustomize
+def test_environments_and_overlays_match_by_name(setup: dict[str, Any]) -> None:
+    """`local-cluster` (kind, minikube, k3d on this machine) renders the overlay of that
+    name; `local`, the shop `shopctl up` runs, has no cluster and says where to go."""
+    clone = fresh_clone(setup["tmp"] / "clone")
+    result = deploy_in(clone, setup, "--env", "local-cluster", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (render,) = calls(setup["bin"])
+    assert Path(render["args"][1]).parts[-2:] == ("overlays", "local-cluster")
+    assert "objects for local-cluster (overlay local-cluster, namespace shop)" in " ".join(
+        result.stderr.split()
+    )
+    images = {
+        container["image"]
+        for doc in yaml.safe_load_all(result.stdout)
+        if doc and doc["kind"] == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"localhost/shop/shop-{service.name}:dev" for service in SERVICES}
+
+    local = deploy_in(clone, setup, "--env", "local", "--dry-run")
+    assert local.returncode == 1
+    assert " ".join(local.stderr.split()) == (
+        "Error: 'local' is the shop `shopctl up` runs on this machine, not a cluster: for a "
+        "cluster on this machine (kind, minikube, k3d) deploy --env local-cluster; "
+        "deployable: dev, prod, local-cluster"
+    )
+    assert len(calls(setup["bin"])) == 1  # nothing more asked of kubectl
+
+
+def test_deploy_needs_an_environment_named(setup: dict[str, Any]) -> None:
+    clone = fresh_clone(setup["tmp"] / "clone")
+    result = deploy_in(clone, setup, "--dry-run")
+    assert result.returncode == 1
+    assert " ".join(result.stderr.split()) == (
+        "Error: deploy needs --env NAME, the environment whose cluster to deploy to: dev, "
+        "prod, local-cluster (see `shopctl env list`)"
+    )
+    assert calls(setup["bin"]) == []
+
+
+def test_url_is_refused_in_one_line_and_shop_url_set_for_other_commands_is_not(
+    setup: dict[str, Any],
+) -> None:
+    write_environment(setup["tmp"], "https://shop.staging.test")
+    result = shopctl_deploy(setup, "--url", "http://127.0.0.1:3000")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: deploy takes --env NAME, not --url:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert calls(setup["bin"]) == []
+    if REAL_KUBECTL is not None:
+        with_url = subprocess.run(
+            deploy_args(setup["manifests"], "--dry-run"),
+            capture_output=True,
+            text=True,
+            env={**shopctl_env(setup["tmp"], setup["bin"]), "SHOP_URL": "http://127.0.0.1:3000"},
+            cwd=setup["tmp"],
+            timeout=120,
+        )
+        assert with_url.returncode == 0, with_url.stderr

@@ -235,7 +235,8 @@ def test_a_run_that_cannot_be_served_says_so_before_starting(shop: Shop) -> None
     assert shop.run("seed", "--no-customers").returncode == 0
     greedy = shop.run("checkout", "--users", "2000", "--concurrency", "1", "--seed", "1")
     assert greedy.returncode == 1
-    assert "restock with `shopctl seed` or use fewer --users" in greedy.stderr
+    # Named as it was run: `python -m shopctl` here.
+    assert "-m shopctl seed` or use fewer --users" in greedy.stderr
     assert "Traceback" not in greedy.stderr
 
 
