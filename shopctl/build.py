@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,11 +14,11 @@ import typer
 from rich.table import Table
 
 from shopctl import processes
-from shopctl.console import Consoles, failures_reported, get_consoles
+from shopctl.console import Consoles, OutputFormat, failures_reported, get_consoles
 from shopctl.environments import resolve_environment
 from shopctl.errors import ShopctlError
 from shopctl.images import DEFAULT_REGISTRY, PROJECT_ROOT, image_name, valid_tag, version_tag
-from shopctl.options import EnvName, default_data_dir
+from shopctl.options import EnvName, Output, default_data_dir
 from shopctl.services import CONTRACT_BASE_PORT, SERVICES, Service
 
 INFO_TIMEOUT = 30.0
@@ -112,6 +113,7 @@ def build(
         bool,
         typer.Option("--push", help="Push each image to the registry once it is built."),
     ] = False,
+    output: Output = OutputFormat.TABLE,
 ) -> None:
     """Build one container image per service (or the ones named) from the Dockerfile.
 
@@ -124,8 +126,9 @@ def build(
     * `shopctl build`
     * `shopctl build gateway product --tag 0.1.0`
     * `shopctl build --env dev --push`
+    * `shopctl build -o json` (the tool's output on stderr, the images on stdout)
     """
-    consoles = get_consoles(ctx)
+    consoles = get_consoles(ctx).with_output(output)
     with failures_reported(consoles):
         if registry is None and env is not None:
             registry = resolve_environment(env, None, default_data_dir()).registry
@@ -140,7 +143,12 @@ def build(
             push=push,
             consoles=consoles,
         )
-    consoles.out.print(built_table(built, builder))
+    images = [
+        {"service": image.service, "image": image.reference, "pushed": image.pushed}
+        for image in built
+    ]
+    document = {"tool": builder.tool.value, "images": images}
+    consoles.print_result(output, document, built_table(built, builder))
 
 
 def find_builder(tool: ContainerTool | None) -> Builder:
@@ -197,7 +205,7 @@ def build_images(
     built: list[BuiltImage] = []
     for service in services:
         reference = f"{image_name(registry, service.name)}:{tag}"
-        consoles.out.print(f"[bold]Building[/] {reference} with {builder.tool.value}")
+        consoles.say(f"[bold]Building[/] {reference} with {builder.tool.value}", markup=True)
         command = [
             builder.path,
             "build",
@@ -213,7 +221,7 @@ def build_images(
         ]
         _run_step(command, f"building {reference}", consoles)
         if push:
-            consoles.out.print(f"[bold]Pushing[/] {reference}")
+            consoles.say(f"[bold]Pushing[/] {reference}", markup=True)
             _run_step([builder.path, "push", reference], f"pushing {reference}", consoles)
         built.append(BuiltImage(service.name, reference, push))
     return built
@@ -221,8 +229,9 @@ def build_images(
 
 def _run_step(command: list[str], what: str, consoles: Consoles) -> None:
     def show(line: str) -> None:
-        consoles.out.print(f"  {line}", markup=False, style="dim", soft_wrap=True)
+        consoles.say(f"  {line}", style="dim", soft_wrap=True)
 
+    consoles.detail(f"$ {shlex.join(command)}")
     try:
         result = processes.stream_program(command, show)
     except OSError as error:
