@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -14,11 +15,11 @@ import typer
 from rich.table import Table
 
 from shopctl import processes
-from shopctl.console import Consoles, failures_reported, get_consoles
+from shopctl.console import Consoles, OutputFormat, failures_reported, get_consoles
 from shopctl.environments import resolve_environment
 from shopctl.errors import ShopctlError
 from shopctl.images import DEFAULT_REGISTRY, image_name, project_dir, valid_tag, version_tag
-from shopctl.options import EnvName, default_data_dir
+from shopctl.options import EnvName, Output, default_data_dir
 from shopctl.services import CONTRACT_BASE_PORT, SERVICES, Service
 
 INFO_TIMEOUT = 30.0
@@ -142,6 +143,7 @@ def build(
             show_default=False,
         ),
     ] = None,
+    output: Output = OutputFormat.TABLE,
 ) -> None:
     """Build one container image per service (or the ones named) from the Dockerfile.
 
@@ -155,8 +157,9 @@ def build(
     * `shopctl build gateway product --tag 0.1.0`
     * `shopctl build --env dev --push`
     * `shopctl build --platform linux/amd64,linux/arm64 --env dev --push`
+    * `shopctl build -o json` (the tool's output on stderr, the images on stdout)
     """
-    consoles = get_consoles(ctx)
+    consoles = get_consoles(ctx).with_output(output)
     platforms = [name.strip() for name in platform.split(",")] if platform else []
     with failures_reported(consoles):
         if registry is None and env is not None:
@@ -176,7 +179,17 @@ def build(
             context=project,
             platforms=platforms,
         )
-    consoles.out.print(built_table(built, builder))
+    images = [
+        {
+            "service": image.service,
+            "image": image.reference,
+            "pushed": image.pushed,
+            "platforms": list(image.platforms),
+        }
+        for image in built
+    ]
+    document = {"tool": builder.tool.value, "images": images}
+    consoles.print_result(output, document, built_table(built, builder))
 
 
 def find_builder(tool: ContainerTool | None) -> Builder:
@@ -262,7 +275,7 @@ def build_images(
     for service in services:
         reference = f"{image_name(registry, service.name)}:{tag}"
         on = f" for {', '.join(platforms)}" if platforms else ""
-        consoles.out.print(f"[bold]Building[/] {reference}{on} with {builder.tool.value}")
+        consoles.say(f"[bold]Building[/] {reference}{on} with {builder.tool.value}", markup=True)
         arguments = [
             "--file",
             str(dockerfile),
@@ -276,7 +289,7 @@ def build_images(
                 _run_quietly(step.command)
                 continue
             if step.what.startswith("pushing"):
-                consoles.out.print(f"[bold]Pushing[/] {reference}")
+                consoles.say(f"[bold]Pushing[/] {reference}", markup=True)
             _run_step(step.command, step.what, consoles, multi_platform=len(platforms) > 1)
         built.append(BuiltImage(service.name, reference, push, tuple(platforms)))
     return built
@@ -333,8 +346,9 @@ def _run_step(
     command: list[str], what: str, consoles: Consoles, *, multi_platform: bool = False
 ) -> None:
     def show(line: str) -> None:
-        consoles.out.print(f"  {line}", markup=False, style="dim", soft_wrap=True)
+        consoles.say(f"  {line}", style="dim", soft_wrap=True)
 
+    consoles.detail(f"$ {shlex.join(command)}")
     try:
         result = processes.stream_program(command, show)
     except OSError as error:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
+from shopctl.console import Consoles, failures_reported, get_consoles, plural
 from shopctl.environments import (
     AdminCredentials,
     Environment,
@@ -34,7 +34,9 @@ def parse_duration(text: str | None) -> float | None:
         return None
     match = _DURATION.match(text.strip().lower())
     if not match or float(match.group(1)) <= 0:
-        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 5m or 1h")
+        raise typer.BadParameter(
+            f"{text!r} is not a duration like 30s, 5m or 1h", param_hint="'--duration'"
+        )
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
 
 
@@ -150,7 +152,7 @@ async def _run(
             markup=False,
         )
         total = config.duration or config.users
-        with progress_bar(consoles.err) as progress:
+        with consoles.progress_bar(consoles.err) as progress:
             bar = progress.add_task(_progress_text(run), total=total)
 
             def on_session_done() -> None:
@@ -175,7 +177,7 @@ async def _run(
 
 
 def _progress_text(run: QaRun) -> str:
-    return f"{run.ledger.placed} orders, {run.recorder.failure_count} failures"
+    return f"{plural(run.ledger.placed, 'order')}, {plural(run.recorder.failure_count, 'failure')}"
 
 
 def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> None:
@@ -204,7 +206,7 @@ def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> 
     lines = [failure.line() for failure in recorder.failures]
     consoles.list_failures(lines, recorder.failure_count, "[red]✗[/]")
     consoles.err.print(
-        f"[bold red]FAILED[/]: {recorder.failure_count} failures"
+        f"[bold red]FAILED[/]: {plural(recorder.failure_count, 'failure')}"
         + (", stock does not add up" if bad else "")
         + f" (run {summary.run_id}; request ids name the services' log lines)",
         soft_wrap=True,

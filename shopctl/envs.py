@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from shopctl.console import failures_reported, get_consoles
+from shopctl.commands import ShopctlCommand, ShopctlGroup
+from shopctl.console import OutputFormat, failures_reported, get_consoles
 from shopctl.environments import (
     LOCAL_CONFIG_NAME,
     CredentialSource,
@@ -22,10 +24,11 @@ from shopctl.environments import (
     start_command,
     user_config,
 )
-from shopctl.options import DataDir
+from shopctl.options import DataDir, Output
 
 env_app = typer.Typer(
     name="env",
+    cls=ShopctlGroup,
     help="""List and show the environments commands can target with --env.
 
     `local` is built in: the shop `shopctl up` runs. The others come from three files, each
@@ -51,39 +54,61 @@ def _where(source: str) -> str:
         return str(path).replace(str(Path.home()), "~", 1)
 
 
+def _record(pairs: Iterable[tuple[str, str]]) -> dict[str, str | None]:
+    """A table's row for -o json/yaml: its column names in snake_case, "-" as null."""
+    return {key.lower().replace(" ", "_"): None if value == "-" else value for key, value in pairs}
+
+
 def _deploys_to(environment: Environment) -> str:
     if environment.kube_context is None:
         return "-"
     return f"{environment.kube_context}/{environment.namespace} ({environment.overlay})"
 
 
-@env_app.command("list")
-def list_environments(ctx: typer.Context, data_dir: DataDir) -> None:
+@env_app.command("list", cls=ShopctlCommand)
+def list_environments(
+    ctx: typer.Context, data_dir: DataDir, output: Output = OutputFormat.TABLE
+) -> None:
     """List every environment: `local` (built in) and those in shopctl.toml files.
 
-    Example: `shopctl env list`
+    Examples:
+
+    * `shopctl env list`
+    * `shopctl env list -o json`
     """
-    consoles = get_consoles(ctx)
+    consoles = get_consoles(ctx).with_output(output)
     with failures_reported(consoles):
         environments = load_environments(data_dir)
         files = config_files(Path.cwd(), os.environ)
+    columns = ("name", "URL", "deploys to", "defined in")
     table = Table(title="Environments", title_justify="left")
-    for column in ("name", "URL", "deploys to", "defined in"):
+    for column in columns:
         table.add_column(column, overflow="fold")
+    records = []
     for environment in environments.values():
-        table.add_row(
+        row = (
             environment.name,
             environment.url,
             _deploys_to(environment),
             _where(environment.source),
         )
-    consoles.out.print(table)
-    read = ", ".join(_where(str(path)) for path in files) or "none"
+        table.add_row(*row)
+        records.append(_record(zip(columns, row, strict=True)))
+    read = [_where(str(path)) for path in files]
+    yours = _where(str(user_config(os.environ)))
     project = project_config(Path.cwd())
-    checkout = f"; this checkout's: {_where(str(project.with_name(LOCAL_CONFIG_NAME)))}"
+    checkout_file = _where(str(project.with_name(LOCAL_CONFIG_NAME))) if project else None
+    document = {
+        "environments": records,
+        "files_read": read,
+        "user_file": yours,
+        "checkout_file": checkout_file,
+    }
+    consoles.print_result(output, document, table)
+    checkout = f"; this checkout's: {checkout_file}" if checkout_file else ""
     consoles.say(
-        f"Files read, each overriding the one before: {read} "
-        f"(yours: {_where(str(user_config(os.environ)))}{checkout if project else ''})"
+        f"Files read, each overriding the one before: {', '.join(read) or 'none'} "
+        f"(yours: {yours}{checkout})"
     )
 
 
@@ -115,11 +140,14 @@ def _credential_rows(environment: Environment, data_dir: Path) -> list[tuple[str
     ]
 
 
-@env_app.command("show")
+@env_app.command("show", cls=ShopctlCommand)
 def show_environment(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The environment's name. Example: staging")],
+    name: Annotated[
+        str, typer.Argument(help="The environment's name. Example: dev", metavar="NAME")
+    ],
     data_dir: DataDir,
+    output: Output = OutputFormat.TABLE,
 ) -> None:
     """Show everything one environment sets, and where its admin credentials come from.
 
@@ -127,9 +155,12 @@ def show_environment(
     try them (for `local`, last, the password `shopctl up` keeps in its data directory),
     with the one they would use now; values are never shown.
 
-    Example: `shopctl env show local`
+    Examples:
+
+    * `shopctl env show local`
+    * `shopctl env show dev -o yaml`
     """
-    consoles = get_consoles(ctx)
+    consoles = get_consoles(ctx).with_output(output)
     with failures_reported(consoles):
         environment = resolve_environment(name, None, data_dir)
     table = Table(title=f"Environment {environment.name}", title_justify="left", show_header=False)
@@ -149,4 +180,4 @@ def show_environment(
         rows.insert(2, ("data dir", str(data_dir)))
     for key, value in rows:
         table.add_row(key, value)
-    consoles.out.print(table)
+    consoles.print_result(output, {"name": environment.name, **_record(rows)}, table)

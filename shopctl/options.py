@@ -9,6 +9,7 @@ from typing import Annotated
 import platformdirs
 import typer
 
+from shopctl.console import OutputFormat
 from shopctl.services import SERVICES
 
 
@@ -54,7 +55,7 @@ EnvName = Annotated[
         "--env",
         "-e",
         help="The environment to target, by name from shopctl.toml (see `shopctl env list`); "
-        "default: local, the shop `shopctl up` runs. Example: --env staging",
+        "default: local, the shop `shopctl up` runs. Example: --env dev",
         envvar="SHOP_ENV",
         show_default=False,
     ),
@@ -68,5 +69,16 @@ TargetUrl = Annotated[
         "URL). Example: --url http://127.0.0.1:3000",
         envvar="SHOP_URL",
         show_default=False,
+    ),
+]
+
+Output = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--output",
+        "-o",
+        help="How to print the result: a table for people, json or yaml for programs "
+        "(stdout then holds the document alone). Example: -o json",
+        case_sensitive=False,
     ),
 ]

@@ -11,6 +11,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from shopctl.console import plural
+
 FAILURES_KEPT = 200
 
 
@@ -195,7 +197,7 @@ def steps_table(summary: RunSummary) -> Table:
 def outcome_lines(summary: RunSummary) -> list[str]:
     """The run in a few sentences, for the end of the report."""
     return [
-        f"{summary.sessions} shopper sessions ({', '.join(summary.scenarios)}) against "
+        f"{plural(summary.sessions, 'shopper session')} ({', '.join(summary.scenarios)}) against "
         f"{summary.url} in {summary.elapsed:.1f} s, concurrency {summary.concurrency}, "
         f"seed {summary.seed}.",
         f"Orders: {summary.orders_placed} placed, {summary.orders_cancelled} cancelled, "
@@ -208,11 +210,12 @@ def conservation_line(checks: list[StockCheck]) -> str:
     """Whether units sold + stock left = stock at start held for every product checked."""
     bad = [check for check in checks if not check.ok]
     if bad:
-        return f"Stock conservation FAILED for {len(bad)} of {len(checks)} products."
+        return f"Stock conservation FAILED for {len(bad)} of {plural(len(checks), 'product')}."
     sold = sum(check.sold for check in checks)
+    touched = plural(len(checks), "product")
     return (
-        f"Stock conservation holds for all {len(checks)} products touched: "
-        f"{sold} units sold + stock left = stock at start."
+        f"Stock conservation holds for {'all ' if len(checks) > 1 else ''}{touched} touched "
+        f"({plural(sold, 'unit')} sold + stock left = stock at start)."
     )
 
 

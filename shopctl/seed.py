@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shopctl.console import Consoles, failures_reported, get_consoles, progress_bar
+from shopctl.console import Consoles, failures_reported, get_consoles, plural
 from shopctl.environments import AdminCredentials, Environment, admin_credentials, running_target
 from shopctl.errors import ShopctlError
 from shopctl.options import DataDir, EnvName, TargetUrl
@@ -92,7 +92,7 @@ def seed(
     Examples:
 
     * `shopctl seed`
-    * `shopctl seed --dry-run --env staging`
+    * `shopctl seed --dry-run --env dev`
     * `shopctl seed --reset --yes --url http://127.0.0.1:3000`
     """
     consoles = get_consoles(ctx)
@@ -100,6 +100,7 @@ def seed(
     with failures_reported(consoles):
         target = running_target(env, url, data_dir)
         credentials = admin_credentials(target, data_dir)
+        consoles.detail(f"As {credentials.email}, with the credentials from {credentials.source}")
         demo = load_demo_data()
         report = asyncio.run(_seed(target, credentials, demo, options, consoles))
     _print_report(consoles, target, report, options)
@@ -129,7 +130,7 @@ async def _seed(
         if options.customers:
             loads += customer_tasks(client, demo.customers, options.customer_password)
         verb = "Checking" if options.dry_run else "Seeding"
-        with progress_bar(consoles.out) as progress:
+        with consoles.progress_bar() as progress:
             bar = progress.add_task(f"{verb} {target.url}", total=len(deletions) + len(loads))
 
             def advance(task: Task) -> None:
@@ -150,7 +151,8 @@ async def _seed(
 def _confirm_reset(target: Environment, count: int, options: SeedOptions) -> None:
     if options.yes or options.dry_run:
         return
-    question = f"--reset deletes all {count} products of {target.name} ({target.url})"
+    products = f"all {plural(count, 'product')}" if count > 1 else plural(count, "product")
+    question = f"--reset deletes {products} of {target.name} ({target.url})"
     if not sys.stdin.isatty():
         raise ShopctlError(f"{question}; pass --yes to confirm when not at a terminal")
     if not typer.confirm(f"{question}. Continue?", default=False):
@@ -183,7 +185,7 @@ def _print_report(
     consoles.list_failures(report.failures, len(report.failures), "[red]failed[/]")
     if report.failed:
         consoles.err.print(
-            f"[bold red]Error:[/] {len(report.failures)} items could not be loaded; "
+            f"[bold red]Error:[/] {plural(len(report.failures), 'item')} could not be loaded; "
             "run again to retry them (what is done is kept)",
             soft_wrap=True,
         )

@@ -169,7 +169,8 @@ def admin_account(config: UpConfig, report: Report) -> dict[str, str]:
         path = config.data_dir / "admin_password"
         password, created = local_secrets.read_or_create(path, local_secrets.new_password)
         if created:
-            report(f"Admin account: {email} / {password} (the password is kept in {path})")
+            # Never the password itself: this line ends up in scrollback and CI logs.
+            report(f"Admin account: {email}; its password is in {path}")
     return {"ADMIN_EMAIL": email, "ADMIN_PASSWORD": password}
 
 

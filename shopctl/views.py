@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -74,3 +75,61 @@ def gateway_table(url: str, answer: Answer) -> Table:
         detail = ", ".join(f"{key}={value}" for key, value in report.items() if key not in shown)
         table.add_row(str(name), state, detail)
     return table
+
+
+# The same content as plain data, for `-o json` / `-o yaml`: a table's rows as records whose
+# keys name its columns (numbers as numbers, a missing answer as null).
+
+
+def health_records(checks: Iterable[ServiceHealth]) -> list[dict[str, Any]]:
+    return [
+        {
+            "service": check.name,
+            "url": check.url,
+            "state": check.label(),
+            "health": check.health.status,
+            "ready": check.ready.status,
+            "pid": check.pid,
+            "uptime_seconds": None if check.uptime is None else round(check.uptime, 1),
+            "error": check.ready.error or check.health.error or None,
+        }
+        for check in checks
+    ]
+
+
+def backend_records(servers: Iterable[EmbeddedServer]) -> list[dict[str, Any]]:
+    return [
+        {
+            "server": server.name,
+            "uri": server.uri,
+            "state": "running" if server.alive() else "stopped",
+            "pid": server.pid,
+        }
+        for server in servers
+    ]
+
+
+def gateway_record(url: str, answer: Answer) -> dict[str, Any]:
+    """What `gateway_table` shows: the gateway's state and each backend's."""
+    data = answer.body.get("data") if isinstance(answer.body, Mapping) else None
+    data = data if isinstance(data, Mapping) else {}
+    backends = data.get("backends")
+    records = []
+    for name, report in backends.items() if isinstance(backends, Mapping) else []:
+        report = report if isinstance(report, Mapping) else {}
+        if report.get("ready") is True:
+            state = "ready"
+        elif report.get("configured") is False:
+            state = "not configured"
+        else:
+            state = "not ready"
+        shown = {"ready", "url", "configured"}
+        detail = {key: value for key, value in report.items() if key not in shown}
+        records.append({"backend": str(name), "state": state, "detail": detail})
+    return {
+        "gateway": url,
+        "status": data.get("status") or ("ready" if answer.ok else "not ready"),
+        "http_status": answer.status,
+        "backends_not_ready": backends_not_ready(answer.body),
+        "backends": records,
+    }

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner, Result
 
 from shopctl.images import PROJECT_ROOT, version_tag
@@ -143,6 +144,48 @@ def test_builds_every_service_with_the_tool_it_finds(tmp_path: Path) -> None:
     assert not [call for call in recorded if call[1] == "push"]
     # The tool's own output is shown as it comes.
     assert "load build definition from Dockerfile" in result.output
+
+
+@pytest.mark.parametrize("output_format", ["json", "yaml"])
+def test_the_images_built_as_a_document_for_programs(tmp_path: Path, output_format: str) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "podman")
+    args = ["build", "gateway", "cart", "--tag", "1.2.3", "--registry", "reg.test/shop"]
+    result = invoke(*args, "-o", output_format, path=bin_dir)
+    assert result.exit_code == 0, result.output
+    load = json.loads if output_format == "json" else yaml.safe_load
+    # stdout holds the document alone; what a person follows went to stderr.
+    assert load(result.stdout) == {
+        "tool": "podman",
+        "images": [
+            {
+                "service": "gateway",
+                "image": "reg.test/shop/shop-gateway:1.2.3",
+                "pushed": False,
+                "platforms": [],
+            },
+            {
+                "service": "cart",
+                "image": "reg.test/shop/shop-cart:1.2.3",
+                "pushed": False,
+                "platforms": [],
+            },
+        ],
+    }
+    assert "Building reg.test/shop/shop-cart:1.2.3 with podman" in result.stderr
+    assert "load build definition" in result.stderr
+
+
+def test_quiet_shows_only_the_images_and_verbose_the_commands(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "docker")
+    quiet = invoke("-q", "build", "cart", "--tag", "1.2.3", path=bin_dir)
+    assert quiet.exit_code == 0, quiet.output
+    assert "Building" not in quiet.output and "load build definition" not in quiet.output
+    assert re.search(r"cart\s+│\s+\S+/shop-cart:1.2.3\s+│\s+no", quiet.output), quiet.output
+    verbose = invoke("-v", "build", "cart", "--tag", "1.2.3", path=bin_dir)
+    assert verbose.exit_code == 0, verbose.output
+    assert f"$ {bin_dir / 'docker'} build --file {DOCKERFILE}" in verbose.output
 
 
 def test_builds_and_pushes_the_named_services_with_the_tool_asked_for(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ gateway's /ready (which stays 200 while a backend is down) and never shows their
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import yaml
 from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner, Result
 
@@ -15,10 +17,10 @@ from svc_gateway.app import GatewaySettings
 from svc_gateway.app import create_app as create_gateway_app
 
 
-async def status(url: str) -> Result:
+async def status(url: str, *options: str) -> Result:
     # In a thread: the gateway answering it runs on this test's event loop.
     return await asyncio.to_thread(
-        CliRunner().invoke, app, ["status", "--url", url], env={"COLUMNS": "250"}
+        CliRunner().invoke, app, ["status", "--url", url, *options], env={"COLUMNS": "250"}
     )
 
 
@@ -58,3 +60,18 @@ async def test_status_is_0_when_every_configured_backend_is_ready(
     result = await status(url)
     assert result.exit_code == 0, result.output
     assert f"Gateway {url}: ready" in result.output
+
+    # The same for programs: -o json and -o yaml, the table's rows as records.
+    documents = []
+    for output_format, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        answer = await status(url, "-o", output_format)
+        assert answer.exit_code == 0, answer.output
+        documents.append(load(answer.stdout))
+    assert documents[0] == documents[1]
+    document = documents[0]
+    assert document["gateway"] == url and document["status"] == "ready"
+    assert document["backends_not_ready"] == []
+    rows = [line.split("│")[1:3] for line in result.output.splitlines() if line.startswith("│")]
+    table = {name.strip(): state.strip() for name, state in rows}
+    assert {backend["backend"]: backend["state"] for backend in document["backends"]} == table
+    assert table["product"] == "ready" and table["cart"] == "not configured"
