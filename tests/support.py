@@ -726,12 +726,13 @@ def free_base_port() -> int:
 
 
 @contextmanager
-def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A whole shop from `shopctl up --detach` on free ports: its gateway URL and the
-    environment shopctl runs with; stopped afterwards, whatever happened."""
+def running_shop(data_dir: Path, **settings: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A whole shop from `shopctl up --detach` on free ports (its services also given
+    `settings`): its gateway URL and the environment shopctl runs with; stopped
+    afterwards, whatever happened."""
     base = free_base_port()
     # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
-    env = shop_env(BCRYPT_ROUNDS="4")
+    env = shop_env(BCRYPT_ROUNDS="4", **settings)
     try:
         up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
         assert up.returncode == 0, up.stdout + up.stderr
