@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import REPO, eventually_sync, http, running_shop, shop_admin_token, shopctl
+from support import QaShop, eventually_sync, running_shop, shop_admin_token
 
 from shopctl.chaos import MAX_HOLD, FaultKind, FaultLog, FaultRecord, plan_round
 from shopctl.seeding import load_demo_data
@@ -69,53 +66,14 @@ def test_an_answer_is_excused_only_during_a_fault_and_its_grace() -> None:
 DEMO = load_demo_data()
 
 
-@dataclass(frozen=True)
-class Shop:
-    url: str
-    data_dir: Path
-    env: dict[str, str]
-    token: str
-
-    def run(self, *args: str | Path) -> subprocess.CompletedProcess:
-        return shopctl(*args, "--data-dir", self.data_dir, env=self.env)
-
-    def start(self, *args: str | Path) -> subprocess.Popen:
-        """shopctl in the background, as a user's terminal would run it."""
-        command = [sys.executable, "-m", "shopctl", *map(str, args)]
-        return subprocess.Popen(
-            [*command, "--data-dir", str(self.data_dir)],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def every(self, path: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            code, reply = http("GET", f"{self.url}{path}?limit=100&page={page}", None, self.token)
-            assert code == 200, reply
-            found += reply["data"]
-            if len(found) >= reply["total"]:
-                return found
-            page += 1
-
-    def product_count(self) -> int:
-        code, reply = http("GET", f"{self.url}/api/products?limit=1")
-        assert code == 200, reply
-        return reply["total"]
-
-
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QaShop]:
     """A shop whose order service gives up on a hung checkout and runs its recovery
     quickly, so a run that killed it settles in seconds rather than half a minute."""
     data_dir = tmp_path_factory.mktemp("chaos") / "shop"
     settings = {"CHECKOUT_LEASE_SECONDS": "5", "RECOVERY_INTERVAL_SECONDS": "1"}
     with running_shop(data_dir, **settings) as (url, env):
-        yield Shop(url, data_dir, env, shop_admin_token(url, data_dir))
+        yield QaShop(url, data_dir, env, shop_admin_token(url, data_dir))
     # `down` stopped everything, the processes chaos started included.
     state_left = load_state(data_dir)
     assert state_left is None
@@ -130,7 +88,7 @@ def interrupt(process: subprocess.Popen) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_seed_says_what_was_done_and_what_finishes_it(shop: Shop) -> None:
+def test_ctrl_c_during_seed_says_what_was_done_and_what_finishes_it(shop: QaShop) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
     total = len(DEMO.products)
     seeding = shop.start("seed", "--reset", "--yes", "--concurrency", "1", "--no-customers")
@@ -152,22 +110,22 @@ def test_ctrl_c_during_seed_says_what_was_done_and_what_finishes_it(shop: Shop) 
     finished = shop.run(*next_command.split()[1:], "--no-customers")
 
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    products = shop.every("/api/products")
+    products = shop.products()
     assert sorted(p["name"] for p in products) == sorted(p.name for p in DEMO.products)
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_checkout_prints_the_partial_report_and_the_next_command(
-    shop: Shop, tmp_path: Path
+    shop: QaShop, tmp_path: Path
 ) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
-    orders_before = len(shop.every("/api/orders"))
+    orders_before = len(shop.orders())
     report = tmp_path / "partial.json"
     running = shop.start(
         "checkout", "--users", "4", "--concurrency", "2", "--duration", "5m", "--seed", "31",
         "--json", report,
     )  # fmt: skip
-    eventually_sync(lambda: len(shop.every("/api/orders")) > orders_before, "an order", 60)
+    eventually_sync(lambda: len(shop.orders()) > orders_before, "an order", 60)
 
     stdout, stderr = interrupt(running)
 
@@ -182,20 +140,20 @@ def test_ctrl_c_during_checkout_prints_the_partial_report_and_the_next_command(
     assert result["interrupted"]
     assert result["orders"]["placed"] >= 1 and result["conservation"]["ok"]
     assert result["failure_count"] == 0 and result["sessions_cut_short"] == 0
-    placed = len(shop.every("/api/orders")) - orders_before
+    placed = len(shop.orders()) - orders_before
     assert placed == result["orders"]["placed"]
 
 
 @pytest.mark.slow
 def test_chaos_kills_every_service_and_the_shop_recovers_with_nothing_lost(
-    shop: Shop, tmp_path: Path
+    shop: QaShop, tmp_path: Path
 ) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
     before = load_state(shop.data_dir)
     assert before is not None
     pids_before = {s.name: s.process.pid for s in [*before.services, *before.embedded]}
-    stock_before = {p["id"]: p["stock"] for p in shop.every("/api/products")}
-    orders_before = {o["id"] for o in shop.every("/api/orders")}
+    stock_before = {p["id"]: p["stock"] for p in shop.products()}
+    orders_before = {o["id"] for o in shop.orders()}
     report = tmp_path / "chaos.json"
 
     run = shop.run(
@@ -235,14 +193,14 @@ def test_chaos_kills_every_service_and_the_shop_recovers_with_nothing_lost(
     assert status.returncode == 0, status.stdout + status.stderr
 
     # And through the shop: the new orders account for every unit of stock gone.
-    new_orders = [o for o in shop.every("/api/orders") if o["id"] not in orders_before]
+    new_orders = [o for o in shop.orders() if o["id"] not in orders_before]
     assert len(new_orders) == placed
     sold: dict[str, int] = {}
     for order in new_orders:
         if order["status"] != "cancelled":
             for item in order["items"]:
                 sold[item["product_id"]] = sold.get(item["product_id"], 0) + item["quantity"]
-    stock_after = {p["id"]: p["stock"] for p in shop.every("/api/products")}
+    stock_after = {p["id"]: p["stock"] for p in shop.products()}
     assert set(stock_after) == set(stock_before)  # the short-stock product is gone again
     for product_id, stock in stock_before.items():
         assert stock - stock_after[product_id] == sold.get(product_id, 0), product_id
