@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
+from shopctl.chaos import FaultInjector, FaultLog, FaultRecord, chaos_state, probe_session
 from shopctl.console import Consoles, failures_reported, get_consoles, plural
 from shopctl.environments import (
     AdminCredentials,
@@ -20,10 +23,21 @@ from shopctl.environments import (
     running_target,
 )
 from shopctl.errors import ShopctlError
+from shopctl.interrupts import Interrupts, interrupts
 from shopctl.options import DataDir, EnvName, TargetUrl
 from shopctl.qa_flows import QaRun, RunConfig, Scenario, run_checkout, start_run
-from shopctl.qa_report import RunSummary, conservation_table, outcome_lines, steps_table
+from shopctl.qa_report import (
+    RunSummary,
+    conservation_table,
+    faults_table,
+    outcome_lines,
+    steps_table,
+)
 from shopctl.shop_client import ShopClient, new_run_id
+from shopctl.state import ShopState
+
+# What --chaos plays unless --scenario says otherwise: every scenario.
+CHAOS_SCENARIOS = [Scenario.HAPPY, Scenario.CANCEL, Scenario.RETRY, Scenario.SHORT_STOCK]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
 
@@ -100,6 +114,15 @@ def checkout(
             show_default=False,
         ),
     ] = None,
+    chaos: Annotated[
+        bool,
+        typer.Option(
+            "--chaos",
+            help="While the shoppers shop, kill, pause and restart the shop's services and "
+            "embedded servers on a schedule made from --seed, then check it recovered and "
+            "lost nothing. Only for a shop `shopctl up` started from --data-dir.",
+        ),
+    ] = False,
 ) -> None:
     """Drive scripted shoppers through the shop and verify every step against the contract.
 
@@ -113,25 +136,63 @@ def checkout(
 
     * `shopctl checkout --users 50 --concurrency 10`
     * `shopctl checkout -s cancel -s short-stock --duration 1m --seed 7 --json out.json`
+    * `shopctl checkout --chaos --seed 7 --json chaos.json`
+
+    **--chaos**: one round of faults, one at a time while the shoppers keep shopping (with
+    --duration, rounds until it has passed): every service is killed (SIGKILL) and started
+    again, every embedded server killed or restarted, one service restarted gracefully,
+    one service and one server paused (SIGSTOP, then SIGCONT); after each the run waits
+    until every /ready answers 200. The same --seed gives the same faults in the same
+    order. Expected during a fault (and for a few seconds after): no answer, 502, 503,
+    504, 429, and 409 checkout_in_progress; such a step is counted as refused and tried
+    again once the shop is ready (a checkout with the same Idempotency-Key; an add to cart
+    or a cancel only after reading whether it took effect). Failures: any other
+    unexpected answer, a 500, a refusal with no fault under way, a 503'd checkout that
+    changed the cart, a shop not ready within 60 s of a fault, stock that does not add up
+    once the shop settled, an order no answer told of (or one missing), a replayed
+    Idempotency-Key answering another order. The shop is left running and ready, also
+    after Ctrl-C.
+
+    **Ctrl-C** stops starting shoppers and lets those under way finish (a second Ctrl-C
+    ends them at once), then prints the partial report and exits 130.
     """
     consoles = get_consoles(ctx)
+    default_scenarios = CHAOS_SCENARIOS if chaos else [Scenario.HAPPY]
     config = RunConfig(
         users=users,
         concurrency=concurrency,
         duration=parse_duration(duration),
         seed=secrets.randbelow(1_000_000) if seed is None else seed,
-        scenarios=list(dict.fromkeys(scenario or [Scenario.HAPPY])),
+        scenarios=list(dict.fromkeys(scenario or default_scenarios)),
         max_failures=max_failures,
+        chaos=chaos,
     )
     with failures_reported(consoles):
         target = running_target(env, url, data_dir)
+        state = _chaos_target(target, data_dir) if chaos else None
         token_source = None
         if Scenario.SHORT_STOCK in config.scenarios:
             token_source = admin_credentials(target, data_dir)
-        summary = asyncio.run(_run(target, config, token_source, consoles))
+        summary = asyncio.run(_run(target, config, token_source, consoles, state))
         _report(consoles, summary, json_path)
+    if summary.interrupted:
+        raise typer.Exit(128 + (2 if summary.interrupted == "Ctrl-C" else 15))
     if not summary.passed:
         raise typer.Exit(1)
+
+
+def _chaos_target(target: Environment, data_dir: Path) -> ShopState:
+    """The shop --chaos may hurt: the one started from `data_dir`, and the one the shoppers
+    go to."""
+    state = chaos_state(data_dir)
+    gateway = next((s for s in state.services if s.name == "gateway"), None)
+    if gateway is None or gateway.url.rstrip("/") != target.url:
+        where = gateway.url if gateway else "no gateway"
+        raise ShopctlError(
+            f"--chaos hurts the shop started from {data_dir} ({where}) but the shoppers would "
+            f"shop at {target.url}: leave out --env/--url, or give the --data-dir of that shop"
+        )
+    return state
 
 
 async def _run(
@@ -139,6 +200,7 @@ async def _run(
     config: RunConfig,
     credentials: AdminCredentials | None,
     consoles: Consoles,
+    state: ShopState | None,
 ) -> RunSummary:
     connections = min(400, config.concurrency * 2 + 4)
     async with ShopClient(
@@ -148,11 +210,15 @@ async def _run(
         run = await start_run(client, config, token)
         consoles.err.print(
             f"Run {client.run_id}: {config.users} shoppers against {target.url}, "
-            f"seed {config.seed} (repeat with --seed {config.seed})",
+            f"seed {config.seed} (repeat with --seed {config.seed})"
+            + (", with chaos" if state is not None else ""),
             markup=False,
         )
-        total = config.duration or config.users
-        with consoles.progress_bar(consoles.err) as progress:
+        total = config.duration or (None if config.chaos else config.users)
+        with (
+            consoles.progress_bar(consoles.err) as progress,
+            interrupts(lambda signals: _on_interrupt(signals, run, progress.console)) as signals,
+        ):
             bar = progress.add_task(_progress_text(run), total=total)
 
             def on_session_done() -> None:
@@ -168,23 +234,86 @@ async def _run(
                     progress.update(bar, completed=min(total, elapsed))
 
             clock = asyncio.create_task(show_time()) if config.duration else None
+            disturbance = None
+            if state is not None:
+                disturbance = _disturb(run, state, progress.console)
             try:
-                return await run_checkout(run, target=target.name, on_session_done=on_session_done)
+                summary = await run_checkout(
+                    run,
+                    target=target.name,
+                    on_session_done=on_session_done,
+                    disturbance=disturbance,
+                )
             finally:
                 if clock is not None:
                     clock.cancel()
                 progress.update(bar, completed=total, description=_progress_text(run))
+            if signals.count:
+                summary.interrupted = signals.name
+            return summary
+
+
+def _on_interrupt(signals: Interrupts, run: QaRun, console: Console) -> None:
+    """The first Ctrl-C: no new sessions (and no new fault); the second: end them now."""
+    run.stop.set()
+    if signals.count == 1:
+        faults = ", the fault under way undone" if run.faults is not None else ""
+        console.print(
+            f"{signals.name}: stopping: no new shoppers, those under way finish{faults}; "
+            f"{signals.name} again to stop them at once",
+            markup=False,
+        )
+    else:
+        console.print(f"{signals.name}: stopping the shoppers now", markup=False)
+        run.cut_sessions()
+        run.hurry.set()
+
+
+async def _disturb(run: QaRun, state: ShopState, console: Console) -> None:
+    """The fault injector's part of a chaos run, which leaves every process of the shop
+    running and the shop ready, whatever happens."""
+    log = FaultLog()
+    run.faults = log
+    run.chaos.faults = log.records
+    injector = FaultInjector(state, log, run.stop)
+    order = injector.services.get("order")
+    run.order_metrics_url = f"{order.url}/metrics" if order else None
+
+    def announce(fault: FaultRecord) -> None:
+        held = f" for {fault.hold:g} s" if fault.hold else ""
+        console.print(f"  {fault.at:6.1f} s  {fault.kind.value} {fault.target}{held}", markup=False)
+
+    injector.on_fault = announce
+    async with probe_session() as session:
+        try:
+            await injector.run(run.config.seed, run.config.duration, session)
+        finally:
+            restarted = await asyncio.to_thread(injector.ensure_running)
+            run.chaos.restarted_at_end = restarted
+            if restarted:
+                await injector.wait_ready(session)
 
 
 def _progress_text(run: QaRun) -> str:
-    return f"{plural(run.ledger.placed, 'order')}, {plural(run.recorder.failure_count, 'failure')}"
+    text = f"{plural(run.ledger.placed, 'order')}, {plural(run.recorder.failure_count, 'failure')}"
+    if run.faults is not None:
+        text += f", {plural(len(run.faults.records), 'fault')}"
+    return text
 
 
 def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> None:
     json_to_stdout = json_path is not None and str(json_path) == "-"
     # With the JSON on stdout, the tables for people go to stderr.
     human = consoles.err if json_to_stdout else consoles.out
+    if summary.interrupted:
+        human.print(
+            f"[bold yellow]Interrupted[/] ({summary.interrupted}) after "
+            f"{summary.elapsed:.1f} s: a partial report of what was done.",
+            soft_wrap=True,
+        )
     human.print(steps_table(summary))
+    if summary.chaos is not None:
+        human.print(faults_table(summary.chaos))
     bad = [check for check in summary.stock if not check.ok]
     if bad:
         human.print(conservation_table(bad))
@@ -200,14 +329,54 @@ def _report(consoles: Consoles, summary: RunSummary, json_path: Path | None) -> 
             except OSError as error:
                 raise ShopctlError(f"cannot write {json_path}: {error}") from None
     recorder = summary.recorder
+    if summary.interrupted:
+        _interrupted_verdict(consoles, human, summary)
+        return
     if summary.passed:
         human.print("[bold green]PASSED[/]: every step as the contract says.")
         return
     lines = [failure.line() for failure in recorder.failures]
     consoles.list_failures(lines, recorder.failure_count, "[red]✗[/]")
+    if summary.chaos is not None and not summary.chaos.recovered:
+        consoles.err.print(
+            "[bold red]The shop did not recover from a fault[/] (see `shopctl status`)",
+            soft_wrap=True,
+        )
     consoles.err.print(
         f"[bold red]FAILED[/]: {plural(recorder.failure_count, 'failure')}"
         + (", stock does not add up" if bad else "")
         + f" (run {summary.run_id}; request ids name the services' log lines)",
         soft_wrap=True,
+    )
+
+
+def _interrupted_verdict(consoles: Consoles, human: Console, summary: RunSummary) -> None:
+    """What an interrupted run did, what it found, and what to run next."""
+    recorder = summary.recorder
+    lines = [failure.line() for failure in recorder.failures]
+    consoles.list_failures(lines, recorder.failure_count, "[red]✗[/]")
+    found = (
+        f"{recorder.failure_count} failures so far"
+        if recorder.failure_count
+        else "no failure so far"
+    )
+    cut = (
+        f"; {summary.cut_short} sessions were cut short, so an order of theirs may be "
+        "missing from the counts above"
+        if summary.cut_short
+        else ""
+    )
+    human.print(
+        f"[bold yellow]INTERRUPTED[/]: {summary.sessions} sessions, "
+        f"{summary.orders_placed} orders placed, {found}{escape(cut)} (run {summary.run_id}).",
+        soft_wrap=True,
+    )
+    again = ["shopctl", "checkout", "--seed", str(summary.seed)]
+    if summary.chaos is not None:
+        again.append("--chaos")
+    human.print(
+        f"Next: `shopctl seed` puts the stock back, then `{' '.join(again)}` "
+        "(with your other options) repeats this run.",
+        soft_wrap=True,
+        markup=False,
     )

@@ -9,6 +9,17 @@ that must not buy twice, and a product with too little stock for everyone who wa
 The run keeps a ledger of the units its orders bought; at the end, for every product it
 touched, units sold + stock left must equal the stock at the start. That holds only if
 nobody else buys those products during the run: point it at a shop QA owns.
+
+Under --chaos (see shopctl/chaos.py) an answer that says "not now" (no answer, 502, 503,
+504, 429, 409 checkout_in_progress / cart_checkout_in_progress / idempotency_retry) during a
+fault is expected: it is counted as refused, and the shopper waits for the shop to recover
+and tries again; a call that may have done its work (adding to the cart, cancelling) is
+checked before it is repeated, a checkout is repeated with the same Idempotency-Key, and a
+checkout refused with 503 must have left the cart as it was. The same answers outside any
+fault (but "in progress", which asks for a retry) are failures, as is a 500 at any time.
+At the end the run waits for the shop to settle (recovery undoing what a crash left), then
+checks, beyond the usual: each shopper's orders in the shop are exactly the ones it was
+told about, and every Idempotency-Key replayed answers the order it placed.
 """
 
 from __future__ import annotations
@@ -18,15 +29,18 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+import aiohttp
+
+from shopctl.chaos import FaultLog
 from shopctl.errors import ShopctlError, command
 from shopctl.probes import backends_not_ready
-from shopctl.qa_report import Recorder, RunSummary, StockCheck
+from shopctl.qa_report import ChaosTally, Recorder, RunSummary, StockCheck
 from shopctl.shop_client import Reply, ShopClient, list_all_products
 
 CENTS = Decimal("0.01")
@@ -36,6 +50,13 @@ MAX_LINES = 3
 MAX_QUANTITY = 2
 SCARCE_CATEGORY = "QA"
 SOLD_OUT = "insufficient_stock"
+# Under --chaos: answers that mean "not now", to be tried again once the shop recovered.
+UNAVAILABLE = {None, 429, 502, 503, 504}
+RETRY_LATER = {"checkout_in_progress", "cart_checkout_in_progress", "idempotency_retry"}
+# How long a chaos shopper keeps trying one call, and how long the end waits to settle.
+RECOVERY_DEADLINE = 90.0
+CHAOS_MIN_POOL_STOCK = 40
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class Scenario(StrEnum):
@@ -53,6 +74,7 @@ class RunConfig:
     seed: int
     scenarios: list[Scenario]
     max_failures: int | None = None
+    chaos: bool = False
 
     @property
     def password(self) -> str:
@@ -61,6 +83,20 @@ class RunConfig:
 
     def scenario_of(self, number: int) -> Scenario:
         return self.scenarios[(number - 1) % len(self.scenarios)]
+
+
+class Uncertain(Exception):
+    """Under --chaos: a call that got no certain answer; the shop is ready again now, and
+    the caller finds out whether it took effect before repeating it."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.describe())
+        self.reply = reply
+
+
+def not_now(reply: Reply) -> bool:
+    """An answer that says "try again later", not "no"."""
+    return reply.status in UNAVAILABLE or (reply.status == 409 and reply.code in RETRY_LATER)
 
 
 class StepFailed(Exception):
@@ -120,6 +156,23 @@ class QaRun:
         self.scarce: dict[str, Any] | None = None
         self.stock_at_start: dict[str, int] = {}
         self.sessions = 0
+        self.shoppers: list[Shopper] = []
+        # Set to start no new session (Ctrl-C, or the chaos schedule done).
+        self.stop = asyncio.Event()
+        # Sessions cut short by a second Ctrl-C (their orders may be unknown to the ledger).
+        self.cut_short = 0
+        self.workers: list[asyncio.Task[None]] = []
+        # Set to stop waiting for the shop to settle (a second Ctrl-C).
+        self.hurry = asyncio.Event()
+        self.faults: FaultLog | None = None
+        self.chaos = ChaosTally()
+        # The order service's /metrics (a shop on this machine), to see unfinished checkouts.
+        self.order_metrics_url: str | None = None
+
+    def cut_sessions(self) -> None:
+        """End the sessions under way at once (a second Ctrl-C)."""
+        for worker in self.workers:
+            worker.cancel()
 
     def products_touched(self) -> list[dict[str, Any]]:
         return [*self.pool, *([self.scarce] if self.scarce else [])]
@@ -138,17 +191,38 @@ class Shopper:
         self.user_id: int | None = None
         self.iteration = 0
         self.step = ""
+        # Orders it placed in this run (id -> Idempotency-Key), and had before it (--chaos).
+        self.placed: dict[str, str] = {}
+        self.orders_before: set[str] | None = None
+        self.checkout_began = 0.0
 
     # -- calls and checks ------------------------------------------------------------------
 
     async def call(
-        self, step: str, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs
+        self,
+        step: str,
+        method: str,
+        path: str,
+        *,
+        expect: tuple[int, ...] = (200,),
+        repeatable: bool = True,
+        **kwargs,
     ) -> Reply:
         """Make a call as this shopper, time it under `step`, and check its status and its
-        envelope; anything unexpected ends the session as a failure of `step`."""
+        envelope; anything unexpected ends the session as a failure of `step`. Under
+        --chaos a "not now" answer is waited out and the call made again, or, when it is
+        not `repeatable`, raises Uncertain once the shop is ready."""
         self.step = step
-        reply = await self.run.client.call(method, path, token=self.token, **kwargs)
-        self.run.recorder.timed(step, reply.seconds)
+        while True:
+            faults = self.run.faults
+            began = faults.now() if faults else 0.0
+            reply = await self.run.client.call(method, path, token=self.token, **kwargs)
+            self.run.recorder.timed(step, reply.seconds)
+            if faults is None or not not_now(reply):
+                break
+            await self.wait_out(faults, began, reply)
+            if not repeatable:
+                raise Uncertain(reply)
         if reply.status not in expect:
             wanted = " or ".join(map(str, expect))
             raise StepFailed(step, f"expected {wanted}: {reply.describe()}", reply.request_id)
@@ -160,6 +234,39 @@ class Shopper:
             envelope_ok = envelope_ok and isinstance(body.get("error"), str) and "code" in body
         self.check(envelope_ok, reply, f"not the JSON envelope: {str(body)[:120]}")
         return reply
+
+    def cleared_late(self) -> bool:
+        """Under --chaos, whether a fault overlapped the checkout: an order placed while the
+        cart service (or Redis) was away is cleared from the cart by the order service's
+        recovery a little later."""
+        faults = self.run.faults
+        return faults is not None and faults.during_fault(self.checkout_began, faults.now())
+
+    async def wait_until_cleared(self) -> dict[str, Any]:
+        """The cart, read again until recovery emptied it (or RECOVERY_DEADLINE passed)."""
+        deadline = time.monotonic() + RECOVERY_DEADLINE
+        while True:
+            await asyncio.sleep(0.5)
+            cart = await self.read_cart("cart emptied")
+            if not cart["items"]:
+                self.run.chaos.carts_cleared_late += 1
+                return cart
+            if time.monotonic() > deadline:
+                return cart
+
+    async def wait_out(self, faults: FaultLog, began: float, reply: Reply) -> None:
+        """A "not now" answer under --chaos: expected during a fault (counted as refused),
+        a failure outside one unless it asks for a retry; then wait for the shop to be
+        ready (bounded) and a moment more (backoff)."""
+        step = self.step
+        if reply.status != 409 and not faults.during_fault(began, faults.now()):
+            raise StepFailed(step, f"{reply.describe()} with no fault under way", reply.request_id)
+        self.run.recorder.refused(step)
+        if not await faults.wait_healthy(RECOVERY_DEADLINE):
+            raise StepFailed(
+                step, f"{reply.describe()}; the shop did not recover", reply.request_id
+            )
+        await asyncio.sleep(0.2 if reply.status == 409 else 0.1)
 
     def check(self, condition: bool, reply: Reply, message: str) -> None:
         if not condition:
@@ -215,6 +322,21 @@ class Shopper:
         cart = await self.read_cart("read cart")
         if cart["items"]:
             await self.call("clear cart", "DELETE", f"/api/cart/{self.user_id}")
+        if self.run.config.chaos:
+            orders = await self.own_orders("list orders")
+            self.orders_before = {str(order["id"]) for order in orders}
+
+    async def own_orders(self, step: str) -> list[dict[str, Any]]:
+        """Every order of this shopper, page by page."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            params = {"limit": "100", "page": str(page)}
+            reply = await self.call(step, "GET", "/api/orders", params=params)
+            found += reply.data
+            if not reply.data or len(found) >= reply.body["total"]:
+                return found
+            page += 1
 
     async def browse(self) -> None:
         rng = self.rng("browse")
@@ -249,12 +371,29 @@ class Shopper:
 
     async def fill_cart(self, lines: list[Line]) -> None:
         for line in lines:
-            body = {"product_id": line.product_id, "quantity": line.quantity}
-            await self.call(
-                "add to cart", "POST", f"/api/cart/{self.user_id}/items", json_body=body
-            )
+            await self.add_to_cart(line)
         reply = await self.call("read cart", "GET", f"/api/cart/{self.user_id}")
         self.check_cart(reply, lines)
+
+    async def add_to_cart(self, line: Line, expect: tuple[int, ...] = (200,)) -> Reply:
+        """Add `line`; under --chaos, an add whose answer was lost is looked for in the cart
+        before it is sent again, so it is never added twice."""
+        body = {"product_id": line.product_id, "quantity": line.quantity}
+        path = f"/api/cart/{self.user_id}/items"
+        while True:
+            try:
+                return await self.call(
+                    "add to cart", "POST", path, json_body=body, expect=expect, repeatable=False
+                )
+            except Uncertain as lost:
+                cart = await self.call("read cart", "GET", f"/api/cart/{self.user_id}")
+                items = {item["product_id"]: item for item in cart.data["items"]}
+                item = items.get(line.product_id)
+                if item is None:
+                    continue  # it did not arrive: add it again
+                quantity = item["quantity"]
+                self.check(quantity == line.quantity, cart, f"quantity {quantity} after a retry")
+                return lost.reply
 
     def check_cart(self, reply: Reply, lines: list[Line]) -> None:
         """The cart holds exactly `lines`, at the prices seen, with exact sums."""
@@ -273,15 +412,39 @@ class Shopper:
         self.check(cart["item_count"] == units, reply, f"item_count {cart['item_count']}")
 
     def idempotency_key(self) -> dict[str, str]:
-        return {"Idempotency-Key": f"{self.run.client.run_id}-{self.number}-{self.iteration}"}
+        return {IDEMPOTENCY_KEY: f"{self.run.client.run_id}-{self.number}-{self.iteration}"}
 
     async def checkout(self, lines: list[Line], step: str = "checkout") -> dict[str, Any]:
-        reply = await self.call(
-            step, "POST", "/api/orders", json_body={}, headers=self.idempotency_key(), expect=(201,)
-        )
+        reply = await self.send_checkout(step, lines, expect=(201,))
         order = self.check_order(reply, lines)
-        self.record_sale(lines)
+        self.record_sale(lines, order)
         return order
+
+    async def send_checkout(
+        self, step: str, lines: list[Line], expect: tuple[int, ...] = (201,)
+    ) -> Reply:
+        """POST /api/orders for the cart, with this iteration's Idempotency-Key. Under
+        --chaos, refused for a while: a 503 means no order, so the cart must be as it was;
+        then the same key again, until the shop answers for certain."""
+        key = self.idempotency_key()
+        self.checkout_began = self.run.faults.now() if self.run.faults else 0.0
+        while True:
+            try:
+                return await self.call(
+                    step,
+                    "POST",
+                    "/api/orders",
+                    json_body={},
+                    headers=key,
+                    expect=expect,
+                    repeatable=False,
+                )
+            except Uncertain as refused:
+                self.run.chaos.retried_checkouts += 1
+                if refused.reply.status == 503:
+                    kept = await self.call("cart kept", "GET", f"/api/cart/{self.user_id}")
+                    self.check_cart(kept, lines)
+                    self.run.chaos.carts_kept += 1
 
     def check_order(self, reply: Reply, lines: list[Line]) -> dict[str, Any]:
         """A placed order: pending, ours, exactly the lines at the prices seen."""
@@ -301,7 +464,8 @@ class Shopper:
         self.check(got_total == total, reply, f"total_amount {got_total}, expected {total}")
         return order
 
-    def record_sale(self, lines: list[Line]) -> None:
+    def record_sale(self, lines: list[Line], order: dict[str, Any]) -> None:
+        self.placed[str(order["id"])] = self.idempotency_key()[IDEMPOTENCY_KEY]
         self.run.ledger.placed += 1
         for line in lines:
             self.run.ledger.sold[line.product_id] += line.quantity
@@ -309,6 +473,8 @@ class Shopper:
     async def after_checkout(self, order: dict[str, Any]) -> None:
         """The cart is empty and the order reads back as placed, also in the list."""
         cart = await self.read_cart("cart emptied")
+        if cart["items"] and self.cleared_late():
+            cart = await self.wait_until_cleared()
         if cart["items"]:
             raise StepFailed("cart emptied", f"{len(cart['items'])} lines still in the cart")
         reply = await self.call("read order", "GET", f"/api/orders/{order['id']}")
@@ -327,6 +493,43 @@ class Shopper:
         await self.fill_cart(seen)
         return seen, await self.checkout(seen)
 
+    async def verify_orders(self) -> None:
+        """Under --chaos, after the run: the shop holds exactly the orders this shopper was
+        told about, and each of its Idempotency-Keys replayed answers the same order."""
+        if self.token is None or self.orders_before is None:
+            return
+        self.iteration = -1  # no session runs: rng and keys are not used
+        try:
+            orders = await self.own_orders("verify orders")
+            new = {str(order["id"]) for order in orders} - self.orders_before
+            unknown = sorted(new - set(self.placed))
+            if unknown:
+                raise StepFailed(
+                    "verify orders", f"orders {', '.join(unknown)} that no answer told of"
+                )
+            lost = sorted(set(self.placed) - new)
+            if lost:
+                raise StepFailed("verify orders", f"orders {', '.join(lost)} are not in the shop")
+            self.run.chaos.orders_checked += len(new)
+            for order_id, key in self.placed.items():
+                reply = await self.call(
+                    "replay key",
+                    "POST",
+                    "/api/orders",
+                    json_body={},
+                    headers={"Idempotency-Key": key},
+                    expect=(201,),
+                )
+                answered = str(reply.data["id"])
+                self.check(answered == order_id, reply, f"{key} answered order {answered}")
+                replayed = reply.headers.get("Idempotent-Replayed")
+                self.check(replayed == "true", reply, "a replay not marked Idempotent-Replayed")
+                self.run.chaos.replays_checked += 1
+        except StepFailed as failure:
+            self.run.recorder.failed(failure.step, self.label, failure.message, failure.request_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.run.recorder.failed(self.step, self.label, f"malformed answer: {error!r}")
+
     # -- scenarios ---------------------------------------------------------------------------
 
     async def happy(self) -> None:
@@ -336,12 +539,20 @@ class Shopper:
     async def cancel(self) -> None:
         lines, order = await self.shop()
         await self.after_checkout(order)
-        reply = await self.call(
-            "cancel",
-            "PATCH",
-            f"/api/orders/{order['id']}/status",
-            json_body={"status": "cancelled"},
-        )
+        path = f"/api/orders/{order['id']}/status"
+        cancel = {"status": "cancelled"}
+        expect: tuple[int, ...] = (200,)
+        while True:
+            try:
+                reply = await self.call(
+                    "cancel", "PATCH", path, json_body=cancel, expect=expect, repeatable=False
+                )
+            except Uncertain:
+                expect = (200, 409)  # a lost answer: it may be cancelled already
+                continue
+            if reply.status == 409:
+                reply = await self.call("read order", "GET", f"/api/orders/{order['id']}")
+            break
         self.check(reply.data["status"] == "cancelled", reply, f"status {reply.data['status']}")
         history = [entry["status"] for entry in reply.data["history"]]
         self.check(history[-1] == "cancelled", reply, f"history {history}")
@@ -363,10 +574,11 @@ class Shopper:
                 "checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
             )
 
+        self.checkout_began = self.run.faults.now() if self.run.faults else 0.0
         first, second = await asyncio.gather(send(), send())
         orders = [self.check_order(reply, seen) for reply in (first, second)]
         self.check(orders[0]["id"] == orders[1]["id"], second, "two orders for one key")
-        self.record_sale(seen)
+        self.record_sale(seen, orders[0])
         again = await self.call(
             "retry checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
         )
@@ -382,20 +594,11 @@ class Shopper:
         assert scarce is not None
         product = await self.view(scarce["id"])
         line = Line(product, 1)
-        body = {"product_id": line.product_id, "quantity": 1}
-        path = f"/api/cart/{self.user_id}/items"
-        reply = await self.call("add to cart", "POST", path, json_body=body, expect=(200, 409))
+        reply = await self.add_to_cart(line, expect=(200, 409))
         if reply.status == 409:
             await self.check_sold_out(reply)
             return
-        reply = await self.call(
-            "checkout",
-            "POST",
-            "/api/orders",
-            json_body={},
-            headers=self.idempotency_key(),
-            expect=(201, 409),
-        )
+        reply = await self.send_checkout("checkout", [line], expect=(201, 409))
         if reply.status == 409:
             await self.check_sold_out(reply)
             kept = await self.call("cart kept", "GET", f"/api/cart/{self.user_id}")
@@ -403,7 +606,7 @@ class Shopper:
             await self.call("clear cart", "DELETE", f"/api/cart/{self.user_id}")
             return
         order = self.check_order(reply, [line])
-        self.record_sale([line])
+        self.record_sale([line], order)
         await self.after_checkout(order)
 
     async def check_sold_out(self, refusal: Reply) -> None:
@@ -448,14 +651,16 @@ async def prepare(run: QaRun) -> None:
     """Pick the products to play with and note their stock; make the scarce product."""
     catalogue = await list_all_products(run.client)
     run.catalogue_size = len(catalogue)
+    # Under --chaos the shoppers shop until the faults are over: give them room.
+    least = CHAOS_MIN_POOL_STOCK if run.config.chaos else MIN_POOL_STOCK
     plenty = sorted(
-        (p for p in catalogue if p["stock"] >= MIN_POOL_STOCK and p["category"] != SCARCE_CATEGORY),
+        (p for p in catalogue if p["stock"] >= least and p["category"] != SCARCE_CATEGORY),
         key=lambda product: product["id"],
     )
     pool_scenarios = set(run.config.scenarios) - {Scenario.SHORT_STOCK}
     if pool_scenarios and not plenty:
         raise ShopctlError(
-            f"no product at {run.client.base_url} has {MIN_POOL_STOCK} or more in stock; "
+            f"no product at {run.client.base_url} has {least} or more in stock; "
             f"load the demo catalogue first: {command('seed')}"
         )
     chooser = random.Random(run.config.seed)
@@ -561,15 +766,21 @@ async def run_shoppers(
     run: QaRun, on_session_done: Callable[[], None], stop_at: float | None
 ) -> None:
     """`users` shoppers, at most `concurrency` at once; each plays once, or, until
-    `stop_at`, again and again (never two sessions of one shopper at a time). No new
-    session starts once `max_failures` failures are counted."""
+    `stop_at` (or, under --chaos, until `run.stop`), again and again (never two sessions of
+    one shopper at a time). No new session starts once `max_failures` failures are counted
+    or `run.stop` is set; `run.cut_sessions()` ends the ones under way."""
     waiting: asyncio.Queue[Shopper] = asyncio.Queue()
     for number in range(1, run.config.users + 1):
-        waiting.put_nowait(Shopper(run, number))
+        shopper = Shopper(run, number)
+        run.shoppers.append(shopper)
+        waiting.put_nowait(shopper)
+    again = stop_at is not None or run.config.chaos
 
     def should_stop() -> bool:
         limit = run.config.max_failures
         if limit is not None and run.recorder.failure_count >= limit:
+            return True
+        if run.stop.is_set():
             return True
         return stop_at is not None and time.monotonic() >= stop_at
 
@@ -579,13 +790,18 @@ async def run_shoppers(
                 shopper = waiting.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            await shopper.session()
+            try:
+                await shopper.session()
+            except asyncio.CancelledError:
+                run.cut_short += 1
+                raise
             on_session_done()
-            if stop_at is not None:
+            if again:
                 waiting.put_nowait(shopper)
 
     workers = min(run.config.concurrency, run.config.users)
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    run.workers = [asyncio.create_task(worker()) for _ in range(workers)]
+    await asyncio.gather(*run.workers, return_exceptions=True)
 
 
 async def start_run(client: ShopClient, config: RunConfig, admin_token: str | None) -> QaRun:
@@ -597,20 +813,36 @@ async def start_run(client: ShopClient, config: RunConfig, admin_token: str | No
 
 
 async def run_checkout(
-    run: QaRun, *, target: str, on_session_done: Callable[[], None]
+    run: QaRun,
+    *,
+    target: str,
+    on_session_done: Callable[[], None],
+    disturbance: Awaitable[None] | None = None,
 ) -> RunSummary:
-    """Let the shoppers go, then verify the stock and clean up."""
+    """Let the shoppers go, then verify the stock and clean up. With a `disturbance` (the
+    chaos injector), they shop until it is over, and the verification waits for the shop to
+    settle and checks orders and keys as well."""
     config = run.config
     started = time.monotonic()
     stop_at = None if config.duration is None else started + config.duration
     try:
-        await run_shoppers(run, on_session_done, stop_at)
+        shopping = asyncio.ensure_future(run_shoppers(run, on_session_done, stop_at))
+        if disturbance is not None:
+            try:
+                await disturbance
+            finally:
+                run.stop.set()
+        await shopping
     finally:
         elapsed = time.monotonic() - started
+        if config.chaos:
+            await settle(run)
         checks = await stock_checks(
             run.client, run.products_touched(), run.stock_at_start, run.ledger.sold, run.recorder
         )
         scarce_verdict(run)
+        if config.chaos and not run.cut_short:
+            await verify_orders_and_keys(run)
         await delete_scarce_product(run)
     return RunSummary(
         run_id=run.client.run_id,
@@ -628,4 +860,69 @@ async def run_checkout(
         sold_out_answers=run.ledger.sold_out,
         recorder=run.recorder,
         stock=checks,
+        cut_short=run.cut_short,
+        chaos=run.chaos if config.chaos else None,
     )
+
+
+async def settle(run: QaRun) -> None:
+    """Under --chaos: poll until what the faults left is finished (the order service's
+    recovery undoes abandoned checkouts and gives their stock back): every product's stock
+    adds up and no checkout is unfinished, up to RECOVERY_DEADLINE. A second Ctrl-C stops
+    waiting."""
+    started = time.monotonic()
+    while True:
+        scratch = Recorder()
+        checks = await stock_checks(
+            run.client, run.products_touched(), run.stock_at_start, run.ledger.sold, scratch
+        )
+        unfinished = await unfinished_checkouts(run)
+        if not scratch.failure_count and all(c.ok for c in checks) and not unfinished:
+            run.chaos.settled_after = time.monotonic() - started
+            return
+        if time.monotonic() - started > RECOVERY_DEADLINE:
+            run.chaos.settle_note = f"not settled after {RECOVERY_DEADLINE:g} s"
+            if unfinished:
+                run.recorder.failed(
+                    "settle", "", f"a checkout still unfinished {unfinished:.0f} s old"
+                )
+            return
+        if run.hurry.is_set():
+            run.chaos.settle_note = "not waited for (interrupted)"
+            return
+        await asyncio.sleep(0.5)
+
+
+async def unfinished_checkouts(run: QaRun) -> float:
+    """The age of the oldest checkout neither placed nor undone, from the order service's
+    metrics (0 when none, or when they cannot be read)."""
+    if run.order_metrics_url is None:
+        return 0.0
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(run.order_metrics_url) as response,
+        ):
+            if response.status != 200:
+                return 0.0
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return 0.0
+    ages = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("shop_checkout_oldest_unfinished_seconds")
+    ]
+    return max(ages, default=0.0)
+
+
+async def verify_orders_and_keys(run: QaRun) -> None:
+    """Each shopper's orders in the shop are exactly the ones it was told about (no order
+    half-made behind its back, none lost), and each key replayed answers its order."""
+    limit = asyncio.Semaphore(run.config.concurrency)
+
+    async def verify(shopper: Shopper) -> None:
+        async with limit:
+            await shopper.verify_orders()
+
+    await asyncio.gather(*(verify(shopper) for shopper in run.shoppers))

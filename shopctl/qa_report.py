@@ -4,6 +4,7 @@ request ids, the stock conservation check, as Rich tables or JSON."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from shopctl.chaos import FaultRecord
 from shopctl.console import plural
 
 FAILURES_KEPT = 200
@@ -21,6 +23,8 @@ class StepStats:
     name: str
     seconds: list[float] = field(default_factory=list)
     failures: int = 0
+    # Under --chaos: answers that said "not now" during a fault, waited out and retried.
+    refused: int = 0
 
     @property
     def count(self) -> int:
@@ -80,11 +84,49 @@ class Recorder:
         if len(self.failures) < FAILURES_KEPT:
             self.failures.append(Failure(step, shopper, message, request_id))
 
+    def refused(self, step: str) -> None:
+        self._step(step).refused += 1
+
     def _step(self, step: str) -> StepStats:
         stats = self.steps.get(step)
         if stats is None:
             stats = self.steps[step] = StepStats(step)
         return stats
+
+
+@dataclass
+class ChaosTally:
+    """What --chaos added to a run: the faults, its extra checks, how the shop settled."""
+
+    faults: list[FaultRecord] = field(default_factory=list)
+    # Processes that had to be started again after the schedule (an error, an interruption).
+    restarted_at_end: list[str] = field(default_factory=list)
+    retried_checkouts: int = 0
+    carts_kept: int = 0
+    # Placed during a fault, their cart emptied by the order service's recovery afterwards.
+    carts_cleared_late: int = 0
+    replays_checked: int = 0
+    orders_checked: int = 0
+    settled_after: float | None = None
+    settle_note: str = ""
+
+    @property
+    def recovered(self) -> bool:
+        return all(fault.ready_after is not None for fault in self.faults)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recovered": self.recovered,
+            "faults": [fault.to_json() for fault in self.faults],
+            "restarted_at_end": self.restarted_at_end,
+            "checkouts_retried": self.retried_checkouts,
+            "carts_kept_after_503": self.carts_kept,
+            "carts_cleared_by_recovery": self.carts_cleared_late,
+            "orders_checked": self.orders_checked,
+            "keys_replayed": self.replays_checked,
+            "settled_after_s": None if self.settled_after is None else round(self.settled_after, 2),
+            "settle_note": self.settle_note,
+        }
 
 
 @dataclass
@@ -104,10 +146,22 @@ class RunSummary:
     sold_out_answers: int
     recorder: Recorder
     stock: list[StockCheck]
+    # Sessions ended mid-way by a second Ctrl-C: an order of theirs may be missing.
+    cut_short: int = 0
+    # Set when a signal ended the run early ("Ctrl-C", "SIGTERM"): the report is partial.
+    interrupted: str | None = None
+    chaos: ChaosTally | None = None
 
     @property
     def passed(self) -> bool:
-        return self.recorder.failure_count == 0 and all(check.ok for check in self.stock)
+        chaos_ok = self.chaos is None or self.chaos.recovered
+        return (
+            self.recorder.failure_count == 0 and all(check.ok for check in self.stock) and chaos_ok
+        )
+
+    @property
+    def refused(self) -> int:
+        return sum(stats.refused for stats in self.recorder.steps.values())
 
     def throughput(self, stats: StepStats) -> float:
         return stats.count / self.elapsed if self.elapsed > 0 else 0.0
@@ -118,6 +172,8 @@ class RunSummary:
 
         return {
             "passed": self.passed,
+            "interrupted": self.interrupted is not None,
+            "sessions_cut_short": self.cut_short,
             "run_id": self.run_id,
             "target": self.target,
             "url": self.url,
@@ -138,6 +194,7 @@ class RunSummary:
                     "step": stats.name,
                     "count": stats.count,
                     "failures": stats.failures,
+                    "refused_during_faults": stats.refused,
                     "p50_ms": ms(stats.percentile_ms(0.50)),
                     "p95_ms": ms(stats.percentile_ms(0.95)),
                     "p99_ms": ms(stats.percentile_ms(0.99)),
@@ -169,6 +226,7 @@ class RunSummary:
                 }
                 for failure in self.recorder.failures
             ],
+            "chaos": self.chaos.to_json() if self.chaos is not None else None,
         }
 
 
@@ -178,14 +236,18 @@ def _ms(value: float | None) -> str:
 
 def steps_table(summary: RunSummary) -> Table:
     table = Table(title="Steps (latency in ms)", title_justify="left")
-    for column in ("step", "count", "failed", "p50", "p95", "p99", "per s"):
+    chaos = summary.chaos is not None
+    columns = ["step", "count", "failed", *(["refused"] if chaos else []), "p50", "p95"]
+    for column in [*columns, "p99", "per s"]:
         table.add_column(column, justify="left" if column == "step" else "right")
     for stats in summary.recorder.steps.values():
         failed = Text(str(stats.failures), style="red" if stats.failures else "green")
+        refused = [Text(str(stats.refused), style="yellow" if stats.refused else "")]
         table.add_row(
             stats.name,
             str(stats.count),
             failed,
+            *(refused if chaos else []),
             _ms(stats.percentile_ms(0.50)),
             _ms(stats.percentile_ms(0.95)),
             _ms(stats.percentile_ms(0.99)),
@@ -203,6 +265,7 @@ def outcome_lines(summary: RunSummary) -> list[str]:
         f"Orders: {summary.orders_placed} placed, {summary.orders_cancelled} cancelled, "
         f"{summary.sold_out_answers} refused for lack of stock (as expected).",
         conservation_line(summary.stock),
+        *(chaos_lines(summary.chaos, summary.refused) if summary.chaos else []),
     ]
 
 
@@ -229,3 +292,47 @@ def conservation_table(checks: Iterable[StockCheck]) -> Table:
         missing = "?" if check.left is None else str(check.at_start - check.sold - check.left)
         table.add_row(check.name, str(check.at_start), str(check.sold), left, missing)
     return table
+
+
+def faults_table(chaos: ChaosTally) -> Table:
+    """Each fault: when (seconds into the run), what, to which process, for how long, and
+    how long until the whole shop answered ready again."""
+    table = Table(title="Faults injected (seconds into the run)", title_justify="left")
+    for column in ("at", "fault", "target", "held", "PID", "ready after"):
+        table.add_column(column, justify="left" if column in ("fault", "target") else "right")
+    for fault in chaos.faults:
+        ready = (
+            Text(f"{fault.ready_after:.1f}", style="green")
+            if fault.ready_after is not None
+            else Text("never", style="red")
+        )
+        pids = str(fault.pid_before or "-")
+        if fault.pid_after and fault.pid_after != fault.pid_before:
+            pids += f"→{fault.pid_after}"
+        held = f"{fault.hold:.1f}" if fault.hold else "-"
+        table.add_row(f"{fault.at:.1f}", fault.kind.value, fault.target, held, pids, ready)
+    return table
+
+
+def chaos_lines(chaos: ChaosTally, refused: int) -> list[str]:
+    """The chaos part of the outcome, in a few sentences."""
+    kinds = Counter(fault.kind.value for fault in chaos.faults)
+    made = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
+    recovered = [fault.ready_after for fault in chaos.faults if fault.ready_after is not None]
+    slowest = f", slowest recovery {max(recovered):.1f} s" if recovered else ""
+    settled = (
+        f"settled {chaos.settled_after:.1f} s after the shoppers stopped"
+        if chaos.settled_after is not None
+        else chaos.settle_note or "not checked"
+    )
+    lines = [
+        f"Chaos: {len(chaos.faults)} faults ({made}){slowest}; {refused} answers refused "
+        f"during faults, waited out and retried; {chaos.retried_checkouts} checkouts retried "
+        f"with their key ({chaos.carts_kept} refused with 503 left the cart intact); "
+        f"{chaos.carts_cleared_late} carts emptied by recovery after the order; {settled}.",
+        f"Orders checked against the shop: {chaos.orders_checked}; Idempotency-Keys "
+        f"replayed: {chaos.replays_checked}, each answered with its own order.",
+    ]
+    if chaos.restarted_at_end:
+        lines.append(f"Started again after the faults: {', '.join(chaos.restarted_at_end)}.")
+    return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.table import Table
 from shopctl.console import Consoles, failures_reported, get_consoles, plural
 from shopctl.environments import AdminCredentials, Environment, admin_credentials, running_target
 from shopctl.errors import ShopctlError
+from shopctl.interrupts import Interrupts, interrupts
 from shopctl.options import DataDir, EnvName, TargetUrl
 from shopctl.seeding import (
     DemoData,
@@ -104,6 +106,9 @@ def seed(
         demo = load_demo_data()
         report = asyncio.run(_seed(target, credentials, demo, options, consoles))
     _print_report(consoles, target, report, options)
+    if report.interrupted:
+        _print_interrupted(consoles, report, options)
+        raise typer.Exit(128 + report.interrupted)
     if report.failed:
         raise typer.Exit(1)
 
@@ -130,21 +135,42 @@ async def _seed(
         if options.customers:
             loads += customer_tasks(client, demo.customers, options.customer_password)
         verb = "Checking" if options.dry_run else "Seeding"
-        with consoles.progress_bar() as progress:
+        running: list[asyncio.Task[None]] = []
+
+        def on_signal(signals: Interrupts) -> None:
+            if signals.count == 1:
+                progress.console.print(
+                    f"{signals.name}: stopping: the calls in flight finish, no new one "
+                    f"starts; {signals.name} again to stop at once",
+                    markup=False,
+                )
+            else:
+                for task in running:
+                    task.cancel()
+
+        with consoles.progress_bar() as progress, interrupts(on_signal) as signals:
             bar = progress.add_task(f"{verb} {target.url}", total=len(deletions) + len(loads))
 
             def advance(task: Task) -> None:
                 progress.update(bar, advance=1)
 
             # Deletions finish before anything is created, so no name is taken twice.
-            for phase in (deletions, loads):
-                await run_tasks(
+            for phase_name, phase in (("deleting", deletions), ("loading", loads)):
+                if signals.requested.is_set():
+                    for task in phase:
+                        report.not_done[task.pending] += 1
+                    continue
+                report.phase = phase_name
+                running[:] = await run_tasks(
                     phase,
                     dry_run=options.dry_run,
                     concurrency=options.concurrency,
                     report=report,
                     advance=advance,
+                    stop=signals.requested,
                 )
+            if signals.count:
+                report.interrupted = signals.signal_number or signal.SIGINT
     return report
 
 
@@ -157,6 +183,30 @@ def _confirm_reset(target: Environment, count: int, options: SeedOptions) -> Non
         raise ShopctlError(f"{question}; pass --yes to confirm when not at a terminal")
     if not typer.confirm(f"{question}. Continue?", default=False):
         raise ShopctlError("nothing was changed (--reset not confirmed)")
+
+
+def _print_interrupted(consoles: Consoles, report: SeedReport, options: SeedOptions) -> None:
+    """What an interrupted seed did and what to run to finish it."""
+    done = ", ".join(
+        f"{count} {kind.value} {outcome.value}"
+        for kind in Kind
+        for outcome in Outcome
+        if (count := report.counts[kind][outcome])
+    )
+    left = ", ".join(f"{count} {what}" for what, count in report.not_done.items() if count)
+    if options.reset and report.phase == "deleting":
+        # Still deleting: only a reset again ends with the demo catalogue alone.
+        again = "shopctl seed --reset --yes"
+    else:
+        # Loading: a plain seed adds what is missing and keeps what is done.
+        again = "shopctl seed" + ("" if options.customers else " --no-customers")
+    name = "Ctrl-C" if report.interrupted == signal.SIGINT else "SIGTERM"
+    consoles.err.print(
+        f"[bold yellow]Interrupted[/] ({name}) while {report.phase}: done: {done or 'nothing'} "
+        f"(kept); not done: {left or 'nothing'}.",
+        soft_wrap=True,
+    )
+    consoles.err.print(f"Next: `{again}` finishes it.", soft_wrap=True, markup=False)
 
 
 def _print_report(
@@ -183,6 +233,8 @@ def _print_report(
         table.add_row(kind.value, *(str(counts[outcome]) for outcome in outcomes))
     consoles.out.print(table)
     consoles.list_failures(report.failures, len(report.failures), "[red]failed[/]")
+    if report.interrupted:
+        return  # _print_interrupted says what was done and what to run
     if report.failed:
         consoles.err.print(
             f"[bold red]Error:[/] {plural(len(report.failures), 'item')} could not be loaded; "

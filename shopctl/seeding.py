@@ -124,6 +124,13 @@ class Task:
     kind: Kind
     label: str
     run: Callable[[bool], Awaitable[Outcome]]
+    # What it does, for "not done" counts: "delete" (--reset) or "load".
+    action: str = "load"
+
+    @property
+    def pending(self) -> str:
+        """How an undone task is counted: e.g. "products to delete"."""
+        return f"{self.kind.value} to {self.action}"
 
 
 @dataclass
@@ -132,6 +139,13 @@ class SeedReport:
         default_factory=lambda: {kind: Counter() for kind in Kind}
     )
     failures: list[str] = field(default_factory=list)
+    # Tasks not done because the run was interrupted (never started, or cut short), by
+    # Task.pending ("products to delete", "customers to load").
+    not_done: Counter[str] = field(default_factory=Counter)
+    # "deleting" (--reset) or "loading": the phase under way or last run.
+    phase: str = ""
+    # The signal that interrupted the run (SIGINT, SIGTERM), or 0.
+    interrupted: int = 0
 
     def add(self, kind: Kind, outcome: Outcome) -> None:
         self.counts[kind][outcome] += 1
@@ -160,7 +174,7 @@ def deletion_tasks(client: ShopClient, token: str, products: Iterable[dict]) -> 
                     raise SeedFailure(f"delete {product.get('name')!r}", reply)
             return Outcome.DELETED
 
-        return Task(Kind.PRODUCTS, f"delete {product.get('name')}", run)
+        return Task(Kind.PRODUCTS, f"delete {product.get('name')}", run, action="delete")
 
     return [delete(product) for product in products]
 
@@ -254,18 +268,29 @@ async def run_tasks(
     concurrency: int,
     report: SeedReport,
     advance: Callable[[Task], None],
-) -> None:
-    """Run `tasks` with at most `concurrency` calls in flight, tallying each outcome."""
+    stop: asyncio.Event | None = None,
+) -> list[asyncio.Task[None]]:
+    """Run `tasks` with at most `concurrency` calls in flight, tallying each outcome. Once
+    `stop` is set no task starts (those in flight finish, unless cancelled); each one not
+    done is counted in `report.not_done`. The asyncio tasks, so a caller can cancel them."""
     limit = asyncio.Semaphore(concurrency)
 
     async def one(task: Task) -> None:
         async with limit:
+            if stop is not None and stop.is_set():
+                report.not_done[task.pending] += 1
+                return
             try:
                 outcome = await task.run(dry_run)
             except SeedFailure as failure:
                 report.failures.append(str(failure))
                 outcome = Outcome.FAILED
+            except asyncio.CancelledError:
+                report.not_done[task.pending] += 1
+                raise
         report.add(task.kind, outcome)
         advance(task)
 
-    await asyncio.gather(*(one(task) for task in tasks))
+    running = [asyncio.create_task(one(task)) for task in tasks]
+    await asyncio.gather(*running, return_exceptions=True)
+    return running

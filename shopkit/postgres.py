@@ -41,6 +41,11 @@ POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # A connection the server dropped in the middle of a query (a restart: "terminating
+    # connection due to administrator command") can leave asyncpg's protocol state confused,
+    # and the next use says "cannot switch to state 12; another operation (2) is in
+    # progress" (MagicStack/asyncpg#1069). Found by `shopctl checkout --chaos`: it was a 500.
+    asyncpg.InternalClientError,
 )
 
 

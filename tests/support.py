@@ -777,12 +777,13 @@ def free_base_port() -> int:
 
 
 @contextmanager
-def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A whole shop from `shopctl up --detach` on free ports: its gateway URL and the
-    environment shopctl runs with; stopped afterwards, whatever happened."""
+def running_shop(data_dir: Path, **settings: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A whole shop from `shopctl up --detach` on free ports (its services also given
+    `settings`): its gateway URL and the environment shopctl runs with; stopped
+    afterwards, whatever happened."""
     base = free_base_port()
     # Few bcrypt rounds keep sign-ups quick; the default (12) is measured in benchmarks/.
-    env = shop_env(BCRYPT_ROUNDS="4")
+    env = shop_env(BCRYPT_ROUNDS="4", **settings)
     try:
         up = shopctl("up", "--detach", "--data-dir", data_dir, "--base-port", base, env=env)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -790,6 +791,65 @@ def running_shop(data_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     finally:
         down = shopctl("down", "--data-dir", data_dir, env=env)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+@dataclass(frozen=True)
+class QaShop:
+    """A shop from `running_shop`, as the seed, checkout and chaos tests drive it."""
+
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    token: str  # the admin's
+
+    def run(self, *args: str | Path, **extra_env: str) -> subprocess.CompletedProcess:
+        """shopctl against this shop (its data dir makes it `local`)."""
+        return shopctl(*args, "--data-dir", self.data_dir, env={**self.env, **extra_env})
+
+    def start(self, *args: str | Path) -> subprocess.Popen:
+        """shopctl against this shop in the background, as a terminal would run it."""
+        command = [sys.executable, "-m", "shopctl", *map(str, args)]
+        return subprocess.Popen(
+            [*command, "--data-dir", str(self.data_dir)],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def every(self, path: str, token: str | None = None) -> list[dict[str, Any]]:
+        """Every item of a listed route, page by page."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            code, reply = http("GET", f"{self.url}{path}?limit=100&page={page}", None, token)
+            assert code == 200, reply
+            found += reply["data"]
+            if len(found) >= reply["total"]:
+                return found
+            page += 1
+
+    def products(self) -> list[dict[str, Any]]:
+        return self.every("/api/products")
+
+    def product_count(self) -> int:
+        code, reply = http("GET", f"{self.url}/api/products?limit=1")
+        assert code == 200, reply
+        return reply["total"]
+
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {product["name"]: product for product in self.products()}
+
+    def delete_all_products(self) -> None:
+        for product in self.products():
+            code, reply = http(
+                "DELETE", f"{self.url}/api/products/{product['id']}", None, self.token
+            )
+            assert code == 200, reply
+
+    def orders(self) -> list[dict[str, Any]]:
+        return self.every("/api/orders", self.token)
 
 
 def http(

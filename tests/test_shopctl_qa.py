@@ -9,13 +9,11 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import REPO, eventually_sync, http, running_shop, shop_admin_token, shopctl
+from support import REPO, QaShop, eventually_sync, http, running_shop, shop_admin_token, shopctl
 
 from shopctl import processes
 from shopctl.seeding import load_demo_data
@@ -26,54 +24,14 @@ pytestmark = pytest.mark.slow
 DEMO = load_demo_data()
 
 
-@dataclass(frozen=True)
-class Shop:
-    url: str
-    data_dir: Path
-    env: dict[str, str]
-    token: str
-
-    def run(self, *args: str | Path, **extra_env: str) -> subprocess.CompletedProcess:
-        """shopctl against this shop (its data dir makes it `local`)."""
-        return shopctl(*args, "--data-dir", self.data_dir, env={**self.env, **extra_env})
-
-    def every(self, path: str, token: str | None = None) -> list[dict[str, Any]]:
-        """Every item of a listed route, page by page."""
-        found: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            code, reply = http("GET", f"{self.url}{path}?limit=100&page={page}", None, token)
-            assert code == 200, reply
-            found += reply["data"]
-            if len(found) >= reply["total"]:
-                return found
-            page += 1
-
-    def products(self) -> list[dict[str, Any]]:
-        return self.every("/api/products")
-
-    def by_name(self) -> dict[str, dict[str, Any]]:
-        return {product["name"]: product for product in self.products()}
-
-    def delete_all_products(self) -> None:
-        for product in self.products():
-            code, reply = http(
-                "DELETE", f"{self.url}/api/products/{product['id']}", None, self.token
-            )
-            assert code == 200, reply
-
-    def orders(self) -> list[dict[str, Any]]:
-        return self.every("/api/orders", self.token)
-
-
-def start_shop(tmp_path: Path) -> Iterator[Shop]:
+def start_shop(tmp_path: Path) -> Iterator[QaShop]:
     data_dir = tmp_path / "shop"
     with running_shop(data_dir) as (url, env):
-        yield Shop(url, data_dir, env, shop_admin_token(url, data_dir))
+        yield QaShop(url, data_dir, env, shop_admin_token(url, data_dir))
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QaShop]:
     """One shop for this module's seed and checkout runs."""
     yield from start_shop(tmp_path_factory.mktemp("qa"))
 
@@ -85,7 +43,7 @@ def counts(output: str, kind: str) -> list[int]:
     return [int(number) for number in re.findall(r"\b\d+\b", row)]
 
 
-def test_seed_completes_a_shop_that_has_some_of_the_products(shop: Shop) -> None:
+def test_seed_completes_a_shop_that_has_some_of_the_products(shop: QaShop) -> None:
     shop.delete_all_products()
     kept, changed = DEMO.products[0], DEMO.products[1]
     for product, price in ((kept, kept.price), (changed, changed.price + 1)):
@@ -108,7 +66,7 @@ def test_seed_completes_a_shop_that_has_some_of_the_products(shop: Shop) -> None
     assert len(DEMO.categories) >= 8
 
 
-def test_a_second_seed_changes_nothing_and_says_so(shop: Shop) -> None:
+def test_a_second_seed_changes_nothing_and_says_so(shop: QaShop) -> None:
     first = shop.run("seed")
     assert first.returncode == 0, first.stdout + first.stderr
     before = shop.by_name()
@@ -126,7 +84,7 @@ def test_a_second_seed_changes_nothing_and_says_so(shop: Shop) -> None:
     assert code == 200, reply
 
 
-def test_dry_run_tells_what_would_change_and_changes_nothing(shop: Shop) -> None:
+def test_dry_run_tells_what_would_change_and_changes_nothing(shop: QaShop) -> None:
     assert shop.run("seed").returncode == 0
     product = shop.by_name()[DEMO.products[2].name]
     path = f"{shop.url}/api/products/{product['id']}"
@@ -145,7 +103,7 @@ def test_dry_run_tells_what_would_change_and_changes_nothing(shop: Shop) -> None
     assert shop.by_name()[product["name"]]["stock"] == product["stock"]
 
 
-def test_reset_asks_first_and_then_reloads_everything(shop: Shop) -> None:
+def test_reset_asks_first_and_then_reloads_everything(shop: QaShop) -> None:
     assert shop.run("seed").returncode == 0
     before = {product["id"] for product in shop.products()}
 
@@ -165,7 +123,9 @@ def test_reset_asks_first_and_then_reloads_everything(shop: Shop) -> None:
     assert len(after) == total and not after & before
 
 
-def test_a_checkout_run_with_every_scenario_passes_and_adds_up(shop: Shop, tmp_path: Path) -> None:
+def test_a_checkout_run_with_every_scenario_passes_and_adds_up(
+    shop: QaShop, tmp_path: Path
+) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
     stock_before = {p["id"]: p["stock"] for p in shop.products()}
     orders_before = {order["id"] for order in shop.orders()}
@@ -210,7 +170,7 @@ def test_a_checkout_run_with_every_scenario_passes_and_adds_up(shop: Shop, tmp_p
 
 
 def test_the_same_seed_logs_the_shoppers_in_again_and_url_targets_any_shop(
-    shop: Shop, tmp_path: Path
+    shop: QaShop, tmp_path: Path
 ) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
     args = ("checkout", "--users", "3", "--concurrency", "3", "--seed", "23", "--json", "-")
@@ -231,7 +191,7 @@ def test_the_same_seed_logs_the_shoppers_in_again_and_url_targets_any_shop(
     assert "Steps" in again.stderr
 
 
-def test_a_run_that_cannot_be_served_says_so_before_starting(shop: Shop) -> None:
+def test_a_run_that_cannot_be_served_says_so_before_starting(shop: QaShop) -> None:
     assert shop.run("seed", "--no-customers").returncode == 0
     greedy = shop.run("checkout", "--users", "2000", "--concurrency", "1", "--seed", "1")
     assert greedy.returncode == 1
@@ -240,7 +200,7 @@ def test_a_run_that_cannot_be_served_says_so_before_starting(shop: Shop) -> None
     assert "Traceback" not in greedy.stderr
 
 
-def test_output_fits_80_columns_and_has_no_colour_without_a_terminal(shop: Shop) -> None:
+def test_output_fits_80_columns_and_has_no_colour_without_a_terminal(shop: QaShop) -> None:
     narrow = {"COLUMNS": "80"}
     for args in (("seed", "--dry-run"), ("checkout", "--users", "2", "--seed", "3")):
         result = shop.run(*args, **narrow)
@@ -255,21 +215,21 @@ def test_output_fits_80_columns_and_has_no_colour_without_a_terminal(shop: Shop)
 
 
 @pytest.fixture
-def broken_shop(tmp_path: Path) -> Iterator[Shop]:
+def broken_shop(tmp_path: Path) -> Iterator[QaShop]:
     """A shop of its own, seeded, for a test that stops one of its services."""
     for shop in start_shop(tmp_path):
         assert shop.run("seed", "--no-customers").returncode == 0
         yield shop
 
 
-def stop_service(shop: Shop, name: str) -> None:
+def stop_service(shop: QaShop, name: str) -> None:
     state = load_state(shop.data_dir)
     assert state is not None
     service = next(service for service in state.services if service.name == name)
     processes.stop(service.process, timeout=10)
 
 
-def test_a_broken_shop_fails_the_run_with_a_clear_report(broken_shop: Shop) -> None:
+def test_a_broken_shop_fails_the_run_with_a_clear_report(broken_shop: QaShop) -> None:
     shop = broken_shop
     orders_before = len(shop.orders())
     command = [sys.executable, "-m", "shopctl", "checkout", "--data-dir", str(shop.data_dir)]
