@@ -851,6 +851,24 @@ class QaShop:
     def orders(self) -> list[dict[str, Any]]:
         return self.every("/api/orders", self.token)
 
+    def assert_stock_went_only_to_orders(
+        self, stock_before: dict[str, int], orders_before: set[int]
+    ) -> list[dict[str, Any]]:
+        """Every unit of stock gone since ``stock_before`` is in an order placed since
+        (``orders_before``: the ids there were) and not cancelled; the new orders."""
+        new_orders = [order for order in self.orders() if order["id"] not in orders_before]
+        sold: dict[str, int] = {}
+        for order in new_orders:
+            if order["status"] != "cancelled":
+                for item in order["items"]:
+                    sold[item["product_id"]] = sold.get(item["product_id"], 0) + item["quantity"]
+        stock_after = {product["id"]: product["stock"] for product in self.products()}
+        assert set(stock_after) == set(stock_before)
+        for product_id, stock in stock_before.items():
+            assert stock - stock_after[product_id] == sold.get(product_id, 0), product_id
+        assert sum(sold.values()) > 0
+        return new_orders
+
 
 def http(
     method: str,
