@@ -176,9 +176,22 @@ def stop_requests() -> Iterator[threading.Event]:
     """Until the block ends, SIGINT (Ctrl-C) and SIGTERM set the event it gives instead of
     interrupting whatever runs, so the caller can stop everything in order."""
     requested = threading.Event()
+    # The handler only writes to a pipe; a thread reads it and sets the event. Setting it in
+    # the handler takes the event's lock, which the interrupted code may hold (inside
+    # Event.wait, or a first Ctrl-C's set() when a second arrives): `up` then hung for good.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        while os.read(read_end, 1):
+            requested.set()
+
+    relay_thread = threading.Thread(target=relay, name="shopctl-stop-requests", daemon=True)
+    relay_thread.start()
 
     def request_stop(signum: int, frame: object) -> None:
-        requested.set()
+        with contextlib.suppress(BlockingIOError):  # the pipe full of requests already
+            os.write(write_end, b"s")
 
     previous = {
         signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
@@ -188,6 +201,9 @@ def stop_requests() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        os.close(write_end)  # the relay reads the end of the pipe and returns
+        relay_thread.join()
+        os.close(read_end)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

@@ -158,6 +158,9 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(data_dir: Path, tmp_pat
         listed = listed_processes(data_dir)
         assert any(process.pid == up.pid for process in listed)
 
+        # Ctrl-C twice, as an impatient user does: the second one while the first is being
+        # handled once made `up` wait forever for a lock the first one held.
+        up.send_signal(signal.SIGINT)
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0, output.read_text()
     finally:
