@@ -4,6 +4,7 @@ the tools it drives (git, container tools, kubectl)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -96,6 +97,54 @@ class ManagedProcess:
         return process if same else None
 
 
+def module_of(command: Sequence[str]) -> str | None:
+    """The module a `python -m MODULE` command line runs (a service's), else None."""
+    for flag, module in itertools.pairwise(command[1:]):
+        if flag == "-m":
+            return module
+    return None
+
+
+def _runs_module(process: psutil.Process, module: str) -> bool:
+    command = process.cmdline()
+    return (
+        bool(command)
+        and Path(command[0]).name.startswith("python")
+        and module_of(command) == module
+        and process.uids().real == os.getuid()
+    )
+
+
+def service_on_port(
+    pid: int, port: int, module: str, started_after: float
+) -> ManagedProcess | None:
+    """The process of a service started as `python -m MODULE` (by hand, say) that serves
+    `port`, given the PID it names in its /health answer; None unless the kernel confirms
+    all of it: that PID runs that module, as this user, listens on `port` and started after
+    `started_after`. So neither a stranger's process on the port nor an answer naming
+    someone else's PID is ever taken for ours (and stopped). A worker (WORKERS > 1) belongs
+    to its supervisor, the same command one level up: that is the process returned."""
+    try:
+        process = psutil.Process(pid)
+        if not _runs_module(process, module):
+            return None
+        listening = any(
+            connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+            for connection in process.net_connections("inet")
+        )
+        if not listening:
+            return None
+        parent = process.parent()
+        if parent is not None and _runs_module(parent, module):
+            process = parent
+        create_time = process.create_time()
+        if create_time < started_after:
+            return None
+        return ManagedProcess(process.pid, create_time, process.cmdline())
+    except psutil.Error:  # gone meanwhile, or not ours to read
+        return None
+
+
 def spawn(
     command: Sequence[str],
     *,
@@ -159,16 +208,9 @@ def _wait(target: ManagedProcess, timeout: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
         return True
-    process = target._process()
-    if process is None:
-        return True
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
-        return False
-    except psutil.NoSuchProcess:
-        pass
-    return True
+    # Not our child: it is gone when it is no longer alive() — a zombie its parent has yet to
+    # reap counts as gone (psutil's wait() would wait for the reaping, up to the timeout).
+    return wait_until(lambda: not target.alive(), timeout, interval=0.02)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from shopctl import embedded, local_secrets, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
 from shopctl.environments import DEFAULT_ADMIN_EMAIL
 from shopctl.errors import ShopctlError
-from shopctl.probes import ServiceHealth, check_services
+from shopctl.probes import ServiceHealth, check_services, stand_in_for
 from shopctl.services import (
     HOST,
     Backend,
@@ -104,10 +104,11 @@ def start_shop(
             report(f"Started {service.name} (PID {process.pid}) on {url}")
             step_done()
     except EmbeddedServerError as error:
-        stop_shop(state)
+        stop_shop(state, stand_ins=False)
         raise ShopctlError(str(error)) from None
     except BaseException:
-        stop_shop(state)
+        # What failed here is ours alone: whatever else answers on a port is left be.
+        stop_shop(state, stand_ins=False)
         raise
     return state
 
@@ -220,14 +221,20 @@ def _start_embedded(
     return embedded.start_postgres(data_dir / "postgres")
 
 
-def stop_shop(state: ShopState, report: Report | None = None) -> None:
+def stop_shop(state: ShopState, report: Report | None = None, stand_ins: bool = True) -> None:
     """Stop what `state` lists that is still ours (services first, then the servers they
-    use) and forget it; the data stays."""
-    services = [service for service in state.services if service.process.alive()]
-    processes.stop_all([service.process for service in services])
-    for service in services:
+    use) and forget it; the data stays. With `stand_ins`, a service whose process is gone
+    but that was restarted by hand on its port is stopped too (see probes.stand_in_for)."""
+    targets: list[tuple[RunningService, processes.ManagedProcess, str]] = []
+    for service in state.services:
+        if service.process.alive():
+            targets.append((service, service.process, ""))
+        elif stand_ins and (stand_in := stand_in_for(service)) is not None:
+            targets.append((service, stand_in, ", restarted outside shopctl"))
+    processes.stop_all([process for _, process, _ in targets])
+    for service, process, how in targets:
         if report:
-            report(f"Stopped {service.name} (PID {service.process.pid})")
+            report(f"Stopped {service.name} (PID {process.pid}{how})")
     for server in reversed(state.embedded):
         if server.alive():
             server.stop()

@@ -21,12 +21,16 @@ def _status_cell(answer: Answer) -> Text:
 
 
 def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Table:
+    checks = list(checks)
+    noted = any(check.note for check in checks)  # a column only when there is something
     table = Table(title=title, title_justify="left")
     for column in ("service", "URL", "state", "health", "ready", "PID", "uptime"):
         table.add_column(column, overflow="fold")
+    if noted:
+        table.add_column("note", overflow="fold")
     for check in checks:
         label = check.label()
-        table.add_row(
+        row = [
             check.name,
             check.url,
             Text(label, style=STATE_STYLES.get(label, "red")),
@@ -34,7 +38,8 @@ def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Ta
             _status_cell(check.ready),
             str(check.pid),
             format_uptime(check.uptime),
-        )
+        ]
+        table.add_row(*row, *([check.note] if noted else []))
     return table
 
 
@@ -92,6 +97,7 @@ def health_records(checks: Iterable[ServiceHealth]) -> list[dict[str, Any]]:
             "pid": check.pid,
             "uptime_seconds": None if check.uptime is None else round(check.uptime, 1),
             "error": check.ready.error or check.health.error or None,
+            "note": check.note or None,  # e.g. restarted outside shopctl
         }
         for check in checks
     ]
