@@ -38,6 +38,8 @@ class ManagedProcess:
     create_time: float
     command: list[str]
     log_path: Path | None = None
+    # Where in the log this run's lines begin (the log is appended to across restarts).
+    log_start: int = field(default=0, compare=False)
     # Only set in the process that spawned it: lets us reap the child and read its exit code.
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -156,6 +158,7 @@ def spawn(
     which then stops things in order), stdout and stderr appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        log_start = log.seek(0, os.SEEK_END)
         popen = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -170,7 +173,7 @@ def spawn(
     except psutil.NoSuchProcess:
         # Died at once; keep a record so the caller reads the exit code and the log.
         create_time = time.time()
-    return ManagedProcess(popen.pid, create_time, list(command), log_path, popen)
+    return ManagedProcess(popen.pid, create_time, list(command), log_path, log_start, popen)
 
 
 def stop(process: ManagedProcess, timeout: float = 10.0) -> None:
@@ -290,14 +293,14 @@ def accepts_connections(port: int, host: str = "127.0.0.1", timeout: float = 0.5
         return False
 
 
-def log_tail(path: Path | None, lines: int = 20) -> str:
-    """The last `lines` lines of a log file ('' when there is none)."""
+def log_tail(path: Path | None, lines: int = 20, start: int = 0) -> str:
+    """The last `lines` lines of a log file, of those after byte `start` ('' when none)."""
     if path is None or not path.exists():
         return ""
     with path.open("rb") as log:
         log.seek(0, os.SEEK_END)
         size = log.tell()
-        log.seek(max(0, size - 64 * 1024))
+        log.seek(max(start, size - 64 * 1024))
         text = log.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shopctl import embedded, local_secrets, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
@@ -26,6 +27,9 @@ from shopctl.services import (
 )
 from shopctl.state import RunningService, ShopState, load_state
 from shopkit.logs import mask_url
+
+if TYPE_CHECKING:
+    from shopctl.reloading import Reloader
 
 LOG_TAIL_LINES = 15
 
@@ -243,6 +247,27 @@ def stop_shop(state: ShopState, report: Report | None = None, stand_ins: bool = 
     state.remove()
 
 
+def restart_services(state: ShopState, services: list[RunningService], report: Report) -> None:
+    """Stop `services` (together) and start each again with the command and environment it
+    was started with, on its port and appending to its log; the backing servers and the
+    other services are left alone. state.json names the new processes, so `down` stops
+    them. A service that then fails to start shows as exited; restarting it again is how
+    it comes back. One restarted by hand meanwhile is stopped instead of the one recorded."""
+    stopping = [
+        service.process if service.process.alive() else (stand_in_for(service) or service.process)
+        for service in services
+    ]
+    processes.stop_all(stopping)
+    for service in services:
+        if not service.env:
+            raise ShopctlError(f"cannot restart {service.name}: started by another shopctl")
+        old = service.process
+        log_path = old.log_path or logs_dir(state.data_dir) / f"{service.name}.log"
+        service.process = processes.spawn(old.command, log_path=log_path, env=service.env)
+        report(f"Restarted {service.name} (PID {service.process.pid}, was {old.pid})")
+    state.save()
+
+
 def stop_running(data_dir: Path, report: Report) -> bool:
     """`shopctl down`: stop what the state file in `data_dir` lists; False if there was none."""
     state = load_state(data_dir)
@@ -296,9 +321,19 @@ def watch(
     show: Callable[[list[ServiceHealth]], None],
     stop_requested: threading.Event,
     interval: float = 1.0,
+    reloader: Reloader | None = None,
 ) -> None:
-    """Probe the services and `show` them every `interval` seconds until a stop is requested."""
+    """Probe the services and `show` them every `interval` seconds until a stop is requested;
+    with a `reloader`, restart the services whose source changed as soon as it says so."""
     while not stop_requested.is_set():
         started = time.monotonic()
-        show(check_services(state.services, timeout=min(interval, 1.0)))
-        stop_requested.wait(max(0.0, interval - (time.monotonic() - started)))
+        if reloader is not None:
+            reloader.restart_changed(state)
+        checks = check_services(state.services, timeout=min(interval, 1.0))
+        show(reloader.annotate(checks) if reloader is not None else checks)
+        deadline = started + interval
+        while not stop_requested.is_set() and not (reloader and reloader.changes_waiting()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            stop_requested.wait(min(remaining, 0.1))

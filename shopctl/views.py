@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -41,6 +43,16 @@ def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Ta
         ]
         table.add_row(*row, *([check.note] if noted else []))
     return table
+
+
+def log_tail_panel(check: ServiceHealth, log_path: Path | None, tail: str) -> Panel:
+    """The end of the log of a service that exited, under the table `up` keeps showing."""
+    return Panel(
+        Text(tail),
+        title=f"{check.name}: {check.label()}, last lines of {log_path}",
+        title_align="left",
+        border_style="red",
+    )
 
 
 def backends_table(servers: Iterable[EmbeddedServer]) -> Table:
