@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from shopctl import processes
+from shopctl.processes import ManagedProcess
 from shopctl.state import RunningService
 
 PROBE_TIMEOUT = 2.0
@@ -77,6 +79,8 @@ class ServiceHealth:
     uptime: float | None
     health: Answer
     ready: Answer
+    # Anything the state alone does not say: "restarted outside shopctl", a reload.
+    note: str = ""
 
     @property
     def is_ready(self) -> bool:
@@ -94,17 +98,41 @@ class ServiceHealth:
 
 
 def check_service(service: RunningService, timeout: float = PROBE_TIMEOUT) -> ServiceHealth:
-    alive = service.process.alive()
+    """How `service` is doing. When the process shopctl started is gone but a process of
+    the same service answers on its port (restarted by hand), that one is shown."""
+    recorded = service.process
+    process, note = recorded, ""
+    if not recorded.alive() and (stand_in := stand_in_for(service, timeout)) is not None:
+        process, note = stand_in, f"restarted outside shopctl (it started PID {recorded.pid})"
+    alive = process.alive()
     unprobed = Answer(None, error="process not running")
     return ServiceHealth(
         name=service.name,
         url=service.url,
-        pid=service.process.pid,
+        pid=process.pid,
         alive=alive,
-        exit_code=service.process.exit_code(),
-        uptime=service.process.uptime(),
+        exit_code=recorded.exit_code() if process is recorded else None,
+        uptime=process.uptime(),
         health=get(f"{service.url}/health", timeout) if alive else unprobed,
         ready=get(f"{service.url}/ready", timeout) if alive else unprobed,
+        note=note,
+    )
+
+
+def stand_in_for(service: RunningService, timeout: float = PROBE_TIMEOUT) -> ManagedProcess | None:
+    """The process that now serves `service`'s port in place of the one shopctl started
+    (which is gone), found by the PID its /health names and confirmed by the kernel to run
+    the same service module there (processes.service_on_port); None if there is none."""
+    module = processes.module_of(service.process.command)
+    if module is None:
+        return None
+    answer = get(f"{service.url}/health", timeout)
+    data = answer.body.get("data") if isinstance(answer.body, dict) else None
+    pid = data.get("pid") if isinstance(data, dict) else None
+    if not answer.ok or type(pid) is not int:
+        return None
+    return processes.service_on_port(
+        pid, service.port, module, started_after=service.process.create_time
     )
 
 

@@ -4,6 +4,7 @@ the tools it drives (git, container tools, kubectl)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ class ManagedProcess:
     create_time: float
     command: list[str]
     log_path: Path | None = None
+    # Where in the log this run's lines begin (the log is appended to across restarts).
+    log_start: int = field(default=0, compare=False)
     # Only set in the process that spawned it: lets us reap the child and read its exit code.
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -96,6 +99,54 @@ class ManagedProcess:
         return process if same else None
 
 
+def module_of(command: Sequence[str]) -> str | None:
+    """The module a `python -m MODULE` command line runs (a service's), else None."""
+    for flag, module in itertools.pairwise(command[1:]):
+        if flag == "-m":
+            return module
+    return None
+
+
+def _runs_module(process: psutil.Process, module: str) -> bool:
+    command = process.cmdline()
+    return (
+        bool(command)
+        and Path(command[0]).name.startswith("python")
+        and module_of(command) == module
+        and process.uids().real == os.getuid()
+    )
+
+
+def service_on_port(
+    pid: int, port: int, module: str, started_after: float
+) -> ManagedProcess | None:
+    """The process of a service started as `python -m MODULE` (by hand, say) that serves
+    `port`, given the PID it names in its /health answer; None unless the kernel confirms
+    all of it: that PID runs that module, as this user, listens on `port` and started after
+    `started_after`. So neither a stranger's process on the port nor an answer naming
+    someone else's PID is ever taken for ours (and stopped). A worker (WORKERS > 1) belongs
+    to its supervisor, the same command one level up: that is the process returned."""
+    try:
+        process = psutil.Process(pid)
+        if not _runs_module(process, module):
+            return None
+        listening = any(
+            connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+            for connection in process.net_connections("inet")
+        )
+        if not listening:
+            return None
+        parent = process.parent()
+        if parent is not None and _runs_module(parent, module):
+            process = parent
+        create_time = process.create_time()
+        if create_time < started_after:
+            return None
+        return ManagedProcess(process.pid, create_time, process.cmdline())
+    except psutil.Error:  # gone meanwhile, or not ours to read
+        return None
+
+
 def spawn(
     command: Sequence[str],
     *,
@@ -107,6 +158,7 @@ def spawn(
     which then stops things in order), stdout and stderr appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        log_start = log.seek(0, os.SEEK_END)
         popen = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -121,7 +173,7 @@ def spawn(
     except psutil.NoSuchProcess:
         # Died at once; keep a record so the caller reads the exit code and the log.
         create_time = time.time()
-    return ManagedProcess(popen.pid, create_time, list(command), log_path, popen)
+    return ManagedProcess(popen.pid, create_time, list(command), log_path, log_start, popen)
 
 
 def stop(process: ManagedProcess, timeout: float = 10.0) -> None:
@@ -159,16 +211,9 @@ def _wait(target: ManagedProcess, timeout: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
         return True
-    process = target._process()
-    if process is None:
-        return True
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
-        return False
-    except psutil.NoSuchProcess:
-        pass
-    return True
+    # Not our child: it is gone when it is no longer alive() — a zombie its parent has yet to
+    # reap counts as gone (psutil's wait() would wait for the reaping, up to the timeout).
+    return wait_until(lambda: not target.alive(), timeout, interval=0.02)
 
 
 @contextlib.contextmanager
@@ -176,9 +221,22 @@ def stop_requests() -> Iterator[threading.Event]:
     """Until the block ends, SIGINT (Ctrl-C) and SIGTERM set the event it gives instead of
     interrupting whatever runs, so the caller can stop everything in order."""
     requested = threading.Event()
+    # The handler only writes to a pipe; a thread reads it and sets the event. Setting it in
+    # the handler takes the event's lock, which the interrupted code may hold (inside
+    # Event.wait, or a first Ctrl-C's set() when a second arrives): `up` then hung for good.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        while os.read(read_end, 1):
+            requested.set()
+
+    relay_thread = threading.Thread(target=relay, name="shopctl-stop-requests", daemon=True)
+    relay_thread.start()
 
     def request_stop(signum: int, frame: object) -> None:
-        requested.set()
+        with contextlib.suppress(BlockingIOError):  # the pipe full of requests already
+            os.write(write_end, b"s")
 
     previous = {
         signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
@@ -188,6 +246,9 @@ def stop_requests() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        os.close(write_end)  # the relay reads the end of the pipe and returns
+        relay_thread.join()
+        os.close(read_end)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -232,14 +293,14 @@ def accepts_connections(port: int, host: str = "127.0.0.1", timeout: float = 0.5
         return False
 
 
-def log_tail(path: Path | None, lines: int = 20) -> str:
-    """The last `lines` lines of a log file ('' when there is none)."""
+def log_tail(path: Path | None, lines: int = 20, start: int = 0) -> str:
+    """The last `lines` lines of a log file, of those after byte `start` ('' when none)."""
     if path is None or not path.exists():
         return ""
     with path.open("rb") as log:
         log.seek(0, os.SEEK_END)
         size = log.tell()
-        log.seek(max(0, size - 64 * 1024))
+        log.seek(max(start, size - 64 * 1024))
         text = log.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 

@@ -10,12 +10,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shopctl import embedded, local_secrets, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
 from shopctl.environments import DEFAULT_ADMIN_EMAIL
 from shopctl.errors import ShopctlError
-from shopctl.probes import ServiceHealth, check_services
+from shopctl.probes import ServiceHealth, check_services, stand_in_for
 from shopctl.services import (
     HOST,
     Backend,
@@ -26,6 +27,9 @@ from shopctl.services import (
 )
 from shopctl.state import RunningService, ShopState, load_state
 from shopkit.logs import mask_url
+
+if TYPE_CHECKING:
+    from shopctl.reloading import Reloader
 
 LOG_TAIL_LINES = 15
 
@@ -104,10 +108,11 @@ def start_shop(
             report(f"Started {service.name} (PID {process.pid}) on {url}")
             step_done()
     except EmbeddedServerError as error:
-        stop_shop(state)
+        stop_shop(state, stand_ins=False)
         raise ShopctlError(str(error)) from None
     except BaseException:
-        stop_shop(state)
+        # What failed here is ours alone: whatever else answers on a port is left be.
+        stop_shop(state, stand_ins=False)
         raise
     return state
 
@@ -220,20 +225,47 @@ def _start_embedded(
     return embedded.start_postgres(data_dir / "postgres")
 
 
-def stop_shop(state: ShopState, report: Report | None = None) -> None:
+def stop_shop(state: ShopState, report: Report | None = None, stand_ins: bool = True) -> None:
     """Stop what `state` lists that is still ours (services first, then the servers they
-    use) and forget it; the data stays."""
-    services = [service for service in state.services if service.process.alive()]
-    processes.stop_all([service.process for service in services])
-    for service in services:
+    use) and forget it; the data stays. With `stand_ins`, a service whose process is gone
+    but that was restarted by hand on its port is stopped too (see probes.stand_in_for)."""
+    targets: list[tuple[RunningService, processes.ManagedProcess, str]] = []
+    for service in state.services:
+        if service.process.alive():
+            targets.append((service, service.process, ""))
+        elif stand_ins and (stand_in := stand_in_for(service)) is not None:
+            targets.append((service, stand_in, ", restarted outside shopctl"))
+    processes.stop_all([process for _, process, _ in targets])
+    for service, process, how in targets:
         if report:
-            report(f"Stopped {service.name} (PID {service.process.pid})")
+            report(f"Stopped {service.name} (PID {process.pid}{how})")
     for server in reversed(state.embedded):
         if server.alive():
             server.stop()
             if report:
                 report(f"Stopped embedded {server.name} (PID {server.pid})")
     state.remove()
+
+
+def restart_services(state: ShopState, services: list[RunningService], report: Report) -> None:
+    """Stop `services` (together) and start each again with the command and environment it
+    was started with, on its port and appending to its log; the backing servers and the
+    other services are left alone. state.json names the new processes, so `down` stops
+    them. A service that then fails to start shows as exited; restarting it again is how
+    it comes back. One restarted by hand meanwhile is stopped instead of the one recorded."""
+    stopping = [
+        service.process if service.process.alive() else (stand_in_for(service) or service.process)
+        for service in services
+    ]
+    processes.stop_all(stopping)
+    for service in services:
+        if not service.env:
+            raise ShopctlError(f"cannot restart {service.name}: started by another shopctl")
+        old = service.process
+        log_path = old.log_path or logs_dir(state.data_dir) / f"{service.name}.log"
+        service.process = processes.spawn(old.command, log_path=log_path, env=service.env)
+        report(f"Restarted {service.name} (PID {service.process.pid}, was {old.pid})")
+    state.save()
 
 
 def stop_running(data_dir: Path, report: Report) -> bool:
@@ -289,9 +321,19 @@ def watch(
     show: Callable[[list[ServiceHealth]], None],
     stop_requested: threading.Event,
     interval: float = 1.0,
+    reloader: Reloader | None = None,
 ) -> None:
-    """Probe the services and `show` them every `interval` seconds until a stop is requested."""
+    """Probe the services and `show` them every `interval` seconds until a stop is requested;
+    with a `reloader`, restart the services whose source changed as soon as it says so."""
     while not stop_requested.is_set():
         started = time.monotonic()
-        show(check_services(state.services, timeout=min(interval, 1.0)))
-        stop_requested.wait(max(0.0, interval - (time.monotonic() - started)))
+        if reloader is not None:
+            reloader.restart_changed(state)
+        checks = check_services(state.services, timeout=min(interval, 1.0))
+        show(reloader.annotate(checks) if reloader is not None else checks)
+        deadline = started + interval
+        while not stop_requested.is_set() and not (reloader and reloader.changes_waiting()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            stop_requested.wait(min(remaining, 0.1))

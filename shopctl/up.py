@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group, RenderableType
 from rich.live import Live
 
-from shopctl import processes, stack, views
+from shopctl import processes, reloading, stack, views
 from shopctl.console import Consoles, failures_reported, get_consoles
 from shopctl.options import BasePort, DataDir, LogLevel
 from shopctl.probes import ServiceHealth
+from shopctl.services import present_services
 from shopctl.stack import UpConfig
+from shopctl.state import ShopState
 from shopkit.settings import MAX_WORKERS
 
 
@@ -60,6 +65,16 @@ def up(
             envvar="SHOP_TRACES",
         ),
     ] = True,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Watch the services' source; when a file changes, restart the service it "
+            "belongs to (every service for shopkit/), keeping the databases and the other "
+            "services up. In the foreground only.",
+            envvar="SHOP_RELOAD",
+        ),
+    ] = False,
 ) -> None:
     """Start the shop: backing servers, then every service.
 
@@ -72,7 +87,14 @@ def up(
     * `shopctl up` (Ctrl-C stops it)
     * `shopctl up --detach --base-port 4000 --data-dir /tmp/shop2`
     * `shopctl up --workers 2` (two processes per service)
+    * `shopctl up --reload` (restarts a service when its code changes)
     """
+    if reload and detach:
+        # Nothing would be left running to watch the files, nor to show a failed restart.
+        raise typer.BadParameter(
+            "--reload watches the source in the foreground until Ctrl-C; drop --detach",
+            param_hint="'--reload'",
+        )
     consoles = get_consoles(ctx)
     config = UpConfig(
         data_dir,
@@ -87,7 +109,7 @@ def up(
         if detach:
             _start_detached(config, consoles, timeout)
         else:
-            _run_in_foreground(config, consoles)
+            _run_in_foreground(config, consoles, reload)
 
 
 def _start_detached(config: UpConfig, consoles: Consoles, timeout: float) -> None:
@@ -105,8 +127,8 @@ def _start_detached(config: UpConfig, consoles: Consoles, timeout: float) -> Non
     consoles.say(f"Stop with: shopctl down --data-dir {config.data_dir}")
 
 
-def _run_in_foreground(config: UpConfig, consoles: Consoles) -> None:
-    with processes.stop_requests() as stop_requested:
+def _run_in_foreground(config: UpConfig, consoles: Consoles, reload: bool) -> None:
+    with processes.stop_requests() as stop_requested, _reloader(reload, consoles) as reloader:
         state = stack.start_shop(config, consoles.say, cancelled=stop_requested)
         try:
             consoles.say("Press Ctrl-C to stop.")
@@ -114,26 +136,65 @@ def _run_in_foreground(config: UpConfig, consoles: Consoles) -> None:
                 with Live(console=consoles.out, auto_refresh=False) as live:
                     stack.watch(
                         state,
-                        lambda checks: live.update(views.health_table(checks), refresh=True),
+                        lambda checks: live.update(_live_view(state, checks), refresh=True),
                         stop_requested,
+                        reloader=reloader,
                     )
             else:
-                stack.watch(state, _changes_printer(consoles), stop_requested)
+                stack.watch(
+                    state, _changes_printer(state, consoles), stop_requested, reloader=reloader
+                )
         finally:
             consoles.say("Stopping...")
             stack.stop_shop(state, consoles.say)
     consoles.say(f"Stopped; the data stays in {config.data_dir}")
 
 
-def _changes_printer(consoles: Consoles) -> Callable[[list[ServiceHealth]], None]:
-    """Without a terminal (a log file, CI), print one line per change of a service's state."""
-    shown: dict[str, str] = {}
+@contextlib.contextmanager
+def _reloader(reload: bool, consoles: Consoles) -> Iterator[reloading.Reloader | None]:
+    """With --reload, a Reloader watching the source the services will run (started before
+    them, so no change made once they are up goes unseen)."""
+    if not reload:
+        yield None
+        return
+    modules = [service.module for service in present_services()]
+    packages = reloading.source_packages(modules, Path.cwd())
+    with reloading.Reloader(packages, consoles.say) as reloader:
+        consoles.say(f"Watching {reloading.describe(packages)}")
+        yield reloader
+
+
+def _log_tail(state: ShopState, check: ServiceHealth) -> tuple[Path | None, str]:
+    """The log of the service `check` is about, and the last lines its latest run wrote."""
+    service = next(service for service in state.services if service.name == check.name)
+    process = service.process
+    tail = processes.log_tail(process.log_path, stack.LOG_TAIL_LINES, process.log_start)
+    return process.log_path, tail or "(empty)"
+
+
+def _live_view(state: ShopState, checks: list[ServiceHealth]) -> RenderableType:
+    """The services' table, and under it the end of the log of each one that exited (a
+    restart that failed, with the error that says why)."""
+    exited = [check for check in checks if not check.alive]
+    if not exited:
+        return views.health_table(checks)
+    tails = [views.log_tail_panel(check, *_log_tail(state, check)) for check in exited]
+    return Group(views.health_table(checks), *tails)
+
+
+def _changes_printer(state: ShopState, consoles: Consoles) -> Callable[[list[ServiceHealth]], None]:
+    """Without a terminal (a log file, CI), print one line per change of a service's state
+    or PID, and the end of its log when it exits."""
+    shown: dict[str, tuple[str, int]] = {}
 
     def print_changes(checks: list[ServiceHealth]) -> None:
         for check in checks:
             label = check.label()
-            if shown.get(check.name) != label:
-                shown[check.name] = label
-                consoles.say(f"{check.name} ({check.url}): {label}")
+            if shown.get(check.name) != (label, check.pid):
+                shown[check.name] = (label, check.pid)
+                consoles.say(f"{check.name} ({check.url}): {label}, PID {check.pid}")
+                if not check.alive:
+                    log_path, tail = _log_tail(state, check)
+                    consoles.say(f"--- last lines of {log_path}:\n{tail}")
 
     return print_changes

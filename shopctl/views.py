@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -21,12 +23,16 @@ def _status_cell(answer: Answer) -> Text:
 
 
 def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Table:
+    checks = list(checks)
+    noted = any(check.note for check in checks)  # a column only when there is something
     table = Table(title=title, title_justify="left")
     for column in ("service", "URL", "state", "health", "ready", "PID", "uptime"):
         table.add_column(column, overflow="fold")
+    if noted:
+        table.add_column("note", overflow="fold")
     for check in checks:
         label = check.label()
-        table.add_row(
+        row = [
             check.name,
             check.url,
             Text(label, style=STATE_STYLES.get(label, "red")),
@@ -34,8 +40,19 @@ def health_table(checks: Iterable[ServiceHealth], title: str = "Services") -> Ta
             _status_cell(check.ready),
             str(check.pid),
             format_uptime(check.uptime),
-        )
+        ]
+        table.add_row(*row, *([check.note] if noted else []))
     return table
+
+
+def log_tail_panel(check: ServiceHealth, log_path: Path | None, tail: str) -> Panel:
+    """The end of the log of a service that exited, under the table `up` keeps showing."""
+    return Panel(
+        Text(tail),
+        title=f"{check.name}: {check.label()}, last lines of {log_path}",
+        title_align="left",
+        border_style="red",
+    )
 
 
 def backends_table(servers: Iterable[EmbeddedServer]) -> Table:
@@ -92,6 +109,7 @@ def health_records(checks: Iterable[ServiceHealth]) -> list[dict[str, Any]]:
             "pid": check.pid,
             "uptime_seconds": None if check.uptime is None else round(check.uptime, 1),
             "error": check.ready.error or check.health.error or None,
+            "note": check.note or None,  # e.g. restarted outside shopctl
         }
         for check in checks
     ]

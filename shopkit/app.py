@@ -8,19 +8,22 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from typing_extensions import TypedDict
 
 from shopkit import workers
 from shopkit.client import http_session_ctx
+from shopkit.domain import timestamp
 from shopkit.errors import SHARED_REFUSALS, Refusals, error_body
-from shopkit.keys import METRICS, READY_CHECK, REFUSALS, SETTINGS, UNAVAILABLE_ERRORS
+from shopkit.keys import METRICS, PROCESS, READY_CHECK, REFUSALS, SETTINGS, UNAVAILABLE_ERRORS
 from shopkit.logs import configure_logging
 from shopkit.metrics import MULTIPROCESS_DIR_VARIABLE, Metrics
 from shopkit.middleware import answer_expect_headers, shop_middleware
-from shopkit.openapi import build_openapi, endpoint
+from shopkit.openapi import Timestamp, answer_shape, build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
 from shopkit.tracing import configure_tracing
@@ -35,6 +38,17 @@ READY_TIMEOUT = 2.0
 SERVICE_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 
 ReadyCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
+
+
+@answer_shape
+class HealthOut(TypedDict):
+    """What /health says about the process that answers: enough for `shopctl status` and
+    `down` to know which process serves the port (one restarted by hand has a new PID)."""
+
+    status: str
+    service: str
+    pid: int  # of the process that answers (with WORKERS > 1: one worker)
+    started_at: Timestamp  # when that process built its app
 
 
 class NotReady(Exception):
@@ -76,6 +90,7 @@ def create_service_app(
     # prometheus_client itself chose per-process files from the same variable at import.
     app[METRICS] = Metrics(settings.service_name, os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None)
     app[READY_CHECK] = ready_check
+    app[PROCESS] = (os.getpid(), timestamp(datetime.now(UTC)))
     app[UNAVAILABLE_ERRORS] = unavailable_errors
     app[REFUSALS] = {**SHARED_REFUSALS, **(refusals or {})}
     if http_client:
@@ -88,9 +103,16 @@ def create_service_app(
     return app
 
 
-@endpoint("Liveness: the process answers (never touches a datastore)", response=dict)
+@endpoint("Liveness: the process answers (never touches a datastore)", response=HealthOut)
 async def health(request: web.Request) -> web.Response:
-    return ok({"status": "ok", "service": request.app[SETTINGS].service_name})
+    pid, started_at = request.app[PROCESS]
+    answer: HealthOut = {
+        "status": "ok",
+        "service": request.app[SETTINGS].service_name,
+        "pid": pid,
+        "started_at": started_at,
+    }
+    return ok(answer)
 
 
 @endpoint("Readiness: 200 only when this service's own dependencies answer", errors=(503,))

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 SETTINGS: web.AppKey[ServiceSettings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# This process's PID and when it built the app (a timestamp), as /health names them.
+PROCESS: web.AppKey[tuple[int, str]] = web.AppKey("process")
 # Raises when the service's own datastore does not answer; /ready calls it.
 READY_CHECK = web.AppKey("ready_check", Callable[[web.Application], Awaitable[None]])
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

@@ -3,6 +3,7 @@ temporary data directory and free ports, driven as a user would (`python -m shop
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from support import (
     eventually_sync,
     free_base_port,
     http,
+    running_shop,
     shop_admin_token,
     shop_env,
     shopctl,
@@ -158,6 +160,9 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(data_dir: Path, tmp_pat
         listed = listed_processes(data_dir)
         assert any(process.pid == up.pid for process in listed)
 
+        # Ctrl-C twice, as an impatient user does: the second one while the first is being
+        # handled once made `up` wait forever for a lock the first one held.
+        up.send_signal(signal.SIGINT)
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0, output.read_text()
     finally:
@@ -187,3 +192,87 @@ def test_up_detach_names_a_service_that_never_gets_ready(data_dir: Path) -> None
     assert not (data_dir / "mongodb").exists()
     assert not processes.accepts_connections(base)
     assert not processes.accepts_connections(base + 1)
+
+
+# A stranger on the cart's port: its /health names its own PID, as ours do.
+STRANGER = """
+import http.server, json, os
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"success": True, "data": {"status": "ok", "pid": os.getpid()}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Health).serve_forever()
+"""
+
+
+def stop_service(pid: int) -> tuple[list[str], dict[str, str]]:
+    """Stop a service as a developer would (SIGTERM); its command line and environment."""
+    process = psutil.Process(pid)
+    command, env = process.cmdline(), process.environ()
+    process.terminate()
+    process.wait(15)
+    return command, env
+
+
+def test_status_and_down_follow_a_service_restarted_by_hand(tmp_path: Path) -> None:
+    data_dir = tmp_path / "shop"
+    with running_shop(data_dir) as (_, env):
+        state = load_state(data_dir)
+        assert state is not None
+        recorded = {service.name: service.process.pid for service in state.services}
+
+        # The product service restarted by hand, on its port, with its environment.
+        command, product_env = stop_service(recorded["product"])
+        with (tmp_path / "by-hand.log").open("wb") as log:
+            by_hand = subprocess.Popen(
+                command, env=product_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
+        # Something else entirely on the cart's port, naming its own PID in its /health.
+        _, cart_env = stop_service(recorded["cart"])
+        stranger = subprocess.Popen(
+            [sys.executable, "-c", STRANGER], env={**cart_env, "PYTHONPATH": ""}
+        )
+        try:
+            product_url = f"http://127.0.0.1:{product_env['PORT']}"
+            cart_url = f"http://127.0.0.1:{cart_env['PORT']}"
+            eventually_sync(
+                lambda: (
+                    probes.get(f"{product_url}/ready", timeout=1).ok
+                    and probes.get(f"{cart_url}/health", timeout=1).ok
+                ),
+                "the product service and the stranger answering",
+                30,
+            )
+
+            status = shopctl("status", "--data-dir", data_dir, env=env)
+            assert status.returncode == 1, status.stdout + status.stderr  # the cart is gone
+            rows = {line.split()[1]: line for line in status.stdout.splitlines() if line[:1] == "│"}
+            assert " ready " in rows["product"] and f" {by_hand.pid} " in rows["product"]
+            assert (
+                f"restarted outside shopctl (it started PID {recorded['product']})"
+                in (rows["product"])
+            )
+            assert "exited" in rows["cart"] and str(stranger.pid) not in rows["cart"]
+            assert " ready " in rows["user"] and "outside" not in rows["user"]
+            as_json = shopctl("status", "--data-dir", data_dir, "-o", "json", env=env)
+            services = {s["service"]: s for s in json.loads(as_json.stdout)["services"]}
+            assert services["product"]["pid"] == by_hand.pid
+            assert services["product"]["note"].startswith("restarted outside shopctl")
+            assert services["cart"]["note"] is None
+
+            down = shopctl("down", "--data-dir", data_dir, env=env)
+            assert down.returncode == 0, down.stdout + down.stderr
+            assert f"Stopped product (PID {by_hand.pid}, restarted outside shopctl)" in (
+                down.stdout
+            )
+            assert by_hand.wait(timeout=15) is not None
+            assert stranger.poll() is None, "down stopped a process that is not the shop's"
+            assert "cart" not in down.stdout
+        finally:
+            for process in (by_hand, stranger):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()

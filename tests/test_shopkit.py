@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -146,7 +147,14 @@ def test_urls_in_logs_hide_passwords() -> None:
 
 async def test_health_and_ready(product: TestClient) -> None:
     health = await call(product, "GET", "/health", expected_status=200)
-    assert health["data"] == {"status": "ok", "service": "product"}
+    # It names the process that answers (here this one), so shopctl can tell who serves.
+    assert health["data"] == {
+        "status": "ok",
+        "service": "product",
+        "pid": os.getpid(),
+        "started_at": health["data"]["started_at"],
+    }
+    assert health["data"]["started_at"].endswith("Z")
     ready = await call(product, "GET", "/ready", expected_status=200)
     assert ready["data"]["status"] == "ready"
 
