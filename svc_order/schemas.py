@@ -50,7 +50,16 @@ class CardBody(Body):
     cvc: Annotated[str, Field(pattern=r"^[0-9]{3,4}$", repr=False)]
 
 
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    # Fields declared ``name: T = None``: left out, they are None; an explicit null is
+    # refused (the default is never validated), so the document offers no null either.
+    for prop in schema["properties"].values():
+        if prop.get("default", "") is None and "anyOf" not in prop:
+            del prop["default"]
+
+
 def _one_payment_method_schema(schema: dict[str, Any]) -> None:
+    _no_null_defaults(schema)
     schema["oneOf"] = [{"required": ["card"]}, {"required": ["token"]}]
 
 
@@ -59,20 +68,17 @@ class PaymentBody(Body):
 
     model_config = Body.model_config | {"json_schema_extra": _one_payment_method_schema}
 
-    card: CardBody | None = None
-    token: (
-        Annotated[
-            str,
-            Field(
-                pattern=r"^[A-Za-z0-9_]{1,100}$",
-                description="A payment method the provider made from the card in the "
-                "customer's browser (Stripe: pm_...); the test provider knows tok_visa, "
-                "tok_mastercard, tok_card_declined, tok_insufficient_funds, "
-                "tok_processing_error and tok_timeout",
-            ),
-        ]
-        | None
-    ) = None
+    card: CardBody = None  # type: ignore[assignment]
+    token: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_]{1,100}$",
+            description="A payment method the provider made from the card in the "
+            "customer's browser (Stripe: pm_...); the test provider knows tok_visa, "
+            "tok_mastercard, tok_card_declined, tok_insufficient_funds, "
+            "tok_processing_error and tok_timeout",
+        ),
+    ] = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _card_or_token(self) -> PaymentBody:
@@ -82,6 +88,7 @@ class PaymentBody(Body):
 
 
 def _checkout_schema(schema: dict[str, Any]) -> None:
+    _no_null_defaults(schema)
     # _details_together, for the document.
     schema["not"] = {"required": ["address", "address_id"]}
     schema["dependentRequired"] = {
@@ -105,26 +112,21 @@ class CheckoutBody(Body):
     items: Annotated[list[CheckoutLine], Field(max_length=MAX_LINES)] | None = Field(
         None, description="Leave out (or empty) to check out the caller's cart"
     )
-    address_id: (
-        Annotated[
-            int,
-            Field(
-                ge=1,
-                le=2**63 - 1,
-                description="One of the caller's saved addresses (404 "
-                "address_not_found if it is not theirs)",
-            ),
-        ]
-        | None
-    ) = None
-    address: Annotated[
-        AddressBody | None, Field(description="A new address, for this order only")
-    ] = None
+    address_id: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=2**63 - 1,
+            description="One of the caller's saved addresses (404 "
+            "address_not_found if it is not theirs)",
+        ),
+    ] = None  # type: ignore[assignment]
+    address: Annotated[AddressBody, Field(description="A new address, for this order only")] = None  # type: ignore[assignment]
     delivery: Annotated[
-        DeliveryOption | None,
+        DeliveryOption,
         Field(description="Its price is the server's (GET /api/orders/delivery-options)"),
-    ] = None
-    payment: PaymentBody | None = None
+    ] = None  # type: ignore[assignment]
+    payment: PaymentBody = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _details_together(self) -> CheckoutBody:
