@@ -17,7 +17,7 @@ import drivers
 import harness
 from harness import NODE_JS, Customer, Shop
 
-from shopctl.qa_flows import Ledger, stock_checks
+from shopctl.qa_flows import CHECKOUT_DETAILS, Ledger, stock_checks
 from shopctl.qa_report import Recorder, conservation_line, conservation_table
 from shopctl.shop_client import Reply, ShopClient, new_run_id
 
@@ -75,7 +75,13 @@ class Checkouts:
         """The cart (no body), with an Idempotency-Key; 409 when the stock is short."""
         expect = (201, 409)
         reply = await self.call(
-            "checkout", shopper, "POST", "/api/orders", expect, headers=shopper.key()
+            "checkout",
+            shopper,
+            "POST",
+            "/api/orders",
+            expect,
+            headers=shopper.key(),
+            json_body=CHECKOUT_DETAILS,
         )
         if reply is None or reply.status == 409:
             self.ledger.sold_out += reply is not None
@@ -93,7 +99,15 @@ class Checkouts:
     async def replay(self, shopper: Shopper) -> None:
         """The same checkout again: the first order, marked replayed, nothing bought twice."""
         step = "checkout again"
-        reply = await self.call(step, shopper, "POST", "/api/orders", (201,), headers=shopper.key())
+        reply = await self.call(
+            step,
+            shopper,
+            "POST",
+            "/api/orders",
+            (201,),
+            headers=shopper.key(),
+            json_body=CHECKOUT_DETAILS,
+        )
         replayed = reply and reply.headers.get("Idempotent-Replayed") == "true"
         if reply and (reply.data["id"] != shopper.order_id or not replayed):
             self.fail(step, shopper, reply, f"answered order {reply.data['id']}, not a replay")

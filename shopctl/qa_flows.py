@@ -57,6 +57,21 @@ RETRY_LATER = {"checkout_in_progress", "cart_checkout_in_progress", "idempotency
 RECOVERY_DEADLINE = 90.0
 CHAOS_MIN_POOL_STOCK = 40
 IDEMPOTENCY_KEY = "Idempotency-Key"
+# What every scripted checkout sends besides the cart (the order service's checkout body):
+# an address it delivers to, standard delivery and the test provider's card that succeeds.
+CHECKOUT_DETAILS: dict[str, Any] = {
+    "address": {
+        "recipient": "QA Shopper",
+        "line1": "1 Test Street",
+        "city": "London",
+        "postal_code": "SW1A 1AA",
+        "country": "GB",
+    },
+    "delivery": "standard",
+    "payment": {
+        "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
+    },
+}
 
 
 class Scenario(StrEnum):
@@ -434,7 +449,7 @@ class Shopper:
                     step,
                     "POST",
                     "/api/orders",
-                    json_body={},
+                    json_body=CHECKOUT_DETAILS,
                     headers=key,
                     expect=expect,
                     repeatable=False,
@@ -460,8 +475,12 @@ class Shopper:
             self.check(money(item["price"]) == line.price, reply, f"price {item['price']}")
             self.check(item["product_name"] == line.product["name"], reply, "wrong name")
         total = sum((line.subtotal for line in lines), Decimal("0.00"))
+        got_subtotal = money(order["subtotal_amount"])
+        self.check(got_subtotal == total, reply, f"subtotal_amount {got_subtotal}, not {total}")
+        delivery = money((order.get("delivery") or {}).get("price", 0))
         got_total = money(order["total_amount"])
-        self.check(got_total == total, reply, f"total_amount {got_total}, expected {total}")
+        expected = total + delivery
+        self.check(got_total == expected, reply, f"total_amount {got_total}, expected {expected}")
         return order
 
     def record_sale(self, lines: list[Line], order: dict[str, Any]) -> None:
@@ -516,7 +535,7 @@ class Shopper:
                     "replay key",
                     "POST",
                     "/api/orders",
-                    json_body={},
+                    json_body=CHECKOUT_DETAILS,
                     headers={"Idempotency-Key": key},
                     expect=(201,),
                 )
@@ -571,7 +590,12 @@ class Shopper:
 
         async def send() -> Reply:
             return await self.call(
-                "checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
+                "checkout",
+                "POST",
+                "/api/orders",
+                json_body=CHECKOUT_DETAILS,
+                headers=key,
+                expect=(201,),
             )
 
         self.checkout_began = self.run.faults.now() if self.run.faults else 0.0
@@ -580,7 +604,12 @@ class Shopper:
         self.check(orders[0]["id"] == orders[1]["id"], second, "two orders for one key")
         self.record_sale(seen, orders[0])
         again = await self.call(
-            "retry checkout", "POST", "/api/orders", json_body={}, headers=key, expect=(201,)
+            "retry checkout",
+            "POST",
+            "/api/orders",
+            json_body=CHECKOUT_DETAILS,
+            headers=key,
+            expect=(201,),
         )
         self.check(again.data["id"] == orders[0]["id"], again, "a retry made a new order")
         replayed = again.headers.get("Idempotent-Replayed")

@@ -39,6 +39,7 @@ _STATUS_TEXT = {
     304: "Not modified (the ETag matched)",
     400: "Malformed or invalid input",
     401: "Missing, malformed or expired token",
+    402: "The payment was declined",
     403: "Authenticated but not allowed",
     404: "No such resource",
     409: "Conflict with the current state",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +17,15 @@ from shopkit.keys import METRICS, POSTGRES, SETTINGS
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import HttpUrl, PostgresUrl
-from svc_order.keys import CARTS, CHECKOUT, PRODUCTS, STORE
+from svc_order.delivery import (
+    DEFAULT_DELIVERY_COUNTRIES,
+    CountriesSetting,
+    DeliveryRules,
+    PriceSetting,
+    ThresholdSetting,
+)
+from svc_order.keys import CARTS, CHECKOUT, DELIVERY, PRODUCTS, STORE, USERS
+from svc_order.payments import TestCardProvider
 from svc_order.routes import REFUSALS, routes
 from svc_order.saga import Checkout, CheckoutCounts
 from svc_order.store import OrderStore, OwnerLock
@@ -35,6 +43,25 @@ class OrderSettings(TokenCheckingSettings):
     cart_service_url: HttpUrl = Field(alias="CART_SERVICE_URL")
     checkout_lease_seconds: float = Field(30.0, alias="CHECKOUT_LEASE_SECONDS", ge=1, le=3600)
     recovery_interval_seconds: float = Field(10.0, alias="RECOVERY_INTERVAL_SECONDS", gt=0, le=3600)
+    # Delivery (svc_order/delivery.py): prices as amounts ("4.95"); standard delivery is free
+    # from FREE_DELIVERY_FROM of goods ("off": never); DELIVERY_COUNTRIES: ISO codes.
+    delivery_standard_price: PriceSetting = Field(495, alias="DELIVERY_STANDARD_PRICE")
+    delivery_express_price: PriceSetting = Field(995, alias="DELIVERY_EXPRESS_PRICE")
+    free_delivery_from: ThresholdSetting = Field(5000, alias="FREE_DELIVERY_FROM")
+    delivery_countries: CountriesSetting = Field(
+        DEFAULT_DELIVERY_COUNTRIES,  # type: ignore[arg-type] - read as the setting's text
+        alias="DELIVERY_COUNTRIES",
+        validate_default=True,
+    )
+    # The card provider: only the built-in test one exists yet (see the README, "Payments").
+    payment_provider: Literal["test"] = Field("test", alias="PAYMENT_PROVIDER")
+
+    def delivery_rules(self) -> DeliveryRules:
+        return DeliveryRules(
+            {"standard": self.delivery_standard_price, "express": self.delivery_express_price},
+            self.free_delivery_from,
+            self.delivery_countries,
+        )
 
 
 async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -53,6 +80,9 @@ async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
             settings.checkout_lease_seconds,
             CheckoutCounts(app[METRICS]),
             owner,
+            users=app[USERS],
+            provider=TestCardProvider(app[POSTGRES]),
+            delivery=app[DELIVERY],
         )
         yield
     finally:
@@ -69,6 +99,8 @@ def create_app(settings: OrderSettings) -> web.Application:
     )
     app[PRODUCTS] = ServiceClient(app, "product", settings.product_service_url, CALL_TIMEOUT)
     app[CARTS] = ServiceClient(app, "cart", settings.cart_service_url, CALL_TIMEOUT)
+    app[USERS] = ServiceClient(app, "user", settings.user_service_url, CALL_TIMEOUT)
+    app[DELIVERY] = settings.delivery_rules()
     check_tokens_with_user_service(
         app, settings.user_service_url, settings.token_status_cache_seconds
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from shopkit.client import ServiceClient
+from svc_order.delivery import DeliveryRules
 
 if TYPE_CHECKING:
     from svc_order.saga import Checkout
@@ -16,3 +17,5 @@ STORE: web.AppKey[OrderStore] = web.AppKey("store")
 CHECKOUT: web.AppKey[Checkout] = web.AppKey("checkout")
 PRODUCTS = web.AppKey("products", ServiceClient)
 CARTS = web.AppKey("carts", ServiceClient)
+USERS = web.AppKey("users", ServiceClient)
+DELIVERY = web.AppKey("delivery", DeliveryRules)

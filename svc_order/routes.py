@@ -9,12 +9,18 @@ from shopkit.errors import Conflict, Forbidden, NotFound, Refusal, Refusals
 from shopkit.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from shopkit.idempotency import idempotency_key
 from shopkit.keys import IDENTITY
+from shopkit.money import cents_to_money
 from shopkit.openapi import endpoint
 from shopkit.parsing import parse_id
 from shopkit.responses import json_response, ok, ok_page
-from svc_order.keys import CHECKOUT, STORE
+from svc_order.delivery import LABELS as DELIVERY_LABELS
+from svc_order.keys import CHECKOUT, DELIVERY, STORE
+from svc_order.payments import Card, PaymentMethod, ProviderToken
+from svc_order.saga import CheckoutRequest
 from svc_order.schemas import (
+    DELIVERY_OPTIONS,
     CheckoutBody,
+    DeliveryOptionsOut,
     OrderOut,
     OrderPath,
     OrderQuery,
@@ -51,6 +57,48 @@ def _order_id(request: web.Request) -> int:
     return order_id
 
 
+def _checkout_request(request: web.Request, body: CheckoutBody) -> CheckoutRequest:
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    method: PaymentMethod | None = None
+    if body.payment is not None and body.payment.card is not None:
+        card = body.payment.card
+        method = Card(card.number, card.exp_month, card.exp_year, card.cvc)
+    elif body.payment is not None and body.payment.token is not None:
+        method = ProviderToken(body.payment.token)
+    return CheckoutRequest(
+        token=token,
+        address_id=body.address_id,
+        address=None if body.address is None else body.address.model_dump(),
+        delivery=body.delivery,
+        payment=method,
+    )
+
+
+@routes.get("/api/orders/delivery-options")
+@endpoint(
+    "Delivery options, their prices, and the countries the shop delivers to",
+    response=DeliveryOptionsOut,
+    roles=(),
+    description="What a checkout's `delivery` may be and what it costs: `price` below "
+    "`free_from` (goods subtotal), nothing from it. The order's own delivery line is "
+    "computed at checkout from these rules.",
+)
+async def delivery_options(request: web.Request) -> web.Response:
+    rules = request.app[DELIVERY]
+    options = []
+    for option in DELIVERY_OPTIONS:
+        threshold = rules.free_from(option)
+        options.append(
+            {
+                "option": option,
+                "label": DELIVERY_LABELS[option],
+                "price": cents_to_money(rules.prices[option]),
+                "free_from": None if threshold is None else cents_to_money(threshold),
+            }
+        )
+    return ok({"options": options, "countries": sorted(rules.countries)})
+
+
 @routes.post("/api/orders")
 @endpoint(
     "Check out explicit items, or the caller's cart",
@@ -59,9 +107,19 @@ def _order_id(request: web.Request) -> int:
     response=OrderOut,
     status=201,
     roles=(),
-    errors=(403, 404, 409, 503),
+    errors=(402, 403, 404, 409, 503),
     description="Names and prices come from the product service. On any failure there is "
-    "no order, stock is as before and the cart untouched. With an Idempotency-Key header, "
+    "no order, stock is as before and the cart untouched. With an address (`address_id` of "
+    "a saved one, or an inline `address`), a `delivery` option and a `payment` (all three or "
+    "none), the server prices delivery (GET /api/orders/delivery-options), the order keeps "
+    "the address, the delivery line and the customer's name and e-mail as they are now, and "
+    "the total (goods + delivery) is authorised on the card before the order is placed: "
+    "402 payment_declined (with decline_code: card_declined, insufficient_funds, "
+    "expired_card, incorrect_number) or 503 payment_unavailable (the provider failed) "
+    "place no order, put the stock back and leave the cart. 400 country_not_delivered: "
+    "the address is in a country the shop does not deliver to; 404 address_not_found: "
+    "no such saved address of the caller's. A checkout without them is placed without "
+    "delivery or payment, as before. With an Idempotency-Key header, "
     "a repeat by the same user answers the first order (header Idempotent-Replayed: true); "
     "while the first attempt is still running, 409 checkout_in_progress with Retry-After. "
     "The key is 1 to 255 visible ASCII characters (else 400 invalid_idempotency_key). "
@@ -76,7 +134,9 @@ async def create_order(request: web.Request, body: CheckoutBody) -> web.Response
     user_id = _customer_id(request[IDENTITY])
     key = idempotency_key(request.headers)
     explicit = [(line.product_id, line.quantity) for line in body.items or []]
-    order_id, placed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
+    order_id, placed = await request.app[CHECKOUT].place(
+        user_id, explicit or None, key, _checkout_request(request, body)
+    )
     headers = {"Location": f"/api/orders/{order_id}"}
     if placed is None:  # a replay: the order placed before, as it is now
         headers["Idempotent-Replayed"] = "true"
@@ -156,7 +216,9 @@ async def get_order(request: web.Request) -> web.Response:
     errors=(403, 404, 409),
     description="pending -> processing -> shipped -> delivered; pending or processing -> "
     "cancelled; anything else is 409. Customers may only cancel their own pending orders. "
-    "A cancel puts the stock back, once.",
+    "A cancel puts the stock back, once. The payment follows: shipping captures it, "
+    "cancelling voids the hold (a refund if it was captured); if the provider is "
+    "unavailable this is done by recovery later, and `payment.status` says which it is.",
 )
 async def change_status(request: web.Request, body: StatusChange) -> web.Response:
     identity = request[IDENTITY]
@@ -170,4 +232,6 @@ async def change_status(request: web.Request, body: StatusChange) -> web.Respons
         raise Forbidden("Only an admin moves an order along; you may cancel it while pending.")
     if body.status == "cancelled":
         await request.app[CHECKOUT].restock(order_id)  # or recovery, if the product service is down
+    # Capture when it ships, void when it is cancelled (or recovery, if the provider is down).
+    await request.app[CHECKOUT].settle_payment(order_id)
     return ok(await store.get(order_id))

@@ -7,8 +7,12 @@
    ``cart_checkout_in_progress``; it never takes stock, so a cart is bought once.
 2. Stock is taken from the product service one line at a time, each change keyed by the
    order (reference ``order-<id>``), so a retry never takes twice.
-3. All taken: the order becomes ``placed`` (only while its lease holds), and a cart
-   checkout clears the cart at the version it read, which ends its claim.
+3. A checkout with payment asks the provider to authorise the total (its own idempotency
+   key per order, ``order-<id>-auth``, written down before it is asked): a decline or a
+   provider error undoes the stock like any failure, and an authorisation whose outcome is
+   unknown (a lost answer) is looked up and voided.
+4. All taken and authorised: the order becomes ``placed`` (only while its lease holds), and
+   a cart checkout clears the cart at the version it read, which ends its claim.
    Anything failed: the claim is given up, every line's change is undone (an undo of a
    change that never arrived marks it so it never will: the product service refuses it
    with 409 ``stock_change_undone``, which fails the attempt), and the order is deleted:
@@ -16,9 +20,10 @@
 
 Recovery, at start-up and every few seconds on every replica, takes over checkouts whose
 process died (its owner lock is free: see store.OwnerLock) or whose lease ran out (it hung)
-and undoes them, puts back the stock of cancelled orders that is not back yet, and clears
-carts that a placed order could not clear. Every step is idempotent, so replicas and
-restarts may repeat any of them safely.
+and undoes them (voiding any authorisation they got), puts back the stock of cancelled
+orders that is not back yet, clears carts that a placed order could not clear, and
+captures or voids what a status change left for the provider when it was unavailable.
+Every step is idempotent, so replicas and restarts may repeat any of them safely.
 
 A repeat of a checkout (same user, same Idempotency-Key) answers the order the key placed;
 while the first attempt is still running it waits a little for it, then answers 409
@@ -41,12 +46,43 @@ import orjson
 
 from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
-from shopkit.domain import MAX_IDS_PER_CALL
+from shopkit.domain import MAX_IDS_PER_CALL, country_names
 from shopkit.errors import BadRequest, Conflict, NotFound, ShopError, UpstreamUnavailable
 from shopkit.metrics import Metrics
 from shopkit.money import money_to_cents
 from shopkit.postgres import POSTGRES_UNAVAILABLE
-from svc_order.store import CartClaimed, IdempotencyKeyTaken, Line, OrderStore, OwnerLock
+from svc_order.delivery import DeliveryRules
+from svc_order.payments import (
+    Authorisation,
+    PaymentDeclined,
+    PaymentMethod,
+    PaymentProvider,
+    PaymentStateError,
+    ProviderUnavailable,
+)
+from svc_order.store import (
+    CartClaimed,
+    Customer,
+    Details,
+    IdempotencyKeyTaken,
+    Line,
+    OrderStore,
+    OwnerLock,
+    subtotal_of,
+)
+
+# The address fields an order keeps (shopkit.address.AddressBody's, and the country's name).
+ADDRESS_FIELDS = (
+    "label",
+    "recipient",
+    "line1",
+    "line2",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "phone",
+)
 
 log = logging.getLogger("shop.order.checkout")
 
@@ -83,10 +119,31 @@ def _quantities_by_product(lines: list[tuple[str, int]]) -> dict[str, int]:
     return merged
 
 
-def request_hash(wanted: dict[str, int] | None) -> str:
-    """What an Idempotency-Key promises: these items, or (None) the caller's cart."""
-    canonical = orjson.dumps({"cart": wanted is None, "items": sorted((wanted or {}).items())})
-    return hashlib.sha256(canonical).hexdigest()
+def request_hash(wanted: dict[str, int] | None, request: CheckoutRequest | None = None) -> str:
+    """What an Idempotency-Key promises: these items, or (None) the caller's cart; and where
+    and how they go. Not the card: a hash of a card number would be one kept."""
+    promise: dict[str, Any] = {"cart": wanted is None, "items": sorted((wanted or {}).items())}
+    if request is not None and request.delivery is not None:
+        promise["address"] = request.address_id or request.address
+        promise["delivery"] = request.delivery
+    return hashlib.sha256(orjson.dumps(promise, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    """What a checkout asks for beyond its items: the caller's token (to read its profile),
+    and, together or not at all, an address (saved or inline), a delivery option and a way
+    to pay."""
+
+    token: str
+    address_id: int | None = None
+    address: dict[str, str] | None = None
+    delivery: str | None = None
+    payment: PaymentMethod | None = None
+
+
+def auth_key(order_id: int) -> str:
+    return f"order-{order_id}-auth"
 
 
 class CheckoutCounts:
@@ -106,6 +163,8 @@ class CheckoutCounts:
                 "cart_changed",
                 "product_not_found",
                 "upstream_unavailable",
+                "payment_declined",
+                "payment_unavailable",
             ),
         )
         self.undos = metrics.counter(
@@ -150,10 +209,17 @@ class Checkout:
         lease_seconds: float,
         counts: CheckoutCounts,
         owner: OwnerLock | None = None,
+        *,
+        users: ServiceClient,
+        provider: PaymentProvider,
+        delivery: DeliveryRules,
     ) -> None:
         self.store = store
         self.products = products
         self.carts = carts
+        self.users = users
+        self.provider = provider
+        self.delivery = delivery
         self.credential = credential
         self.lease_seconds = lease_seconds
         self.counts = counts
@@ -172,11 +238,12 @@ class Checkout:
         user_id: int,
         explicit: list[tuple[str, int]] | None,
         idempotency_key: str | None,
+        request: CheckoutRequest | None = None,
     ) -> tuple[int, dict[str, Any] | None]:
         """Check out; return the order id and, when this call placed it, the order as the
         API shows it (None: a replay of an order placed before; read it)."""
         try:
-            order_id, order = await self._place(user_id, explicit, idempotency_key)
+            order_id, order = await self._place(user_id, explicit, idempotency_key, request)
         except ShopError as exc:
             self.counts.failed.labels(exc.code).inc()
             raise
@@ -192,19 +259,28 @@ class Checkout:
         user_id: int,
         explicit: list[tuple[str, int]] | None,
         idempotency_key: str | None,
+        request: CheckoutRequest | None = None,
     ) -> tuple[int, dict[str, Any] | None]:
         # "Check out my cart" is one request whatever the cart holds, so a repeat is known
         # before the cart is read (a cart the first request already emptied included).
         wanted = _quantities_by_product(explicit) if explicit else None
-        fingerprint = request_hash(wanted)
+        fingerprint = request_hash(wanted, request)
         if idempotency_key is not None:
             earlier = await self._earlier_order(user_id, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier, None
+        customer = None if request is None else await self._customer(request.token)
+        address = None
+        if request is not None and request.delivery is not None:
+            address = await self._address(user_id, request)
         tries = 0
         while True:
             cart = None if wanted is not None else await self._cart_lines(user_id)
             lines = await self._priced_lines(cart.wanted if cart is not None else wanted or {})
+            details = None
+            if request is not None and request.delivery is not None and address is not None:
+                price = self.delivery.price(request.delivery, subtotal_of(lines))
+                details = Details(request.delivery, price, address)
             try:
                 order_id = await self.store.record_intent(
                     user_id=user_id,
@@ -215,6 +291,8 @@ class Checkout:
                     cart_stamp=None if cart is None else cart.stamp,
                     lease_seconds=self.lease_seconds,
                     owner=self.owner_id,
+                    details=details,
+                    customer=customer,
                 )
             except IdempotencyKeyTaken:
                 # A request with the same key raced us and won: its order is our answer.
@@ -248,13 +326,140 @@ class Checkout:
                 continue
             break
         await self._take_stock(order_id, lines)
+        auth = None
+        if request is not None and request.payment is not None:
+            total = subtotal_of(lines) + (details.delivery_cents if details is not None else 0)
+            auth = await self._authorise(order_id, total, request.payment)
         order = await self.store.mark_placed(order_id, lines)
         if order is None:
-            # Too slow: recovery took the order over and is undoing it.
+            # Too slow: recovery took the order over and is undoing it. The hold this
+            # attempt got is released here too (recovery may have looked for it too early).
+            if auth is not None:
+                await self._void_quietly(order_id, auth)
             raise _undone_meanwhile()
         if cart is not None:
             await self._clear_cart(order_id, user_id, cart.version)
         return order_id, order
+
+    async def _customer(self, token: str) -> Customer:
+        """Who is buying, as their profile names them now (kept on the order)."""
+        reply = await self.users.get("/api/users/profile", token=token)
+        profile = reply.data if reply.status == 200 else None
+        if not isinstance(profile, dict):
+            log.warning("the user service answered %s for the buyer's profile", reply.status)
+            raise UpstreamUnavailable("The user service gave no profile; try again shortly.")
+        return Customer(profile["email"], profile["first_name"], profile["last_name"])
+
+    async def _address(self, user_id: int, request: CheckoutRequest) -> dict[str, str]:
+        """The delivery address as the order keeps it: a saved one read from the user
+        service, or the one given; refused if the shop does not deliver there."""
+        if request.address_id is not None:
+            reply = await self.users.get(
+                f"/internal/users/{user_id}/addresses/{request.address_id}",
+                token=self.credential.token,
+            )
+            if reply.status == 404:
+                raise NotFound(
+                    f"You have no saved address {request.address_id}.", code="address_not_found"
+                )
+            if reply.status != 200 or not isinstance(reply.data, dict):
+                raise UpstreamUnavailable("The user service gave no address; try again shortly.")
+            given, field = reply.data, "address_id"
+        else:
+            assert request.address is not None
+            given, field = request.address, "address.country"
+        address = {name: str(given.get(name, "")) for name in ADDRESS_FIELDS}
+        country = address["country"]
+        address["country_name"] = country_names().get(country, country)
+        if not self.delivery.delivers_to(country):
+            message = f"we do not deliver to {address['country_name']} ({country})"
+            raise BadRequest(
+                f"Sorry, {message}; choose an address in one of the countries we deliver "
+                "to (GET /api/orders/delivery-options lists them).",
+                code="country_not_delivered",
+                details=[{"field": field, "message": message}],
+            )
+        return address
+
+    # -- payment -------------------------------------------------------------------------------
+
+    async def _authorise(self, order_id: int, amount: int, method: PaymentMethod) -> Authorisation:
+        """A hold on the card for the order's total; a decline or a provider failure undoes
+        the checkout (the stock it took, a hold whose answer was lost) and is the answer."""
+        key = auth_key(order_id)
+        await self.store.payment_started(order_id, self.provider.name, key, amount)
+        try:
+            auth = await self.provider.authorise(order_id, amount, key, method)
+        except PaymentDeclined as exc:
+            await self.store.payment_settled(order_id, "failed")
+            await self.undo(order_id)
+            raise _declined(exc.reason) from None
+        except ProviderUnavailable as exc:
+            log.warning("order %s: the payment provider failed: %s", order_id, exc)
+            await self.undo(order_id)
+            raise _payment_unavailable() from None
+        await self.store.payment_authorised(order_id, auth.reference, auth.brand, auth.last4)
+        return auth
+
+    async def _void_quietly(self, order_id: int, auth: Authorisation) -> None:
+        try:
+            await self.provider.void(auth, f"order-{order_id}-void")
+        except (ProviderUnavailable, PaymentStateError) as exc:
+            log.warning("order %s: could not void %s: %s", order_id, auth.reference, exc)
+
+    async def _release_payment(self, order_id: int) -> bool:
+        """Void whatever hold an attempt being undone got (the outcome of an authorisation
+        whose answer never came is asked of the provider); False when the provider is
+        unavailable: recovery tries again."""
+        payment = await self.store.payment(order_id)
+        if payment is None or payment["status"] not in ("authorising", "authorised"):
+            return True
+        try:
+            if payment["status"] == "authorising":
+                auth = await self.provider.find(payment["idempotency_key"])
+                if auth is None:  # it never authorised
+                    await self.store.payment_settled(order_id, "failed")
+                    return True
+            else:
+                auth = _stored_authorisation(payment)
+            await self.provider.void(auth, f"order-{order_id}-void")
+        except ProviderUnavailable as exc:
+            log.warning("order %s: void postponed, payment provider unavailable: %s", order_id, exc)
+            return False
+        log.info("order %s: authorisation %s voided", order_id, auth.reference)
+        await self.store.payment_settled(order_id, "voided")
+        return True
+
+    async def settle_payment(self, order_id: int) -> bool:
+        """Do what a status change left for the provider (capture at shipping, void or
+        refund at cancelling), once; False when the provider is unavailable (recovery
+        tries again)."""
+        payment = await self.store.payment(order_id)
+        if payment is None or payment["pending_action"] is None:
+            return True
+        action = payment["pending_action"]
+        auth = _stored_authorisation(payment)
+        key = f"order-{order_id}-{action}"
+        try:
+            if action == "capture":
+                await self.provider.capture(auth, key)
+                outcome = "captured"
+            elif action == "void":
+                await self.provider.void(auth, key)
+                outcome = "voided"
+            else:
+                await self.provider.refund(auth, auth.amount_cents, key)
+                outcome = "refunded"
+        except ProviderUnavailable as exc:
+            log.warning("order %s: %s postponed, provider unavailable: %s", order_id, action, exc)
+            return False
+        except PaymentStateError as exc:
+            # Nothing a retry can change: said loudly, and not tried again.
+            log.error("order %s: the provider refused the %s: %s", order_id, action, exc)
+            await self.store.payment_settled(order_id, payment["status"])
+            return True
+        await self.store.payment_settled(order_id, outcome)
+        return True
 
     async def _read_cart(self, user_id: int) -> dict[str, Any]:
         reply = await self.carts.get(f"/api/cart/{user_id}", token=self.credential.token)
@@ -397,8 +602,11 @@ class Checkout:
 
     async def undo(self, order_id: int) -> bool:
         """Put back every unit this checkout took, then forget the order. False when the
-        product service could not be reached: recovery will try again."""
+        product service (or the payment provider) could not be reached: recovery will try
+        again."""
         await self.store.start_compensating(order_id)
+        if not await self._release_payment(order_id):
+            return False
         for product_id in await self.store.product_ids(order_id):
             try:
                 reply = await self.products.request(
@@ -493,6 +701,8 @@ class Checkout:
                 self.counts.recoveries.labels("undone").inc()
         for order_id in await self.store.restocks_pending():
             await self.restock(order_id)
+        for order_id in await self.store.payments_pending():
+            await self.settle_payment(order_id)
         for row in await self.store.carts_to_clear():
             if await self._clear_bought_cart(
                 row["id"], row["user_id"], row["cart_version"], row["cart_stamp"]
@@ -515,6 +725,41 @@ def _refused_take(status: int, body: Any, lines: list[Line]) -> ShopError:
     if status == 404:
         return NotFound(f"The product {name!r} is no longer sold.", code="product_not_found")
     return UpstreamUnavailable(f"The product service refused the stock change ({status}).")
+
+
+class PaymentRefused(ShopError):
+    status = 402
+    code = "payment_declined"
+
+
+_DECLINES = {
+    "card_declined": "Your card was declined",
+    "insufficient_funds": "Your card was declined: insufficient funds",
+    "expired_card": "Your card has expired",
+    "incorrect_number": "Your card number is incorrect",
+}
+
+
+def _declined(reason: str) -> PaymentRefused:
+    sentence = _DECLINES.get(reason, "Your card was declined")
+    return PaymentRefused(
+        f"{sentence}. No order was placed and nothing was charged; try another card.",
+        extra={"decline_code": reason},
+    )
+
+
+def _payment_unavailable() -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        "The card payment could not be completed: the payment provider is not answering. "
+        "No order was placed and any hold on your card is released; try again shortly.",
+        code="payment_unavailable",
+    )
+
+
+def _stored_authorisation(payment: Any) -> Authorisation:
+    return Authorisation(
+        payment["reference"], payment["amount_cents"], payment["brand"], payment["last4"]
+    )
 
 
 def _cart_changed() -> Conflict:

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 
 from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
-from svc_order.schemas import OrderOut
+from svc_order.delivery import LABELS as DELIVERY_LABELS
+from svc_order.schemas import OrderOut, PaymentOut
 
 log = logging.getLogger("shop.order.store")
 
@@ -50,15 +52,71 @@ class Line:
     price_cents: int
 
 
+@dataclass(frozen=True, slots=True)
+class Details:
+    """What a checkout with an address, delivery and payment records beside its lines."""
+
+    delivery_option: str
+    delivery_cents: int
+    address: dict[str, str]  # shopkit.address.AddressBody's fields and country_name
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    email: str
+    first_name: str
+    last_name: str
+
+
+def subtotal_of(lines: Sequence[Line]) -> int:
+    return sum(line.price_cents * line.quantity for line in lines)
+
+
+def _payment_out(payment: Mapping[str, Any] | None) -> PaymentOut | None:
+    if payment is None:
+        return None
+    return {
+        "status": payment["status"],
+        "provider": payment["provider"],
+        "reference": payment["reference"],
+        "brand": payment["brand"],
+        "last4": payment["last4"],
+        "amount": cents_to_money(payment["amount_cents"]),
+    }
+
+
 def order_out(
-    row: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]]
+    row: Mapping[str, Any],
+    lines: Sequence[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]],
+    payment: Mapping[str, Any] | None = None,
 ) -> OrderOut:
     """A stored order as the API shows it (its shape: schemas.OrderOut)."""
+    subtotal = row["subtotal_cents"]
+    option = row["delivery_option"]
     return {
         "id": row["id"],
         "user_id": row["user_id"],
         "status": row["status"],
+        # Orders from before delivery was kept: their total is all goods.
+        "subtotal_amount": cents_to_money(row["total_cents"] if subtotal is None else subtotal),
         "total_amount": cents_to_money(row["total_cents"]),
+        "delivery": None
+        if option is None
+        else {
+            "option": option,
+            "label": DELIVERY_LABELS[option],
+            "price": cents_to_money(row["delivery_cents"]),
+        },
+        "address": None if row["address"] is None else orjson.loads(row["address"]),
+        "customer": None
+        if row["customer_email"] is None
+        else {
+            "email": row["customer_email"],
+            "first_name": row["customer_first_name"],
+            "last_name": row["customer_last_name"],
+        },
+        "payment": _payment_out(payment),
         "items": [
             {
                 "product_id": line["product_id"],
@@ -74,7 +132,9 @@ def order_out(
     }
 
 
-_ORDER = "id, user_id, status, total_cents, created_at, updated_at"
+_ORDER = """id, user_id, status, total_cents, subtotal_cents, delivery_option, delivery_cents,
+    address, customer_email, customer_first_name, customer_last_name, created_at, updated_at"""
+_PAYMENT = "order_id, provider, status, reference, brand, last4, amount_cents"
 
 # The first key of every owner lock (pg_advisory_lock(int, int)): "ordr".
 OWNER_LOCK_SPACE = 0x6F726472
@@ -143,27 +203,41 @@ class OrderStore:
         lease_seconds: float,
         owner: int | None = None,
         cart_stamp: str | None = None,
+        details: Details | None = None,
+        customer: Customer | None = None,
     ) -> int:
         """Write the order down before any stock is touched, so a crash from here on
         leaves a row that recovery finds (at once when its ``owner``'s lock is free). A
         cart checkout (``cart_version`` given) claims the customer's cart here: raises
         CartClaimed while another cart checkout of theirs holds it."""
-        total = sum(line.price_cents * line.quantity for line in lines)
+        subtotal = subtotal_of(lines)
+        delivery = details.delivery_cents if details is not None else 0
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 order_id = await connection.fetchval(
                     """INSERT INTO orders (user_id, total_cents, lease_until, idempotency_key,
-                                           request_hash, cart_version, owner, cart_stamp)
-                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7, $8)
+                                           request_hash, cart_version, owner, cart_stamp,
+                                           subtotal_cents, delivery_option, delivery_cents,
+                                           address, customer_email, customer_first_name,
+                                           customer_last_name)
+                       VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7, $8,
+                               $9, $10, $11, $12, $13, $14, $15)
                        RETURNING id""",
                     user_id,
-                    total,
+                    subtotal + delivery,
                     lease_seconds,
                     idempotency_key,
                     request_hash,
                     cart_version,
                     owner,
                     cart_stamp,
+                    subtotal,
+                    None if details is None else details.delivery_option,
+                    None if details is None else details.delivery_cents,
+                    None if details is None else orjson.dumps(details.address).decode(),
+                    None if customer is None else customer.email,
+                    None if customer is None else customer.first_name,
+                    None if customer is None else customer.last_name,
                 )
                 await connection.executemany(
                     """INSERT INTO order_items (order_id, product_id, product_name, quantity,
@@ -203,6 +277,9 @@ class OrderStore:
                    RETURNING status, at""",
                 order_id,
             )
+            payment = await connection.fetchrow(
+                f"SELECT {_PAYMENT} FROM order_payments WHERE order_id = $1", order_id
+            )
         # In the order a read gives them (ORDER BY product_id).
         items = [
             {
@@ -213,7 +290,7 @@ class OrderStore:
             }
             for line in sorted(lines, key=lambda line: line.product_id)
         ]
-        return order_out(row, items, [entry])
+        return order_out(row, items, [entry], payment)
 
     async def start_compensating(self, order_id: int) -> None:
         """From now on the attempt is only undone, never placed: it gives up its claim on
@@ -306,13 +383,20 @@ class OrderStore:
             "SELECT order_id, status, at FROM order_history WHERE order_id = ANY($1) ORDER BY id",
             ids,
         )
+        payments = await self.pool.fetch(
+            f"SELECT {_PAYMENT} FROM order_payments WHERE order_id = ANY($1)", ids
+        )
+        payment_of = {payment["order_id"]: payment for payment in payments}
         lines_of: dict[int, list[asyncpg.Record]] = {order_id: [] for order_id in ids}
         history_of: dict[int, list[asyncpg.Record]] = {order_id: [] for order_id in ids}
         for line in lines:
             lines_of[line["order_id"]].append(line)
         for entry in history:
             history_of[entry["order_id"]].append(entry)
-        return [order_out(row, lines_of[row["id"]], history_of[row["id"]]) for row in rows]
+        return [
+            order_out(row, lines_of[row["id"]], history_of[row["id"]], payment_of.get(row["id"]))
+            for row in rows
+        ]
 
     async def get(self, order_id: int) -> dict[str, Any]:
         row = await self.pool.fetchrow(
@@ -382,6 +466,20 @@ class OrderStore:
                 order_id,
                 new_status,
             )
+            # The money follows the goods, in the same transaction: capture when it ships,
+            # release the hold (or refund a capture) when it is cancelled. Done right after
+            # by the caller, or by recovery if the provider is unavailable.
+            action = {"shipped": "capture", "cancelled": "void"}.get(new_status)
+            if action is not None:
+                await connection.execute(
+                    """UPDATE order_payments
+                       SET pending_action = CASE WHEN $2 = 'void' AND status = 'captured'
+                                                 THEN 'refund' ELSE $2 END,
+                           updated_at = now()
+                       WHERE order_id = $1 AND status IN ('authorised', 'captured')""",
+                    order_id,
+                    action,
+                )
 
     async def restocks_pending(self) -> list[int]:
         rows = await self.pool.fetch("SELECT id FROM orders WHERE restock_pending")
@@ -389,3 +487,58 @@ class OrderStore:
 
     async def restocked(self, order_id: int) -> None:
         await self.pool.execute("UPDATE orders SET restock_pending = false WHERE id = $1", order_id)
+
+    # -- payments --------------------------------------------------------------------------
+
+    async def payment_started(
+        self, order_id: int, provider: str, idempotency_key: str, amount_cents: int
+    ) -> None:
+        """Written before the provider is asked, so that recovery knows to ask it what
+        came of it (``find``) if this process dies waiting."""
+        await self.pool.execute(
+            """INSERT INTO order_payments (order_id, provider, idempotency_key, status,
+                                           amount_cents)
+               VALUES ($1, $2, $3, 'authorising', $4)
+               ON CONFLICT (order_id) DO NOTHING""",
+            order_id,
+            provider,
+            idempotency_key,
+            amount_cents,
+        )
+
+    async def payment_authorised(
+        self, order_id: int, reference: str, brand: str, last4: str
+    ) -> None:
+        await self.pool.execute(
+            """UPDATE order_payments SET status = 'authorised', reference = $2, brand = $3,
+                                         last4 = $4, updated_at = now()
+               WHERE order_id = $1 AND status = 'authorising'""",
+            order_id,
+            reference,
+            brand,
+            last4,
+        )
+
+    async def payment_settled(self, order_id: int, status: str) -> None:
+        """The payment reached ``status`` (failed, voided, captured, refunded): what was
+        pending for it is done."""
+        await self.pool.execute(
+            """UPDATE order_payments SET status = $2, pending_action = NULL, updated_at = now()
+               WHERE order_id = $1""",
+            order_id,
+            status,
+        )
+
+    async def payment(self, order_id: int) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            """SELECT order_id, provider, idempotency_key, status, reference, brand, last4,
+                      amount_cents, pending_action
+               FROM order_payments WHERE order_id = $1""",
+            order_id,
+        )
+
+    async def payments_pending(self) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT order_id FROM order_payments WHERE pending_action IS NOT NULL"
+        )
+        return [row["order_id"] for row in rows]

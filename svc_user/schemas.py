@@ -9,7 +9,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from typing_extensions import TypedDict
 
-from shopkit.domain import country_names
+from shopkit.address import AddressBody  # noqa: F401 - shared with the order service (checkout)
 from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import (
     ID_PATTERN,
@@ -202,55 +202,6 @@ class TokenStatusOut(TypedDict):
 # -- delivery addresses ------------------------------------------------------------------
 
 MAX_ADDRESSES = 5  # kept per customer: enough for home, work and a few others
-
-
-def check_country(value: str) -> str:
-    if value not in country_names():
-        raise ValueError(
-            "must be a country's ISO 3166-1 alpha-2 code in capitals, such as GB, DE or US"
-        )
-    return value
-
-
-_POSTAL_CODE_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9 -]{0,10}[A-Za-z0-9])?)?$"
-_PHONE_PATTERN = r"^(\+?[0-9]([0-9 ()-]{4,18}[0-9])?)?$"
-AddressLine = Annotated[Line, Field(min_length=1, max_length=100)]
-OptionalLine = Annotated[Line, Field(max_length=100)]
-
-
-class AddressBody(Body):
-    """A delivery address: where an order goes and who takes it in."""
-
-    label: Annotated[
-        Line, Field(max_length=40, description="The customer's name for it: Home, Work")
-    ] = ""
-    recipient: Annotated[AddressLine, Field(description="Who takes the parcel in")]
-    line1: Annotated[AddressLine, Field(description="Street and number")]
-    line2: Annotated[OptionalLine, Field(description="Flat, floor, company")] = ""
-    city: Annotated[Line, Field(min_length=1, max_length=60)]
-    region: Annotated[Line, Field(max_length=60, description="State, county or province")] = ""
-    postal_code: Annotated[
-        str,
-        Field(
-            max_length=12,
-            pattern=_POSTAL_CODE_PATTERN,
-            description="Letters, digits, spaces and hyphens (kept upper-case); empty where "
-            "the country has none",
-        ),
-        AfterValidator(str.upper),
-    ] = ""
-    country: Annotated[
-        str,
-        AfterValidator(check_country),
-        Field(
-            json_schema_extra={"enum": sorted(country_names())},
-            description="ISO 3166-1 alpha-2 code, such as GB, DE or US",
-        ),
-    ]
-    phone: Annotated[
-        str,
-        Field(max_length=20, pattern=_PHONE_PATTERN, description="For the courier; optional"),
-    ] = ""
 
 
 class AddressPath(BaseModel):

@@ -244,6 +244,34 @@ async def change_stock(
     )
 
 
+# A delivery address in a country the order service delivers to by default.
+TEST_ADDRESS = {
+    "recipient": "Ann Example",
+    "line1": "1 High Street",
+    "city": "London",
+    "postal_code": "SW1A 1AA",
+    "country": "GB",
+}
+# The test provider's cards (README, "Test cards").
+CARD_OK = "4242424242424242"
+CARD_DECLINED = "4000000000000002"
+
+
+def paid(
+    card: str = CARD_OK,
+    *,
+    delivery: str = "standard",
+    exp_year: int = 2099,
+    address: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A checkout body's address, delivery and payment: an inline address and a card."""
+    return {
+        "address": address or TEST_ADDRESS,
+        "delivery": delivery,
+        "payment": {"card": {"number": card, "exp_month": 12, "exp_year": exp_year, "cvc": "123"}},
+    }
+
+
 async def checkout(
     orders: TestClient,
     headers: dict[str, str],
@@ -251,9 +279,12 @@ async def checkout(
     *,
     expected_status: int = 201,
     key: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """POST an order of these (product id, quantity) lines, with an Idempotency-Key if given."""
+    """POST an order of these (product id, quantity) lines, with an Idempotency-Key if given,
+    and an address, delivery and payment (``details``: see ``paid``) if given."""
     body = {"items": [{"product_id": pid, "quantity": qty} for pid, qty in items]}
+    body.update(details or {})
     extra = {"Idempotency-Key": key} if key else {}
     return await call(
         orders,
@@ -293,20 +324,26 @@ def manifests_with_secrets(destination: Path) -> Path:
 class OrderProcess:
     """The order service as a real process on a fixed port, killed and started at will."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
         self.env = env
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = log  # where its output goes (appended), if anywhere
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "svc_order"],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        output = subprocess.DEVNULL if self.log is None else self.log.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "svc_order"],
+                env=self.env,
+                cwd=REPO,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            if self.log is not None:
+                output.close()  # type: ignore[union-attr]
 
     def kill(self) -> None:
         assert self.process is not None
