@@ -70,13 +70,17 @@ def _order_id(request: web.Request) -> int:
     "Retry-After and buys nothing; once that one placed its order the cart is empty (400 "
     "empty_cart). Other refusals: 400 empty_cart, 404 product_not_found, 409 "
     "insufficient_stock, idempotency_key_reused or idempotency_retry, 503 "
-    "upstream_unavailable (no order was placed).",
+    "upstream_unavailable (no order was placed). A placed order is e-mailed to the address "
+    "in the caller's token, which the order keeps for its later e-mails.",
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
-    user_id = _customer_id(request[IDENTITY])
+    identity = request[IDENTITY]
+    user_id = _customer_id(identity)
     key = idempotency_key(request.headers)
     explicit = [(line.product_id, line.quantity) for line in body.items or []]
-    order_id, placed = await request.app[CHECKOUT].place(user_id, explicit or None, key)
+    order_id, placed = await request.app[CHECKOUT].place(
+        user_id, explicit or None, key, identity.email
+    )
     headers = {"Location": f"/api/orders/{order_id}"}
     if placed is None:  # a replay: the order placed before, as it is now
         headers["Idempotent-Replayed"] = "true"
@@ -156,7 +160,8 @@ async def get_order(request: web.Request) -> web.Response:
     errors=(403, 404, 409),
     description="pending -> processing -> shipped -> delivered; pending or processing -> "
     "cancelled; anything else is 409. Customers may only cancel their own pending orders. "
-    "A cancel puts the stock back, once.",
+    "A cancel puts the stock back, once. Shipped and cancelled orders are e-mailed to "
+    "their customer (the address they checked out with).",
 )
 async def change_status(request: web.Request, body: StatusChange) -> web.Response:
     identity = request[IDENTITY]

@@ -172,11 +172,13 @@ class Checkout:
         user_id: int,
         explicit: list[tuple[str, int]] | None,
         idempotency_key: str | None,
+        customer_email: str | None = None,
     ) -> tuple[int, dict[str, Any] | None]:
         """Check out; return the order id and, when this call placed it, the order as the
-        API shows it (None: a replay of an order placed before; read it)."""
+        API shows it (None: a replay of an order placed before; read it). The e-mails about
+        the order go to ``customer_email`` (the caller's token's)."""
         try:
-            order_id, order = await self._place(user_id, explicit, idempotency_key)
+            order_id, order = await self._place(user_id, explicit, idempotency_key, customer_email)
         except ShopError as exc:
             self.counts.failed.labels(exc.code).inc()
             raise
@@ -192,6 +194,7 @@ class Checkout:
         user_id: int,
         explicit: list[tuple[str, int]] | None,
         idempotency_key: str | None,
+        customer_email: str | None = None,
     ) -> tuple[int, dict[str, Any] | None]:
         # "Check out my cart" is one request whatever the cart holds, so a repeat is known
         # before the cart is read (a cart the first request already emptied included).
@@ -248,7 +251,7 @@ class Checkout:
                 continue
             break
         await self._take_stock(order_id, lines)
-        order = await self.store.mark_placed(order_id, lines)
+        order = await self.store.mark_placed(order_id, lines, customer_email)
         if order is None:
             # Too slow: recovery took the order over and is undoing it.
             raise _undone_meanwhile()

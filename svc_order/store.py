@@ -13,6 +13,7 @@ import asyncpg
 from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
+from svc_order.outbox import EMAIL_KINDS, record_email
 from svc_order.schemas import OrderOut
 
 log = logging.getLogger("shop.order.store")
@@ -185,19 +186,25 @@ class OrderStore:
             raise IdempotencyKeyTaken() from None
         return order_id
 
-    async def mark_placed(self, order_id: int, lines: list[Line]) -> dict[str, Any] | None:
+    async def mark_placed(
+        self, order_id: int, lines: list[Line], customer_email: str | None = None
+    ) -> dict[str, Any] | None:
         """Placed, unless recovery took the order over (its lease ran out) meanwhile; the
         order as the API shows it, built from what the caller holds (its ``lines``) and
-        what the two writes return, so the answer costs no read."""
+        what the writes return, so the answer costs no read. The customer's address is
+        kept on the order, and the 'placed' e-mail owed in the same transaction."""
         async with self.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
-                f"""UPDATE orders SET checkout_state = 'placed', updated_at = now()
+                f"""UPDATE orders SET checkout_state = 'placed', updated_at = now(),
+                                      customer_email = coalesce($2, customer_email)
                     WHERE id = $1 AND checkout_state = 'reserving' AND lease_until > now()
                     RETURNING {_ORDER}""",
                 order_id,
+                customer_email,
             )
             if row is None:
                 return None
+            await record_email(connection, order_id, "placed")
             entry = await connection.fetchrow(
                 """INSERT INTO order_history (order_id, status) VALUES ($1, 'pending')
                    RETURNING status, at""",
@@ -358,7 +365,8 @@ class OrderStore:
         self, order_id: int, new_status: str, *, only_from: frozenset[str] | None = None
     ) -> None:
         """Move the order along, under a row lock, so two racing changes (two cancels) are
-        judged one after the other: the second sees the first's result."""
+        judged one after the other: the second sees the first's result. The e-mail of a
+        shipped or cancelled order is owed in the same transaction."""
         async with self.pool.acquire() as connection, connection.transaction():
             current = await connection.fetchval(
                 """SELECT status FROM orders WHERE id = $1 AND checkout_state = 'placed'
@@ -382,6 +390,8 @@ class OrderStore:
                 order_id,
                 new_status,
             )
+            if new_status in EMAIL_KINDS:
+                await record_email(connection, order_id, new_status)
 
     async def restocks_pending(self) -> list[int]:
         rows = await self.pool.fetch("SELECT id FROM orders WHERE restock_pending")

@@ -1,0 +1,2 @@
+-- reserved for the checkout details (branch payment)
+SELECT 1;
