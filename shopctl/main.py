@@ -15,6 +15,7 @@ from shopctl.deploy import deploy
 from shopctl.down import down
 from shopctl.envs import env_app
 from shopctl.logs import logs
+from shopctl.mail import mail_app
 from shopctl.seed import seed
 from shopctl.status import status
 from shopctl.trace import trace
@@ -84,6 +85,7 @@ def main(
 # Each command lives in its own module; a new one is one import and one line here.
 for command in (up, down, status, seed, checkout, trace, logs):
     app.command(cls=ShopctlCommand)(command)
+app.add_typer(mail_app)
 app.add_typer(env_app)
 for command in (build, deploy):
     app.command(cls=ShopctlCommand)(command)

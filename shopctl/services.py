@@ -16,6 +16,7 @@ HOST = "127.0.0.1"
 # manifests use them; `shopctl up --base-port` may move them on this machine.
 CONTRACT_BASE_PORT = 3000
 ADMIN_VARIABLES = ("ADMIN_EMAIL", "ADMIN_PASSWORD")
+MAIL_VARIABLES = ("SMTP_URL", "STOREFRONT_URL")
 
 
 class Backend(StrEnum):
@@ -38,6 +39,8 @@ class Service:
     calls: tuple[str, ...] = ()
     # It makes sure the admin account exists at start-up, so it gets ADMIN_EMAIL/PASSWORD.
     owns_admin_account: bool = False
+    # It e-mails customers, so it gets SMTP_URL (and STOREFRONT_URL for the links in them).
+    sends_email: bool = False
 
     @property
     def url_variable(self) -> str:
@@ -58,7 +61,15 @@ SERVICES: tuple[Service, ...] = (
     # Every service that verifies users' tokens calls the user service: has it revoked them?
     Service("product", "svc_product", 1, Backend.MONGODB, "products", calls=("user",)),
     Service("user", "svc_user", 2, Backend.POSTGRES, "users", owns_admin_account=True),
-    Service("order", "svc_order", 3, Backend.POSTGRES, "orders", calls=("product", "cart", "user")),
+    Service(
+        "order",
+        "svc_order",
+        3,
+        Backend.POSTGRES,
+        "orders",
+        calls=("product", "cart", "user"),
+        sends_email=True,
+    ),
     Service("cart", "svc_cart", 4, Backend.REDIS, calls=("product", "user")),
 )
 
@@ -104,24 +115,29 @@ def service_environment(
     shared: Mapping[str, str],
     admin: Mapping[str, str],
     base_env: Mapping[str, str],
+    mail: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment `service` runs with.
 
     It is `base_env` (PATH, BCRYPT_ROUNDS, ...) with every setting shopctl decides put in:
     HOST, PORT, the `shared` settings (JWT_SECRET, LOG_LEVEL), its database URI, the URL of
-    each service it calls that is present, and the `admin` account (ADMIN_EMAIL,
-    ADMIN_PASSWORD) only for the service that creates it. Backend URIs and service URLs it
-    should not have are taken out, so a stale one from the shell never misleads it."""
+    each service it calls that is present, the `admin` account (ADMIN_EMAIL,
+    ADMIN_PASSWORD) only for the service that creates it, and the `mail` settings
+    (SMTP_URL, STOREFRONT_URL) only for the service that sends e-mails. Backend URIs and
+    service URLs it should not have are taken out, so a stale one from the shell never
+    misleads it."""
     present_by_name = {other.name: other for other in present}
     env = dict(base_env)
     for name in [other.url_variable for other in SERVICES] + [kind.value for kind in Backend]:
         env.pop(name, None)
-    for name in ADMIN_VARIABLES:
+    for name in (*ADMIN_VARIABLES, *MAIL_VARIABLES):
         env.pop(name, None)
 
     env.update({"HOST": HOST, "PORT": str(service.port(base_port)), **shared})
     if service.owns_admin_account:
         env.update(admin)
+    if service.sends_email:
+        env.update(mail or {})
     if service.backend is not None:
         env[service.backend.value] = database_uri(service, server_uris)
     for name in service.calls:

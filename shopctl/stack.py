@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shopctl import embedded, local_secrets, processes
+from shopctl import embedded, local_secrets, mailbox, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
 from shopctl.environments import DEFAULT_ADMIN_EMAIL
 from shopctl.errors import ShopctlError
@@ -91,6 +91,7 @@ def start_shop(
 
     try:
         server_uris = start_backends(present, config, state, report, step_done)
+        mail = mail_settings(present, config, state, report, step_done)
         for service in present:
             env = service_environment(
                 service,
@@ -100,6 +101,7 @@ def start_shop(
                 shared=shared,
                 admin=admin,
                 base_env=config.environ,
+                mail=mail,
             )
             log_path = logs_dir(config.data_dir) / f"{service.name}.log"
             process = processes.spawn(service.command(), log_path=log_path, env=env)
@@ -210,6 +212,42 @@ def start_backends(
     if databases:
         embedded.ensure_databases(server_uris[Backend.POSTGRES], databases)
     return server_uris
+
+
+def mail_settings(
+    present: list[Service],
+    config: UpConfig,
+    state: ShopState,
+    report: Report,
+    step_done: Callable[[], None],
+) -> dict[str, str]:
+    """SMTP_URL and STOREFRONT_URL for the services that send e-mails: SMTP_URL from the
+    environment when set there, else an embedded SMTP sink that keeps every message under
+    the data directory (mail/, for `shopctl mail`); the gateway's URL for the links."""
+    if not any(service.sends_email for service in present):
+        return {}
+    gateway = next((service for service in present if service.name == "gateway"), None)
+    storefront = config.environ.get("STOREFRONT_URL") or (
+        gateway.url(config.base_port) if gateway is not None else None
+    )
+    mail = {"STOREFRONT_URL": storefront} if storefront else {}
+    given = config.environ.get("SMTP_URL")
+    if given:
+        report(f"Sending e-mails through {mask_url(given)} from SMTP_URL")
+        return {**mail, "SMTP_URL": given}
+    service_ports = {service.port(config.base_port) for service in present}
+    server = embedded.start_smtp_sink(
+        mailbox.mail_dir(config.data_dir),
+        port=processes.free_port(avoid=service_ports),
+        log_dir=logs_dir(config.data_dir),
+    )
+    state.embedded.append(server)
+    report(
+        f"Started embedded {server.name} (PID {server.pid}) at {server.uri}: it keeps the "
+        "e-mails the shop sends, for `shopctl mail`"
+    )
+    step_done()
+    return {**mail, "SMTP_URL": server.uri}
 
 
 def _start_embedded(

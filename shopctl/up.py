@@ -79,8 +79,10 @@ def up(
     """Start the shop: backing servers, then every service.
 
     An embedded backing server is started under the data directory for each of
-    MONGODB_URI, DATABASE_URL and REDIS_URL that is not set. In the foreground it shows each
-    service's state until Ctrl-C; with --detach it returns once every service is ready.
+    MONGODB_URI, DATABASE_URL and REDIS_URL that is not set, and an SMTP sink that keeps
+    the e-mails the shop sends (`shopctl mail`) unless SMTP_URL is set. In the foreground
+    it shows each service's state until Ctrl-C; with --detach it returns once every
+    service is ready.
 
     Examples:
 

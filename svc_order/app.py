@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from shopkit.app import create_service_app
 from shopkit.auth import ServiceCredential
 from shopkit.background import every
 from shopkit.client import ServiceClient
 from shopkit.keys import METRICS, POSTGRES, SETTINGS
+from shopkit.logs import mask_url
 from shopkit.postgres import POSTGRES_UNAVAILABLE, postgres_ctx, postgres_ready
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
-from shopkit.settings import HttpUrl, PostgresUrl
+from shopkit.settings import HttpUrl, PostgresUrl, ServiceSettings
 from svc_order.delivery import (
     DEFAULT_DELIVERY_COUNTRIES,
     CountriesSetting,
@@ -24,11 +26,24 @@ from svc_order.delivery import (
     PriceSetting,
     ThresholdSetting,
 )
-from svc_order.keys import CARTS, CHECKOUT, DELIVERY, PRODUCTS, STORE, USERS
+from svc_order.keys import CARTS, CHECKOUT, DELIVERY, MAILER, PRODUCTS, STORE, USERS
+from svc_order.mailer import EmailCounts, EmailSender, MailSettings, SmtpServer, check_sender
+from svc_order.outbox import Outbox
 from svc_order.payments import TestCardProvider
 from svc_order.routes import REFUSALS, routes
 from svc_order.saga import Checkout, CheckoutCounts
 from svc_order.store import OrderStore, OwnerLock
+
+log = logging.getLogger("shop.order")
+
+
+def _check_smtp_url(value: str) -> str:
+    SmtpServer.from_url(value.strip())
+    return value.strip()
+
+
+SmtpUrl = Annotated[str, AfterValidator(_check_smtp_url)]
+Sender = Annotated[str, AfterValidator(check_sender)]
 
 # Each call to another service during a checkout must end well inside the checkout's lease.
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
@@ -63,6 +78,18 @@ class OrderSettings(TokenCheckingSettings):
             self.delivery_countries,
         )
 
+    # The customers' e-mails (svc_order/mailer.py). Without SMTP_URL none is sent: they are
+    # recorded in the outbox and wait there (its backlog is still measured).
+    secret_variables: ClassVar[frozenset[str]] = ServiceSettings.secret_variables | {"SMTP_URL"}
+    smtp_url: SmtpUrl | None = Field(None, alias="SMTP_URL")
+    mail_from: Sender = Field("Corner Shop <orders@shop.local>", alias="MAIL_FROM")
+    # The web shop's address as customers reach it, for the links in the e-mails.
+    storefront_url: HttpUrl | None = Field(None, alias="STOREFRONT_URL")
+    email_interval_seconds: float = Field(1.0, alias="EMAIL_INTERVAL_SECONDS", gt=0, le=3600)
+    email_retry_seconds: float = Field(30.0, alias="EMAIL_RETRY_SECONDS", gt=0, le=3600)
+    email_max_attempts: int = Field(8, alias="EMAIL_MAX_ATTEMPTS", ge=1, le=100)
+    smtp_timeout_seconds: float = Field(30.0, alias="SMTP_TIMEOUT_SECONDS", gt=0, le=300)
+
 
 async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the pool's): the store, and the saga with this process's owner
@@ -87,6 +114,29 @@ async def saga_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await owner.release()
+
+
+async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the pool's): the e-mail sender (app[MAILER])."""
+    settings = app[SETTINGS]
+    server = None if settings.smtp_url is None else SmtpServer.from_url(settings.smtp_url)
+    if server is None:
+        log.warning("SMTP_URL is not set: the customers' e-mails wait in the outbox, unsent")
+    else:
+        log.info("sending the customers' e-mails through %s", mask_url(settings.smtp_url))
+    app[MAILER] = EmailSender(
+        Outbox(app[POSTGRES]),
+        server,
+        MailSettings(
+            sender=settings.mail_from,
+            storefront_url=settings.storefront_url,
+            retry_seconds=settings.email_retry_seconds,
+            max_attempts=settings.email_max_attempts,
+            timeout_seconds=settings.smtp_timeout_seconds,
+        ),
+        EmailCounts(app[METRICS]),
+    )
+    yield
 
 
 def create_app(settings: OrderSettings) -> web.Application:
@@ -115,6 +165,17 @@ def create_app(settings: OrderSettings) -> web.Application:
             "order-recovery",
             lambda app: app[CHECKOUT].recover(),
             first_at_once=True,
+        )
+    )
+    app.cleanup_ctx.append(mail_ctx)  # app[MAILER]
+    # Every replica sends: each claims its e-mails with SKIP LOCKED (svc_order/outbox.py).
+    app.cleanup_ctx.append(
+        every(
+            settings.email_interval_seconds,
+            "email-sender",
+            lambda app: app[MAILER].run_pass(),
+            first_at_once=True,
+            passing=POSTGRES_UNAVAILABLE,
         )
     )
     app.router.add_routes(routes)

@@ -10,11 +10,13 @@ from shopkit.client import ServiceClient
 from svc_order.delivery import DeliveryRules
 
 if TYPE_CHECKING:
+    from svc_order.mailer import EmailSender
     from svc_order.saga import Checkout
     from svc_order.store import OrderStore
 
 STORE: web.AppKey[OrderStore] = web.AppKey("store")
 CHECKOUT: web.AppKey[Checkout] = web.AppKey("checkout")
+MAILER: web.AppKey[EmailSender] = web.AppKey("mailer")
 PRODUCTS = web.AppKey("products", ServiceClient)
 CARTS = web.AppKey("carts", ServiceClient)
 USERS = web.AppKey("users", ServiceClient)

@@ -128,10 +128,12 @@ async def delivery_options(request: web.Request) -> web.Response:
     "Retry-After and buys nothing; once that one placed its order the cart is empty (400 "
     "empty_cart). Other refusals: 400 empty_cart, 404 product_not_found, 409 "
     "insufficient_stock, idempotency_key_reused or idempotency_retry, 503 "
-    "upstream_unavailable (no order was placed).",
+    "upstream_unavailable (no order was placed). A placed order is e-mailed to the address "
+    "in the caller's token, which the order keeps for its later e-mails.",
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
-    user_id = _customer_id(request[IDENTITY])
+    identity = request[IDENTITY]
+    user_id = _customer_id(identity)
     key = idempotency_key(request.headers)
     explicit = [(line.product_id, line.quantity) for line in body.items or []]
     order_id, placed = await request.app[CHECKOUT].place(
@@ -218,7 +220,9 @@ async def get_order(request: web.Request) -> web.Response:
     "cancelled; anything else is 409. Customers may only cancel their own pending orders. "
     "A cancel puts the stock back, once. The payment follows: shipping captures it, "
     "cancelling voids the hold (a refund if it was captured); if the provider is "
-    "unavailable this is done by recovery later, and `payment.status` says which it is.",
+    "unavailable this is done by recovery later, and `payment.status` says which it is. "
+    "Shipped and cancelled orders are e-mailed to their customer (the address they "
+    "checked out with).",
 )
 async def change_status(request: web.Request, body: StatusChange) -> web.Response:
     identity = request[IDENTITY]

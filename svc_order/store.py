@@ -15,6 +15,7 @@ from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
 from svc_order.delivery import LABELS as DELIVERY_LABELS
+from svc_order.outbox import EMAIL_KINDS, record_email
 from svc_order.schemas import OrderOut, PaymentOut
 
 log = logging.getLogger("shop.order.store")
@@ -262,7 +263,8 @@ class OrderStore:
     async def mark_placed(self, order_id: int, lines: list[Line]) -> dict[str, Any] | None:
         """Placed, unless recovery took the order over (its lease ran out) meanwhile; the
         order as the API shows it, built from what the caller holds (its ``lines``) and
-        what the two writes return, so the answer costs no read."""
+        what the writes return, so the answer costs no read. The 'placed' e-mail is owed
+        in the same transaction (to the customer_email the checkout kept)."""
         async with self.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
                 f"""UPDATE orders SET checkout_state = 'placed', updated_at = now()
@@ -272,6 +274,7 @@ class OrderStore:
             )
             if row is None:
                 return None
+            await record_email(connection, order_id, "placed")
             entry = await connection.fetchrow(
                 """INSERT INTO order_history (order_id, status) VALUES ($1, 'pending')
                    RETURNING status, at""",
@@ -442,7 +445,8 @@ class OrderStore:
         self, order_id: int, new_status: str, *, only_from: frozenset[str] | None = None
     ) -> None:
         """Move the order along, under a row lock, so two racing changes (two cancels) are
-        judged one after the other: the second sees the first's result."""
+        judged one after the other: the second sees the first's result. The e-mail of a
+        shipped or cancelled order is owed in the same transaction."""
         async with self.pool.acquire() as connection, connection.transaction():
             current = await connection.fetchval(
                 """SELECT status FROM orders WHERE id = $1 AND checkout_state = 'placed'
@@ -480,6 +484,8 @@ class OrderStore:
                     order_id,
                     action,
                 )
+            if new_status in EMAIL_KINDS:
+                await record_email(connection, order_id, new_status)
 
     async def restocks_pending(self) -> list[int]:
         rows = await self.pool.fetch("SELECT id FROM orders WHERE restock_pending")

@@ -1,7 +1,7 @@
 """Helpers the tests share (fixtures live in conftest.py): waiting, tokens, API calls whose
 answers are checked against the service's own OpenAPI document, the pages driven through
-their forms, service processes, requests written byte for byte, and a whole shop from
-`shopctl up`."""
+their forms, service processes, requests written byte for byte, a real SMTP server, and a
+whole shop from `shopctl up`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from html import unescape
 from html.parser import HTMLParser
 from http.client import HTTPConnection
@@ -1065,3 +1068,76 @@ async def assert_documented(client: TestClient, response: ClientResponse, text: 
         if backend is not None:
             document, route = backend, documented_route(backend, URL(path).path)
     assert_matches_openapi(document, method, route, status, body)
+
+
+# -- a real SMTP server (aiosmtpd) that keeps what it accepts ---------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    envelope_to: list[str]
+    message: EmailMessage
+
+    def part(self, subtype: str) -> str:
+        """The text of the message's text/plain or text/html part."""
+        body = self.message.get_body(preferencelist=(subtype,))
+        assert body is not None and body.get_content_subtype() == subtype, self.message
+        return body.get_content()
+
+
+class SmtpSink:
+    """An SMTP server in a thread of its own, on ``port`` (a free one if None), that keeps
+    every message it accepts; set ``refuse_with`` (``"451 ..."``, ``"550 ..."``) to have
+    it answer each recipient so instead."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or processes.free_port()
+        self.received: list[ReceivedMail] = []
+        self.refuse_with: str | None = None
+        self.refused = 0
+        self._controller: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> SmtpSink:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    # aiosmtpd's handler hooks
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.refuse_with is not None:
+            self.refused += 1
+            return self.refuse_with
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.original_content, policy=default_policy)
+        assert isinstance(message, EmailMessage)
+        self.received.append(ReceivedMail(list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+
+async def metric_value(client: TestClient, name: str, **labels: str) -> float:
+    """One sample of the service's /metrics as Prometheus reads it; 0 when it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = await client.get("/metrics")
+    assert answer.status == 200, await answer.text()
+    for family in text_string_to_metric_families(await answer.text()):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    return 0.0

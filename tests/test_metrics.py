@@ -155,6 +155,10 @@ OWN = {
         "shop_checkout_undos": ("counter", {"service"}),
         "shop_checkout_recoveries": ("counter", {"service", "outcome"}),
         "shop_checkout_oldest_unfinished_seconds": ("gauge", {"service"}),
+        "shop_emails_sent": ("counter", {"service"}),
+        "shop_emails_failed": ("counter", {"service", "reason"}),
+        "shop_email_retries": ("counter", {"service"}),
+        "shop_email_outbox_backlog": ("gauge", {"service"}),
     },
 }
 # The label values each shop counter shows (at 0) before anything is counted.
