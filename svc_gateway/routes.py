@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from svc_gateway import docs
 from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
-from svc_gateway.pages import account, addresses, admin, cart, catalogue, orders
+from svc_gateway.pages import account, addresses, admin, cart, catalogue, checkout, orders
 from svc_gateway.proxy import API_PREFIXES, METHODS, proxy_to
 
 PAGE_ROUTES = [
@@ -42,7 +42,8 @@ PAGE_ROUTES = [
     web.post("/cart/items/{product_id}", cart.change_quantity),
     web.post("/cart/items/{product_id}/remove", cart.remove_from_cart),
     web.post("/cart/clear", cart.clear_cart),
-    web.post("/checkout", cart.checkout),
+    web.get("/checkout", checkout.checkout_page),
+    web.post("/checkout", checkout.checkout),
     # The shopper's orders.
     web.get("/orders", orders.orders_page),
     web.get("/orders/{id}", orders.order_page),

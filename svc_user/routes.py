@@ -374,7 +374,9 @@ async def list_addresses(request: web.Request) -> web.Response:
     roles=(),
     errors=(403, 409),
     description=f"409 too_many_addresses: the caller keeps {MAX_ADDRESSES} already (with "
-    "`limit`); counted under a lock, so requests at once never pass it.",
+    "`limit`); counted under a lock, so requests at once never pass it. The same address "
+    "again (every field equal once tidied: a form sent twice) is kept once: the answer is "
+    "the one kept, as a replay would be.",
 )
 async def add_address(request: web.Request, body: AddressBody) -> web.Response:
     user_id = _own_id(request[IDENTITY])

@@ -302,21 +302,32 @@ class UserStore:
         return row
 
     async def add_address(self, user_id: int, fields: dict[str, str], limit: int) -> asyncpg.Record:
-        """A new address of the user, unless it keeps ``limit`` already. Counted under the
-        user's row lock, in a statement after the lock is held (one statement would count
-        from its own snapshot, taken before the lock, and let a race past the limit)."""
+        """A new address of the user; or, when it keeps one with every field the same, that
+        one (a form sent twice keeps one address); or TooManyAddresses when it keeps
+        ``limit`` already. Looked up and counted under the user's row lock, in statements
+        after the lock is held (one statement would look from its own snapshot, taken
+        before the lock, and let a race past the limit, or in twice)."""
+        values = [fields[field] for field in _ADDRESS_FIELDS]
         async with self.pool.acquire() as connection, connection.transaction():
-            if (
-                await connection.fetchval("SELECT id FROM users WHERE id = $1 FOR UPDATE", user_id)
-                is None
-            ):
+            owner = await connection.fetchval(
+                "SELECT id FROM users WHERE id = $1 FOR UPDATE", user_id
+            )
+            if owner is None:
                 raise AccountGone()
-            kept = await connection.fetchval(
+            same = " AND ".join(f"{field} = ${n}" for n, field in enumerate(_ADDRESS_FIELDS, 2))
+            kept = await connection.fetchrow(
+                f"""SELECT {_ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 AND {same}
+                    ORDER BY id LIMIT 1""",
+                user_id,
+                *values,
+            )
+            if kept is not None:
+                return kept
+            count = await connection.fetchval(
                 "SELECT count(*) FROM addresses WHERE user_id = $1", user_id
             )
-            if kept >= limit:
+            if count >= limit:
                 raise TooManyAddresses(limit=limit)
-            values = [fields[field] for field in _ADDRESS_FIELDS]
             placeholders = ", ".join(f"${n}" for n in range(2, len(values) + 2))
             return await connection.fetchrow(
                 f"""INSERT INTO addresses (user_id, {", ".join(_ADDRESS_FIELDS)})

@@ -604,6 +604,42 @@ async def submit(
 # -- shoppers and admins on the pages ---------------------------------------------------------
 
 
+# What a shopper types at checkout: a new address (kept in the address book), standard
+# delivery and the test card that is accepted.
+CHECKOUT_DETAILS = {
+    "address_choice": "new",
+    "recipient": "Ann Shopper",
+    "line1": "1 High Street",
+    "city": "London",
+    "postal_code": "SW1A 1AA",
+    "country": "GB",
+    "delivery": "standard",
+    "card_number": "4242 4242 4242 4242",
+    "exp_month": "12",
+    "exp_year": str(datetime.now(UTC).year + 2),
+    "cvc": "123",
+}
+
+
+async def checkout_form(client: TestClient, **details: str) -> dict[str, str]:
+    """The checkout page's form as a shopper fills it in (CHECKOUT_DETAILS, with ``details``
+    instead where given), ready to post to /checkout."""
+    page = await get_page(client, "/checkout")
+    assert page.path == "/checkout", page.flashes()
+    return {**page.form("/checkout").fields, **CHECKOUT_DETAILS, **details}
+
+
+async def check_out_with_form(
+    client: TestClient, *, expected_status: int = 200, **details: str
+) -> Page:
+    """Open the checkout page, fill it in and place the order, following redirects (to the
+    confirmation, or back to the cart or the form with what was refused)."""
+    response = await client.post("/checkout", data=await checkout_form(client, **details))
+    result = await read_page(response)
+    assert result.status == expected_status, f"{result.status}\n{result.text[:2000]}"
+    return result
+
+
 async def register_with_form(
     client: TestClient, email: str, *, first_name: str = "Ann", password: str = SHOPPER_PASSWORD
 ) -> Page:

@@ -28,14 +28,14 @@ from support import (
     OrderProcess,
     bearer,
     call,
+    checkout_form,
     create_product,
     customer,
     eventually,
-    get_page,
     postgres,
+    read_page,
     set_cookie,
     stock_of,
-    submit,
 )
 
 from shopctl import processes
@@ -271,14 +271,14 @@ async def test_a_page_checkout_killed_after_placing_shows_the_confirmation(
     shopper = customer(304)
     set_cookie(shop.gateway, "shop_session", shopper["Authorization"].removeprefix("Bearer "))
     await put_in_cart(shop, 304, lamp["id"], 2)
-    cart = await get_page(shop.gateway, "/cart")
+    form = await checkout_form(shop.gateway)
     hold = Hold("DELETE", r"/api/cart/304")
     shop.cart_holds.append(hold)
-    placing = asyncio.create_task(submit(shop.gateway, cart, "/checkout"))
+    placing = asyncio.create_task(shop.gateway.post("/checkout", data=form))
     await kill_when_reached(shop, hold)
     shop.orders.start()
 
-    confirmation = await placing
+    confirmation = await read_page(await placing)
     rows = await shop.placed_orders()
     assert len(rows) == 1
     assert confirmation.path == f"/orders/{rows[0]['id']}/confirmation", confirmation.text

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlencode
 
 from aiohttp.test_utils import TestClient
 from support import (
+    CHECKOUT_DETAILS,
     JWT_SECRET,
     SHOPPER_PASSWORD,
     Page,
@@ -18,6 +19,8 @@ from support import (
     admin_login_headers,
     assert_page_basics,
     change_stock,
+    check_out_with_form,
+    checkout_form,
     cookie_flags,
     cookie_header,
     create_product,
@@ -55,7 +58,8 @@ async def test_every_page_renders_with_its_title_and_landmarks(web_shop: TestCli
     await add_to_cart_with_form(web_shop, mug["id"], 2)
     cart = await get_page(web_shop, "/cart")
     assert_page_basics(cart, "Your cart")
-    placed = await submit(web_shop, cart, "/checkout")
+    assert_page_basics(await get_page(web_shop, "/checkout"), "Checkout")
+    placed = await check_out_with_form(web_shop)
     order_id = re.fullmatch(r"/orders/(\d+)/confirmation", placed.path)[1]
     shopper = {
         f"/orders/{order_id}/confirmation": "Thank you for your order",
@@ -90,13 +94,14 @@ async def test_prices_and_totals_are_exact(web_shop: TestClient) -> None:
     await add_to_cart_with_form(web_shop, clip["id"], 3)
     cart = await get_page(web_shop, "/cart")
     assert "$59.97" in cart.text and "$0.30" in cart.text and "$60.27" in cart.text
-    confirmation = await submit(web_shop, cart, "/checkout")
-    assert "$60.27" in confirmation.text
+    confirmation = await check_out_with_form(web_shop, delivery="express")
+    assert "$70.22" in confirmation.text  # 60.27 + 9.95 express delivery
     # The order as kept: each line's subtotal and the total, to the cent, with no float's
     # trail (0.1 * 3 is 0.30000000000000004 in binary floating point).
     order = await get_page(web_shop, confirmation.path.removesuffix("/confirmation"))
-    assert re.findall(r"\$\d[\d,]*\.\d+", order.text).count("$60.27") == 1
-    assert "$59.97" in order.text and "$0.30" in order.text
+    # The total, and what the card holds.
+    assert re.findall(r"\$\d[\d,]*\.\d+", order.text).count("$70.22") == 2
+    assert "$59.97" in order.text and "$0.30" in order.text and "$60.27" in order.text
     assert "0000" not in order.text
 
 
@@ -450,11 +455,11 @@ async def test_the_whole_shopper_flow_through_the_forms(web_shop: TestClient) ->
     assert "Wool Socks" not in removed.text.replace("Removed it", "")
     await add_to_cart_with_form(web_shop, socks["id"], 1)
 
-    cart = await get_page(web_shop, "/cart")
-    confirmation = await submit(web_shop, cart, "/checkout")
+    confirmation = await check_out_with_form(web_shop)
     order_id = re.fullmatch(r"/orders/(\d+)/confirmation", confirmation.path)[1]
     assert "Thank you for your order!" in confirmation.text
-    assert "$64.47" in confirmation.text  # 59.97 + 4.50
+    assert "$64.47" in confirmation.text  # 59.97 + 4.50, delivery free from 50.00
+    assert "Visa ending 4242" in confirmation.text and "1 High Street" in confirmation.text
     assert await stock_of(web_shop, shirt["id"]) == 2
     assert await stock_of(web_shop, socks["id"]) == 9
     assert "Your cart is empty." in (await get_page(web_shop, "/cart")).text
@@ -484,8 +489,7 @@ async def test_a_double_submitted_checkout_buys_once(web_shop: TestClient) -> No
     mug = await create_product(web_shop, admin, name="Mug", price=8, stock=10)
     await register_with_form(web_shop, "twice@shop.test")
     await add_to_cart_with_form(web_shop, mug["id"], 2)
-    cart = await get_page(web_shop, "/cart")
-    data = cart.form("/checkout").fields
+    data = await checkout_form(web_shop)
     assert len(data["idempotency_key"]) >= 16
 
     # Two clicks at once, then the refresh of the POST: one order, bought once.
@@ -499,11 +503,15 @@ async def test_a_double_submitted_checkout_buys_once(web_shop: TestClient) -> No
     assert await stock_of(web_shop, mug["id"]) == 8
     assert (await get_page(web_shop, "/orders")).text.count("Order #") == 1
 
-    # A new showing of the cart is a new checkout.
+    # The new address was kept once; a new showing of the checkout is a new checkout.
+    book = await get_page(web_shop, "/profile/addresses")
+    kept = [a for a in book.tags("a") if a.attrs.get("href", "").endswith("/edit")]
+    assert len(kept) == 1 and "1 High Street" in book.text
     await add_to_cart_with_form(web_shop, mug["id"], 1)
-    fresh = await get_page(web_shop, "/cart")
-    assert fresh.form("/checkout").fields["idempotency_key"] != data["idempotency_key"]
-    await submit(web_shop, fresh, "/checkout")
+    fresh = await checkout_form(web_shop)
+    assert fresh["idempotency_key"] != data["idempotency_key"]
+    placed = await read_page(await web_shop.post("/checkout", data=fresh))
+    assert placed.path.endswith("/confirmation")
     assert (await get_page(web_shop, "/orders")).text.count("Order #") == 2
 
 
@@ -514,7 +522,7 @@ async def test_two_tabs_checking_out_one_cart_buy_it_once(web_shop: TestClient) 
     lamp = await create_product(web_shop, admin, name="Desk Lamp", price=40, stock=10)
     await register_with_form(web_shop, "tabs@shop.test")
     await add_to_cart_with_form(web_shop, lamp["id"], 3)
-    tabs = [(await get_page(web_shop, "/cart")).form("/checkout").fields for _ in range(2)]
+    tabs = [await checkout_form(web_shop) for _ in range(2)]
     assert tabs[0]["idempotency_key"] != tabs[1]["idempotency_key"]
 
     answers = await asyncio.gather(
@@ -546,21 +554,34 @@ async def test_short_stock_is_said_plainly_and_buys_nothing(web_shop: TestClient
     await change_stock(web_shop, admin, lamp["id"], -2)
     cart = await get_page(web_shop, "/cart")
     assert "Some items are short of stock." in cart.text and "Only 1 left in stock." in cart.text
-    refused = await submit(web_shop, cart, "/checkout")
-    assert refused.path == "/cart"
-    assert refused.flashes() == ["error: Not enough stock of 'Desk Lamp': 1 left, 3 asked for."]
-    assert await stock_of(web_shop, lamp["id"]) == 1
-    assert "not ordered anything yet" in (await get_page(web_shop, "/orders")).text
-    fixed = await submit(web_shop, refused, f"/cart/items/{lamp['id']}", quantity=1)
+    assert 'href="/checkout"' not in cart.html
+    sent_back = await get_page(web_shop, "/checkout")
+    assert sent_back.path == "/cart"
+    assert sent_back.flashes() == [
+        "error: Some items are short of stock: lower their quantities first."
+    ]
+    # Stock that runs short while the checkout form is open: refused, nothing bought.
+    fixed = await submit(web_shop, sent_back, f"/cart/items/{lamp['id']}", quantity=1)
     assert "short of stock" not in fixed.text
-    assert (await submit(web_shop, fixed, "/checkout")).path.endswith("/confirmation")
+    form = await checkout_form(web_shop)
+    await change_stock(web_shop, admin, lamp["id"], -1)
+    refused = await read_page(await web_shop.post("/checkout", data=form))
+    assert refused.path == "/cart"
+    assert refused.flashes() == ["error: Not enough stock of 'Desk Lamp': 0 left, 1 asked for."]
+    assert await stock_of(web_shop, lamp["id"]) == 0
+    assert "not ordered anything yet" in (await get_page(web_shop, "/orders")).text
+    await change_stock(web_shop, admin, lamp["id"], 1)
+    assert (await check_out_with_form(web_shop)).path.endswith("/confirmation")
 
 
 async def test_an_empty_cart_cannot_be_checked_out(web_shop: TestClient) -> None:
     await register_with_form(web_shop, "empty@shop.test")
     home = await get_page(web_shop, "/")
     token = home.form("/logout").fields["csrf_token"]
-    data = {"csrf_token": token, "idempotency_key": "k" * 32}
+    assert (await get_page(web_shop, "/checkout")).flashes() == [
+        "info: Your cart is empty: add something to check out."
+    ]
+    data = {"csrf_token": token, "idempotency_key": "k" * 32, **CHECKOUT_DETAILS}
     page = await read_page(await web_shop.post("/checkout", data=data))
     assert page.path == "/cart"
     assert page.flashes() == ["error: Your cart is empty: add something first."]
@@ -573,7 +594,7 @@ async def test_other_peoples_orders_are_not_found(
     mug = await create_product(web_shop, admin, stock=5)
     await register_with_form(web_shop, "owner@shop.test")
     await add_to_cart_with_form(web_shop, mug["id"], 1)
-    placed = await submit(web_shop, await get_page(web_shop, "/cart"), "/checkout")
+    placed = await check_out_with_form(web_shop)
     order_path = placed.path.removesuffix("/confirmation")
 
     other = await aiohttp_client(web_shop.server)

@@ -11,6 +11,7 @@ from support import (
     Page,
     add_to_cart_with_form,
     admin_login_headers,
+    check_out_with_form,
     create_product,
     get_page,
     log_in_as_admin_with_form,
@@ -37,7 +38,7 @@ def buttons_in(row: str) -> list[str]:
 
 async def place_order(client: TestClient, product_id: str, quantity: int = 1) -> str:
     await add_to_cart_with_form(client, product_id, quantity)
-    placed = await submit(client, await get_page(client, "/cart"), "/checkout")
+    placed = await check_out_with_form(client)
     return re.fullmatch(r"/orders/(\d+)/confirmation", placed.path)[1]
 
 
@@ -218,7 +219,8 @@ async def test_an_admin_moves_orders_along_with_only_the_allowed_moves(
 
     # The admin sees any order's page, with the moves it allows; the customer sees the history.
     detail = await get_page(boss, f"/orders/{shipped_id}")
-    assert "customer #" in detail.text
+    # Who placed it, by the name and e-mail it was placed with.
+    assert "by Ann Shopper (buyer@shop.test)" in " ".join(detail.text.split())
     delivered = await submit(
         boss, detail, f"/admin/orders/{shipped_id}/status", button="Mark delivered"
     )

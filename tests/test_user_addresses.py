@@ -112,6 +112,18 @@ async def test_another_customers_address_is_not_found_and_stays_as_it_was(
         assert reply["code"] == "address_not_found"
 
 
+async def test_the_same_address_sent_twice_is_kept_once(user: TestClient) -> None:
+    _, ann = await customer(user, "ann@shop.test")
+    answers = await asyncio.gather(*(add(user, ann) for _ in range(6)))
+    assert len({answer["id"] for answer in answers}) == 1
+    assert await listed(user, ann) == [answers[0]]
+    # Tidied first: the same address typed with other spaces and case is the same one.
+    again = await add(user, ann, recipient=" Ann Lee ", postal_code="sw1a 2aa")
+    assert again == answers[0]
+    other = await add(user, ann, line2="Flat 2")
+    assert other["id"] != again["id"]
+
+
 async def test_no_more_than_the_limit_even_asked_at_once(user: TestClient) -> None:
     _, ann = await customer(user, "ann@shop.test")
     await add(user, ann)
@@ -122,6 +134,7 @@ async def test_no_more_than_the_limit_even_asked_at_once(user: TestClient) -> No
         )
         return response.status, await response.json()
 
+    # Each a different address (its label), or they would be one.
     answers = await asyncio.gather(*(attempt(n) for n in range(3 * MAX_ADDRESSES)))
     statuses = sorted(status for status, _ in answers)
     assert statuses == [201] * (MAX_ADDRESSES - 1) + [409] * (2 * MAX_ADDRESSES + 1)

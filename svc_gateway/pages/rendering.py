@@ -17,6 +17,7 @@ import jinja2
 from aiohttp import web
 
 from shopkit.context import REQUEST_ID
+from shopkit.money import cents_to_money
 from svc_gateway.keys import ASSETS
 from svc_gateway.pages.access import local_path, session_of
 from svc_gateway.session import CSRF_FIELD
@@ -136,6 +137,15 @@ STATUS_ACTIONS = {
     "cancelled": "Cancel order",
 }
 
+# What an order's payment status means to its customer.
+PAYMENT_STATES = {
+    "authorised": "held on the card, taken when the order ships",
+    "captured": "paid",
+    "voided": "released: nothing was taken",
+    "refunded": "refunded",
+    "failed": "not taken",
+}
+
 STATUS_LABELS = {
     "pending": "Pending",
     "processing": "Processing",
@@ -164,5 +174,12 @@ def setup_templates(app: web.Application) -> None:
         stock_state=stock_state,
         status_labels=STATUS_LABELS,
         status_actions=STATUS_ACTIONS,
+        payment_states=PAYMENT_STATES,
     )
-    env.filters.update(money=money, plain_amount=plain_amount, when=when, initial_cap=initial_cap)
+    env.filters.update(
+        money=money,
+        cents=lambda value: money(cents_to_money(value)),
+        plain_amount=plain_amount,
+        when=when,
+        initial_cap=initial_cap,
+    )
