@@ -22,8 +22,8 @@ from shopkit.domain import MAX_IDS_PER_CALL, timestamp
 from shopkit.errors import UpstreamUnavailable
 from shopkit.money import CENT, LenientMoney
 from shopkit.responses import ok_body
-from svc_cart.schemas import CartItemOut, CartOut
-from svc_cart.store import StoredCart
+from svc_cart.schemas import CartItemOut, CartOut, GuestCartOut
+from svc_cart.store import GUEST_PREFIX, StoredCart
 
 CACHE_LIMIT = 10_000  # products (and answers) remembered at most; past it they start again
 # Encoded answers kept at most (a full cart's is about 20 KiB; the pod has 192 MiB).
@@ -224,37 +224,39 @@ class PricedAnswers:
     may have changed). Pricing and encoding a cart took a tenth of a read's CPU."""
 
     def __init__(self) -> None:
-        # user id -> (the cart, its products as priced, the encoded answer). The entry
+        # owner -> (the cart, its products as priced, the encoded answer). The entry
         # keeps those objects alive, so an identity check cannot meet a recycled id().
         self._last: dict[str, tuple[StoredCart, tuple[Product | None, ...], bytes]] = {}
         self._bytes = 0  # of the answers kept
 
-    def body(self, user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> bytes:
+    def body(self, owner: str, cart: StoredCart, products: Mapping[str, Product]) -> bytes:
         """``{"success": true, "data": <the priced cart>}``, encoded."""
         priced_with = tuple(products.get(product_id) for product_id, _ in cart.lines)
-        last = self._last.get(user_id)
+        last = self._last.get(owner)
         if (
             last is not None
             and last[0] is cart
             and all(before is now for before, now in zip(last[1], priced_with, strict=True))
         ):
             return last[2]
-        body = ok_body(priced_cart(user_id, cart, products))
+        body = ok_body(priced_cart(owner, cart, products))
         if last is not None:
             self._bytes -= len(last[2])
         if len(self._last) >= CACHE_LIMIT or self._bytes + len(body) > ANSWER_BYTES:
             self._last.clear()
             self._bytes = 0
-        self._last[user_id] = (cart, priced_with, body)
+        self._last[owner] = (cart, priced_with, body)
         self._bytes += len(body)
         return body
 
 
-def priced_cart(user_id: str, cart: StoredCart, products: Mapping[str, Product]) -> CartOut:
-    """A stored cart as the API shows it (its shape: schemas.CartOut), with each product's current
-    name, price and image. A product the catalogue no longer has is left out, and counts
-    toward neither the total nor item_count. Money is Decimal throughout: 3 x 19.99 is
-    59.97 exactly."""
+def priced_cart(
+    owner: str, cart: StoredCart, products: Mapping[str, Product]
+) -> CartOut | GuestCartOut:
+    """A stored cart as the API shows it (its shape: schemas.CartOut, for a guest
+    schemas.GuestCartOut), with each product's current name, price and image. A product the
+    catalogue no longer has is left out, and counts toward neither the total nor
+    item_count. Money is Decimal throughout: 3 x 19.99 is 59.97 exactly."""
     items: list[CartItemOut] = []
     total = Decimal("0.00")
     item_count = 0
@@ -276,11 +278,22 @@ def priced_cart(user_id: str, cart: StoredCart, products: Mapping[str, Product])
         total += subtotal
         item_count += quantity
     expires_at_ms = cart.expires_at_ms
+    expires_at = None if expires_at_ms is None else _iso_from_ms(expires_at_ms)
+    if owner.startswith(GUEST_PREFIX):
+        return {
+            "guest_id": owner.removeprefix(GUEST_PREFIX),
+            "merged_into": None,
+            "items": items,
+            "total": total,
+            "item_count": item_count,
+            "expires_at": expires_at,
+            "version": cart.version,
+        }
     return {
-        "user_id": int(user_id),
+        "user_id": int(owner),
         "items": items,
         "total": total,
         "item_count": item_count,
-        "expires_at": None if expires_at_ms is None else _iso_from_ms(expires_at_ms),
+        "expires_at": expires_at,
         "version": cart.version,
     }

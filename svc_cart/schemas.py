@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
@@ -10,7 +10,7 @@ from typing_extensions import TypedDict
 from shopkit.domain import MAX_CART_QUANTITY, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
 from shopkit.openapi import Timestamp, answer_shape
-from shopkit.parsing import ID_PATTERN, QueryInt
+from shopkit.parsing import ID_PATTERN, MAX_ID, QueryInt
 from shopkit.validation import Body, Query
 
 # Versions are counted in Redis' Lua, whose numbers are doubles: exact up to 2**53.
@@ -66,6 +66,37 @@ class CartItemPath(CartPath):
     )
 
 
+# A guest cart's id: 128 random bits, as 32 lower-case hex digits (the gateway makes it).
+GUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class GuestCartPath(BaseModel):
+    """The path of a guest cart's routes (for the document: a malformed id is a 404)."""
+
+    guestId: str = Field(
+        pattern=GUEST_ID_PATTERN,
+        description="The guest cart's id: 32 lower-case hex digits (128 random bits, made "
+        "by the gateway and kept in the guest's signed cookie); anything else names no "
+        "cart (404)",
+    )
+
+
+class GuestCartItemPath(GuestCartPath):
+    productId: str = Field(
+        pattern=PRODUCT_ID_PATTERN,
+        description="A product id (24 hex characters); any other id names no product (404)",
+    )
+
+
+class MergeInto(Body):
+    user_id: int = Field(
+        ge=1,
+        le=MAX_ID,
+        description="The account whose cart takes the guest cart's lines (the one that just "
+        "logged in or registered)",
+    )
+
+
 @answer_shape
 class CartItemOut(TypedDict):
     product_id: str
@@ -98,4 +129,52 @@ class CartOut(TypedDict):
     version: Annotated[
         int,
         Field(description="Goes up with every change; DELETE ?version= clears only this version"),
+    ]
+
+
+@answer_shape
+class GuestCartOut(TypedDict):
+    guest_id: str
+    merged_into: Annotated[
+        int | None,
+        Field(
+            description="null, unless this guest cart had been merged into an account's cart "
+            "(a login a moment ago): the change was then made in that account's cart, and "
+            "the rest of this answer is that cart"
+        ),
+    ]
+    items: list[CartItemOut]
+    total: LenientMoney
+    item_count: int
+    expires_at: Timestamp | None
+    version: int
+
+
+@answer_shape
+class MergeCut(TypedDict):
+    product_id: str
+    name: Annotated[
+        str | None, Field(description="The product's name; null when the catalogue has none")
+    ]
+    requested: Annotated[int, Field(description="Units the guest cart held")]
+    added: Annotated[int, Field(description="Units of them added to the account's cart")]
+    reason: Annotated[
+        Literal["stock", "quantity_limit", "cart_full", "unavailable"],
+        Field(
+            description="stock: the cart may hold no more than the stock; quantity_limit: "
+            f"no more than {MAX_CART_QUANTITY} units of one product; cart_full: no more "
+            "different products; unavailable: the catalogue no longer has the product"
+        ),
+    ]
+
+
+@answer_shape
+class MergeOut(TypedDict):
+    cart: CartOut
+    units_added: Annotated[
+        int, Field(description="Units from the guest cart now in the account's cart")
+    ]
+    cut: Annotated[
+        list[MergeCut],
+        Field(description="The guest cart's lines that could not be added whole"),
     ]

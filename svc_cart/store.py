@@ -1,6 +1,7 @@
 """The cart service's data layer: each cart is one JSON value in Redis, changed by a Lua script.
 
-``cart:{userId}`` holds ``{"items": [{"product_id": "<24 hex>", "quantity": n}, ...],
+``cart:{userId}`` (an account's cart) and ``cart:guest:{guestId}`` (a guest's, see
+MERGE_CARTS) hold ``{"items": [{"product_id": "<24 hex>", "quantity": n}, ...],
 "version": n, "updated_at": <epoch ms>}``. Items are a list, not a map, so a cart keeps the
 order things were put in it. ``version`` goes up by one with every change and never goes
 back (emptying a cart keeps the key, with no items, until its TTL ends), so "clear only if
@@ -65,11 +66,17 @@ CHANGE_CART = """
 -- ARGV[6]  units of one product at most; ARGV[7] products at most; ARGV[8] TTL in seconds
 -- Answers {'ok', <the cart as stored>} or {<error code>, <details as JSON>}. Only 'ok'
 -- writes, and a change that changes nothing writes nothing (no new version, same TTL).
+-- A guest cart merged into an account's cart ('merged_into', see MERGE_CARTS) holds
+-- nothing: emptying it changes nothing, any other change is refused with the account's
+-- id, and the caller makes it there instead (so an add racing the login is not lost).
 local raw = redis.call('GET', KEYS[1])
 local cart = {items = {}, version = 0}
 if raw then cart = cjson.decode(raw) end
-local items = cart.items
+local items = cart.items or {}
 local unchanged = raw or cjson.encode(cart)
+if cart.merged_into and ARGV[1] ~= 'clear' then
+  return {'merged', cjson.encode({user_id = cart.merged_into})}
+end
 
 if ARGV[1] == 'clear' then
   if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= cart.version then
@@ -118,8 +125,106 @@ return {'ok', stored}
 """
 
 
-def cart_key(user_id: str) -> str:
-    return f"cart:{user_id}"
+# Why guest carts are merged by a script of their own: the guest's lines are summed into
+# the account's cart, capped, and the guest cart replaced by a marker in one step, so two
+# logins at once from one browser merge it once (the second finds the marker), and an add
+# to the guest cart lands either before the merge (and is merged) or after it (and is
+# refused with the account's id, see CHANGE_CART, and made in the account's cart): never
+# in both, never in neither. It touches two keys, so on a Redis Cluster they would need
+# one hash slot (the service uses a plain client).
+MERGE_CARTS = """
+-- KEYS[1]  the guest cart's key; KEYS[2]  the account's cart's key
+-- ARGV[1]  {"<product id>": stock, ...} for the guest cart's products (-1: no such product)
+-- ARGV[2]  units of one product at most; ARGV[3] products at most; ARGV[4] the cart TTL
+-- ARGV[5]  how long the merged marker stays; ARGV[6] the account's user id
+-- Answers {'ok', <the account's cart as stored>, <what was cut, as JSON>, <guest lines
+-- as JSON>}, or {'unknown', <ids as JSON>} when the guest cart holds a product ARGV[1]
+-- has no stock for (one added since the caller looked): nothing is written then.
+local raw = redis.call('GET', KEYS[1])
+local account_raw = redis.call('GET', KEYS[2])
+local cart = {items = {}, version = 0}
+if account_raw then cart = cjson.decode(account_raw) end
+local unchanged = account_raw or cjson.encode(cart)
+if not raw then return {'ok', unchanged, '[]', '[]'} end
+local guest = cjson.decode(raw)
+if guest.merged_into then return {'ok', unchanged, '[]', '[]'} end
+local guest_items = guest.items or {}
+
+local stocks = cjson.decode(ARGV[1])
+local unknown = {}
+for _, line in ipairs(guest_items) do
+  if stocks[line.product_id] == nil then unknown[#unknown + 1] = line.product_id end
+end
+if #unknown > 0 then return {'unknown', cjson.encode(unknown)} end
+
+local items = cart.items or {}
+cart.items = items
+local most, most_lines = tonumber(ARGV[2]), tonumber(ARGV[3])
+local cut = {}
+local changed = false
+for _, line in ipairs(guest_items) do
+  local stock = stocks[line.product_id]
+  local index, current = nil, 0
+  for i, held in ipairs(items) do
+    if held.product_id == line.product_id then
+      index, current = i, held.quantity
+      break
+    end
+  end
+  local wanted, reason = current + line.quantity, nil
+  local got = wanted
+  if stock < 0 then
+    got, reason = current, 'unavailable'
+  elseif wanted > stock and stock <= most then
+    got, reason = math.max(current, stock), 'stock'
+  elseif wanted > most then
+    got, reason = math.max(current, most), 'quantity_limit'
+  end
+  if not index and got > 0 and #items >= most_lines then got, reason = 0, 'cart_full' end
+  if got > current then
+    changed = true
+    if index then
+      items[index].quantity = got
+    else
+      items[#items + 1] = {product_id = line.product_id, quantity = got}
+    end
+  end
+  if reason then
+    cut[#cut + 1] = {product_id = line.product_id, requested = line.quantity,
+                     added = got - current, reason = reason}
+  end
+end
+
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local stored = unchanged
+if changed then
+  cart.version = (cart.version or 0) + 1
+  cart.updated_at = now_ms
+  stored = cjson.encode(cart)
+  redis.call('SET', KEYS[2], stored, 'EX', ARGV[4])
+end
+local marker = {items = {}, version = (guest.version or 0) + 1, updated_at = now_ms,
+                merged_into = ARGV[6]}
+redis.call('SET', KEYS[1], cjson.encode(marker), 'EX', ARGV[5])
+return {'ok', stored, cjson.encode(cut), cjson.encode(guest_items)}
+"""
+
+GUEST_PREFIX = "guest:"
+# How long a merged guest cart answers changes with its account's id: a change sent from a
+# page shown before the login (a second tab, a request in flight) still lands in the
+# account's cart. Longer would let an old cookie reach the account's cart for longer.
+MERGED_MARKER_SECONDS = 600
+
+
+def guest_owner(guest_id: str) -> str:
+    """The cart owner a guest id names (its key is ``cart:guest:{guestId}``)."""
+    return f"{GUEST_PREFIX}{guest_id}"
+
+
+def cart_key(owner: str) -> str:
+    """A cart's Redis key: ``owner`` is a user id, or ``guest_owner(guest_id)``."""
+    return f"cart:{owner}"
 
 
 # What a change of a cart may be refused for (the script's refusal, its facts as keywords;
@@ -142,11 +247,24 @@ class CartChanged(DomainError):
     """The cart is at ``version`` now, not the version the caller read."""
 
 
+class CartMerged(DomainError):
+    """The guest cart was merged into user ``user_id``'s cart: make the change there."""
+
+
+class UnknownProducts(Exception):
+    """The guest cart holds products whose stock the merge was not given (``ids``)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
 _REFUSALS: dict[bytes, type[DomainError]] = {
     b"insufficient_stock": NotEnoughStock,
     b"quantity_limit": QuantityLimit,
     b"cart_full": CartFull,
     b"cart_changed": CartChanged,
+    b"merged": CartMerged,
 }
 
 
@@ -180,6 +298,36 @@ class StoredCart:
         if not self.lines or self.updated_at_ms is None:
             return None
         return self.updated_at_ms + CART_TTL_SECONDS * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """A guest cart's line that the merge could not add whole: ``requested`` units in the
+    guest cart, ``added`` of them added, and why (``stock``, ``quantity_limit``,
+    ``cart_full``, ``unavailable``: the catalogue no longer has the product)."""
+
+    product_id: str
+    requested: int
+    added: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """What a merge did: the account's cart after it, the guest cart's lines as they were
+    (none: there was nothing to merge, or it was merged already), and the lines cut."""
+
+    cart: StoredCart
+    guest_lines: tuple[tuple[str, int], ...]
+    cut: tuple[Cut, ...]
+
+    @property
+    def units_added(self) -> int:
+        cut = {line.product_id: line for line in self.cut}
+        return sum(
+            cut[product_id].added if product_id in cut else quantity
+            for product_id, quantity in self.guest_lines
+        )
 
 
 class BatchedReads:
@@ -240,17 +388,19 @@ class CartStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._reads = BatchedReads(redis)
-        # user id -> the value its last read found, and that value read: a cart is read far
-        # more often than it changes, and the same bytes give the same StoredCart (the same
-        # object, which lets the answer built from it be reused, see PricedAnswers).
+        # owner (a user id, or a guest) -> the value its last read found, and that value
+        # read: a cart is read far more often than it changes, and the same bytes give the
+        # same StoredCart (the same object, which lets the answer built from it be reused,
+        # see PricedAnswers).
         self._last_read: dict[str, tuple[bytes | None, StoredCart]] = {}
         self._read_bytes = 0
         # EVALSHA, loading the script again by itself if Redis lost it (NOSCRIPT).
         self._change_cart = redis.register_script(CHANGE_CART)
+        self._merge_carts = redis.register_script(MERGE_CARTS)
 
-    async def get(self, user_id: str) -> StoredCart:
-        raw = await self._reads.get(cart_key(user_id))
-        last = self._last_read.get(user_id)
+    async def get(self, owner: str) -> StoredCart:
+        raw = await self._reads.get(cart_key(owner))
+        last = self._last_read.get(owner)
         if last is not None and last[0] == raw:
             return last[1]
         cart = StoredCart.from_json(raw)
@@ -260,33 +410,58 @@ class CartStore:
         if len(self._last_read) >= READS_REMEMBERED or self._read_bytes + size > READ_BYTES:
             self._last_read.clear()
             self._read_bytes = 0
-        self._last_read[user_id] = (raw, cart)
+        self._last_read[owner] = (raw, cart)
         self._read_bytes += size
         return cart
 
-    async def add(self, user_id: str, product_id: str, units: int, *, stock: int) -> StoredCart:
+    async def add(self, owner: str, product_id: str, units: int, *, stock: int) -> StoredCart:
         """Add units of a product: 409 if the cart would then hold more than ``stock``."""
-        return await self._change(user_id, "add", product_id, units, stock)
+        return await self._change(owner, "add", product_id, units, stock)
 
     async def set_quantity(
-        self, user_id: str, product_id: str, units: int, *, stock: int
+        self, owner: str, product_id: str, units: int, *, stock: int
     ) -> StoredCart:
         """Hold exactly ``units`` of a product (0 removes it; above ``stock`` is 409)."""
-        return await self._change(user_id, "set", product_id, units, stock)
+        return await self._change(owner, "set", product_id, units, stock)
 
-    async def remove(self, user_id: str, product_id: str) -> StoredCart:
+    async def remove(self, owner: str, product_id: str) -> StoredCart:
         """Take a product out; one that is not in the cart changes nothing."""
-        return await self._change(user_id, "set", product_id, 0, 0)
+        return await self._change(owner, "set", product_id, 0, 0)
 
-    async def clear(self, user_id: str, *, expected_version: int | None = None) -> StoredCart:
+    async def clear(self, owner: str, *, expected_version: int | None = None) -> StoredCart:
         """Empty the cart; with ``expected_version``, only if it is still at that version
         (else 409 ``cart_changed`` and nothing changes)."""
         expected = "" if expected_version is None else str(expected_version)
-        return await self._change(user_id, "clear", "", 0, 0, expected)
+        return await self._change(owner, "clear", "", 0, 0, expected)
+
+    async def merge(self, guest_id: str, user_id: str, stocks: dict[str, int]) -> Merge:
+        """Add a guest cart's lines to user ``user_id``'s cart, each capped at ``stocks``
+        (product id -> stock; -1: no such product) and at the cart's caps, and mark the
+        guest cart merged. A guest cart holding a product ``stocks`` does not name raises
+        UnknownProducts, with nothing written."""
+        status, *payload = await self._merge_carts(
+            keys=[cart_key(guest_owner(guest_id)), cart_key(user_id)],
+            args=[
+                orjson.dumps(stocks),
+                MAX_CART_QUANTITY,
+                MAX_CART_LINES,
+                CART_TTL_SECONDS,
+                MERGED_MARKER_SECONDS,
+                user_id,
+            ],
+        )
+        if status == b"unknown":
+            raise UnknownProducts(orjson.loads(payload[0]))
+        stored, cut, guest_items = payload
+        return Merge(
+            StoredCart.from_json(stored),
+            tuple((item["product_id"], int(item["quantity"])) for item in _json_list(guest_items)),
+            tuple(Cut(**line) for line in _json_list(cut)),
+        )
 
     async def _change(
         self,
-        user_id: str,
+        owner: str,
         operation: str,
         product_id: str,
         units: int,
@@ -294,7 +469,7 @@ class CartStore:
         expected_version: str = "",
     ) -> StoredCart:
         status, payload = await self._change_cart(
-            keys=[cart_key(user_id)],
+            keys=[cart_key(owner)],
             args=[
                 operation,
                 product_id,
@@ -309,6 +484,11 @@ class CartStore:
         if status == b"ok":
             return StoredCart.from_json(payload)
         raise _REFUSALS[status](**orjson.loads(payload))
+
+
+def _json_list(raw: bytes) -> list[dict]:
+    value = orjson.loads(raw)
+    return value or []  # cjson writes an empty list as {}
 
 
 def redis_client(url: str) -> Redis:

@@ -10,12 +10,13 @@ from aiohttp import web
 from pydantic import BeforeValidator, Field, SecretStr
 
 from shopkit.app import create_service_app
+from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
 from shopkit.revocation import check_tokens_with_user_service
 from shopkit.settings import HttpUrl, ServiceSettings
 from svc_gateway.assets import load_assets
 from svc_gateway.docs import api_docs_ctx
-from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE, SESSION_KEYS
+from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE, GATEWAY_CREDENTIAL, SESSION_KEYS
 from svc_gateway.pages.middleware import page_middleware
 from svc_gateway.pages.rendering import setup_templates
 from svc_gateway.paths import path_guard
@@ -81,6 +82,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[SESSION_KEYS] = SessionKeys.from_secrets(
         settings.session_secret.get_secret_value() if settings.session_secret else None,
         settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+    )
+    # Guests' carts are reached with the gateway's own service token (svc_gateway/pages/cart.py).
+    app[GATEWAY_CREDENTIAL] = (
+        ServiceCredential(settings.jwt_secret.get_secret_value(), "gateway")
+        if settings.jwt_secret is not None
+        else None
     )
     setup_templates(app)
     app.on_startup.append(load_assets)

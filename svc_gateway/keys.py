@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
 
 if TYPE_CHECKING:
@@ -26,5 +27,11 @@ CATALOGUE_IMAGES: web.AppKey[Assets] = web.AppKey("catalogue_images")
 # What /api/docs serves: Swagger UI's files and the public API's merged document.
 API_DOCS: web.AppKey[ApiDocs] = web.AppKey("api_docs")
 
+# The gateway's own service token, for what the pages do for guests (their carts: the cart
+# service's internal routes); None without JWT_SECRET, and then guests have no cart.
+GATEWAY_CREDENTIAL = web.AppKey("gateway_credential", ServiceCredential | None)
+
 # Who is browsing and what goes back into the page cookies, for a page request.
 PAGE_SESSION: web.RequestKey[PageSession] = web.RequestKey("page_session")
+# Units in the browsing cart, for the header; None when the cart service could not say.
+CART_COUNT = web.RequestKey("cart_count", int | None)

@@ -1,6 +1,7 @@
-"""Who is browsing, and what the pages keep in cookies: the login, a CSRF nonce, flash messages.
+"""Who is browsing, and what the pages keep in cookies: the login, a CSRF nonce, flash messages,
+a guest's cart.
 
-Three cookies, all ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and ``Secure`` over HTTPS:
+Four cookies, all ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and ``Secure`` over HTTPS:
 
 - ``shop_session``: the JWT the user service issued at log-in, as it is. The gateway reads
   its claims only to know who is browsing (the header, the cart's user id, whether to offer
@@ -14,6 +15,11 @@ Three cookies, all ``HttpOnly``, ``SameSite=Lax``, ``Path=/`` and ``Secure`` ove
   HMAC, and a token stops working when the login it was made for changes.
 - ``shop_flash``: messages for the next page (Post/Redirect/Get), signed so that a crafted
   cookie cannot put words in the shop's mouth; deleted once a page has shown them.
+- ``shop_guest``: the id of a guest's cart (128 random bits, made when a guest first adds
+  to a cart), signed so that only ids this shop made are used; it lives as long as the
+  cart (7 days after its last change, renewed with it). The cart service keeps the cart;
+  the gateway reaches it with its own service token, never through the public API. At
+  login or registration the cart is merged into the account's and the cookie deleted.
 
 The keys come from ``SESSION_SECRET``, else are derived from ``JWT_SECRET`` (HMAC with a
 purpose label, so a CSRF token never doubles as anything else), else are random per process
@@ -50,7 +56,13 @@ FLASH_LEVELS = ("success", "info", "error")
 MAX_FLASHES = 4
 MAX_FLASH_TEXT = 300
 
+GUEST_COOKIE = "shop_guest"
+# As long as the cart it names: a cart expires 7 days after its last change (the cart
+# service's CART_TTL_SECONDS), and every change renews the cookie with it.
+GUEST_COOKIE_SECONDS = 7 * 24 * 3600
+
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{32}$")
+_GUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _b64(raw: bytes) -> str:
@@ -72,6 +84,7 @@ class SessionKeys:
     csrf: bytes
     flash: bytes
     jwt_secret: str | None
+    guest: bytes = b""  # signs the guest cart cookie
 
     @classmethod
     def from_secrets(cls, session_secret: str | None, jwt_secret: str | None) -> SessionKeys:
@@ -86,7 +99,9 @@ class SessionKeys:
                 "restart) will be refused"
             )
             root = os.urandom(32)
-        return cls(_derive(root, "csrf"), _derive(root, "flash"), jwt_secret)
+        return cls(
+            _derive(root, "csrf"), _derive(root, "flash"), jwt_secret, _derive(root, "guest")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +151,20 @@ def decode_flashes(key: bytes, value: str | None) -> list[Flash]:
     ]
 
 
+def encode_guest_id(key: bytes, guest_id: str) -> str:
+    return f"{guest_id}.{_sign(key, guest_id)}"
+
+
+def decode_guest_id(key: bytes, value: str | None) -> str | None:
+    """The guest cart id a cookie holds; None for a cookie that is absent or not ours."""
+    if not value or not value.isascii():
+        return None
+    guest_id, _, signature = value.partition(".")
+    if not _GUEST_ID.match(guest_id) or not hmac.compare_digest(signature, _sign(key, guest_id)):
+        return None
+    return guest_id
+
+
 def is_https(request: web.Request) -> bool:
     """Served over HTTPS, here or at a proxy in front (``X-Forwarded-Proto``). Trusting the
     header is safe for its one use, the cookies' Secure flag: a client that lies about it
@@ -171,6 +200,23 @@ class PageSession:
         self._incoming = decode_flashes(keys.flash, cookies.get(FLASH_COOKIE))
         self._shown = False
         self._outgoing: list[Flash] = []
+        self._had_guest_cookie = GUEST_COOKIE in cookies
+        self.guest_id = decode_guest_id(keys.guest, cookies.get(GUEST_COOKIE))
+        self._guest_touched = False
+
+    # -- a guest's cart -------------------------------------------------------------------------
+
+    def guest_cart(self) -> str:
+        """This browser's guest cart id, made now if it has none; its cookie is (re)set with
+        the answer, for as long as the cart lives after a change."""
+        if self.guest_id is None:
+            self.guest_id = secrets.token_hex(16)
+        self._guest_touched = True
+        return self.guest_id
+
+    def end_guest_cart(self) -> None:
+        """Forget the guest cart (merged into an account's, or its shopper logged out)."""
+        self.guest_id, self._guest_touched = None, False
 
     # -- logging in and out -------------------------------------------------------------------
 
@@ -258,3 +304,8 @@ class PageSession:
             response.set_cookie(FLASH_COOKIE, value, max_age=300, **flags)
         elif self._had_flash_cookie:
             response.del_cookie(FLASH_COOKIE, **flags)
+        if self._guest_touched and self.guest_id is not None:
+            value = encode_guest_id(self._keys.guest, self.guest_id)
+            response.set_cookie(GUEST_COOKIE, value, max_age=GUEST_COOKIE_SECONDS, **flags)
+        elif self._had_guest_cookie and self.guest_id is None:
+            response.del_cookie(GUEST_COOKIE, **flags)  # merged, logged out, or not ours

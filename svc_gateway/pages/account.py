@@ -12,6 +12,7 @@ from shopkit.errors import UpstreamUnavailable
 from shopkit.keys import SETTINGS
 from svc_gateway.pages.access import Redirect, local_path, require_user, session_of
 from svc_gateway.pages.backend import BackendRefused, call_backend, call_backend_or_raise
+from svc_gateway.pages.cart import merge_guest_cart
 from svc_gateway.pages.forms import ShowForm, submit_form
 from svc_gateway.pages.rendering import render
 
@@ -100,6 +101,7 @@ async def register(request: web.Request) -> web.Response:
         },
         logs_in=True,
         success=lambda data: f"Welcome, {_called(data['user'])}! Your account is ready.",
+        then=lambda: merge_guest_cart(request),
         redirect_to=next_path,
     )
 
@@ -127,6 +129,7 @@ async def login(request: web.Request) -> web.Response:
         shown_refusals={401: _over_the_form, 429: _over_the_form},
         logs_in=True,
         success=lambda data: f"Welcome back, {_called(data['user'])}.",
+        then=lambda: merge_guest_cart(request),
         redirect_to=next_path,
     )
 
@@ -142,6 +145,7 @@ async def logout(request: web.Request) -> web.Response:
         except UpstreamUnavailable:
             ended = False
         session.log_out()
+        session.end_guest_cart()  # the next guest on this browser starts a cart of its own
         if ended:
             session.flash("info", "You have logged out. See you soon!")
         else:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
 from shopkit.client import ServiceReply
@@ -48,14 +49,20 @@ async def call_backend(
     json: Any = None,
     headers: Mapping[str, str] | None = None,
     as_shopper: bool = True,
+    token: str | None = None,
+    timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
 ) -> ServiceReply:
     """A backend's answer, whatever its status below 500 (a dead or failing backend raises
-    503). ``as_shopper`` sends the shopper's token, as a browser calling /api/ would."""
+    503). ``as_shopper`` sends the shopper's token, as a browser calling /api/ would;
+    ``token`` sends that one instead (the gateway's own, for a guest's cart)."""
     client = request.app[BACKENDS].get(backend)
     if client is None:
         raise UpstreamUnavailable(f"The {backend} service is not configured on this gateway.")
-    token = session_of(request).token if as_shopper else None
-    return await client.request(method, path, json=json, token=token, headers=headers)
+    if token is None and as_shopper:
+        token = session_of(request).token
+    return await client.request(
+        method, path, json=json, token=token, headers=headers, timeout=timeout
+    )
 
 
 async def call_backend_or_raise(

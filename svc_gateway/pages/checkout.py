@@ -69,10 +69,10 @@ TEST_CARDS = (
 )
 
 
-async def _checkout_data(request: web.Request, user_id: str) -> dict[str, Any]:
+async def _checkout_data(request: web.Request) -> dict[str, Any]:
     """The cart with its stock, the shopper's addresses and the delivery options, at once."""
     (_, lines), book, delivery = await finish_all(
-        priced_cart(request, user_id),
+        priced_cart(request),
         call_backend_or_raise(request, "user", "GET", "/api/users/addresses"),
         call_backend_or_raise(request, "order", "GET", "/api/orders/delivery-options"),
     )
@@ -108,8 +108,8 @@ async def _page(
     errors: dict[str, str] | None = None,
     status: int = 200,
 ) -> web.Response:
-    user = require_user(request, "Log in to check out.")
-    data = await _checkout_data(request, user.user_id)
+    require_user(request, "Log in to check out.")
+    data = await _checkout_data(request)
     lines = data["lines"]
     session = session_of(request)
     if not lines:

@@ -93,13 +93,15 @@ async def submit_form(
     fields: Mapping[str, str] | None = None,
     shown_refusals: Mapping[int, FormRefusal] | None = None,
     logs_in: bool = False,
+    then: Callable[[], Awaitable[None]] | None = None,
     **call: Any,
 ) -> web.Response:
     """Send a form's change to a backend (``call``: what else ``call_backend`` takes) and
     answer it the way every form here is answered, Post/Redirect/Get:
 
     - done: with ``logs_in`` this browser logs in with the answer's token; ``success(data)``
-      is flashed and the shopper goes to ``redirect_to``;
+      is flashed, ``then`` is awaited (what follows a login: the guest cart's merge) and
+      the shopper goes to ``redirect_to``;
     - a 404, with ``not_found``: the 404 page saying that;
     - with ``show_form`` (fields typed in that can be corrected): a 400 shows the form again,
       the values as typed and each detail next to its field (``fields``: field -> label), and
@@ -127,4 +129,6 @@ async def submit_form(
     if logs_in:
         log_in(request, reply.data["token"])
     session.flash("success", success(reply.data))
+    if then is not None:
+        await then()
     raise Redirect(redirect_to)

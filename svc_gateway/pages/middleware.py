@@ -26,10 +26,11 @@ from shopkit.errors import (
 from shopkit.keys import TOKEN_STATUS
 from shopkit.middleware import answer_in_envelope
 from shopkit.validation import IDENTITY_ENCODINGS, content_encoding, read_body
-from svc_gateway.assets import CATALOGUE_PREFIX
-from svc_gateway.keys import PAGE_SESSION, SESSION_KEYS
+from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX
+from svc_gateway.keys import CART_COUNT, PAGE_SESSION, SESSION_KEYS
 from svc_gateway.pages.access import Redirect, login_url, return_path
 from svc_gateway.pages.backend import BackendRefused
+from svc_gateway.pages.cart import cart_count, merge_guest_cart
 from svc_gateway.pages.rendering import render
 from svc_gateway.session import CSRF_FIELD, PageSession
 
@@ -183,6 +184,12 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     session = PageSession(request, request.app[SESSION_KEYS])
     await session.confirm(request.app.get(TOKEN_STATUS))  # a revoked login is logged out
     request[PAGE_SESSION] = session
+    if request.method in ("GET", "HEAD") and not request.path.startswith(STATIC_PREFIX):
+        # A guest cart still here after a login: its merge failed then; try again.
+        await merge_guest_cart(request, on_the_way=True)
+        # The header's count: one quick read of the cart (none for a guest without one),
+        # and a page without the count when the cart service is down or slow.
+        request[CART_COUNT] = await cart_count(request)
     response = await _page_response(request, handler, session)
     session.apply(response)
     return _with_page_headers(response)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from shopkit.context import REQUEST_ID
 from shopkit.money import cents_to_money
-from svc_gateway.keys import ASSETS
+from svc_gateway.keys import ASSETS, CART_COUNT, GATEWAY_CREDENTIAL
 from svc_gateway.pages.access import local_path, session_of
 from svc_gateway.session import CSRF_FIELD
 
@@ -41,6 +41,10 @@ def render(
         "csrf_token": session.csrf_token,
         "csrf_field_name": CSRF_FIELD,
         "flashes": session.take_flashes(),
+        # Units in the cart, for the header (None: unknown, the cart service did not say).
+        "cart_count": request.get(CART_COUNT),
+        # Whether guests can fill a cart (the gateway has its service token).
+        "guest_carts": request.app[GATEWAY_CREDENTIAL] is not None,
         "current_path": request.path,
         "request_id": REQUEST_ID.get(),
         **(context or {}),

@@ -3,6 +3,7 @@ up a scene and check what the pages did to the real services, and small page hel
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,24 @@ from playwright.sync_api import BrowserContext, Locator, Page, expect
 from support import REPO, http
 
 SCREENSHOTS = REPO / "test-results" / "screenshots"
+WIDTHS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+AXE_REPORTS = REPO / "test-results" / "axe"
+FAILING_IMPACTS = ("serious", "critical")
+
+RUN_AXE = """async () => {
+    const results = await axe.run(document, {resultTypes: ["violations"]});
+    return results.violations.map((violation) => ({
+        id: violation.id,
+        impact: violation.impact,
+        help: violation.help,
+        helpUrl: violation.helpUrl,
+        nodes: violation.nodes.map((node) => ({
+            target: node.target.join(" "),
+            html: node.html,
+            summary: node.failureSummary,
+        })),
+    }));
+}"""
 PASSWORD = "browser-test-password"
 SCRIPT_NAME = "<script>alert(1)</script>"
 # pytest-playwright's `new_context` fixture: a browser context made with these options (and
@@ -258,3 +277,23 @@ def checkout_form_fields(page: Page) -> dict[str, str]:
         name: form.locator(f"input[name='{name}']").input_value()
         for name in ("csrf_token", "idempotency_key")
     }
+
+
+def axe_problems(page: Page, report: Path) -> list[str]:
+    """axe-core's serious and critical violations, each with its rule, help and nodes; every
+    violation (minor ones too) goes to a JSON report beside the screenshots."""
+    violations = page.evaluate(RUN_AXE)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(violations, indent=2))
+    problems = []
+    for violation in violations:
+        if violation["impact"] not in FAILING_IMPACTS:
+            continue
+        problems.append(
+            f"axe {violation['impact']}: {violation['id']}: {violation['help']} "
+            f"({violation['helpUrl']})"
+        )
+        for node in violation["nodes"]:
+            problems.append(f"    {node['target']}: {node['html'][:160]}")
+            problems.append("      " + node["summary"].replace("\n", "\n      "))
+    return problems

@@ -5,7 +5,6 @@ serious or critical violations."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,38 +12,22 @@ from typing import Any
 
 import pytest
 from browser_support import (
+    AXE_REPORTS,
     MISSING_IMAGE,
     SCREENSHOTS,
+    WIDTHS,
     Customer,
     NewContext,
     Shop,
+    axe_problems,
     heading,
     log_in,
 )
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from support import REPO, SHOP_ADMIN_EMAIL
+from support import SHOP_ADMIN_EMAIL
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-WIDTHS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-AXE_REPORTS = REPO / "test-results" / "axe"
-FAILING_IMPACTS = ("serious", "critical")
-
-RUN_AXE = """async () => {
-    const results = await axe.run(document, {resultTypes: ["violations"]});
-    return results.violations.map((violation) => ({
-        id: violation.id,
-        impact: violation.impact,
-        help: violation.help,
-        helpUrl: violation.helpUrl,
-        nodes: violation.nodes.map((node) => ({
-            target: node.target.join(" "),
-            html: node.html,
-            summary: node.failureSummary,
-        })),
-    }));
-}"""
 
 # Images that have not rendered (yet): lazy ones are asked for at once, then waited for.
 LOAD_IMAGES = "() => { for (const image of document.images) image.loading = 'eager'; }"
@@ -228,26 +211,6 @@ def look_at(page: Page, width: str) -> list[str]:
     title = page.title()
     if not title.endswith(" · Corner Shop") or title.startswith(" ·"):
         problems.append(f"title {title!r}")
-    return problems
-
-
-def axe_problems(page: Page, report: Path) -> list[str]:
-    """axe-core's serious and critical violations, each with its rule, help and nodes; every
-    violation (minor ones too) goes to a JSON report beside the screenshots."""
-    violations = page.evaluate(RUN_AXE)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(violations, indent=2))
-    problems = []
-    for violation in violations:
-        if violation["impact"] not in FAILING_IMPACTS:
-            continue
-        problems.append(
-            f"axe {violation['impact']}: {violation['id']}: {violation['help']} "
-            f"({violation['helpUrl']})"
-        )
-        for node in violation["nodes"]:
-            problems.append(f"    {node['target']}: {node['html'][:160]}")
-            problems.append("      " + node["summary"].replace("\n", "\n      "))
     return problems
 
 
