@@ -79,7 +79,7 @@ class ServiceClient:
         path: str,
         *,
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | aiohttp.FormData | None = None,
         timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
         auto_decompress: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -107,16 +107,18 @@ class ServiceClient:
         path: str,
         *,
         json: Any = None,
+        form: aiohttp.FormData | None = None,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
     ) -> ServiceReply:
-        """A JSON call. Any status below 500 is returned for the caller to judge; a 5xx,
-        a connection error, a timeout or a body that is not JSON raises 503."""
+        """A call answered in JSON, sending ``json`` or a multipart ``form``. Any status
+        below 500 is returned for the caller to judge; a 5xx, a connection error, a timeout
+        or a body that is not JSON raises 503."""
         merged = dict(headers or {})
         if token is not None:
             merged["Authorization"] = f"Bearer {token}"
-        body = None
+        body: bytes | aiohttp.FormData | None = form
         if json is not None:
             body = dumps(json)
             merged["Content-Type"] = "application/json"

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
 from shopkit.errors import BadRequest, UnsupportedEncoding, UnsupportedMediaType
@@ -89,3 +90,17 @@ async def read_form_data(request: web.Request) -> MultiDictProxy[Any]:
         ) from None
     request[FORM_DATA] = form
     return form
+
+
+@web.middleware
+async def uploads_closed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every middleware stack's: the files a request's form data spooled are closed (their
+    temporary files removed) once it is answered, whoever read them and however it ended."""
+    try:
+        return await handler(request)
+    finally:
+        form = request.get(FORM_DATA)
+        if form is not None:
+            for value in form.values():
+                if isinstance(value, web.FileField):
+                    value.file.close()

@@ -341,16 +341,10 @@ def _the_picture(form: MultiDictProxy[Any]) -> web.FileField:
 async def upload_picture(request: web.Request) -> web.Response:
     product_id = request.match_info["id"]
     await request.app[STORE].get(product_id)  # 404 before a body is read for nothing
-    form = await read_form_data(request)
-    try:
-        upload = _the_picture(form)
-        async with request.app[PICTURE_TURNS]:
-            # Pillow's decoding and encoding are CPU work: in a thread, never on the loop.
-            picture = await asyncio.to_thread(prepare_picture, upload.file)
-    finally:
-        for value in form.values():
-            if isinstance(value, web.FileField):
-                value.file.close()
+    upload = _the_picture(await read_form_data(request))  # its file closed once answered
+    async with request.app[PICTURE_TURNS]:
+        # Pillow's decoding and encoding are CPU work: in a thread, never on the loop.
+        picture = await asyncio.to_thread(prepare_picture, upload.file)
     url = await request.app[PICTURES].keep(picture)
     doc = await request.app[STORE].update(product_id, {"imageUrl": url})
     return ok(product_out(doc))

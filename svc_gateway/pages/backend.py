@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
 from shopkit.client import ServiceReply
@@ -46,16 +47,18 @@ async def call_backend(
     path: str,
     *,
     json: Any = None,
+    form: aiohttp.FormData | None = None,
     headers: Mapping[str, str] | None = None,
     as_shopper: bool = True,
 ) -> ServiceReply:
     """A backend's answer, whatever its status below 500 (a dead or failing backend raises
-    503). ``as_shopper`` sends the shopper's token, as a browser calling /api/ would."""
+    503). ``as_shopper`` sends the shopper's token, as a browser calling /api/ would; the
+    body is ``json``, or a multipart ``form`` (a file)."""
     client = request.app[BACKENDS].get(backend)
     if client is None:
         raise UpstreamUnavailable(f"The {backend} service is not configured on this gateway.")
     token = session_of(request).token if as_shopper else None
-    return await client.request(method, path, json=json, token=token, headers=headers)
+    return await client.request(method, path, json=json, form=form, token=token, headers=headers)
 
 
 async def call_backend_or_raise(
