@@ -7,6 +7,7 @@ and a client that sends the ETag it holds is answered 304 here, without asking a
 
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from shopkit.errors import NotFound, UpstreamUnavailable, error_body
@@ -54,11 +55,15 @@ async def product_picture(request: web.Request) -> web.Response:
     async with client.open("GET", f"/api/products/images/{name}") as upstream:
         if upstream.status == 404:
             return _not_found()
-        if upstream.status != 200 or (upstream.content_length or 0) > _MOST_BYTES:
+        length = upstream.content_length
+        if upstream.status != 200 or length is None or length > _MOST_BYTES:
             raise UpstreamUnavailable(
                 f"The product service could not give the picture (it answered {upstream.status})."
             )
-        body = await upstream.content.read(_MOST_BYTES)
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raise UpstreamUnavailable("The product service broke off the picture.") from None
     return web.Response(body=body, content_type=PICTURE_MEDIA_TYPE, headers=headers)
 
 
