@@ -27,6 +27,7 @@ from shopkit.openapi import Timestamp, answer_shape, build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
 from shopkit.tracing import configure_tracing
+from shopkit.uploads import uploads_closed
 from shopkit.validation import MAX_BODY
 
 log = logging.getLogger("shop.app")
@@ -80,7 +81,7 @@ def create_service_app(
 ) -> web.Application:
     """A service's application with everything shopkit provides wired in. Does no I/O."""
     app = web.Application(
-        middlewares=[shop_middleware],
+        middlewares=[shop_middleware, uploads_closed],
         client_max_size=MAX_BODY,
         # Bodies are decoded by shopkit.validation.read_body, which answers every encoding
         # problem in the envelope (aiohttp's own decoder would make some of them 500s).

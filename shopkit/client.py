@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from shopkit.responses import dumps
 log = logging.getLogger("shop.client")
 
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
+# Bodies larger than this are streamed from a reader (aiohttp warns of one large write).
+_ONE_WRITE = 1024 * 1024
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -79,12 +82,16 @@ class ServiceClient:
         path: str,
         *,
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | io.BytesIO | aiohttp.FormData | None = None,
         timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
         auto_decompress: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The raw response, whatever its status; a dead or slow service raises 503."""
         session = self.app[HTTP_SESSION]
+        if isinstance(data, bytes) and len(data) > _ONE_WRITE:
+            # A large body (a picture's upload) is sent in chunks, not as one write that
+            # holds the event loop; a new reader on each call, so a retry sends it whole.
+            data = io.BytesIO(data)
         try:
             async with session.request(
                 method,
@@ -107,16 +114,18 @@ class ServiceClient:
         path: str,
         *,
         json: Any = None,
+        form: aiohttp.FormData | None = None,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - aiohttp's own
     ) -> ServiceReply:
-        """A JSON call. Any status below 500 is returned for the caller to judge; a 5xx,
-        a connection error, a timeout or a body that is not JSON raises 503."""
+        """A call answered in JSON, sending ``json`` or a multipart ``form``. Any status
+        below 500 is returned for the caller to judge; a 5xx, a connection error, a timeout
+        or a body that is not JSON raises 503."""
         merged = dict(headers or {})
         if token is not None:
             merged["Authorization"] = f"Bearer {token}"
-        body = None
+        body: bytes | aiohttp.FormData | None = form
         if json is not None:
             body = dumps(json)
             merged["Content-Type"] = "application/json"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from shopkit.postgres import FairPool
     from shopkit.revocation import TokenStatus
     from shopkit.settings import ServiceSettings
+    from shopkit.validation import LargerBody
 
 SETTINGS: web.AppKey[ServiceSettings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -31,5 +32,8 @@ UNAVAILABLE_ERRORS = web.AppKey("unavailable_errors", tuple)
 REFUSALS: web.AppKey[Refusals] = web.AppKey("refusals")
 # Whether a user's token was revoked (shopkit.revocation); every service that checks tokens.
 TOKEN_STATUS: web.AppKey[TokenStatus] = web.AppKey("token_status")
+
+# The requests that may carry a body over the 1 MiB limit (uploads), and their limits.
+LARGER_BODIES: web.AppKey[tuple[LargerBody, ...]] = web.AppKey("larger_bodies")
 
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -18,7 +18,7 @@ from shopkit.keys import METRICS, REFUSALS, UNAVAILABLE_ERRORS
 from shopkit.logs import request_record
 from shopkit.responses import json_response
 from shopkit.tracing import record_error_code, record_failure, set_request_id
-from shopkit.validation import MAX_BODY
+from shopkit.validation import body_limit, too_large
 
 access_log = logging.getLogger("shop.access")
 error_log = logging.getLogger("shop.error")
@@ -173,13 +173,10 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return _refused_expectation(
             request, 417, "expectation_failed", "Only 'Expect: 100-continue' is understood."
         )
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _refused_expectation(
-            request,
-            413,
-            "payload_too_large",
-            f"The request body is larger than the {MAX_BODY >> 20} MiB limit.",
-        )
+    limit = body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        refused = too_large(limit)
+        return _refused_expectation(request, refused.status, refused.code, refused.message)
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper has not started

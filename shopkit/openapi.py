@@ -43,7 +43,7 @@ _STATUS_TEXT = {
     403: "Authenticated but not allowed",
     404: "No such resource",
     409: "Conflict with the current state",
-    413: "Body over 1 MiB",
+    413: "Body over 1 MiB (or over the larger limit the operation states)",
     415: "A body in a media type or Content-Encoding the service does not read",
     429: "Too many attempts",
     503: "A dependency is down or timed out",
@@ -71,6 +71,10 @@ class EndpointSpec:
     # reads, as OpenAPI parameter objects.
     path: type[BaseModel] | None = None
     headers: tuple[dict[str, Any], ...] = ()
+    # Documentation only: a multipart/form-data body's schema (the handler reads it with
+    # shopkit.uploads.read_form_data), and the encoding object of its parts.
+    form: dict[str, Any] | None = None
+    form_encoding: dict[str, Any] | None = None
 
 
 def endpoint(
@@ -89,6 +93,8 @@ def endpoint(
     access: Callable[[web.Request], Any] | None = None,
     path: type[BaseModel] | None = None,
     headers: tuple[dict[str, Any], ...] = (),
+    form: dict[str, Any] | None = None,
+    form_encoding: dict[str, Any] | None = None,
 ) -> Callable[[Handler], Handler]:
     spec = EndpointSpec(
         summary,
@@ -105,6 +111,8 @@ def endpoint(
         access,
         path,
         headers,
+        form,
+        form_encoding,
     )
 
     def decorate(handler: Handler) -> Handler:
@@ -257,6 +265,11 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
                     "application/json": {"schema": {"$ref": _REF.format(model=spec.body.__name__)}}
                 },
             }
+        if spec.form is not None:
+            media: dict[str, Any] = {"schema": spec.form}
+            if spec.form_encoding:
+                media["encoding"] = spec.form_encoding
+            operation["requestBody"] = {"required": True, "content": {"multipart/form-data": media}}
         for model in _models_in(spec.response):
             models[(model, "serialization")] = None
         responses: dict[str, Any] = {
@@ -268,8 +281,8 @@ def build_openapi(app: web.Application, title: str, version: str) -> dict[str, A
         errors = set(spec.errors)
         if spec.body is not None or spec.query is not None:
             errors.add(400)
-        if spec.body is not None:
-            errors.update((413, 415))
+        if spec.body is not None or spec.form is not None:
+            errors.update((400, 413, 415))
         if spec.roles is not None:
             errors.add(401)
             errors.add(503)  # whether the token was revoked could not be confirmed

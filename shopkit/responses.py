@@ -73,15 +73,21 @@ class Encoded:
         return cls(raw, '"' + hashlib.blake2b(raw, digest_size=16).hexdigest() + '"')
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names this ETag (weakly compared, as RFC 9110
+    asks for ``If-None-Match``), or is ``*``."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+
+
 def answer_encoded(
     request: web.Request, encoded: Encoded, *, cache_control: str = "public, max-age=5"
 ) -> web.Response:
     """The encoded body with its ETag; a matching ``If-None-Match`` gets a bodiless 304."""
     headers = {"ETag": encoded.etag, "Cache-Control": cache_control}
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match and (
-        if_none_match.strip() == "*"
-        or encoded.etag in (tag.strip() for tag in if_none_match.split(","))
-    ):
+    if etag_matches(request.headers.get("If-None-Match"), encoded.etag):
         return web.Response(status=304, headers=headers)
     return encoded_response(encoded.raw, headers=headers)

@@ -9,9 +9,12 @@ or repeated parameters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Self, TypeVar
 
@@ -27,12 +30,40 @@ from shopkit.errors import (
     UnsupportedEncoding,
     ValidationFailed,
 )
-from shopkit.keys import SETTINGS
+from shopkit.keys import LARGER_BODIES, SETTINGS
 from shopkit.parsing import QueryInt, check_text
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY = 1024 * 1024  # 1 MiB, compressed or not; larger bodies get 413
+
+
+@dataclass(frozen=True, slots=True)
+class LargerBody:
+    """Requests (this method, a path matching ``path`` whole) whose body may be up to
+    ``limit`` bytes instead of MAX_BODY: an app lists them under ``LARGER_BODIES``."""
+
+    method: str
+    path: re.Pattern[str]
+    limit: int
+
+
+def body_limit(request: web.Request) -> int:
+    """The most bytes this request's body may hold: MAX_BODY, unless its app lists the
+    request among its ``LARGER_BODIES`` (an upload)."""
+    for rule in request.app.get(LARGER_BODIES, ()):
+        if request.method == rule.method and rule.path.fullmatch(request.path):
+            return rule.limit
+    return MAX_BODY
+
+
+def larger_reader(request: web.Request, limit: int) -> web.Request:
+    """``request`` itself, or for a limit above the app's own (aiohttp's client_max_size) a
+    copy that reads up to ``limit`` bytes (the body is not read yet: both share it)."""
+    if limit <= request.client_max_size:
+        return request
+    return request.clone(client_max_size=limit)
+
 
 MAX_PAGE = 10_000
 MAX_PAGE_SIZE = 100
@@ -119,25 +150,36 @@ class ClientWentAway(BadRequest):
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, decoded from gzip or deflate; 400 when it cannot be decoded, 413
-    past ``MAX_BODY`` (before or after decoding), 415 for any other encoding."""
+    past ``body_limit(request)`` (before or after decoding), 415 for any other encoding."""
     encoding = content_encoding(request)
     if encoding not in IDENTITY_ENCODINGS and encoding not in _ZLIB_WINDOWS:
         raise _unsupported(encoding)  # before reading what could not be read anyway
+    limit = body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)  # before reading what would be refused anyway
+    async with reading_body(request, limit):
+        raw = await larger_reader(request, limit).read()
+    return decode_body(raw, encoding, limit)
+
+
+@contextlib.asynccontextmanager
+async def reading_body(request: web.Request, limit: int) -> AsyncIterator[None]:
+    """Around reading a request's body: the app's time limit for it, and each way reading
+    can fail as one of our errors (408, 413 past ``limit``, a client that went away)."""
     within = request.app[SETTINGS].body_timeout_seconds
     try:
         async with asyncio.timeout(within):
-            raw = await request.read()
+            yield
     except TimeoutError:
         raise RequestTimeout(
             f"The request body did not arrive within {within:g} seconds; send it again."
         ) from None
     except web.HTTPRequestEntityTooLarge:
-        raise _too_large() from None
+        raise too_large(limit) from None
     except (ConnectionError, asyncio.IncompleteReadError, EofStream) as exc:
         raise ClientWentAway(
             "The connection closed before the whole request body arrived."
         ) from exc
-    return decode_body(raw, encoding)
 
 
 def _unsupported(encoding: str) -> UnsupportedEncoding:
@@ -148,12 +190,18 @@ def _unsupported(encoding: str) -> UnsupportedEncoding:
     )
 
 
-def _too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than the {MAX_BODY >> 20} MiB limit.")
+def size_in_words(limit: int) -> str:
+    """A byte limit as people say it: 1048576 -> "1 MiB", 5308416 -> "5.06 MiB"."""
+    return f"{limit / 2**20:.3g} MiB" if limit >= 2**20 else f"{limit / 2**10:.3g} KiB"
 
 
-def decode_body(raw: bytes, encoding: str) -> bytes:
-    """``raw`` decoded from ``encoding`` (a trimmed, lower-cased Content-Encoding)."""
+def too_large(limit: int = MAX_BODY) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the {size_in_words(limit)} limit.")
+
+
+def decode_body(raw: bytes, encoding: str, limit: int = MAX_BODY) -> bytes:
+    """``raw`` decoded from ``encoding`` (a trimmed, lower-cased Content-Encoding), at most
+    ``limit`` bytes once decoded."""
     if encoding in IDENTITY_ENCODINGS or not raw:
         return raw
     if encoding not in _ZLIB_WINDOWS:
@@ -165,11 +213,11 @@ def decode_body(raw: bytes, encoding: str) -> bytes:
         window = zlib.MAX_WBITS if raw[0] & 0x0F == 8 else -zlib.MAX_WBITS
     decoder = zlib.decompressobj(window)
     try:
-        body = decoder.decompress(raw, MAX_BODY + 1)  # bounded: a small bomb stays small
+        body = decoder.decompress(raw, limit + 1)  # bounded: a small bomb stays small
     except zlib.error:
         raise _undecodable(encoding) from None
-    if len(body) > MAX_BODY or decoder.unconsumed_tail:
-        raise _too_large()
+    if len(body) > limit or decoder.unconsumed_tail:
+        raise too_large(limit)
     if not decoder.eof or decoder.unused_data:
         raise _undecodable(encoding)
     return body

@@ -12,11 +12,14 @@ from pydantic import BeforeValidator, Field, SecretStr
 from shopkit.app import create_service_app
 from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
+from shopkit.keys import LARGER_BODIES
 from shopkit.revocation import check_tokens_with_user_service
 from shopkit.settings import HttpUrl, ServiceSettings
+from shopkit.uploads import PICTURE_UPLOAD
 from svc_gateway.assets import load_assets
 from svc_gateway.docs import api_docs_ctx
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE, GATEWAY_CREDENTIAL, SESSION_KEYS
+from svc_gateway.pages.admin import PAGE_PICTURE_UPLOAD
 from svc_gateway.pages.middleware import page_middleware
 from svc_gateway.pages.rendering import setup_templates
 from svc_gateway.paths import path_guard
@@ -74,6 +77,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
         for name, url in settings.backend_urls().items()
     }
     app[CHECKOUT_DEADLINE] = settings.checkout_deadline
+    # The bodies over 1 MiB: a picture's upload, through the API and through the admin's form.
+    app[LARGER_BODIES] = (PICTURE_UPLOAD, PAGE_PICTURE_UPLOAD)
     if settings.jwt_secret is not None and settings.user_service_url is not None:
         # The pages treat a revoked login cookie as logged out (svc_gateway.session).
         check_tokens_with_user_service(app, settings.user_service_url)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from shopkit.errors import NotFound, error_body
 from shopkit.openapi import endpoint
-from shopkit.responses import json_response
+from shopkit.responses import etag_matches, json_response
 from svc_gateway.keys import ASSETS, CATALOGUE_IMAGES
 
 STATIC_PREFIX = "/static/"
@@ -96,16 +96,6 @@ async def load_assets(app: web.Application) -> None:
     """on_startup: read the static files and the catalogue's pictures (small files, once)."""
     app[ASSETS] = read_assets()
     app[CATALOGUE_IMAGES] = read_assets(folder=CATALOGUE_FOLDER)
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names this ETag (weakly compared, as RFC 9110
-    asks for ``If-None-Match``), or is ``*``."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:

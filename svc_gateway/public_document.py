@@ -35,7 +35,8 @@ TAG_DESCRIPTIONS = {
     "users": "Accounts, logins and tokens (the user service)",
     "cart": "Each customer's cart (the cart service)",
     "orders": "Checkout and orders (the order service)",
-    GATEWAY: "The gateway's own: the catalogue's pictures and this documentation",
+    GATEWAY: "The gateway's own: the catalogue's and the products' pictures, and this "
+    "documentation",
 }
 _OPERATIONS = frozenset(method.lower() for method in METHODS)  # what the gateway forwards
 _REF_PREFIX = "#/components/"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from svc_gateway import docs
+from svc_gateway import docs, pictures
 from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
 from svc_gateway.pages import account, addresses, admin, cart, catalogue, checkout, orders
 from svc_gateway.proxy import API_PREFIXES, METHODS, proxy_to
@@ -19,6 +19,7 @@ PAGE_ROUTES = [
     # The stylesheet, script and icons, by content-hashed name; the catalogue's pictures.
     web.get(STATIC_PREFIX + "{name}", static_file, name="static"),
     web.get(CATALOGUE_PREFIX + "{name}", catalogue_image, name="catalogue_image"),
+    pictures.ROUTE,  # product pictures an admin uploaded, from the product service
     # The shop window.
     web.get("/", catalogue.home),
     web.get("/products/{id}", catalogue.product_page),
@@ -56,6 +57,7 @@ PAGE_ROUTES = [
     web.post("/admin/products/new", admin.create_product),
     web.get("/admin/products/{id}/edit", admin.edit_product_page),
     web.post("/admin/products/{id}/edit", admin.update_product),
+    web.post("/admin/products/{id}/image", admin.upload_picture),
     web.post("/admin/products/{id}/stock", admin.restock_product),
     web.post("/admin/products/{id}/delete", admin.delete_product),
     web.get("/admin/orders", admin.admin_orders),

@@ -14,12 +14,14 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shopkit.app import StartupError, create_service_app
 from shopkit.background import every
-from shopkit.keys import METRICS
+from shopkit.keys import LARGER_BODIES, METRICS
 from shopkit.readiness import DatastoreAnswers
 from shopkit.revocation import TokenCheckingSettings, check_tokens_with_user_service
 from shopkit.settings import MongoUrl
+from shopkit.uploads import PICTURE_UPLOAD
 from svc_product.catalogue import CatalogueAnswers, CatalogueVersion
-from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, STOCK, STORE
+from svc_product.keys import ANSWERS, MONGO, MONGO_ANSWERS, PICTURE_TURNS, PICTURES, STOCK, STORE
+from svc_product.picture_store import PictureStore
 from svc_product.routes import REFUSALS, STOCK_CONFLICT_CODES, routes
 from svc_product.stock import (
     SETTLE_AFTER,
@@ -50,6 +52,8 @@ class ProductSettings(TokenCheckingSettings):
     stock_moves_prune_interval: float = Field(
         3_600, alias="STOCK_MOVES_PRUNE_INTERVAL", gt=0, le=86_400
     )
+    # How often pictures no product points at (for a week) are looked for and forgotten.
+    pictures_sweep_interval: float = Field(3_600, alias="PICTURES_SWEEP_INTERVAL", gt=0, le=86_400)
 
 
 async def mongo_ready(app: web.Application) -> dict[str, Any]:
@@ -69,6 +73,7 @@ async def catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE] = ProductStore(database["products"], version)
     app[ANSWERS] = CatalogueAnswers(version)
     ledger = app[STOCK] = StockLedger(store.collection, database["stock_moves"], store.changed)
+    app[PICTURES] = PictureStore(database["product_images"], store.collection)
     try:
         await store.ensure_indexes()
         await ledger.ensure_indexes()
@@ -81,6 +86,12 @@ async def catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(PyMongoError, asyncio.CancelledError):
         await ledger.settle_won()
     await version.close()
+
+
+async def forget_unused_pictures(app: web.Application) -> None:
+    forgotten = await app[PICTURES].forget_unused()
+    if forgotten:
+        log.info("forgot %d pictures no product points at", forgotten)
 
 
 def create_app(settings: ProductSettings) -> web.Application:
@@ -96,6 +107,9 @@ def create_app(settings: ProductSettings) -> web.Application:
         app, settings.user_service_url, settings.token_status_cache_seconds
     )
     app[MONGO_ANSWERS] = DatastoreAnswers()
+    # A picture's upload is the one body over 1 MiB this service reads (shopkit.uploads).
+    app[LARGER_BODIES] = (PICTURE_UPLOAD,)
+    app[PICTURE_TURNS] = asyncio.Semaphore(1)
     # Counted where every refusal is answered (shopkit's middleware), by the code the client
     # hears: whichever route refused (one change, a checkout's batch, an undo), and with
     # no counting in the ledger, which knows nothing of codes.
@@ -126,6 +140,14 @@ def create_app(settings: ProductSettings) -> web.Application:
             settings.stock_moves_prune_interval,
             "stock-housekeeping",
             lambda app: housekeeping(app[STOCK], settings.stock_moves_keep_seconds),
+            passing=away,
+        )
+    )
+    app.cleanup_ctx.append(
+        every(
+            settings.pictures_sweep_interval,
+            "forget-unused-pictures",
+            forget_unused_pictures,
             passing=away,
         )
     )

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
-from shopkit.errors import Conflict, Forbidden, Refusal, Refusals
+from shopkit.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Refusal,
+    Refusals,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from shopkit.keys import IDENTITY
 from shopkit.money import money_to_cents
 from shopkit.openapi import endpoint
-from shopkit.responses import answer_encoded, ok, ok_page
-from svc_product.keys import ANSWERS, STOCK, STORE
+from shopkit.responses import answer_encoded, etag_matches, ok, ok_page
+from shopkit.uploads import (
+    PICTURE_CACHE_CONTROL,
+    PICTURE_MAX_BYTES,
+    PICTURE_MEDIA_TYPE,
+    UPLOAD_BODY_LIMIT,
+    picture_etag,
+    read_form_data,
+)
+from shopkit.validation import size_in_words
+from svc_product.keys import ANSWERS, PICTURE_TURNS, PICTURES, STOCK, STORE
+from svc_product.picture_store import PictureNotFound
+from svc_product.pictures import (
+    ACCEPTED_MEDIA_TYPES,
+    FULL_SIZE,
+    MAX_PIXELS,
+    THUMBNAIL_SIZE,
+    NotAPicture,
+    PictureTooLarge,
+    TooManyPixels,
+    UnreadablePicture,
+    prepare_picture,
+)
 from svc_product.schemas import (
     CategoryOut,
     Deleted,
+    PictureName,
     ProductCreate,
     ProductOut,
     ProductPath,
@@ -72,6 +106,28 @@ REFUSALS: Refusals = {
         "The reference {reference!r} was used for another stock change of this product.",
         ("product_id",),
     ),
+    NotAPicture: Refusal(
+        UnsupportedMediaType,
+        "not_a_picture",
+        "The file is not a JPEG, PNG, WebP or GIF picture (judged by its contents, not its name).",
+    ),
+    UnreadablePicture: Refusal(
+        BadRequest,
+        "unreadable_picture",
+        "The file starts as a {format} picture but cannot be decoded: it may be cut off or "
+        "damaged.",
+    ),
+    PictureTooLarge: Refusal(
+        PayloadTooLarge,
+        "picture_too_large",
+        f"The picture is larger than {size_in_words(PICTURE_MAX_BYTES)}; send a smaller one.",
+    ),
+    TooManyPixels: Refusal(
+        PayloadTooLarge,
+        "too_many_pixels",
+        f"The picture has more than {MAX_PIXELS / 1e6:g} million pixels; scale it down first.",
+    ),
+    PictureNotFound: Refusal(NotFound, "picture_not_found", "There is no such picture."),
 }
 
 # The codes a refused stock change is answered with (shown as 0 before the first).
@@ -221,3 +277,95 @@ async def change_stocks(request: web.Request, body: StockChanges) -> web.Respons
 async def undo_stock_change(request: web.Request, body: StockUndo) -> web.Response:
     doc = await request.app[STOCK].undo(request.match_info["id"], body.reference)
     return ok(product_out(doc))
+
+
+_PICTURE_FIELD = "image"
+PICTURE_FORM = {
+    "type": "object",
+    "required": [_PICTURE_FIELD],
+    "additionalProperties": False,
+    "properties": {
+        _PICTURE_FIELD: {
+            "type": "string",
+            "format": "binary",
+            "description": "The picture: a JPEG, PNG, WebP or GIF file of at most "
+            f"{size_in_words(PICTURE_MAX_BYTES)}",
+        }
+    },
+}
+
+
+def _the_picture(form: MultiDictProxy[Any]) -> web.FileField:
+    """The form's one file, under ``image``; anything else in the form is refused."""
+    details = [
+        {"field": name, "message": "is not a known field"}
+        for name in dict.fromkeys(form)
+        if name != _PICTURE_FIELD
+    ]
+    files = form.getall(_PICTURE_FIELD, [])
+    if len(files) > 1:
+        details.append({"field": _PICTURE_FIELD, "message": "is given more than once"})
+    elif not files or not isinstance(files[0], web.FileField):
+        details.append({"field": _PICTURE_FIELD, "message": "must be a file"})
+    if details:
+        first = details[0]
+        raise ValidationFailed(
+            f"The form is invalid: {first['field']}: {first['message']}.", details=details
+        )
+    return files[0]
+
+
+@routes.post("/api/products/{id}/image")
+@endpoint(
+    "Upload the product's picture",
+    path=ProductPath,
+    response=ProductOut,
+    roles=ADMIN,
+    errors=(404,),
+    form=PICTURE_FORM,
+    form_encoding={_PICTURE_FIELD: {"contentType": ", ".join(ACCEPTED_MEDIA_TYPES)}},
+    description="A multipart/form-data body with one file, `image` (curl -F image=@photo.jpg). "
+    "The file is judged by decoding it, whatever its name or Content-Type says: 415 "
+    "not_a_picture for anything but a JPEG, PNG, WebP or GIF, 400 unreadable_picture for one "
+    f"that cannot be decoded, 413 picture_too_large past {size_in_words(PICTURE_MAX_BYTES)} "
+    f"(413 payload_too_large for a whole body past {size_in_words(UPLOAD_BODY_LIMIT)}: "
+    "this route's limit, not the 1 MiB of the others) and 413 too_many_pixels past "
+    f"{MAX_PIXELS / 1e6:g} million pixels, refused from the file's header before any pixel is "
+    "decoded. The picture kept is re-encoded as WebP, turned upright as its EXIF says, in "
+    f"sRGB, at most {FULL_SIZE} pixels on its longest side (an animation's first frame), "
+    "with none of the file's metadata (EXIF, GPS position, XMP, comments); the answer is the "
+    "product, whose imageUrl is now /images/products/<digest>.webp (served by the gateway, "
+    "cached for a year: the name changes with the bytes), and the same name with -"
+    f"{THUMBNAIL_SIZE} before .webp is its thumbnail ({THUMBNAIL_SIZE} pixels).",
+)
+async def upload_picture(request: web.Request) -> web.Response:
+    product_id = request.match_info["id"]
+    await request.app[STORE].get(product_id)  # 404 before a body is read for nothing
+    upload = _the_picture(await read_form_data(request))  # its file closed once answered
+    async with request.app[PICTURE_TURNS]:
+        # Pillow's decoding and encoding are CPU work: in a thread, never on the loop.
+        picture = await asyncio.to_thread(prepare_picture, upload.file)
+    url = await request.app[PICTURES].keep(picture)
+    doc = await request.app[STORE].update(product_id, {"imageUrl": url})
+    return ok(product_out(doc))
+
+
+@routes.get("/api/products/images/{name}")
+@endpoint(
+    "A product picture's bytes, by the name in its imageUrl",
+    path=PictureName,
+    raw=True,
+    response={"type": "string", "format": "binary"},
+    content_type=PICTURE_MEDIA_TYPE,
+    errors=(404,),
+    description="What the gateway serves at /images/products/{name} (the address a product's "
+    "imageUrl holds). A name always means the same bytes: cached for a year (immutable), "
+    "with an ETag (If-None-Match: 304).",
+)
+async def picture_bytes(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await request.app[PICTURES].bytes_of(name)  # 404 for a name that is not one
+    headers = {"Cache-Control": PICTURE_CACHE_CONTROL, "ETag": picture_etag(name)}
+    if etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type=PICTURE_MEDIA_TYPE, headers=headers)

@@ -17,6 +17,7 @@ from shopkit.domain import (
 from shopkit.money import LenientMoney, Money, money_schema
 from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import REFUSED_IN_LINE, Line, MultiLine
+from shopkit.uploads import PICTURE_NAME_PATTERN
 from shopkit.validation import Body, PageNumber, PageSize, PartialBody, Query
 
 MAX_PRICE = Decimal("1000000.00")
@@ -175,6 +176,16 @@ class ProductPath(BaseModel):
     id: str = Field(
         pattern=PRODUCT_ID_PATTERN,
         description="The product's id: 24 hex characters; any other id names no product (404)",
+    )
+
+
+class PictureName(BaseModel):
+    """The path of a picture's route (for the document: any other name is a 404)."""
+
+    name: str = Field(
+        pattern=PICTURE_NAME_PATTERN,
+        description="<digest>.webp (the picture) or <digest>-400.webp (its thumbnail), as in "
+        "a product's imageUrl",
     )
 
 

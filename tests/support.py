@@ -6,6 +6,7 @@ whole shop from `shopctl up`."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -1177,3 +1178,76 @@ async def metric_value(client: TestClient, name: str, **labels: str) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
     return 0.0
+
+
+# -- pictures, made with Pillow: what an admin's phone or a hostile client would upload ---------
+
+# Where a photo was taken, as a phone writes it into its EXIF: what an upload must not leak.
+GPS_LATITUDE = (51.0, 30.0, 26.41)
+
+
+def photo_with_location(
+    size: tuple[int, int] = (1200, 800), *, image_format: str = "JPEG", orientation: int = 1
+) -> bytes:
+    """A picture as a phone writes it: EXIF with the camera, the GPS position and the
+    orientation (6: the pixels are stored turned 90 degrees), and a text comment."""
+    from PIL import Image
+
+    picture = Image.new("RGB", size, (180, 40, 40))
+    picture.paste((20, 60, 200), (0, 0, size[0] // 2, size[1] // 4))  # so it can be turned
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"  # Make
+    exif[0x0110] = "Pocket 9"  # Model
+    exif[0x0112] = orientation
+    exif[0x8825] = {1: "N", 2: GPS_LATITUDE, 3: "W", 4: (0.0, 7.0, 39.06)}
+    out = io.BytesIO()
+    extra: dict[str, Any] = {"exif": exif.tobytes()}
+    if image_format == "PNG":
+        from PIL import PngImagePlugin
+
+        text = PngImagePlugin.PngInfo()
+        text.add_text("Comment", "taken at home, 51.5074 N")
+        extra["pnginfo"] = text
+    picture.save(out, image_format, **extra)
+    return out.getvalue()
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG of random pixels (which do not compress): about width * height * 3 bytes."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def decompression_bomb(side: int = 40_000) -> bytes:
+    """A small PNG (one bit a pixel, all zero: it compresses to next to nothing) that claims
+    ``side`` x ``side`` pixels; at 40 000, 1.6 billion of them: gigabytes once decoded."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("1", (side, side)).save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def picture_form(
+    data: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg"
+) -> aiohttp.FormData:
+    """The multipart/form-data body of a picture upload (field ``image``)."""
+    form = aiohttp.FormData()
+    form.add_field("image", io.BytesIO(data), filename=filename, content_type=content_type)
+    return form
+
+
+def metadata_of(webp: bytes) -> dict[str, Any]:
+    """What a served picture carries besides its pixels: its format, size, EXIF and info."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(webp)) as picture:
+        return {
+            "format": picture.format,
+            "size": picture.size,
+            "exif": dict(picture.getexif()),
+            "info": sorted(key for key in picture.info if key not in ("loop", "background")),
+        }

@@ -151,7 +151,12 @@ async def test_a_backend_that_cannot_be_asked_is_left_out_and_named(
 async def test_with_no_backend_at_all_the_document_still_answers(gateway: TestClient) -> None:
     document, _ = await served_document(gateway)
     assert document["x-missing-services"] == list(API_PREFIXES.values())
-    assert sorted(document["paths"]) == ["/api/docs", DOCUMENT, "/images/catalogue/{name}"]
+    assert sorted(document["paths"]) == [
+        "/api/docs",
+        DOCUMENT,
+        "/images/catalogue/{name}",
+        "/images/products/{name}",
+    ]
 
 
 async def test_the_docs_page_loads_only_its_own_files_under_a_csp_of_its_own(

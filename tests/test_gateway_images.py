@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from support import admin_login_headers, call, get_page
+from support import (
+    admin_login_headers,
+    call,
+    create_product,
+    get_page,
+    metadata_of,
+    noise_png,
+    picture_form,
+)
 
 from shopkit.responses import dumps
 from svc_gateway.app import GatewaySettings
@@ -125,3 +133,36 @@ async def test_a_seeded_product_shows_its_picture_on_the_shop_pages(web_shop: Te
     assert demo["imageUrl"] in sources
     picture = await web_shop.get(demo["imageUrl"])
     assert picture.status == 200 and picture.content_type == "image/svg+xml"
+
+
+async def test_an_uploaded_picture_is_served_by_the_gateway_and_cached_for_good(
+    web_shop: TestClient,
+) -> None:
+    admin = await admin_login_headers(web_shop)
+    lamp = await create_product(web_shop, admin, name="Lamp")
+    big = noise_png(1000, 700)  # over the 1 MiB of every other body the gateway forwards
+    assert len(big) > 2 * 1024 * 1024
+    answer = await call(
+        web_shop,
+        "POST",
+        f"/api/products/{lamp['id']}/image",
+        data=picture_form(big, filename="lamp.png", content_type="image/png"),
+        headers=admin,
+        expected_status=200,
+    )
+    image_url = answer["data"]["imageUrl"]
+    picture = await web_shop.get(image_url)
+    assert picture.status == 200 and picture.content_type == "image/webp"
+    assert picture.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert "default-src 'self'" in picture.headers["Content-Security-Policy"]
+    assert "Set-Cookie" not in picture.headers
+    assert metadata_of(await picture.read())["size"] == (1000, 700)
+    etag = picture.headers["ETag"]
+    again = await web_shop.get(image_url, headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag
+    thumbnail = await web_shop.get(image_url.replace(".webp", "-400.webp"))
+    assert metadata_of(await thumbnail.read())["size"] == (400, 280)
+
+    for name in ("0" * 32 + ".webp", "nope.png", "..%2Fshop.css"):
+        body = await call(web_shop, "GET", f"/images/products/{name}", expected_status=404)
+        assert body["code"] == "not_found"

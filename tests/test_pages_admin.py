@@ -11,10 +11,15 @@ from support import (
     Page,
     add_to_cart_with_form,
     admin_login_headers,
+    call,
     check_out_with_form,
     create_product,
     get_page,
     log_in_as_admin_with_form,
+    metadata_of,
+    noise_png,
+    photo_with_location,
+    picture_form,
     read_page,
     register_with_form,
     stock_of,
@@ -230,3 +235,106 @@ async def test_an_admin_moves_orders_along_with_only_the_allowed_moves(
     steps = re.findall(r'<li><span class="status status--(\w+)">', history.html)
     assert steps == ["pending", "processing", "shipped", "delivered"]
     assert not history.has_form(f"/orders/{shipped_id}/cancel")
+
+
+async def post_picture(
+    client: TestClient, page: Page, product_id: str, data: bytes, filename: str
+) -> Page:
+    """Send the edit page's picture form (multipart) with this file, following redirects."""
+    action = f"/admin/products/{product_id}/image"
+    form = picture_form(data, filename=filename, content_type="image/png")
+    for name, value in page.form(action).fields.items():
+        form.add_field(name, value)
+    return await read_page(await client.post(action, data=form))
+
+
+async def test_an_admin_uploads_a_picture_that_replaces_the_drawing(
+    web_shop: TestClient, aiohttp_client: Any
+) -> None:
+    admin = await admin_login_headers(web_shop)
+    drawing = "/images/catalogue/kitchen-skillet.svg"
+    pan = await create_product(web_shop, admin, name="Pan", category="kitchen", imageUrl=drawing)
+    await log_in_as_admin_with_form(web_shop)
+    edit = await get_page(web_shop, f"/admin/products/{pan['id']}/edit")
+    action = f"/admin/products/{pan['id']}/image"
+    form = edit.form(action)
+    assert form.attrs["enctype"] == "multipart/form-data"
+    field = next(e for e in edit.tags("input") if e.attrs.get("name") == "image")
+    assert field.attrs["type"] == "file" and "image/png" in field.attrs["accept"]
+    assert "f-image-hint" in field.attrs["aria-describedby"]
+
+    # Not a picture: the edit page again, the reason next to the file field.
+    refused = await post_picture(web_shop, edit, pan["id"], b"%PDF-1.7 not a picture", "a.png")
+    assert refused.status == 400 and refused.path == action
+    assert 'id="f-image-error"' in refused.html and "not a JPEG, PNG, WebP or GIF" in refused.text
+    assert (await get_page(web_shop, f"/products/{pan['id']}")).html.count(drawing) == 1
+
+    # A photo of 2 MiB (over the 1 MiB of every other form) with its location in it.
+    photo = photo_with_location((1000, 700), image_format="PNG")
+    big = noise_png(1000, 700)
+    assert len(big) > 2 * 1024 * 1024
+    saved = await post_picture(web_shop, edit, pan["id"], big, "big.png")
+    assert saved.path == f"/admin/products/{pan['id']}/edit"
+    assert saved.flashes() == ["success: New picture for “Pan”."]
+    saved = await post_picture(web_shop, saved, pan["id"], photo, "pan.png")
+    [product] = (
+        await call(web_shop, "GET", f"/api/products?ids={pan['id']}", expected_status=200)
+    )["data"]
+    image_url = product["imageUrl"]
+    assert re.fullmatch(r"/images/products/[0-9a-f]{32}\.webp", image_url)
+    shown = await get_page(web_shop, f"/products/{pan['id']}")
+    assert image_url in [img.attrs.get("src") for img in shown.tags("img")]
+    assert drawing not in shown.html
+    listed = await get_page(web_shop, "/admin/products")
+    thumbnail = image_url.replace(".webp", "-400.webp")
+    assert f'src="{thumbnail}"' in row_of(listed, ">Pan<")
+
+    picture = await web_shop.get(image_url)
+    assert picture.status == 200 and picture.content_type == "image/webp"
+    assert metadata_of(await picture.read())["exif"] == {}
+
+    # Without the form's token, or as a customer: nothing changes.
+    forged = picture_form(photo, filename="x.png")
+    assert (await web_shop.post(action, data=forged)).status == 403
+    customer = await aiohttp_client(web_shop.server)
+    await register_with_form(customer, "nosy@shop.test")
+    page = await get_page(customer, "/")
+    sneaky = picture_form(big, filename="x.png")
+    sneaky.add_field("csrf_token", page.form("/logout").fields["csrf_token"])
+    assert (await customer.post(action, data=sneaky)).status == 403
+    [after] = (await call(web_shop, "GET", f"/api/products?ids={pan['id']}", expected_status=200))[
+        "data"
+    ]
+    assert after["imageUrl"] == image_url
+
+
+async def test_the_product_list_filters_by_category_and_flags_low_stock(
+    web_shop: TestClient,
+) -> None:
+    from svc_gateway.pages.rendering import LOW_STOCK
+
+    admin = await admin_login_headers(web_shop)
+    await create_product(web_shop, admin, name="Kettle", category="kitchen", stock=LOW_STOCK)
+    await create_product(web_shop, admin, name="Spoon", category="kitchen", stock=LOW_STOCK + 1)
+    await create_product(web_shop, admin, name="Rake", category="garden", stock=0)
+    await log_in_as_admin_with_form(web_shop)
+
+    everything = await get_page(web_shop, "/admin/products")
+    assert f"Stock of {LOW_STOCK} or fewer is flagged “Low stock”" in everything.text
+    assert "Low stock" in row_of(everything, ">Kettle<")
+    assert "Low stock" not in row_of(everything, ">Spoon<")
+    assert "Out of stock" in row_of(everything, ">Rake<")
+    assert "admin-product--low" in row_of(everything, ">Kettle<")
+    options = everything.form("/admin/products").fields
+    assert options["category"] == ""
+    assert "garden (1)" in everything.text.lower() and "kitchen (2)" in everything.text.lower()
+
+    kitchen = await get_page(web_shop, "/admin/products?category=kitchen")
+    assert ">Kettle<" in kitchen.html and ">Spoon<" in kitchen.html
+    assert ">Rake<" not in kitchen.html
+    assert kitchen.form("/admin/products").fields["category"] == "kitchen"
+    assert "2 products in kitchen" in kitchen.text
+    both = await get_page(web_shop, "/admin/products?category=kitchen&q=spoon")
+    assert ">Spoon<" in both.html and ">Kettle<" not in both.html
+    nothing = await get_page(web_shop, "/admin/products?category=toys")
+    assert "No products in toys." in nothing.text

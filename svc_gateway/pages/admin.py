@@ -6,18 +6,23 @@ check the admin's token again on every change.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
 from multidict import MultiMapping
 
 from shopkit.domain import MAX_STOCK, ORDER_TRANSITIONS
 from shopkit.parsing import MAX_ID, parse_amount, parse_int
+from shopkit.uploads import PICTURE_MAX_BYTES, UPLOAD_BODY_LIMIT, read_form_data
+from shopkit.validation import LargerBody, size_in_words
 from svc_gateway.pages.access import Redirect, local_path, require_admin, session_of
-from svc_gateway.pages.backend import call_backend_or_raise
+from svc_gateway.pages.backend import BackendRefused, call_backend_or_raise, finish_all
 from svc_gateway.pages.forms import ShowForm, submit_form
 from svc_gateway.pages.params import (
     ORDER_NOT_FOUND,
@@ -27,7 +32,7 @@ from svc_gateway.pages.params import (
     page_of,
     product_id_of,
 )
-from svc_gateway.pages.rendering import STATUS_LABELS, plain_amount, render
+from svc_gateway.pages.rendering import LOW_STOCK, STATUS_LABELS, plain_amount, render
 
 PRODUCTS_PAGE_SIZE = 20
 ORDERS_PAGE_SIZE = 20
@@ -39,6 +44,17 @@ PRODUCT_FIELDS = {
     "stock": "Stock",
     "imageUrl": "Image URL",
 }
+# The picture form's one field, as the product service's upload route names it.
+PICTURE_FIELD = "image"
+# The admin's picture form: its body may be as large as the API's upload (shopkit.uploads).
+PAGE_PICTURE_UPLOAD = LargerBody(
+    "POST", re.compile(r"/admin/products/[^/]+/image"), UPLOAD_BODY_LIMIT
+)
+PICTURE_HINT = (
+    f"A JPEG, PNG, WebP or GIF of at most {size_in_words(PICTURE_MAX_BYTES)}. It is shown "
+    "instead of the image URL's picture, without the file's hidden details (such as where "
+    "a photo was taken)."
+)
 
 
 _GROUPED = re.compile(r"[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?")
@@ -97,22 +113,30 @@ async def admin_home(request: web.Request) -> web.Response:
 async def admin_products(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query.get("q", "").strip()[:100]
+    category = request.query.get("category", "").strip()[:60]
     page = page_of(request.query)
-    params: dict[str, Any] = {"sort": "name", "page": page, "limit": PRODUCTS_PAGE_SIZE}
-    if q:
-        params["q"] = q
-    listing = await call_backend_or_raise(
-        request, "product", "GET", "/api/products?" + urlencode(params), as_shopper=False
+    kept = {key: value for key, value in (("q", q), ("category", category)) if value}
+    params: dict[str, Any] = {"sort": "name", "page": page, "limit": PRODUCTS_PAGE_SIZE, **kept}
+    listing, categories = await finish_all(
+        call_backend_or_raise(
+            request, "product", "GET", "/api/products?" + urlencode(params), as_shopper=False
+        ),
+        call_backend_or_raise(
+            request, "product", "GET", "/api/products/categories", as_shopper=False
+        ),
     )
     last_page = max(1, -(-listing["total"] // PRODUCTS_PAGE_SIZE))
 
     def page_url(number: int) -> str:
-        return "/admin/products?" + urlencode({**({"q": q} if q else {}), "page": number})
+        return "/admin/products?" + urlencode({**kept, "page": number})
 
     context = {
         "products": listing["data"],
         "total": listing["total"],
         "q": q,
+        "category": category,
+        "categories": categories["data"],
+        "low_stock": LOW_STOCK,
         "page": page,
         "last_page": last_page,
         "page_numbers": page_numbers(page, last_page),
@@ -129,9 +153,26 @@ def _product_form(
     values: dict[str, str],
     errors: dict[str, str],
     status: int = 200,
+    picture_errors: dict[str, str] | None = None,
 ) -> web.Response:
-    context = {"product": product, "values": values, "errors": errors}
+    context = {
+        "product": product,
+        "values": values,
+        "errors": errors,
+        "picture_errors": picture_errors or {},
+        "picture_hint": PICTURE_HINT,
+    }
     return render(request, "admin/product_form.html", context, status=status)
+
+
+def _edit_values(product: dict[str, Any]) -> dict[str, str]:
+    return {
+        "name": product["name"],
+        "description": product["description"],
+        "price": plain_amount(product["price"]),
+        "category": product["category"],
+        "imageUrl": product["imageUrl"] or "",
+    }
 
 
 def _product_form_again(
@@ -180,14 +221,7 @@ async def _product(request: web.Request, product_id: str) -> dict[str, Any]:
 async def edit_product_page(request: web.Request) -> web.Response:
     require_admin(request)
     product = await _product(request, product_id_of(request))
-    values = {
-        "name": product["name"],
-        "description": product["description"],
-        "price": plain_amount(product["price"]),
-        "category": product["category"],
-        "imageUrl": product["imageUrl"] or "",
-    }
-    return _product_form(request, product=product, values=values, errors={})
+    return _product_form(request, product=product, values=_edit_values(product), errors={})
 
 
 async def update_product(request: web.Request) -> web.Response:
@@ -205,6 +239,50 @@ async def update_product(request: web.Request) -> web.Response:
         fields=PRODUCT_FIELDS,
         success=lambda product: f"Saved “{product['name']}”.",
         redirect_to="/admin/products",
+    )
+
+
+async def upload_picture(request: web.Request) -> web.Response:
+    """The picture form (multipart): its file sent on to the product service, which judges
+    and keeps it; a refusal is shown next to the file field, on the edit page."""
+    require_admin(request)
+    product_id = product_id_of(request)
+    form = await read_form_data(request)  # read already, for its CSRF token
+    upload = form.get(PICTURE_FIELD)
+    if not isinstance(upload, web.FileField) or not upload.filename:
+        return await _picture_refused(request, product_id, "Choose a picture to upload.")
+    sent = aiohttp.FormData()
+    # A file spooled to disk is read in a thread; a small one is in memory anyway.
+    data = await asyncio.to_thread(upload.file.read, PICTURE_MAX_BYTES + 1)
+    sent.add_field(
+        PICTURE_FIELD, io.BytesIO(data), filename=upload.filename, content_type=upload.content_type
+    )
+    try:
+        product = await call_backend_or_raise(
+            request,
+            "product",
+            "POST",
+            f"/api/products/{product_id}/image",
+            form=sent,
+            not_found=PRODUCT_NOT_FOUND,
+        )
+    except BackendRefused as refusal:
+        if refusal.status in (400, 413, 415):
+            return await _picture_refused(request, product_id, refusal.message)
+        raise
+    session_of(request).flash("success", f"New picture for “{product['data']['name']}”.")
+    raise Redirect(f"/admin/products/{product_id}/edit")
+
+
+async def _picture_refused(request: web.Request, product_id: str, message: str) -> web.Response:
+    product = await _product(request, product_id)
+    return _product_form(
+        request,
+        product=product,
+        values=_edit_values(product),
+        errors={},
+        picture_errors={PICTURE_FIELD: message},
+        status=400,
     )
 
 

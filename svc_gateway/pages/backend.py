@@ -47,6 +47,7 @@ async def call_backend(
     path: str,
     *,
     json: Any = None,
+    form: aiohttp.FormData | None = None,
     headers: Mapping[str, str] | None = None,
     as_shopper: bool = True,
     token: str | None = None,
@@ -54,14 +55,15 @@ async def call_backend(
 ) -> ServiceReply:
     """A backend's answer, whatever its status below 500 (a dead or failing backend raises
     503). ``as_shopper`` sends the shopper's token, as a browser calling /api/ would;
-    ``token`` sends that one instead (the gateway's own, for a guest's cart)."""
+    ``token`` sends that one instead (the gateway's own, for a guest's cart). The body is
+    ``json``, or a multipart ``form`` (a file)."""
     client = request.app[BACKENDS].get(backend)
     if client is None:
         raise UpstreamUnavailable(f"The {backend} service is not configured on this gateway.")
     if token is None and as_shopper:
         token = session_of(request).token
     return await client.request(
-        method, path, json=json, token=token, headers=headers, timeout=timeout
+        method, path, json=json, form=form, token=token, headers=headers, timeout=timeout
     )
 
 

@@ -25,8 +25,16 @@ from shopkit.errors import (
 )
 from shopkit.keys import TOKEN_STATUS
 from shopkit.middleware import answer_in_envelope
-from shopkit.validation import IDENTITY_ENCODINGS, content_encoding, read_body
-from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX
+from shopkit.uploads import read_form_data
+from shopkit.validation import (
+    IDENTITY_ENCODINGS,
+    MAX_BODY,
+    body_limit,
+    content_encoding,
+    read_body,
+    size_in_words,
+)
+from svc_gateway.assets import STATIC_PREFIX
 from svc_gateway.keys import CART_COUNT, PAGE_SESSION, SESSION_KEYS
 from svc_gateway.pages.access import Redirect, login_url, return_path
 from svc_gateway.pages.backend import BackendRefused
@@ -35,6 +43,9 @@ from svc_gateway.pages.rendering import render
 from svc_gateway.session import CSRF_FIELD, PageSession
 
 log = logging.getLogger("shop.gateway.pages")
+
+# Pictures (the catalogue's drawings, the products' pictures) are not pages.
+PICTURES_PREFIX = "/images/"
 
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -66,7 +77,7 @@ _ERROR_TITLES = {
 _HTTP_MESSAGES = {
     404: "There is no page at this address. It may have moved, or the link may be mistyped.",
     405: "This page cannot be used that way.",
-    413: "What you sent is larger than the shop accepts (1 MiB).",
+    413: "What you sent is larger than the shop accepts ({limit}).",
 }
 
 
@@ -101,10 +112,14 @@ def error_page(
 async def read_form(request: web.Request) -> MultiDictProxy[Any]:
     """The posted form (URL-encoded, as every page's form is), read once through shopkit's
     body reader so that a cut-off or oversized body is one of our errors; the handlers then
-    read it again from ``request.post()``, which keeps it."""
+    read it again from ``request.post()``, which keeps it. A form that uploads a file
+    (multipart, on the routes the app allows a larger body) is read by
+    shopkit.uploads.read_form_data, which keeps it for the handler too."""
     if content_encoding(request) not in IDENTITY_ENCODINGS:
         raise UnsupportedEncoding("The shop's forms are sent uncompressed; nothing was changed.")
     if request.content_type == "multipart/form-data":  # read_body would leave post() nothing
+        if body_limit(request) > MAX_BODY:
+            return await read_form_data(request)
         raise UnsupportedMediaType("The shop's forms are sent URL-encoded; nothing was changed.")
     await read_body(request)
     try:
@@ -157,6 +172,8 @@ async def _page_response(
             raise
         headers = {name: value for name, value in exc.headers.items() if name == "Allow"}
         message = _HTTP_MESSAGES.get(exc.status, exc.reason + ".")
+        if exc.status == 413:
+            message = message.format(limit=size_in_words(body_limit(request)))
         return error_page(request, exc.status, message, headers=headers)
     except asyncio.CancelledError:
         raise
@@ -177,7 +194,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # page's path, and "/ap%69/cart" like the API's; either way it is not a page.
     if not (is_page_path(request.path) and is_page_path(request.rel_url.raw_path)):
         return await handler(request)
-    if request.path.startswith(CATALOGUE_PREFIX):
+    if request.path.startswith(PICTURES_PREFIX):
         # Pictures are asked for by an <img>, never read by a person: their errors are the
         # API's JSON, with the pages' headers all the same (an SVG may hold a script).
         return _with_page_headers(await answer_in_envelope(request, handler))

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from shopkit.context import REQUEST_ID
 from shopkit.money import cents_to_money
+from shopkit.uploads import PICTURE_NAME, PICTURE_URL_PREFIX
 from svc_gateway.keys import ASSETS, CART_COUNT, GATEWAY_CREDENTIAL
 from svc_gateway.pages.access import local_path, session_of
 from svc_gateway.session import CSRF_FIELD
@@ -124,11 +125,28 @@ def image_source(image_url: Any) -> str | None:
     return None
 
 
+# A product with this many units or fewer is low on stock: shoppers read "Only 3 left", the
+# admin's product list flags it. A constant, not a setting: it is how the pages speak, the
+# same for every shop and replica.
+LOW_STOCK = 5
+
+
+def thumbnail_source(image_url: Any) -> str | None:
+    """The thumbnail of a product's picture, for lists: an uploaded picture's 400-pixel
+    copy (shopkit.uploads.PICTURE_NAME), or the picture itself (a drawing is small)."""
+    source = image_source(image_url)
+    if source is not None and source.startswith(PICTURE_URL_PREFIX):
+        match = PICTURE_NAME.fullmatch(source.removeprefix(PICTURE_URL_PREFIX))
+        if match is not None and not match["thumbnail"]:
+            return f"{PICTURE_URL_PREFIX}{match['digest']}-400.webp"
+    return source
+
+
 def stock_state(stock: Any) -> tuple[str, str]:
     """(css modifier, words) for a stock level."""
     if not isinstance(stock, int) or stock <= 0:
         return "out", "Out of stock"
-    if stock <= 5:
+    if stock <= LOW_STOCK:
         return "low", f"Only {stock} left"
     return "in", "In stock"
 
@@ -175,6 +193,7 @@ def setup_templates(app: web.Application) -> None:
         static_url=lambda name: app[ASSETS].url(name),
         placeholder_image=placeholder_image,
         image_source=image_source,
+        thumbnail_source=thumbnail_source,
         stock_state=stock_state,
         status_labels=STATUS_LABELS,
         status_actions=STATUS_ACTIONS,

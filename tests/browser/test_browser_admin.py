@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_support import Shop, flash, heading, log_in
+from browser_support import SCREENSHOTS, Shop, flash, heading, log_in
 from playwright.sync_api import Page, expect
-from support import SHOP_ADMIN_EMAIL
+from support import SHOP_ADMIN_EMAIL, photo_with_location
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -95,3 +95,62 @@ def test_an_admin_ships_an_order(page: Page, shop: Shop) -> None:
         expect(history).to_contain_text(label)
     expect(page.get_by_role("button", name="Mark delivered")).to_be_visible()
     expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
+
+
+def test_the_admin_navigation_stays_one_row_on_a_phone(page: Page, shop: Shop) -> None:
+    log_in(page, SHOP_ADMIN_EMAIL, shop.admin_password)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/admin/products")
+    nav = page.get_by_role("navigation", name="Main")
+    links = nav.get_by_role("link")
+    expect(links).to_have_count(6)  # and the Log out button: seven in all
+    row = links.first.bounding_box()
+    box = nav.locator("ul").bounding_box()
+    assert row is not None and box is not None
+    # Seven entries wrapped to three rows before; now one row that scrolls sideways.
+    assert box["height"] < 1.6 * row["height"] + 8, (box, row)
+    tops = {round(link.bounding_box()["y"]) for link in links.all()}
+    assert len(tops) == 1, tops
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself
+    # Every entry is reachable by keyboard: focus brings one scrolled out of view into it.
+    log_out = nav.get_by_role("button", name="Log out")
+    log_out.focus()
+    place = log_out.bounding_box()
+    assert place is not None and place["x"] >= 0 and place["x"] + place["width"] <= 390
+    page.screenshot(path=SCREENSHOTS / "admin-nav-phone-scrolled.png")
+
+
+def test_an_admin_uploads_a_picture_of_a_product(page: Page, shop: Shop) -> None:
+    product = shop.create_product(name="Picnic Blanket", price=24, category="garden", stock=3)
+    log_in(page, SHOP_ADMIN_EMAIL, shop.admin_password)
+    page.goto("/admin/products?category=garden")
+    row = page.get_by_role("row", name=re.compile("Picnic Blanket"))
+    expect(row).to_contain_text("Low stock")
+    row.get_by_role("link", name="Edit Picnic Blanket").click()
+    expect(heading(page)).to_have_text("Edit “Picnic Blanket”")
+
+    picture = page.get_by_label("New picture")
+    expect(picture).to_have_accessible_description(re.compile("at most 5 MiB"))
+    picture.set_input_files(
+        {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are notes, not pixels"}
+    )
+    page.get_by_role("button", name="Upload picture").click()
+    expect(picture).to_have_attribute("aria-invalid", "true")
+    expect(picture).to_have_accessible_description(re.compile("not a JPEG, PNG, WebP or GIF"))
+
+    picture.set_input_files(
+        {"name": "blanket.jpg", "mimeType": "image/jpeg", "buffer": photo_with_location()}
+    )
+    page.get_by_role("button", name="Upload picture").click()
+    expect(flash(page)).to_have_text("New picture for “Picnic Blanket”.")
+    image_url = shop.api("GET", f"/api/products/{product['id']}")["data"]["imageUrl"]
+    assert re.fullmatch(r"/images/products/[0-9a-f]{32}\.webp", image_url)
+    preview = page.get_by_role("img", name="The current picture of Picnic Blanket")
+    expect(preview).to_have_attribute("src", image_url)
+    assert preview.evaluate("image => image.complete && image.naturalWidth") == 1200
+    page.screenshot(path=SCREENSHOTS / "admin-product-picture-desktop.png", full_page=True)
+
+    page.goto("/admin/products?category=garden")
+    thumbnail = page.get_by_role("row", name=re.compile("Picnic Blanket")).locator("img")
+    expect(thumbnail).to_have_attribute("src", image_url.replace(".webp", "-400.webp"))
+    assert thumbnail.evaluate("image => image.complete && image.naturalWidth") == 400

@@ -116,6 +116,9 @@ PAGES = [
         act=submit_empty_address,
     ),
     ShopPage("admin-products", "/admin/products", "Manage products", "admin"),
+    ShopPage(
+        "admin-products-kitchen", "/admin/products?category=kitchen", "Manage products", "admin"
+    ),
     ShopPage("admin-product-new", "/admin/products/new", "New product", "admin"),
     ShopPage(
         "admin-product-errors",
