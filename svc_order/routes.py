@@ -158,7 +158,11 @@ async def list_orders(request: web.Request, query: OrderQuery) -> web.Response:
     identity = request[IDENTITY]
     owner = None if identity.role in ("admin", "service") else _customer_id(identity)
     orders, total = await request.app[STORE].page(
-        user_id=owner, status=query.status, page=query.page, limit=query.limit
+        user_id=owner,
+        status=query.status,
+        customer=query.customer,
+        page=query.page,
+        limit=query.limit,
     )
     return json_response(ok_page(orders, total=total, page=query.page, limit=query.limit))
 

@@ -11,7 +11,7 @@ from shopkit.address import AddressBody
 from shopkit.domain import ORDER_STATUSES, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
 from shopkit.openapi import Timestamp, answer_shape
-from shopkit.parsing import ID_PATTERN
+from shopkit.parsing import ID_PATTERN, Line
 from shopkit.validation import Body, PageNumber, PageSize, Query
 
 Status = Literal[*ORDER_STATUSES]  # type: ignore[valid-type]
@@ -154,6 +154,15 @@ class StatusChange(Body):
 
 class OrderQuery(Query):
     status: Status | None = None
+    customer: Annotated[
+        Line,
+        Field(
+            min_length=1,
+            max_length=254,
+            description="Orders whose customer's e-mail or name holds this text (any case), "
+            "or whose user id it is",
+        ),
+    ] = None  # type: ignore[assignment]
     page: PageNumber = 1
     limit: PageSize = 20
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import orjson
 
 from shopkit.domain import ORDER_TRANSITIONS, DomainError, timestamp
 from shopkit.money import cents_to_money
+from shopkit.parsing import parse_id
 from shopkit.postgres import POSTGRES_UNAVAILABLE, FairPool
 from svc_order.delivery import LABELS as DELIVERY_LABELS
 from svc_order.outbox import EMAIL_KINDS, record_email
@@ -410,8 +412,18 @@ class OrderStore:
         return (await self._expand([row]))[0]
 
     async def page(
-        self, *, user_id: int | None, status: str | None, page: int, limit: int
+        self,
+        *,
+        user_id: int | None,
+        status: str | None,
+        page: int,
+        limit: int,
+        customer: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
+        """A page of placed orders, newest first, and how many there are in all: one user's
+        or everyone's, in one status or any, and with ``customer``, those whose customer's
+        e-mail or name holds that text (any case; % and _ are themselves) or whose user id
+        it is."""
         where = ["checkout_state = 'placed'"]
         args: list[Any] = []
         if user_id is not None:
@@ -420,6 +432,16 @@ class OrderStore:
         if status is not None:
             args.append(status)
             where.append(f"status = ${len(args)}")
+        if customer is not None:
+            args.append("%" + re.sub(r"([\\%_])", r"\\\1", customer) + "%")
+            n = len(args)
+            named = f"customer_first_name || ' ' || customer_last_name ILIKE ${n}"
+            matches = [f"customer_email ILIKE ${n}", named]
+            number = parse_id(customer)
+            if number is not None:
+                args.append(number)
+                matches.append(f"user_id = ${len(args)}")
+            where.append(f"({' OR '.join(matches)})")
         condition = " AND ".join(where)
         total = await self.pool.fetchval(f"SELECT count(*) FROM orders WHERE {condition}", *args)
         rows = await self.pool.fetch(

@@ -292,3 +292,40 @@ async def test_the_test_provider_refunds_a_capture_once_per_key(
         await provider.void(auth, "order-9001-void")  # captured money is refunded
     [hold] = await authorisations(postgres_uri)
     assert (hold["status"], hold["refunded_cents"]) == ("refunded", 1000)
+
+
+async def test_an_admin_finds_orders_by_the_customers_email_name_or_number(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str]
+) -> None:
+    mug = await create_product(products, admin_headers, price=5, stock=10)
+    ann = (await checkout(orders, ANN, [(mug["id"], 1)], details=paid()))["data"]
+    bob = (await checkout(orders, customer(USER_ID + 1), [(mug["id"], 1)], details=paid()))["data"]
+
+    async def found(text: str, headers: dict[str, str] = admin_headers) -> list[int]:
+        reply = await call(
+            orders,
+            "GET",
+            "/api/orders",
+            params={"customer": text},
+            headers=headers,
+            expected_status=200,
+        )
+        return [order["id"] for order in reply["data"]]
+
+    assert await found(f"U{USER_ID}@SHOP") == [ann["id"]]  # any case, any part
+    assert await found(str(USER_ID + 1)) == [bob["id"]]  # the customer's number
+    assert set(await found("@shop.test")) >= {ann["id"], bob["id"]}
+    # LIKE's wildcards are only themselves.
+    for text in ("%", "_", "u_21", "\\"):
+        assert await found(text) == [], text
+    # A customer's filter looks only through its own orders.
+    assert await found(f"u{USER_ID + 1}", ANN) == []
+    for bad in ("", "x" * 255, "a\x00b"):
+        await call(
+            orders,
+            "GET",
+            "/api/orders",
+            params={"customer": bad},
+            headers=admin_headers,
+            expected_status=400,
+        )

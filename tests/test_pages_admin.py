@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from aiohttp.test_utils import TestClient
 from support import (
@@ -198,6 +198,15 @@ async def test_an_admin_moves_orders_along_with_only_the_allowed_moves(
     await log_in_as_admin_with_form(boss)
     orders = await get_page(boss, "/admin/orders")
     assert buttons_in(row_of(orders, f"Order #{shipped_id}<")) == ["processing", "cancelled"]
+    # Each order names its customer, who can be looked for by name, e-mail or number.
+    assert "Ann Shopper" in row_of(orders, f"Order #{shipped_id}<")
+    assert "buyer@shop.test" in row_of(orders, f"Order #{shipped_id}<")
+    for text in ("BUYER@", "ann shop"):
+        theirs = await get_page(boss, "/admin/orders?" + urlencode({"customer": text}))
+        assert f"Order #{shipped_id}<" in theirs.html and f"Order #{pending_id}<" in theirs.html
+        assert theirs.form("/admin/orders").fields["customer"] == text
+    nobody = await get_page(boss, "/admin/orders?customer=nobody%25")
+    assert "No orders for “nobody%”." in nobody.text
     action = f"/admin/orders/{shipped_id}/status"
     moved = await submit(boss, orders, action, button="Start processing")
     assert moved.flashes() == [f"success: Order #{shipped_id} is now processing."]
