@@ -145,9 +145,19 @@ async def test_a_kill_between_authorising_and_placing_is_voided_by_recovery(
         # The lost answer's hold (voided at once) and the killed checkout's (by recovery).
         assert sorted(hold["status"] for hold in holds) == ["voided", "voided"]
         assert await stock_of(products, lamp["id"]) == 5
+        # One more card through the new process, whose spans reach the file when it stops
+        # (the killed one's were still waiting to be written, half a second after they end).
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{service.url}/api/orders", json={**body, **paid(CARDS[1])}, headers=ANN
+            ) as response,
+        ):
+            assert response.status == 402, await response.text()
     finally:
         service.stop()
     output, traces = written(log, tmp_path)
+    assert '"POST"' in traces and "/api/orders" in traces  # the spans are there to search
     assert "undoing an abandoned checkout" in output
     assert "voided" in output
     for card in CARDS:
