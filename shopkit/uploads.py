@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
@@ -82,8 +83,9 @@ async def read_form_data(request: web.Request) -> MultiDictProxy[Any]:
             form = await larger_reader(request, limit).post()
     except web.HTTPBadRequest as exc:  # aiohttp's own refusal: too many fields
         raise BadRequest(f"The form could not be read: {exc.text}", code="invalid_form") from None
-    except (ValueError, LookupError):
-        # No boundary, a broken part, a part without a name, a charset nobody knows.
+    except (ValueError, LookupError, HttpProcessingError):
+        # No boundary, a broken part (its headers too), a part without a name, a charset
+        # nobody knows.
         raise BadRequest(
             "The form could not be read: it is not valid multipart/form-data.",
             code="invalid_form",

@@ -56,6 +56,13 @@ routes = web.RouteTableDef()
 
 # How a client hears what the store refuses.
 REFUSALS: Refusals = {
+    # Caught by the guest routes, which make the change in the account's cart instead; only
+    # a cart merged twice over in between gets here.
+    CartMerged: Refusal(
+        Conflict,
+        "cart_merged",
+        "This guest cart was just merged into an account's cart: change that one.",
+    ),
     NotEnoughStock: Refusal(
         Conflict,
         "insufficient_stock",

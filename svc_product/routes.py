@@ -40,6 +40,7 @@ from svc_product.pictures import (
     MAX_PIXELS,
     THUMBNAIL_SIZE,
     NotAPicture,
+    PictureRefused,
     PictureTooLarge,
     TooManyPixels,
     UnreadablePicture,
@@ -128,6 +129,8 @@ REFUSALS: Refusals = {
         f"The picture has more than {MAX_PIXELS / 1e6:g} million pixels; scale it down first.",
     ),
     PictureNotFound: Refusal(NotFound, "picture_not_found", "There is no such picture."),
+    # What a new kind of refused picture is answered with until it has words of its own.
+    PictureRefused: Refusal(BadRequest, "invalid_picture", "The picture was refused."),
 }
 
 # The codes a refused stock change is answered with (shown as 0 before the first).

@@ -1158,13 +1158,16 @@ def test_the_pod_monitor_scrapes_every_service_where_it_answers_metrics() -> Non
 
 def test_the_alerts_are_the_ones_the_shop_needs(promql: Callable[..., list[Analysis]]) -> None:
     """Error ratio, p99 latency, an unfinished checkout older than 5 minutes, readiness
-    flapping, and a pod Prometheus cannot scrape; each on the metric that shows it."""
+    flapping, a pod Prometheus cannot scrape, and order e-mails given up or piling up;
+    each on the metric that shows it."""
     watched = {
         "ShopErrorRatioHigh": "http_requests_total",
         "ShopLatencyP99High": "http_request_duration_seconds_bucket",
         "ShopCheckoutUnfinished": "shop_checkout_oldest_unfinished_seconds",
         "ShopReadinessFlapping": "kube_pod_container_status_ready",
         "ShopMetricsDown": "up",
+        "ShopEmailsFailing": "shop_emails_failed_total",
+        "ShopEmailBacklog": "shop_email_outbox_backlog",
     }
     found = alerts()
     assert set(found) == set(watched)

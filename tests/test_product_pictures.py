@@ -239,6 +239,16 @@ async def test_what_is_not_one_picture_in_a_form_is_refused(
         expected_status=400,
     )
     assert broken["code"] in ("invalid_form", "validation_error")
+    # A part whose header line is not a header (bytes a fuzzer found): the form is unreadable.
+    garbled = await call(
+        product,
+        "POST",
+        path,
+        data=b"--b\r\n]P\xc2\xbe\xc2\xacB\xf1\x8f\xa6\x84--b--\r\n",
+        headers={**admin_headers, "Content-Type": "multipart/form-data; boundary=b"},
+        expected_status=400,
+    )
+    assert garbled["code"] == "invalid_form"
 
 
 @pytest.mark.parametrize("name", ["nope.webp", "0" * 32 + ".webp", "0" * 32 + "-400.webp"])
