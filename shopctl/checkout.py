@@ -173,7 +173,9 @@ def checkout(
     unexpected answer, a 500, a refusal with no fault under way, a 503'd checkout that
     changed the cart, a shop not ready within 60 s of a fault, stock that does not add up
     once the shop settled, an order no answer told of (or one missing), a replayed
-    Idempotency-Key answering another order. The shop is left running and ready, also
+    Idempotency-Key answering another order. An e-mail that never came after a fault is
+    counted as not verifiable rather than failed (the outbox gives up one whose sending a
+    fault cut off rather than send it twice). The shop is left running and ready, also
     after Ctrl-C.
 
     **Ctrl-C** stops starting shoppers and lets those under way finish (a second Ctrl-C
