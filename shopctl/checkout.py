@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -212,21 +213,33 @@ def checkout(
         raise typer.Exit(1)
 
 
-def _mail_access(target: Environment, data_dir: Path) -> Path | str:
-    """Where the e-mails of the shop the shoppers go to arrive: the folder of the SMTP sink
-    `shopctl up` runs from `data_dir`, when that is the shop; else why they cannot be
-    read."""
+@dataclass(frozen=True)
+class MailAccess:
+    """Where the e-mails of the shop the shoppers go to arrive (the folder of the SMTP sink
+    `shopctl up` runs), and its order service's metrics (how much its outbox has left to
+    send); or why they are out of reach."""
+
+    mail_dir: Path | None = None
+    order_metrics_url: str | None = None
+    why_not: str = ""
+
+
+def _mail_access(target: Environment, data_dir: Path) -> MailAccess:
     state = load_state(data_dir)
-    gateway = next((s for s in state.services if s.name == "gateway"), None) if state else None
-    if gateway is None or gateway.url.rstrip("/") != target.url.rstrip("/"):
-        return (
-            f"{target.url} is not the shop `shopctl up` runs from {data_dir}, so its e-mails "
-            "are out of reach"
+    services = {s.name: s for s in state.services} if state else {}
+    gateway = services.get("gateway")
+    if state is None or gateway is None or gateway.url.rstrip("/") != target.url.rstrip("/"):
+        return MailAccess(
+            why_not=f"{target.url} is not the shop `shopctl up` runs from {data_dir}, so its "
+            "e-mails are out of reach"
         )
-    sink = next((s for s in state.embedded if s.name == "smtp"), None) if state else None
+    sink = next((s for s in state.embedded if s.name == "smtp"), None)
     if sink is None or sink.data_dir is None:
-        return "the shop sends its e-mails to an SMTP server of its own (SMTP_URL), not a sink"
-    return sink.data_dir
+        return MailAccess(
+            why_not="the shop sends its e-mails to an SMTP server of its own (SMTP_URL)"
+        )
+    order = services.get("order")
+    return MailAccess(sink.data_dir, f"{order.url}/metrics" if order else None)
 
 
 def _chaos_target(target: Environment, data_dir: Path) -> ShopState:
@@ -249,7 +262,7 @@ async def _run(
     credentials: AdminCredentials | None,
     consoles: Consoles,
     state: ShopState | None,
-    mail: Path | str,
+    mail: MailAccess,
 ) -> RunSummary:
     connections = min(400, config.concurrency * 2 + 4)
     async with ShopClient(
@@ -257,10 +270,8 @@ async def _run(
     ) as client:
         token = await client.admin_token(credentials) if credentials else None
         run = await start_run(client, config, token)
-        if isinstance(mail, Path):
-            run.mail_dir = mail
-        else:
-            run.mail_skipped = mail
+        run.mail_dir, run.order_metrics_url = mail.mail_dir, mail.order_metrics_url
+        run.mail_skipped = mail.why_not
         consoles.err.print(
             f"Run {client.run_id}: {config.users} shoppers against {target.url}, "
             f"seed {config.seed} (repeat with --seed {config.seed})"
