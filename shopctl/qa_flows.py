@@ -858,7 +858,10 @@ class Shopper:
         await self.browse()
         seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
         await self.fill_cart(seen)
-        refused = REFUSED_CARDS[(self.number + self.iteration) % len(REFUSED_CARDS)]
+        # The k-th shopper of this scenario starts at the k-th card, and takes the next
+        # one each time round: every card is tried, whatever the mix of scenarios.
+        turn = (self.number - 1) // len(self.run.config.scenarios) + self.iteration
+        refused = REFUSED_CARDS[turn % len(REFUSED_CARDS)]
         orders_before = {order["id"] for order in await self.own_orders("list orders")}
         # The provider's own failures answer 503 payment_unavailable, also with no fault.
         accept = [refused.code] if refused.status == 503 else []
