@@ -714,6 +714,14 @@ class Shopper:
         reply = await self.call("list orders", "GET", "/api/orders", params={"limit": "100"})
         self.check(order["id"] in {o["id"] for o in reply.data}, reply, "the order is missing")
 
+    async def fill_planned_cart(self) -> list[Line]:
+        """Browse, view this iteration's products and put them in the cart: its lines."""
+        lines = self.plan()
+        await self.browse()
+        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
+        await self.fill_cart(seen)
+        return seen
+
     async def shop(self) -> tuple[list[Line], dict[str, Any]]:
         """Browse, search, view, fill the cart, check out: the start of every pool scenario."""
         lines = self.plan()
@@ -794,10 +802,7 @@ class Shopper:
     async def retry(self) -> None:
         """A checkout sent twice at once, then once more later, with one Idempotency-Key:
         one order, one sale."""
-        lines = self.plan()
-        await self.browse()
-        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
-        await self.fill_cart(seen)
+        seen = await self.fill_planned_cart()
         key = self.idempotency_key()
 
         async def send() -> Reply:
@@ -854,10 +859,7 @@ class Shopper:
         """A checkout with a card the test provider refuses (each shopper and iteration
         another of REFUSED_CARDS): the refusal the card names, no order, the cart as it was;
         then the same checkout (same Idempotency-Key) with a good card is placed."""
-        lines = self.plan()
-        await self.browse()
-        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
-        await self.fill_cart(seen)
+        seen = await self.fill_planned_cart()
         # The k-th shopper of this scenario starts at the k-th card, and takes the next
         # one each time round: every card is tried, whatever the mix of scenarios.
         turn = (self.number - 1) // len(self.run.config.scenarios) + self.iteration
@@ -900,10 +902,7 @@ class Shopper:
         book = await self.call("address book", "GET", path)
         same = [a for a in book.data["addresses"] if a["recipient"] == address["recipient"]]
         self.check(len(same) == 1, book, f"{len(same)} copies of the address saved twice")
-        lines = self.plan()
-        await self.browse()
-        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
-        await self.fill_cart(seen)
+        seen = await self.fill_planned_cart()
         body = checkout_body(address_id=address_id)
         order = await self.checkout(seen, "checkout", body, address)
         self.run.verification.saved_addresses += 1
@@ -911,10 +910,7 @@ class Shopper:
 
     async def express(self) -> None:
         """Express delivery: its price whatever the goods come to (never free)."""
-        lines = self.plan()
-        await self.browse()
-        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
-        await self.fill_cart(seen)
+        seen = await self.fill_planned_cart()
         order = await self.checkout(seen, "checkout", checkout_body(delivery="express"))
         await self.after_checkout(order)
 
