@@ -3,8 +3,21 @@
 Each shopper signs up (or, on a rerun with the same --seed, logs in), browses and searches
 the catalogue, fills a cart and checks out, then reads its order back; every answer is
 checked against the contract (status, envelope, exact totals from the prices it saw, an
-emptied cart). Scenarios vary the ending: a cancel that must restock, a retried checkout
-that must not buy twice, and a product with too little stock for everyone who wants it.
+emptied cart). Every checkout sends an address, a delivery option and a test card, and
+every order must come back with its total exact to the cent (goods + delivery priced by the
+rules GET /api/orders/delivery-options gives, free from the threshold for standard), the
+address, the customer and a payment authorised for the total on that card. Scenarios vary
+the journey: a cancel that must restock and void the payment, a retried checkout that must
+not buy twice, a product with too little stock for everyone who wants it, each test card
+that refuses (the refusal the card names, no order, the cart as it was; then the shopper
+pays with a good card), a saved address (kept once when sent twice), express delivery, and
+a guest who fills a cart on the web pages and logs in (or registers) there, the guest cart
+merged into the account's.
+
+At the end every order of the run is read back: authorised once (one provider reference
+per order), voided when cancelled; and, for a shop `shopctl up` runs from the data dir (its
+SMTP sink keeps what was sent), each order has exactly one e-mail per event (placed,
+cancelled).
 
 The run keeps a ledger of the units its orders bought; at the end, for every product it
 touched, units sold + stock left must equal the stock at the start. That holds only if
@@ -27,20 +40,26 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from shopctl.chaos import FaultLog
 from shopctl.errors import ShopctlError, command
+from shopctl.mailbox import ENVELOPE_TO, mail_files
 from shopctl.probes import backends_not_ready
-from shopctl.qa_report import ChaosTally, Recorder, RunSummary, StockCheck
+from shopctl.qa_browser import GUEST_COOKIE, Browser, WebPage
+from shopctl.qa_report import ChaosTally, Recorder, RunSummary, StockCheck, Verification
 from shopctl.shop_client import Reply, ShopClient, list_all_products
 
 CENTS = Decimal("0.01")
@@ -57,21 +76,71 @@ RETRY_LATER = {"checkout_in_progress", "cart_checkout_in_progress", "idempotency
 RECOVERY_DEADLINE = 90.0
 CHAOS_MIN_POOL_STOCK = 40
 IDEMPOTENCY_KEY = "Idempotency-Key"
-# What every scripted checkout sends besides the cart (the order service's checkout body):
-# an address it delivers to, standard delivery and the test provider's card that succeeds.
-CHECKOUT_DETAILS: dict[str, Any] = {
-    "address": {
-        "recipient": "QA Shopper",
-        "line1": "1 Test Street",
-        "city": "London",
-        "postal_code": "SW1A 1AA",
-        "country": "GB",
-    },
-    "delivery": "standard",
-    "payment": {
-        "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
-    },
+# How long the end of a run waits for the e-mails owed (the order service sends every
+# second or so; under --chaos a retry after the SMTP sink came back takes longer), unless
+# the order service's outbox has had nothing left to send for OUTBOX_QUIET seconds (its
+# sender measures it every pass, EMAIL_INTERVAL_SECONDS, 1 s by default): what is missing
+# then was given up, and will not come.
+MAIL_DEADLINE = 30.0
+OUTBOX_QUIET = 3.0
+# The order the shop's SMTP sink names an e-mail's event by: <order-12.placed.31@shop.local>.
+MESSAGE_ID = re.compile(r"<order-(\d+)\.([a-z_]+)\.\d+@")
+
+
+def card_of(number: str, exp_year: int = 2099) -> dict[str, Any]:
+    return {"number": number, "exp_month": 12, "exp_year": exp_year, "cvc": "123"}
+
+
+# The test provider's cards (svc_order/payments.py TEST_CARDS): two that are authorised,
+# and each way a card is refused, with the answer the shop must give (status, code) and
+# the name the report counts it under.
+VISA = card_of("4242424242424242")
+MASTERCARD = card_of("5555555555554444")
+BRANDS = {"4": "visa", "5": "mastercard"}
+
+
+@dataclass(frozen=True)
+class RefusedCard:
+    outcome: str
+    card: dict[str, Any]
+    status: int
+    code: str
+
+
+REFUSED_CARDS = [
+    RefusedCard("card_declined", card_of("4000000000000002"), 402, "card_declined"),
+    RefusedCard("insufficient_funds", card_of("4000000000009995"), 402, "insufficient_funds"),
+    RefusedCard("expired_card", card_of("4242424242424242", exp_year=2020), 402, "expired_card"),
+    RefusedCard("incorrect_number", card_of("4242424242424241"), 402, "incorrect_number"),
+    # The provider's own error: nothing authorised.
+    RefusedCard("provider_error", card_of("4000000000000119"), 503, "payment_unavailable"),
+    # Authorised, but the answer is lost: the saga finds the hold by its key and voids it.
+    RefusedCard("provider_timeout", card_of("4000000000000309"), 503, "payment_unavailable"),
+]
+QA_ADDRESS: dict[str, str] = {
+    "recipient": "QA Shopper",
+    "line1": "1 Test Street",
+    "city": "London",
+    "postal_code": "SW1A 1AA",
+    "country": "GB",
 }
+
+
+def checkout_body(
+    *,
+    address_id: int | None = None,
+    delivery: str = "standard",
+    card: dict[str, Any] = VISA,
+) -> dict[str, Any]:
+    """The order service's checkout body besides the cart: where (a saved address, or the
+    QA address inline), how it is delivered, and the card."""
+    where = {"address_id": address_id} if address_id is not None else {"address": QA_ADDRESS}
+    return {**where, "delivery": delivery, "payment": {"card": card}}
+
+
+# What every scripted checkout sends unless its scenario says otherwise: the QA address,
+# standard delivery and the test provider's card that succeeds.
+CHECKOUT_DETAILS: dict[str, Any] = checkout_body()
 
 
 class Scenario(StrEnum):
@@ -79,6 +148,10 @@ class Scenario(StrEnum):
     SHORT_STOCK = "short-stock"
     CANCEL = "cancel"
     RETRY = "idempotent-retry"
+    DECLINED = "declined-card"
+    SAVED_ADDRESS = "saved-address"
+    EXPRESS = "express"
+    GUEST_MERGE = "guest-merge"
 
 
 @dataclass(frozen=True)
@@ -114,6 +187,28 @@ def not_now(reply: Reply) -> bool:
     return reply.status in UNAVAILABLE or (reply.status == 409 and reply.code in RETRY_LATER)
 
 
+@dataclass(frozen=True)
+class DeliveryRule:
+    """One delivery option as GET /api/orders/delivery-options prices it, in cents."""
+
+    price_cents: int
+    free_from_cents: int | None
+
+    def price(self, subtotal_cents: int) -> int:
+        free = self.free_from_cents is not None and subtotal_cents >= self.free_from_cents
+        return 0 if free else self.price_cents
+
+
+@dataclass
+class OrderFacts:
+    """An order the run placed, as the end of the run checks it again."""
+
+    shopper: Shopper
+    total_cents: int
+    last4: str
+    cancelled: bool = False
+
+
 class StepFailed(Exception):
     def __init__(self, step: str, message: str, request_id: str = "") -> None:
         super().__init__(message)
@@ -130,6 +225,7 @@ class Ledger:
     placed: int = 0
     cancelled: int = 0
     sold_out: int = 0
+    orders: dict[str, OrderFacts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,6 +251,14 @@ def money(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise InvalidOperation(f"{value!r} is not a number")
     return Decimal(value)
+
+
+def cents(value: Any) -> int:
+    """An amount from the shop in integer cents; more than two places is malformed."""
+    scaled = money(value) * 100
+    if scaled != scaled.to_integral_value():
+        raise InvalidOperation(f"{value!r} is not a whole number of cents")
+    return int(scaled)
 
 
 class QaRun:
@@ -183,6 +287,14 @@ class QaRun:
         self.chaos = ChaosTally()
         # The order service's /metrics (a shop on this machine), to see unfinished checkouts.
         self.order_metrics_url: str | None = None
+        # The delivery options' prices, read by the first checkout (it takes a token).
+        self.delivery: dict[str, DeliveryRule] = {}
+        self.delivery_read = asyncio.Lock()
+        self.verification = Verification()
+        # Where the shop's SMTP sink keeps what it received (a shop `up` runs from the data
+        # dir); None: the e-mails cannot be seen, and `mail_skipped` says why.
+        self.mail_dir: Path | None = None
+        self.mail_skipped = "the shop's e-mails cannot be read from here"
 
     def cut_sessions(self) -> None:
         """End the sessions under way at once (a second Ctrl-C)."""
@@ -206,8 +318,9 @@ class Shopper:
         self.user_id: int | None = None
         self.iteration = 0
         self.step = ""
-        # Orders it placed in this run (id -> Idempotency-Key), and had before it (--chaos).
-        self.placed: dict[str, str] = {}
+        # Orders it placed in this run (id -> Idempotency-Key and the body sent with it), and
+        # the ones it had before it (--chaos).
+        self.placed: dict[str, tuple[str, dict[str, Any]]] = {}
         self.orders_before: set[str] | None = None
         self.checkout_began = 0.0
 
@@ -221,19 +334,21 @@ class Shopper:
         *,
         expect: tuple[int, ...] = (200,),
         repeatable: bool = True,
+        accept: Collection[str] = (),
         **kwargs,
     ) -> Reply:
         """Make a call as this shopper, time it under `step`, and check its status and its
         envelope; anything unexpected ends the session as a failure of `step`. Under
         --chaos a "not now" answer is waited out and the call made again, or, when it is
-        not `repeatable`, raises Uncertain once the shop is ready."""
+        not `repeatable`, raises Uncertain once the shop is ready; one whose code is in
+        `accept` is the answer expected (a card whose provider fails)."""
         self.step = step
         while True:
             faults = self.run.faults
             began = faults.now() if faults else 0.0
             reply = await self.run.client.call(method, path, token=self.token, **kwargs)
             self.run.recorder.timed(step, reply.seconds)
-            if faults is None or not not_now(reply):
+            if faults is None or not not_now(reply) or reply.code in accept:
                 break
             await self.wait_out(faults, began, reply)
             if not repeatable:
@@ -303,7 +418,7 @@ class Shopper:
     async def session(self) -> None:
         """Sign in if needed, then play the scenario once; a failure is recorded, not raised."""
         try:
-            if self.token is None:
+            if self.token is None and self.scenario is not Scenario.GUEST_MERGE:
                 await self.sign_in()
             await SCENARIOS[self.scenario](self)
         except StepFailed as failure:
@@ -325,21 +440,31 @@ class Shopper:
             "register", "POST", "/api/users/register", json_body=account, expect=(201, 409)
         )
         if reply.status == 409:
-            credentials = {"email": self.email, "password": self.run.config.password}
-            reply = await self.call("login", "POST", "/api/users/login", json_body=credentials)
+            await self.log_in()
+        else:
+            self.signed_in(reply)
+        # A rerun with the same --seed logs in again: start from an empty cart.
+        await self.empty_cart()
+        if self.run.config.chaos:
+            orders = await self.own_orders("list orders")
+            self.orders_before = {str(order["id"]) for order in orders}
+
+    async def log_in(self) -> None:
+        credentials = {"email": self.email, "password": self.run.config.password}
+        self.signed_in(await self.call("login", "POST", "/api/users/login", json_body=credentials))
+
+    def signed_in(self, reply: Reply) -> None:
         user = reply.data["user"]
         self.check(user["email"] == self.email, reply, f"signed in as {user['email']}")
         self.check(user["role"] == "customer", reply, f"role is {user['role']!r}")
         self.check(not any("password" in key for key in user), reply, "it shows a password")
         self.token = reply.data["token"]
         self.user_id = int(user["id"])
-        # A rerun with the same --seed logs in again: start from an empty cart.
+
+    async def empty_cart(self) -> None:
         cart = await self.read_cart("read cart")
         if cart["items"]:
             await self.call("clear cart", "DELETE", f"/api/cart/{self.user_id}")
-        if self.run.config.chaos:
-            orders = await self.own_orders("list orders")
-            self.orders_before = {str(order["id"]) for order in orders}
 
     async def own_orders(self, step: str) -> list[dict[str, Any]]:
         """Every order of this shopper, page by page."""
@@ -429,18 +554,31 @@ class Shopper:
     def idempotency_key(self) -> dict[str, str]:
         return {IDEMPOTENCY_KEY: f"{self.run.client.run_id}-{self.number}-{self.iteration}"}
 
-    async def checkout(self, lines: list[Line], step: str = "checkout") -> dict[str, Any]:
-        reply = await self.send_checkout(step, lines, expect=(201,))
-        order = self.check_order(reply, lines)
-        self.record_sale(lines, order)
+    async def checkout(
+        self,
+        lines: list[Line],
+        step: str = "checkout",
+        body: dict[str, Any] = CHECKOUT_DETAILS,
+        address: Mapping[str, str] = QA_ADDRESS,
+    ) -> dict[str, Any]:
+        reply = await self.send_checkout(step, lines, expect=(201,), body=body)
+        order = self.check_order(reply, lines, body, address)
+        self.record_sale(lines, order, body)
         return order
 
     async def send_checkout(
-        self, step: str, lines: list[Line], expect: tuple[int, ...] = (201,)
+        self,
+        step: str,
+        lines: list[Line],
+        expect: tuple[int, ...] = (201,),
+        body: dict[str, Any] = CHECKOUT_DETAILS,
+        accept: Collection[str] = (),
     ) -> Reply:
         """POST /api/orders for the cart, with this iteration's Idempotency-Key. Under
         --chaos, refused for a while: a 503 means no order, so the cart must be as it was;
-        then the same key again, until the shop answers for certain."""
+        then the same key again, until the shop answers for certain (or with a code in
+        `accept`)."""
+        await self.read_delivery_rules()
         key = self.idempotency_key()
         self.checkout_began = self.run.faults.now() if self.run.faults else 0.0
         while True:
@@ -449,10 +587,11 @@ class Shopper:
                     step,
                     "POST",
                     "/api/orders",
-                    json_body=CHECKOUT_DETAILS,
+                    json_body=body,
                     headers=key,
                     expect=expect,
                     repeatable=False,
+                    accept=accept,
                 )
             except Uncertain as refused:
                 self.run.chaos.retried_checkouts += 1
@@ -461,8 +600,32 @@ class Shopper:
                     self.check_cart(kept, lines)
                     self.run.chaos.carts_kept += 1
 
-    def check_order(self, reply: Reply, lines: list[Line]) -> dict[str, Any]:
-        """A placed order: pending, ours, exactly the lines at the prices seen."""
+    async def read_delivery_rules(self) -> None:
+        """The delivery options and their prices as the shop says it prices them, once per
+        run (the orders' delivery lines are checked against them)."""
+        async with self.run.delivery_read:
+            if self.run.delivery:
+                return
+            reply = await self.call("delivery options", "GET", "/api/orders/delivery-options")
+            self.run.delivery = {
+                option["option"]: DeliveryRule(
+                    cents(option["price"]),
+                    None if option["free_from"] is None else cents(option["free_from"]),
+                )
+                for option in reply.data["options"]
+            }
+            self.check("standard" in self.run.delivery, reply, "no standard delivery")
+
+    def check_order(
+        self,
+        reply: Reply,
+        lines: list[Line],
+        body: dict[str, Any] = CHECKOUT_DETAILS,
+        address: Mapping[str, str] = QA_ADDRESS,
+    ) -> dict[str, Any]:
+        """A placed order: pending, ours, exactly the lines at the prices seen, its totals
+        exact to the cent with delivery as the rules price it, the address and customer as
+        sent, and a payment authorised for the total on the card sent."""
         order = reply.data
         self.check(order["status"] == "pending", reply, f"status {order['status']!r}")
         self.check(order["user_id"] == self.user_id, reply, f"user_id {order['user_id']}")
@@ -474,20 +637,68 @@ class Shopper:
             self.check(item["quantity"] == line.quantity, reply, f"quantity {item['quantity']}")
             self.check(money(item["price"]) == line.price, reply, f"price {item['price']}")
             self.check(item["product_name"] == line.product["name"], reply, "wrong name")
-        total = sum((line.subtotal for line in lines), Decimal("0.00"))
-        got_subtotal = money(order["subtotal_amount"])
-        self.check(got_subtotal == total, reply, f"subtotal_amount {got_subtotal}, not {total}")
-        delivery = money((order.get("delivery") or {}).get("price", 0))
-        got_total = money(order["total_amount"])
-        expected = total + delivery
-        self.check(got_total == expected, reply, f"total_amount {got_total}, expected {expected}")
+        subtotal = sum(cents(line.subtotal) for line in lines)
+        got_subtotal = cents(order["subtotal_amount"])
+        self.check(
+            got_subtotal == subtotal, reply, f"subtotal {got_subtotal} cents, not {subtotal}"
+        )
+        delivery = order["delivery"]
+        option = body["delivery"]
+        self.check(delivery is not None, reply, "no delivery line")
+        self.check(delivery["option"] == option, reply, f"delivery {delivery['option']!r}")
+        self.check(bool(delivery["label"]), reply, "a delivery line with no label")
+        rule = self.run.delivery[option]
+        priced = rule.price(subtotal)
+        got_delivery = cents(delivery["price"])
+        self.check(
+            got_delivery == priced,
+            reply,
+            f"{option} delivery costs {got_delivery} cents on goods of {subtotal}, the rules "
+            f"say {priced}",
+        )
+        total = cents(order["total_amount"])
+        expected = subtotal + priced
+        self.check(total == expected, reply, f"total {total} cents, expected {expected}")
+        kept = order["address"]
+        for name in ("recipient", "line1", "city", "postal_code", "country"):
+            self.check(kept[name] == address[name], reply, f"address {name} {kept[name]!r}")
+        self.check(bool(kept["country_name"]), reply, "the address has no country name")
+        customer = order["customer"]
+        self.check(customer["email"] == self.email, reply, f"customer {customer['email']!r}")
+        self.check_payment(reply, order, "authorised", body["payment"]["card"]["number"])
         return order
 
-    def record_sale(self, lines: list[Line], order: dict[str, Any]) -> None:
-        self.placed[str(order["id"])] = self.idempotency_key()[IDEMPOTENCY_KEY]
+    def check_payment(self, reply: Reply, order: dict[str, Any], status: str, number: str) -> None:
+        """The order's one payment: in `status`, for its total, on the card `number`."""
+        payment = order["payment"]
+        self.check(payment is not None, reply, "no payment")
+        self.check(payment["status"] == status, reply, f"payment {payment['status']}, not {status}")
+        amount, total = cents(payment["amount"]), cents(order["total_amount"])
+        self.check(amount == total, reply, f"payment of {amount} cents for a total of {total}")
+        self.check(
+            payment["last4"] == number[-4:], reply, f"paid with a card ending {payment['last4']}"
+        )
+        brand = BRANDS.get(number[0], "unknown")
+        self.check(payment["brand"] == brand, reply, f"card brand {payment['brand']!r}")
+        reference = payment["reference"]
+        self.check(isinstance(reference, str) and reference != "", reply, "no provider reference")
+        self.check(number not in str(reply.body), reply, "the answer shows the card number")
+
+    def record_sale(
+        self, lines: list[Line], order: dict[str, Any], body: dict[str, Any] = CHECKOUT_DETAILS
+    ) -> None:
+        order_id = str(order["id"])
+        self.placed[order_id] = (self.idempotency_key()[IDEMPOTENCY_KEY], body)
         self.run.ledger.placed += 1
         for line in lines:
             self.run.ledger.sold[line.product_id] += line.quantity
+        total = cents(order["total_amount"])
+        number = body["payment"]["card"]["number"]
+        self.run.ledger.orders[order_id] = OrderFacts(self, total, number[-4:])
+        checked = self.run.verification
+        checked.totals_checked += 1
+        checked.delivery[body["delivery"]] += 1
+        checked.free_delivery += cents(order["delivery"]["price"]) == 0
 
     async def after_checkout(self, order: dict[str, Any]) -> None:
         """The cart is empty and the order reads back as placed, also in the list."""
@@ -502,6 +713,14 @@ class Shopper:
         self.check(same_total, reply, f"total_amount {reply.data['total_amount']}, not as placed")
         reply = await self.call("list orders", "GET", "/api/orders", params={"limit": "100"})
         self.check(order["id"] in {o["id"] for o in reply.data}, reply, "the order is missing")
+
+    async def fill_planned_cart(self) -> list[Line]:
+        """Browse, view this iteration's products and put them in the cart: its lines."""
+        lines = self.plan()
+        await self.browse()
+        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
+        await self.fill_cart(seen)
+        return seen
 
     async def shop(self) -> tuple[list[Line], dict[str, Any]]:
         """Browse, search, view, fill the cart, check out: the start of every pool scenario."""
@@ -530,12 +749,12 @@ class Shopper:
             if lost:
                 raise StepFailed("verify orders", f"orders {', '.join(lost)} are not in the shop")
             self.run.chaos.orders_checked += len(new)
-            for order_id, key in self.placed.items():
+            for order_id, (key, body) in self.placed.items():
                 reply = await self.call(
                     "replay key",
                     "POST",
                     "/api/orders",
-                    json_body=CHECKOUT_DETAILS,
+                    json_body=body,
                     headers={"Idempotency-Key": key},
                     expect=(201,),
                 )
@@ -576,16 +795,14 @@ class Shopper:
         history = [entry["status"] for entry in reply.data["history"]]
         self.check(history[-1] == "cancelled", reply, f"history {history}")
         self.run.ledger.cancelled += 1
+        self.run.ledger.orders[str(order["id"])].cancelled = True
         for line in lines:
             self.run.ledger.sold[line.product_id] -= line.quantity
 
     async def retry(self) -> None:
         """A checkout sent twice at once, then once more later, with one Idempotency-Key:
         one order, one sale."""
-        lines = self.plan()
-        await self.browse()
-        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
-        await self.fill_cart(seen)
+        seen = await self.fill_planned_cart()
         key = self.idempotency_key()
 
         async def send() -> Reply:
@@ -638,6 +855,171 @@ class Shopper:
         self.record_sale([line], order)
         await self.after_checkout(order)
 
+    async def declined_card(self) -> None:
+        """A checkout with a card the test provider refuses (each shopper and iteration
+        another of REFUSED_CARDS): the refusal the card names, no order, the cart as it was;
+        then the same checkout (same Idempotency-Key) with a good card is placed."""
+        seen = await self.fill_planned_cart()
+        # The k-th shopper of this scenario starts at the k-th card, and takes the next
+        # one each time round: every card is tried, whatever the mix of scenarios.
+        turn = (self.number - 1) // len(self.run.config.scenarios) + self.iteration
+        refused = REFUSED_CARDS[turn % len(REFUSED_CARDS)]
+        orders_before = {order["id"] for order in await self.own_orders("list orders")}
+        # The provider's own failures answer 503 payment_unavailable, also with no fault.
+        accept = [refused.code] if refused.status == 503 else []
+        reply = await self.send_checkout(
+            "refused checkout",
+            seen,
+            expect=(refused.status,),
+            body=checkout_body(card=refused.card),
+            accept=accept,
+        )
+        if refused.status == 402:
+            self.check(reply.code == "payment_declined", reply, f"code {reply.code!r}")
+            decline = reply.body.get("decline_code")
+            self.check(decline == refused.code, reply, f"decline_code {decline!r}")
+        else:
+            self.check(reply.code == refused.code, reply, f"code {reply.code!r}")
+        self.check(refused.card["number"] not in str(reply.body), reply, "it shows the card")
+        kept = await self.call("cart kept", "GET", f"/api/cart/{self.user_id}")
+        self.check_cart(kept, seen)
+        orders_after = {order["id"] for order in await self.own_orders("list orders")}
+        new = sorted(orders_after - orders_before)
+        self.check(not new, reply, f"refused, yet orders {new} were made")
+        self.run.verification.refusals[refused.outcome] += 1
+        order = await self.checkout(seen, "checkout", checkout_body(card=MASTERCARD))
+        await self.after_checkout(order)
+
+    async def saved_address(self) -> None:
+        """The address saved in the address book (sent twice, kept once), and the order
+        delivered there by its id: the order keeps the address as it was."""
+        address = {**QA_ADDRESS, "label": "QA", "recipient": f"QA Shopper {self.number}"}
+        path = "/api/users/addresses"
+        first = await self.call("save address", "POST", path, json_body=address, expect=(201,))
+        again = await self.call("save address", "POST", path, json_body=address, expect=(201,))
+        address_id = first.data["id"]
+        self.check(again.data["id"] == address_id, again, "the same address kept twice")
+        book = await self.call("address book", "GET", path)
+        same = [a for a in book.data["addresses"] if a["recipient"] == address["recipient"]]
+        self.check(len(same) == 1, book, f"{len(same)} copies of the address saved twice")
+        seen = await self.fill_planned_cart()
+        body = checkout_body(address_id=address_id)
+        order = await self.checkout(seen, "checkout", body, address)
+        self.run.verification.saved_addresses += 1
+        await self.after_checkout(order)
+
+    async def express(self) -> None:
+        """Express delivery: its price whatever the goods come to (never free)."""
+        seen = await self.fill_planned_cart()
+        order = await self.checkout(seen, "checkout", checkout_body(delivery="express"))
+        await self.after_checkout(order)
+
+    async def guest_merge(self) -> None:
+        """A guest on the web pages (a browser with cookies, the forms' CSRF tokens) puts
+        the plan in a cart, then registers (or, with an account already, logs in) there:
+        the account's cart must then hold exactly the guest's lines, told so on the page,
+        and checks out through the API."""
+        lines = self.plan()
+        seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
+        client = self.run.client
+        async with Browser(client.base_url, client.next_request_id, self.run.recorder.timed) as web:
+            for line in seen:
+                page = await self.page(web, "guest: product page", f"/products/{line.product_id}")
+                sent = await self.send_form(
+                    web, "guest: add to cart", page, "/cart/items", quantity=line.quantity
+                )
+                self.check_page(sent, "Added", "no word that it was added")
+            units = sum(line.quantity for line in seen)
+            page = await self.page(web, "guest: cart page", "/cart")
+            counted = f"({units} item{'s' if units > 1 else ''} in your cart)"
+            self.check_page(page, counted, f"the header does not say {counted}")
+            self.check_page(page, "Log in to check out", "no way to log in to check out")
+            if self.token is None:
+                await self.register_on_the_page(web)
+            else:
+                await self.log_in_on_the_page(web)
+            self.step = "guest: merged"
+            if web.cookie(GUEST_COOKIE):
+                raise StepFailed(self.step, "the guest cart's cookie is still set after the merge")
+        if self.token is None:
+            await self.log_in()
+        cart = await self.call("merged cart", "GET", f"/api/cart/{self.user_id}")
+        self.check_cart(cart, seen)
+        self.run.verification.guest_carts_merged += 1
+        order = await self.checkout(seen)
+        await self.after_checkout(order)
+
+    async def register_on_the_page(self, web: Browser) -> None:
+        """Create the account with the register form, coming back to the cart; on a rerun
+        with the same --seed the account exists: empty its cart and log in instead."""
+        page = await self.page(web, "guest: register", "/register?next=%2Fcart")
+        password = self.run.config.password
+        done = await self.send_form(
+            web,
+            "guest: register",
+            page,
+            "/register",
+            expect=(200, 400),
+            email=self.email,
+            first_name="QA",
+            last_name=f"Shopper {self.number}",
+            password=password,
+            password_confirm=password,
+        )
+        if done.path.startswith("/register"):
+            # Shown again, with why: only an account that exists is expected.
+            self.check_page(done, "already exists", "the register form refused it")
+            await self.log_in()
+            await self.empty_cart()
+            await self.log_in_on_the_page(web)
+            return
+        self.check_merged(done)
+
+    async def log_in_on_the_page(self, web: Browser) -> None:
+        page = await self.page(web, "guest: log in", "/login?next=%2Fcart")
+        password = self.run.config.password
+        done = await self.send_form(
+            web, "guest: log in", page, "/login", email=self.email, password=password
+        )
+        self.check_merged(done)
+
+    def check_merged(self, page: WebPage) -> None:
+        """Back on the cart, told the guest's items are in it now."""
+        self.step = "guest: merged"
+        if not page.path.startswith("/cart"):
+            raise StepFailed(self.step, f"ended at {page.path}, not the cart", page.request_id)
+        self.check_page(page, "before logging in", "no word of the guest cart merged")
+
+    async def page(self, web: Browser, step: str, path: str) -> WebPage:
+        self.step = step
+        page = await web.get(step, path)
+        if page.status != 200:
+            raise StepFailed(step, page.describe("GET", path), page.request_id)
+        return page
+
+    async def send_form(
+        self,
+        web: Browser,
+        step: str,
+        page: WebPage,
+        action: str,
+        expect: tuple[int, ...] = (200,),
+        **values: Any,
+    ) -> WebPage:
+        """Fill in `page`'s form sending to `action` and send it (redirects followed)."""
+        self.step = step
+        form = page.form(action)
+        if form is None:
+            raise StepFailed(step, f"no form sending to {action} on {page.path}", page.request_id)
+        sent = await web.submit(step, form, **values)
+        if sent.status not in expect:
+            raise StepFailed(step, sent.describe("POST", action), sent.request_id)
+        return sent
+
+    def check_page(self, page: WebPage, words: str, message: str) -> None:
+        if words not in page.text:
+            raise StepFailed(self.step, f"{page.path}: {message}", page.request_id)
+
     async def check_sold_out(self, refusal: Reply) -> None:
         """A refusal must say insufficient_stock, and be true: stock only falls during the
         run, so any stock seen after the refusal was there before it."""
@@ -654,6 +1036,10 @@ SCENARIOS: dict[Scenario, Callable[[Shopper], Any]] = {
     Scenario.SHORT_STOCK: Shopper.short_stock,
     Scenario.CANCEL: Shopper.cancel,
     Scenario.RETRY: Shopper.retry,
+    Scenario.DECLINED: Shopper.declined_card,
+    Scenario.SAVED_ADDRESS: Shopper.saved_address,
+    Scenario.EXPRESS: Shopper.express,
+    Scenario.GUEST_MERGE: Shopper.guest_merge,
 }
 
 
@@ -872,6 +1258,11 @@ async def run_checkout(
         scarce_verdict(run)
         if config.chaos and not run.cut_short:
             await verify_orders_and_keys(run)
+        if not run.cut_short:
+            await verify_payments(run)
+            await verify_mail(run)
+        else:
+            run.verification.mail.skipped = "sessions were cut short"
         await delete_scarce_product(run)
     return RunSummary(
         run_id=run.client.run_id,
@@ -891,6 +1282,7 @@ async def run_checkout(
         stock=checks,
         cut_short=run.cut_short,
         chaos=run.chaos if config.chaos else None,
+        verification=run.verification,
     )
 
 
@@ -925,24 +1317,30 @@ async def settle(run: QaRun) -> None:
 async def unfinished_checkouts(run: QaRun) -> float:
     """The age of the oldest checkout neither placed nor undone, from the order service's
     metrics (0 when none, or when they cannot be read)."""
+    return await order_metric(run, "shop_checkout_oldest_unfinished_seconds") or 0.0
+
+
+async def order_metric(run: QaRun, name: str) -> float | None:
+    """The largest value of the order service's metric `name` (a shop on this machine);
+    None when it cannot be read."""
     if run.order_metrics_url is None:
-        return 0.0
+        return None
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
             session.get(run.order_metrics_url) as response,
         ):
             if response.status != 200:
-                return 0.0
+                return None
             text = await response.text()
     except (aiohttp.ClientError, TimeoutError, OSError):
-        return 0.0
-    ages = [
+        return None
+    values = [
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("shop_checkout_oldest_unfinished_seconds")
+        if line.startswith((f"{name} ", f"{name}{{"))
     ]
-    return max(ages, default=0.0)
+    return max(values, default=None)
 
 
 async def verify_orders_and_keys(run: QaRun) -> None:
@@ -955,3 +1353,133 @@ async def verify_orders_and_keys(run: QaRun) -> None:
             await shopper.verify_orders()
 
     await asyncio.gather(*(verify(shopper) for shopper in run.shoppers))
+
+
+async def verify_payments(run: QaRun) -> None:
+    """Every order of the run read back: one authorisation each (a provider reference no
+    other order has) for its total, still authorised (captured once shipped), or voided
+    (refunded after a capture) once cancelled. A cancel's void may follow it by a moment
+    (recovery does it when the provider was away): read again until then."""
+    limit = asyncio.Semaphore(run.config.concurrency)
+    references: dict[str, str] = {}
+
+    async def verify(order_id: str, facts: OrderFacts) -> None:
+        shopper = facts.shopper
+        wanted = ("voided", "refunded") if facts.cancelled else ("authorised", "captured")
+        deadline = time.monotonic() + RECOVERY_DEADLINE
+        async with limit:
+            try:
+                while True:
+                    reply = await shopper.call("read payment", "GET", f"/api/orders/{order_id}")
+                    payment = reply.data["payment"]
+                    if payment is not None and payment["status"] in wanted:
+                        break
+                    if time.monotonic() > deadline or run.hurry.is_set():
+                        status = payment and payment["status"]
+                        raise StepFailed(
+                            "read payment",
+                            f"order {order_id} ({reply.data['status']}): payment {status}, "
+                            f"expected {' or '.join(wanted)}",
+                            reply.request_id,
+                        )
+                    await asyncio.sleep(0.5)
+                shopper.check(
+                    cents(payment["amount"]) == facts.total_cents,
+                    reply,
+                    f"order {order_id} paid {payment['amount']}, its total in cents is "
+                    f"{facts.total_cents}",
+                )
+                shopper.check(payment["last4"] == facts.last4, reply, "another card")
+                other = references.setdefault(payment["reference"], order_id)
+                shopper.check(
+                    other == order_id, reply, f"orders {other} and {order_id} share a payment"
+                )
+                if facts.cancelled:
+                    run.verification.payments_voided += 1
+                else:
+                    run.verification.payments_authorised += 1
+            except StepFailed as failure:
+                run.recorder.failed(
+                    failure.step, shopper.label, failure.message, failure.request_id
+                )
+            except (KeyError, TypeError, ValueError, InvalidOperation) as error:
+                run.recorder.failed("read payment", shopper.label, f"malformed answer: {error!r}")
+
+    await asyncio.gather(
+        *(verify(order_id, facts) for order_id, facts in run.ledger.orders.items())
+    )
+
+
+def mail_events(directory: Path, seen: dict[Path, tuple[str, str, str] | None]) -> None:
+    """Add to `seen` each e-mail file not read yet: (order id, event, recipient) from its
+    Message-ID, or None for one that names no order event."""
+    parser = BytesHeaderParser(policy=default_policy)
+    for path in mail_files(directory):
+        if path in seen:
+            continue
+        headers = parser.parsebytes(path.read_bytes())
+        match = MESSAGE_ID.search(str(headers["Message-ID"] or ""))
+        recipient = str(headers[ENVELOPE_TO] or headers["To"] or "")
+        seen[path] = (match[1], match[2], recipient) if match else None
+
+
+async def verify_mail(run: QaRun) -> None:
+    """One e-mail per event of the run's orders (placed; cancelled), to its shopper, read
+    from the local shop's SMTP sink; none twice. Waits for the ones owed (the order
+    service sends every second or so) up to MAIL_DEADLINE (RECOVERY_DEADLINE under
+    --chaos). Under --chaos one still missing is counted as not verifiable: an e-mail
+    whose sending a fault cut off is given up ('unknown' in the outbox), not sent twice."""
+    tally = run.verification.mail
+    if run.mail_dir is None:
+        tally.skipped = run.mail_skipped
+        return
+    owed = {(order_id, "placed") for order_id in run.ledger.orders}
+    owed |= {(order_id, "cancelled") for order_id, f in run.ledger.orders.items() if f.cancelled}
+    tally.expected = len(owed)
+    seen: dict[Path, tuple[str, str, str] | None] = {}
+    deadline = time.monotonic() + (RECOVERY_DEADLINE if run.config.chaos else MAIL_DEADLINE)
+    quiet_since: float | None = None
+    while True:
+        mail_events(run.mail_dir, seen)
+        events = [event for event in seen.values() if event and event[0] in run.ledger.orders]
+        arrived = Counter((order_id, kind) for order_id, kind, _ in events)
+        missing = sorted(owed - set(arrived))
+        now = time.monotonic()
+        if not missing or now > deadline or run.hurry.is_set():
+            break
+        if await order_metric(run, "shop_email_outbox_backlog") == 0:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= OUTBOX_QUIET:
+                break
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.5)
+    for order_id, kind, recipient in events:
+        shopper = run.ledger.orders[order_id].shopper
+        if (order_id, kind) not in owed:
+            run.recorder.failed("e-mails", shopper.label, f"a {kind!r} e-mail for order {order_id}")
+        elif shopper.email not in recipient:
+            run.recorder.failed(
+                "e-mails",
+                shopper.label,
+                f"the {kind} e-mail of order {order_id} went to {recipient}",
+            )
+    for (order_id, kind), count in sorted(arrived.items()):
+        if count > 1:
+            tally.duplicates += 1
+            shopper = run.ledger.orders[order_id].shopper
+            run.recorder.failed(
+                "e-mails", shopper.label, f"{count} {kind!r} e-mails for order {order_id}"
+            )
+    tally.found = sum(1 for event in owed if arrived[event] == 1)
+    if run.config.chaos:
+        tally.not_verifiable = len(missing)
+        return
+    tally.missing = len(missing)
+    for order_id, kind in missing:
+        shopper = run.ledger.orders[order_id].shopper
+        run.recorder.failed(
+            "e-mails",
+            shopper.label,
+            f"no {kind!r} e-mail for order {order_id}",
+        )

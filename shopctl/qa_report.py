@@ -1,5 +1,6 @@
 """What a `shopctl checkout` run measured and found: per-step latencies, failures with their
-request ids, the stock conservation check, as Rich tables or JSON."""
+request ids, the stock conservation check, what it verified of totals, delivery, payments,
+declined cards, guest carts and e-mails, as Rich tables or JSON."""
 
 from __future__ import annotations
 
@@ -130,6 +131,68 @@ class ChaosTally:
 
 
 @dataclass
+class MailTally:
+    """The e-mail check: one e-mail per event (placed, cancelled) of the run's orders, read
+    from the local shop's SMTP sink; `skipped` says why it was not made."""
+
+    expected: int = 0
+    found: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    # Under --chaos: owed but never arrived, maybe lost on purpose (an e-mail whose sending
+    # a fault interrupted is 'unknown' in the outbox and never sent again).
+    not_verifiable: int = 0
+    skipped: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": not self.skipped,
+            "skipped_because": self.skipped or None,
+            "expected": self.expected,
+            "found_once": self.found,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "not_verifiable": self.not_verifiable,
+        }
+
+
+@dataclass
+class Verification:
+    """What the run verified beyond each step's answer, counted for the report (failures
+    are in the Recorder)."""
+
+    # Orders whose totals were checked to the cent: subtotal = lines, delivery per the
+    # rules (by option, and how many went free), total = subtotal + delivery.
+    totals_checked: int = 0
+    delivery: Counter[str] = field(default_factory=Counter)
+    free_delivery: int = 0
+    # Checkouts refused as the test card says (by decline code, or payment_unavailable),
+    # each leaving the cart as it was and placing no order.
+    refusals: Counter[str] = field(default_factory=Counter)
+    # Orders read back at the end: authorised (one reference each), voided when cancelled.
+    payments_authorised: int = 0
+    payments_voided: int = 0
+    saved_addresses: int = 0
+    guest_carts_merged: int = 0
+    mail: MailTally = field(default_factory=MailTally)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "totals_checked": self.totals_checked,
+            "delivery": dict(sorted(self.delivery.items())),
+            "free_delivery": self.free_delivery,
+            "payment_refusals": dict(sorted(self.refusals.items())),
+            "payments": {
+                "authorised": self.payments_authorised,
+                "voided": self.payments_voided,
+            },
+            "saved_addresses": self.saved_addresses,
+            "guest_carts_merged": self.guest_carts_merged,
+            "emails": self.mail.to_json(),
+        }
+
+
+@dataclass
 class RunSummary:
     run_id: str
     target: str
@@ -151,6 +214,7 @@ class RunSummary:
     # Set when a signal ended the run early ("Ctrl-C", "SIGTERM"): the report is partial.
     interrupted: str | None = None
     chaos: ChaosTally | None = None
+    verification: Verification = field(default_factory=Verification)
 
     @property
     def passed(self) -> bool:
@@ -216,6 +280,7 @@ class RunSummary:
                     for check in self.stock
                 ],
             },
+            "verified": self.verification.to_json(),
             "failure_count": self.recorder.failure_count,
             "failures": [
                 {
@@ -265,6 +330,7 @@ def outcome_lines(summary: RunSummary) -> list[str]:
         f"Orders: {summary.orders_placed} placed, {summary.orders_cancelled} cancelled, "
         f"{summary.sold_out_answers} refused for lack of stock (as expected).",
         conservation_line(summary.stock),
+        *verification_lines(summary.verification),
         *(chaos_lines(summary.chaos, summary.refused) if summary.chaos else []),
     ]
 
@@ -280,6 +346,46 @@ def conservation_line(checks: list[StockCheck]) -> str:
         f"Stock conservation holds for {'all ' if len(checks) > 1 else ''}{touched} touched "
         f"({plural(sold, 'unit')} sold + stock left = stock at start)."
     )
+
+
+def verification_lines(checked: Verification) -> list[str]:
+    """What the run verified of totals, payments, declines, guest carts and e-mails."""
+    by_option = ", ".join(f"{n} {option}" for option, n in sorted(checked.delivery.items()))
+    lines = [
+        f"Totals exact to the cent for {plural(checked.totals_checked, 'order')} (goods + "
+        f"delivery{f': {by_option}, {checked.free_delivery} free' if by_option else ''}); "
+        f"payments read back: {checked.payments_authorised} authorised, one reference each, "
+        f"{checked.payments_voided} voided on cancel."
+    ]
+    if checked.refusals:
+        why = ", ".join(f"{n} {code}" for code, n in sorted(checked.refusals.items()))
+        lines.append(
+            f"Cards refused as the test cards say ({why}): each placed no order and left the "
+            "cart as it was (and its stock: see conservation)."
+        )
+    extras = []
+    if checked.saved_addresses:
+        extras.append(f"{plural(checked.saved_addresses, 'order')} to a saved address")
+    if checked.guest_carts_merged:
+        extras.append(f"{plural(checked.guest_carts_merged, 'guest cart')} merged at login")
+    if extras:
+        lines.append(f"Also checked: {'; '.join(extras)}.")
+    lines.append(mail_line(checked.mail))
+    return lines
+
+
+def mail_line(mail: MailTally) -> str:
+    if mail.skipped:
+        return f"E-mails not checked: {mail.skipped}."
+    line = f"E-mails: {mail.found} of {mail.expected} owed arrived exactly once (placed, cancelled)"
+    if mail.missing or mail.duplicates:
+        line += f"; {mail.missing} missing, {mail.duplicates} sent more than once"
+    if mail.not_verifiable:
+        line += (
+            f"; {mail.not_verifiable} never arrived after a fault and cannot be verified (the "
+            "outbox gives up an e-mail whose sending was cut off, rather than send it twice)"
+        )
+    return line + "."
 
 
 def conservation_table(checks: Iterable[StockCheck]) -> Table:

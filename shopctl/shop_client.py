@@ -105,6 +105,10 @@ class ShopClient:
         if self._session is not None:
             await self._session.close()
 
+    def next_request_id(self) -> str:
+        """The id the next request of this run goes out with."""
+        return f"{self.run_id}-{next(self._counter):06d}"
+
     async def call(
         self,
         method: str,
@@ -116,7 +120,7 @@ class ShopClient:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         assert self._session is not None, "use ShopClient in `async with`"
-        request_id = f"{self.run_id}-{next(self._counter):06d}"
+        request_id = self.next_request_id()
         sent = {"Accept": "application/json", "X-Request-ID": request_id, **(headers or {})}
         if token:
             sent["Authorization"] = f"Bearer {token}"

@@ -928,6 +928,20 @@ class QaShop:
     def orders(self) -> list[dict[str, Any]]:
         return self.every("/api/orders", self.token)
 
+    def mail(self) -> list[dict[str, Any]]:
+        """Every e-mail the shop's SMTP sink received, as `shopctl mail -o json` lists them."""
+        listed = self.run("mail", "-n", "0", "-o", "json")
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        return json.loads(listed.stdout)
+
+    def login(self, email: str, password: str) -> str:
+        """A customer's token, from a real login."""
+        code, reply = http(
+            "POST", f"{self.url}/api/users/login", {"email": email, "password": password}
+        )
+        assert code == 200, reply
+        return reply["data"]["token"]
+
     def assert_stock_went_only_to_orders(
         self, stock_before: dict[str, int], orders_before: set[int]
     ) -> list[dict[str, Any]]:

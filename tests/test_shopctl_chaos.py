@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import QaShop, eventually_sync, running_shop, shop_admin_token
+from support import QaShop, eventually_sync, running_shop, shop_admin_token, shopctl
 
 from shopctl.chaos import MAX_HOLD, FaultKind, FaultLog, FaultRecord, plan_round
 from shopctl.seeding import load_demo_data
 from shopctl.state import load_state
 
 SERVICES = ["gateway", "product", "user", "order", "cart"]
-SERVERS = ["mongodb", "postgres", "redis"]
+# The embedded servers `shopctl up` runs, the SMTP sink among them.
+SERVERS = ["mongodb", "postgres", "redis", "smtp"]
 
 
 # -- the schedule --------------------------------------------------------------------------
@@ -69,9 +70,14 @@ DEMO = load_demo_data()
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QaShop]:
     """A shop whose order service gives up on a hung checkout and runs its recovery
-    quickly, so a run that killed it settles in seconds rather than half a minute."""
+    quickly, so a run that killed it settles in seconds rather than half a minute, and
+    tries again soon an e-mail the SMTP sink was away for."""
     data_dir = tmp_path_factory.mktemp("chaos") / "shop"
-    settings = {"CHECKOUT_LEASE_SECONDS": "5", "RECOVERY_INTERVAL_SECONDS": "1"}
+    settings = {
+        "CHECKOUT_LEASE_SECONDS": "5",
+        "RECOVERY_INTERVAL_SECONDS": "1",
+        "EMAIL_RETRY_SECONDS": "1",
+    }
     with running_shop(data_dir, **settings) as (url, env):
         yield QaShop(url, data_dir, env, shop_admin_token(url, data_dir))
     # `down` stopped everything, the processes chaos started included.
@@ -85,6 +91,17 @@ def interrupt(process: subprocess.Popen) -> tuple[str, str]:
         return process.communicate(timeout=120)
     finally:
         process.kill()
+
+
+def test_guest_merge_is_refused_under_chaos_before_anything_starts(tmp_path: Path) -> None:
+    refused = shopctl(
+        "checkout", "--chaos", "-s", "guest-merge", "--data-dir", tmp_path / "none"
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "guest-merge scenario drives the web pages and is not played under --chaos" in (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.slow
@@ -181,6 +198,17 @@ def test_chaos_kills_every_service_and_the_shop_recovers_with_nothing_lost(
     placed = result["orders"]["placed"]
     assert placed > 0 and chaos["keys_replayed"] == placed == chaos["orders_checked"]
     assert sum(step["refused_during_faults"] for step in result["steps"]) > 0
+    # Every order's payment and e-mails checked too; an e-mail lost to a fault (given up
+    # rather than sent twice) is counted apart, never sent twice.
+    verified = result["verified"]
+    cancelled = result["orders"]["cancelled"]
+    assert verified["payments"] == {"authorised": placed - cancelled, "voided": cancelled}
+    assert verified["totals_checked"] == placed
+    assert verified["payment_refusals"] and verified["saved_addresses"] > 0
+    emails = verified["emails"]
+    assert emails["checked"] and emails["duplicates"] == emails["missing"] == 0
+    assert emails["found_once"] + emails["not_verifiable"] == emails["expected"]
+    assert emails["expected"] == placed + cancelled
 
     # Every process is a new one now, and state.json knows them all: status says ready.
     after = load_state(shop.data_dir)

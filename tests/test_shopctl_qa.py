@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -152,11 +153,36 @@ def test_a_checkout_run_with_every_scenario_passes_and_adds_up(
     assert result["orders"]["sold_out_answers"] == 2
     assert result["conservation"]["ok"]
 
+    # What it verified of every order: totals, payments, one e-mail per event.
+    verified = result["verified"]
+    placed, cancelled_count = result["orders"]["placed"], result["orders"]["cancelled"]
+    assert verified["totals_checked"] == placed
+    assert verified["payments"] == {"authorised": placed - 4, "voided": 4}
+    emails = verified["emails"]
+    assert emails["checked"] and emails["expected"] == placed + cancelled_count
+    assert emails["found_once"] == emails["expected"] and emails["duplicates"] == 0
+    assert "E-mails: " in run.stdout and "arrived exactly once" in run.stdout
+
     # Check it again through the shop: the new orders account for every unit of stock gone.
     new_orders = shop.assert_stock_went_only_to_orders(stock_before, orders_before)
-    assert len(new_orders) == result["orders"]["placed"]
+    assert len(new_orders) == placed
     cancelled = [o for o in new_orders if o["status"] == "cancelled"]
-    assert len(cancelled) == result["orders"]["cancelled"] == 4
+    assert len(cancelled) == cancelled_count == 4
+    for order in new_orders:
+        status = "voided" if order["status"] == "cancelled" else "authorised"
+        assert order["payment"]["status"] == status, order
+        total = Decimal(str(order["subtotal_amount"])) + Decimal(str(order["delivery"]["price"]))
+        assert Decimal(str(order["total_amount"])) == total
+    references = [order["payment"]["reference"] for order in new_orders]
+    assert len(set(references)) == len(references)
+    # And through `shopctl mail`: one e-mail per event of those orders.
+    events = Counter(
+        re.match(r"<order-(\d+)\.(\w+)\.", mail["message_id"]).groups() for mail in shop.mail()
+    )
+    for order in new_orders:
+        assert events[(str(order["id"]), "placed")] == 1, order["id"]
+        cancelled_mails = events[(str(order["id"]), "cancelled")]
+        assert cancelled_mails == (order["status"] == "cancelled"), order["id"]
 
 
 def test_the_same_seed_logs_the_shoppers_in_again_and_url_targets_any_shop(
@@ -179,6 +205,101 @@ def test_the_same_seed_logs_the_shoppers_in_again_and_url_targets_any_shop(
     steps = {step["step"]: step["count"] for step in result["steps"]}
     assert steps["register"] == 3 and steps["login"] == 3  # taken: logged in instead
     assert "Steps" in again.stderr
+    # That shop's e-mails are out of reach from here: not checked, and the report says why.
+    emails = result["verified"]["emails"]
+    assert not emails["checked"] and "out of reach" in emails["skipped_because"]
+    assert "E-mails not checked: " in again.stderr
+
+
+def test_declined_cards_place_no_order_keep_the_cart_and_the_report_counts_each(
+    shop: QaShop, tmp_path: Path
+) -> None:
+    assert shop.run("seed", "--no-customers").returncode == 0
+    stock_before = {p["id"]: p["stock"] for p in shop.products()}
+    orders_before = {order["id"] for order in shop.orders()}
+    report = tmp_path / "declined.json"
+
+    run = shop.run(
+        "checkout", "-s", "declined-card", "--users", "6", "--concurrency", "3",
+        "--seed", "41", "--json", report,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(report.read_text())
+    verified = result["verified"]
+    # Six shoppers: each refusing test card once, each refusal as the card says.
+    assert verified["payment_refusals"] == {
+        "card_declined": 1,
+        "insufficient_funds": 1,
+        "expired_card": 1,
+        "incorrect_number": 1,
+        "provider_error": 1,
+        "provider_timeout": 1,
+    }
+    steps = {step["step"]: step for step in result["steps"]}
+    assert steps["refused checkout"]["count"] == 6 and steps["cart kept"]["count"] == 6
+    assert "Cards refused as the test cards say" in run.stdout
+    # Then each paid with the other card: six orders, nothing from the refused attempts.
+    assert result["orders"]["placed"] == 6 and verified["payments"]["authorised"] == 6
+    new_orders = shop.assert_stock_went_only_to_orders(stock_before, orders_before)
+    assert len(new_orders) == 6
+    assert {(o["payment"]["brand"], o["payment"]["last4"]) for o in new_orders} == {
+        ("mastercard", "4444")
+    }
+    assert verified["emails"]["found_once"] == 6
+
+
+def test_saved_address_express_and_guest_merge_journeys_pass_and_say_what_they_checked(
+    shop: QaShop, tmp_path: Path
+) -> None:
+    assert shop.run("seed", "--no-customers").returncode == 0
+    orders_before = {order["id"] for order in shop.orders()}
+    args = (
+        "checkout", "-s", "saved-address", "-s", "express", "-s", "guest-merge",
+        "--users", "6", "--concurrency", "3", "--seed", "43",
+    )  # fmt: skip
+    report = tmp_path / "journeys.json"
+
+    run = shop.run(*args, "--json", report)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(report.read_text())
+    verified = result["verified"]
+    assert verified["saved_addresses"] == 2 and verified["guest_carts_merged"] == 2
+    assert verified["delivery"] == {"express": 2, "standard": 4}
+    steps = {step["step"]: step["count"] for step in result["steps"]}
+    # Guests registered on the page (a GET and a POST each), then logged in by the API
+    # for their token; the others registered by the API.
+    assert steps["guest: register"] == 4 and steps["login"] == 2 and steps["register"] == 4
+    assert "2 guest carts merged at login" in run.stdout
+
+    # Through the shop: what each shopper's orders hold.
+    new_orders = [o for o in shop.orders() if o["id"] not in orders_before]
+    assert len(new_orders) == 6
+    by_shopper = {int(o["customer"]["email"].split("-")[2].split("@")[0]): o for o in new_orders}
+    for number, order in by_shopper.items():
+        scenario = ("saved-address", "express", "guest-merge")[(number - 1) % 3]
+        delivery = order["delivery"]
+        if scenario == "express":
+            assert delivery["option"] == "express" and Decimal(str(delivery["price"])) > 0
+        else:
+            assert delivery["option"] == "standard"
+        if scenario == "saved-address":
+            assert order["address"]["recipient"] == f"QA Shopper {number}"
+            token = shop.login(order["customer"]["email"], "qa-shopper-43")
+            code, book = http("GET", f"{shop.url}/api/users/addresses", None, token)
+            assert code == 200 and len(book["data"]["addresses"]) == 1, book
+
+    # Again with the same seed: the accounts exist, so the guests log in on the page
+    # (their register form refused), their guest carts merged all the same.
+    again = shop.run(*args, "--json", "-")
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    result = json.loads(again.stdout)
+    assert result["verified"]["guest_carts_merged"] == 2
+    assert result["verified"]["saved_addresses"] == 2
+    steps = {step["step"]: step["count"] for step in result["steps"]}
+    assert steps["guest: log in"] == 4
 
 
 def test_a_run_that_cannot_be_served_says_so_before_starting(shop: QaShop) -> None:
