@@ -427,3 +427,22 @@ def axe_problems(page: Page, report: Path) -> list[str]:
             problems.append(f"    {node['target']}: {node['html'][:160]}")
             problems.append("      " + node["summary"].replace("\n", "\n      "))
     return problems
+
+
+def audit_in_place(page: Page, axe_script: Path, name: str) -> list[str]:
+    """The page as the shopper has it now (also the answer to a POST, which a second visit
+    could not show): a full-page screenshot, no sideways scrolling, and axe-core's serious
+    and critical problems. axe is evaluated through the DevTools protocol, which the page's
+    Content-Security-Policy does not govern, so the page keeps its policy in force."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+    problems = []
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    if widths[0] > widths[1]:
+        problems.append(f"scrolls sideways: {widths[0]} px wide in {widths[1]} px")
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(axe_script.read_text())
+    problems += axe_problems(page, AXE_REPORTS / f"{name}.json")
+    return [f"{name}: {problem}" for problem in problems]
