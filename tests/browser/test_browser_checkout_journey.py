@@ -159,9 +159,14 @@ def test_a_guest_registers_pays_after_a_decline_and_gets_one_email(
     assert message["To"] == email
     plain = message.get_body(preferencelist=("plain",))
     assert plain is not None
-    text = plain.get_content()
+    text = plain.get_content().replace("\r\n", "\n")
     assert f"We have your order #{order_id}" in text
-    assert f"{candle['name']}: 2 at $12.40 = $24.80" in text
-    assert "Total: $34.75" in text
+    assert (
+        f"  {candle['name']}: 2 at $12.40 = $24.80\n"
+        "  Goods: $24.80\n"
+        "  Express delivery (next working day): $9.95\n"
+        "  Total: $34.75\n"
+    ) in text
+    assert "Delivered to:\n  Ann Shopper\n  1 High Street\n  London SW1A 1AA\n" in text
 
     assert not problems, "\n".join(problems)
