@@ -205,7 +205,7 @@ async def test_an_order_with_delivery_emails_its_goods_delivery_and_address(
         "  Total: $34.75\n"
     ) in text
     assert (
-        "Delivered to:\n"
+        "Delivery address:\n"
         "  Ann Example\n"
         "  1 High Street\n"
         "  Flat <3>\n"

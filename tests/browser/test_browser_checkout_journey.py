@@ -167,6 +167,6 @@ def test_a_guest_registers_pays_after_a_decline_and_gets_one_email(
         "  Express delivery (next working day): $9.95\n"
         "  Total: $34.75\n"
     ) in text
-    assert "Delivered to:\n  Ann Shopper\n  1 High Street\n  London SW1A 1AA\n" in text
+    assert "Delivery address:\n  Ann Shopper\n  1 High Street\n  London SW1A 1AA\n" in text
 
     assert not problems, "\n".join(problems)
