@@ -39,6 +39,7 @@ import jinja2
 
 from shopkit.metrics import Metrics
 from shopkit.money import cents_to_money
+from svc_order.delivery import LABELS as DELIVERY_LABELS
 from svc_order.outbox import ClaimedEmail, OrderForEmail, Outbox
 
 log = logging.getLogger("shop.order.mail")
@@ -149,6 +150,7 @@ class EmailTemplates:
             keep_trailing_newline=True,
         )
         self.environment.filters["money"] = _money
+        self.environment.filters["address_lines"] = _address_lines
 
     def render(self, kind: str, context: dict[str, Any]) -> tuple[str, str, str]:
         """The subject, the plain-text part and the HTML part."""
@@ -161,6 +163,21 @@ class EmailTemplates:
 
 def _money(value: Any) -> str:
     return f"${value:,.2f}"
+
+
+def _address_lines(address: dict[str, Any]) -> list[str]:
+    """An order's address as the web shop prints it (templates/macros.html address_lines),
+    its empty fields left out."""
+    town = " ".join(part for part in (address.get("city"), address.get("postal_code")) if part)
+    lines = [
+        address.get("recipient"),
+        address.get("line1"),
+        address.get("line2"),
+        town,
+        address.get("region"),
+        address.get("country_name") or address.get("country"),
+    ]
+    return [str(line) for line in lines if line]
 
 
 def _when(moment: datetime) -> str:
@@ -353,6 +370,16 @@ class EmailSender:
                 "placed_at": _when(order.created_at),
                 "items": items,
                 "total": cents_to_money(order.total_cents),
+                "goods": None
+                if order.subtotal_cents is None
+                else cents_to_money(order.subtotal_cents),
+                "delivery": None
+                if order.delivery_option is None
+                else {
+                    "label": DELIVERY_LABELS.get(order.delivery_option, order.delivery_option),
+                    "price": cents_to_money(order.delivery_cents or 0),
+                },
+                "address": order.address,
             },
         }
 

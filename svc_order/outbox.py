@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from shopkit.postgres import FairPool
 
@@ -55,6 +56,12 @@ class OrderForEmail:
     total_cents: int
     created_at: datetime
     lines: list[dict[str, Any]]
+    # An order placed with an address and delivery (all None for one placed without):
+    # without them an e-mail's lines would not add up to its total.
+    subtotal_cents: int | None = None
+    delivery_option: str | None = None
+    delivery_cents: int | None = None
+    address: dict[str, Any] | None = None
 
 
 class Outbox:
@@ -82,7 +89,9 @@ class Outbox:
         """The order as the e-mail shows it (its lines and total never change once placed)."""
         async with self.pool.acquire() as connection:
             row = await connection.fetchrow(
-                "SELECT id, status, total_cents, created_at FROM orders WHERE id = $1", order_id
+                """SELECT id, status, total_cents, created_at, subtotal_cents, delivery_option,
+                          delivery_cents, address FROM orders WHERE id = $1""",
+                order_id,
             )
             lines = await connection.fetch(
                 """SELECT product_name, quantity, price_cents FROM order_items
@@ -90,7 +99,10 @@ class Outbox:
                 order_id,
             )
         assert row is not None  # an e-mail's order is never deleted (placed orders stay)
-        return OrderForEmail(**dict(row), lines=[dict(line) for line in lines])
+        order = dict(row)
+        if order["address"] is not None:  # jsonb arrives as its text
+            order["address"] = orjson.loads(order["address"])
+        return OrderForEmail(**order, lines=[dict(line) for line in lines])
 
     async def sent(self, email_id: int) -> None:
         """The SMTP server accepted it. Also from ``unknown``: a sender that outlived its

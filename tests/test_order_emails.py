@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import (
     JWT_SECRET,
+    TEST_ADDRESS,
     SmtpSink,
     call,
     checkout,
@@ -22,6 +23,7 @@ from support import (
     customer,
     eventually,
     metric_value,
+    paid,
     postgres,
 )
 
@@ -173,6 +175,46 @@ async def test_placed_shipped_and_cancelled_each_send_one_email_to_the_customer(
     assert "Total: $59.97" in ann_placed.part("plain")
     assert await metric_value(orders, "shop_emails_sent_total") == 4
     assert await metric_value(orders, "shop_email_outbox_backlog") == 0
+
+
+async def test_an_order_with_delivery_emails_its_goods_delivery_and_address(
+    start_orders: StartOrders,
+    products: TestClient,
+    admin_headers: dict[str, str],
+    smtp_sink: SmtpSink,
+    postgres_uri: str,
+) -> None:
+    """The lines add up to the total: goods, the delivery line, then the total; and the
+    e-mail says where the parcel goes."""
+    orders = await start_orders(SMTP_URL=smtp_sink.url)
+    candle = await create_product(products, admin_headers, name="Candle", price=12.40, stock=9)
+    address = {**TEST_ADDRESS, "line2": "Flat <3>"}
+    order = (
+        await checkout(
+            orders, ANN, [(candle["id"], 2)], details=paid(delivery="express", address=address)
+        )
+    )["data"]
+    await received(smtp_sink, 1)
+    [mail] = smtp_sink.received
+    assert mail.message["Subject"] == f"Your order #{order['id']} is placed"
+    text, html = mail.part("plain").replace("\r\n", "\n"), mail.part("html")
+    assert (
+        "  Candle: 2 at $12.40 = $24.80\n"
+        "  Goods: $24.80\n"
+        "  Express delivery (next working day): $9.95\n"
+        "  Total: $34.75\n"
+    ) in text
+    assert (
+        "Delivery address:\n"
+        "  Ann Example\n"
+        "  1 High Street\n"
+        "  Flat <3>\n"
+        "  London SW1A 1AA\n"
+        "  United Kingdom\n"
+    ) in text
+    assert "Express delivery (next working day)</th>" in html and "$9.95" in html
+    assert "Flat &lt;3&gt;" in html and "<3>" not in html
+    assert "United Kingdom" in html
 
 
 async def test_without_smtp_url_the_emails_wait_in_the_outbox(

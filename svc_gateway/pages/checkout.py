@@ -71,12 +71,17 @@ TEST_CARDS = (
 
 async def _checkout_data(request: web.Request) -> dict[str, Any]:
     """The cart with its stock, the shopper's addresses and the delivery options, at once."""
-    (_, lines), book, delivery = await finish_all(
+    (cart, lines), book, delivery = await finish_all(
         priced_cart(request),
         call_backend_or_raise(request, "user", "GET", "/api/users/addresses"),
         call_backend_or_raise(request, "order", "GET", "/api/orders/delivery-options"),
     )
-    return {"lines": lines, "book": book["data"], "delivery": delivery["data"]}
+    return {
+        "lines": lines,
+        "item_count": cart["item_count"],
+        "book": book["data"],
+        "delivery": delivery["data"],
+    }
 
 
 def _delivery_choices(options: list[dict[str, Any]], subtotal_cents: int) -> list[dict[str, Any]]:
@@ -135,6 +140,9 @@ async def _page(
     year = datetime.now(UTC).year
     context = {
         "lines": lines,
+        # The header's count: the page middleware reads it for GETs only, and this page is
+        # also the answer to a POST (a declined card, a field to correct).
+        "cart_count": data["item_count"],
         "subtotal_cents": subtotal_cents,
         "addresses": addresses,
         "address_limit": data["book"]["limit"],
@@ -224,7 +232,8 @@ def _errors_of(refusal: BackendRefused) -> dict[str, str]:
     """A refusal as the form's errors: validation details next to their fields, a refused
     card under the card, the rest over the form."""
     if refusal.code == "payment_declined":
-        return {"card_number": f"{refusal.message} Nothing was charged: try another card."}
+        # The order service's sentence already says nothing was charged and what to do.
+        return {"card_number": refusal.message}
     if refusal.code == "payment_unavailable":
         return {"_form": refusal.message}
     details = [

@@ -8,11 +8,12 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import BrowserContext, Locator, Page, expect
-from support import REPO, http
+from support import REPO, eventually_sync, http, shopctl
 
 SCREENSHOTS = REPO / "test-results" / "screenshots"
 WIDTHS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
@@ -40,6 +41,24 @@ SCRIPT_NAME = "<script>alert(1)</script>"
 NewContext = Callable[..., BrowserContext]
 # A product whose picture is gone: the page falls back to its generated one.
 MISSING_IMAGE = "/static/images/pocket-notebook.jpg"
+
+# The built-in test provider's cards (the checkout page lists them), an expiry that stays in
+# the future, and an address in a country the shop delivers to.
+ACCEPTED_CARD = "4242 4242 4242 4242"
+DECLINED_CARD = "4000 0000 0000 0002"
+EXPIRY_MONTH = "12"
+EXPIRY_YEAR = str(datetime.now(UTC).year + 2)
+ADDRESS = {
+    "recipient": "Ann Shopper",
+    "line1": "1 High Street",
+    "city": "London",
+    "postal_code": "SW1A 1AA",
+    "country": "GB",
+}
+COUNTRY_NAMES = {"GB": "United Kingdom"}
+# How long an e-mail may take from the order's commit to the sink's mail/ (the sender looks
+# every second; a loaded machine is slower).
+MAIL_DEADLINE_SECONDS = 60
 
 # The seed catalogue. Only these products are in "kitchen" (the filter test counts on it);
 # tests that need stock of their own create products in other categories.
@@ -206,8 +225,42 @@ class Shop:
     def cart(self, customer: Customer) -> dict[str, Any]:
         return self.api("GET", f"/api/cart/{customer.id}", token=customer.token)["data"]
 
-    def place_order(self, customer: Customer, items: list[tuple[str, int]]) -> dict[str, Any]:
-        body = {"items": [{"product_id": pid, "quantity": quantity} for pid, quantity in items]}
+    def log_in(self, email: str, password: str = PASSWORD) -> Customer:
+        """A customer made through the pages, logged in through the API for its token."""
+        body = {"email": email, "password": password}
+        data = self.api("POST", "/api/users/login", body)["data"]
+        return Customer(data["user"]["id"], email, data["user"]["first_name"], data["token"])
+
+    def save_address(self, customer: Customer, **fields: str) -> dict[str, Any]:
+        """An address kept in the customer's address book (ADDRESS, ``fields`` instead)."""
+        body = {**ADDRESS, **fields}
+        path = "/api/users/addresses"
+        return self.api("POST", path, body, token=customer.token, expected_status=201)["data"]
+
+    def addresses(self, customer: Customer) -> list[dict[str, Any]]:
+        path = "/api/users/addresses"
+        return self.api("GET", path, token=customer.token)["data"]["addresses"]
+
+    def place_order(
+        self,
+        customer: Customer,
+        items: list[tuple[str, int]],
+        *,
+        delivery: str | None = None,
+    ) -> dict[str, Any]:
+        """An order through the API; with ``delivery``, sent to ADDRESS and paid with the
+        accepted test card, as the checkout page sends it."""
+        body: dict[str, Any] = {
+            "items": [{"product_id": pid, "quantity": quantity} for pid, quantity in items]
+        }
+        if delivery is not None:
+            card = {
+                "number": ACCEPTED_CARD.replace(" ", ""),
+                "exp_month": int(EXPIRY_MONTH),
+                "exp_year": int(EXPIRY_YEAR),
+                "cvc": "123",
+            }
+            body |= {"address": ADDRESS, "delivery": delivery, "payment": {"card": card}}
         reply = self.api("POST", "/api/orders", body, token=customer.token, expected_status=201)
         return reply["data"]
 
@@ -217,6 +270,28 @@ class Shop:
 
     def order(self, order_id: int | str) -> dict[str, Any]:
         return self.api("GET", f"/api/orders/{order_id}", token=self.admin_token)["data"]
+
+    def mail_to(self, email: str) -> list[dict[str, Any]]:
+        """The e-mails the shop's SMTP sink kept for ``email``, as `shopctl mail` lists
+        them (id, to, subject, file)."""
+        listed = shopctl(
+            "mail", "-n", "0", "-o", "json", "--to", email, "--data-dir", self.data_dir
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        return [mail for mail in json.loads(listed.stdout) if mail["to"] == email]
+
+    def wait_for_mail(self, email: str) -> list[dict[str, Any]]:
+        """The e-mails kept for ``email``, once there is at least one (the order service
+        sends from its outbox a moment after the commit)."""
+        found: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            found[:] = self.mail_to(email)
+            return bool(found)
+
+        what = f"an e-mail to {email} in {self.data_dir / 'mail'}"
+        eventually_sync(arrived, what, MAIL_DEADLINE_SECONDS, interval=0.5)
+        return found
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -229,6 +304,15 @@ def flash(page: Page) -> Locator:
 
 def heading(page: Page) -> Locator:
     return page.get_by_role("heading", level=1)
+
+
+def cart_link(page: Page, count: int | None = None) -> Locator:
+    """The header's Cart link, named with how many items the cart holds ("Cart (2 items in
+    your cart)"); ``count`` None: whatever it holds."""
+    if count is None:
+        return page.get_by_role("link", name=re.compile(r"^Cart \(\d+ items? in your cart\)$"))
+    items = "item" if count == 1 else "items"
+    return page.get_by_role("link", name=f"Cart ({count} {items} in your cart)", exact=True)
 
 
 def card_names(page: Page) -> Locator:
@@ -270,13 +354,59 @@ def confirmed_order_id(page: Page) -> int:
 
 
 def checkout_form_fields(page: Page) -> dict[str, str]:
-    """The hidden fields of the cart's checkout form (CSRF token, idempotency key); hidden
-    inputs have no role or label, so they are found by name."""
-    form = page.locator("form[action='/checkout']")
-    return {
-        name: form.locator(f"input[name='{name}']").input_value()
-        for name in ("csrf_token", "idempotency_key")
-    }
+    """What the checkout page's form sends as it is filled in now (the hidden CSRF token
+    and idempotency key included), as the browser would encode it."""
+    return page.locator("form[action='/checkout']").evaluate(
+        "form => Object.fromEntries(new FormData(form))"
+    )
+
+
+def open_checkout(page: Page) -> None:
+    """From the cart page, on to the checkout page by its link."""
+    page.get_by_role("link", name="Check out", exact=True).click()
+    expect(heading(page)).to_have_text("Checkout")
+
+
+def address_group(page: Page) -> Locator:
+    return page.get_by_role("group", name="Where it goes")
+
+
+def fill_new_address(page: Page, address: dict[str, str] = ADDRESS, *, keep: bool = True) -> None:
+    """Choose a new address ("A new address", or "This address" with none saved), type it
+    in, and say whether to keep it in the address book."""
+    group = address_group(page)
+    group.get_by_role("radio", name=re.compile(r"^(A new address|This address)$")).check()
+    group.get_by_label("Full name").fill(address["recipient"])
+    group.get_by_label("Street and number").fill(address["line1"])
+    group.get_by_label("Town or city").fill(address["city"])
+    group.get_by_label("Postcode").fill(address.get("postal_code", ""))
+    group.get_by_label("Country").select_option(label=COUNTRY_NAMES[address["country"]])
+    group.get_by_label("Keep it in my addresses").set_checked(keep)
+
+
+def choose_delivery(page: Page, option: str) -> None:
+    """``option``: the start of its label, "Standard" or "Express"."""
+    group = page.get_by_role("group", name="How it is delivered")
+    group.get_by_role("radio", name=re.compile(rf"^{option} delivery")).check()
+
+
+def fill_card(page: Page, number: str = ACCEPTED_CARD, cvc: str = "123") -> None:
+    group = page.get_by_role("group", name="How you pay")
+    group.get_by_label("Card number").fill(number)
+    group.get_by_label("Expiry month").select_option(EXPIRY_MONTH)
+    group.get_by_label("Expiry year").select_option(EXPIRY_YEAR)
+    group.get_by_label("Security code").fill(cvc)
+
+
+def check_out(page: Page, *, new_address: bool = False, delivery: str = "Standard") -> None:
+    """From the cart page: open the checkout, fill it in (the saved address it offers first,
+    or a new one kept in the book), pay with the accepted card and place the order."""
+    open_checkout(page)
+    if new_address:
+        fill_new_address(page)
+    choose_delivery(page, delivery)
+    fill_card(page)
+    page.get_by_role("button", name="Place order").click()
 
 
 def axe_problems(page: Page, report: Path) -> list[str]:
@@ -297,3 +427,22 @@ def axe_problems(page: Page, report: Path) -> list[str]:
             problems.append(f"    {node['target']}: {node['html'][:160]}")
             problems.append("      " + node["summary"].replace("\n", "\n      "))
     return problems
+
+
+def audit_in_place(page: Page, axe_script: Path, name: str) -> list[str]:
+    """The page as the shopper has it now (also the answer to a POST, which a second visit
+    could not show): a full-page screenshot, no sideways scrolling, and axe-core's serious
+    and critical problems. axe is evaluated through the DevTools protocol, which the page's
+    Content-Security-Policy does not govern, so the page keeps its policy in force."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+    problems = []
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    if widths[0] > widths[1]:
+        problems.append(f"scrolls sideways: {widths[0]} px wide in {widths[1]} px")
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(axe_script.read_text())
+    problems += axe_problems(page, AXE_REPORTS / f"{name}.json")
+    return [f"{name}: {problem}" for problem in problems]

@@ -1,8 +1,9 @@
-"""Checkout's guards in the browser: a double-submitted checkout buys once, and a form post
-without the right CSRF token is refused and changes nothing."""
+"""Checkout's guards in the browser: a double-submitted checkout page buys once (and charges
+once), and a form post without the right CSRF token is refused and changes nothing."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,10 @@ from browser_support import (
     Shop,
     checkout_form_fields,
     confirmed_order_id,
+    fill_card,
     heading,
     log_in,
+    open_checkout,
 )
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -28,7 +31,7 @@ FORM_EXPIRED = "This form has expired"
 @dataclass(frozen=True)
 class Shopper:
     """A logged-in customer in the test's page, with two units of a product of its own (stock
-    10) in the cart."""
+    10) in the cart and an address in the book."""
 
     customer: Customer
     product: dict[str, Any]
@@ -37,22 +40,34 @@ class Shopper:
 
 @pytest.fixture
 def shopper(shop: Shop, page: Page) -> Shopper:
-    """A customer logged in on ``page``, on the cart page with two aprons in the cart."""
+    """A customer logged in on ``page``, two aprons in the cart, on the checkout page with
+    the saved address and standard delivery chosen and the accepted card typed in: one
+    press of Place order from buying."""
     product = shop.create_product(
         name=f"Linen Apron {uuid.uuid4().hex[:6]}", price=18.25, category="textiles", stock=10
     )
     customer = shop.register_customer("Cass")
     shop.add_to_cart(customer, product["id"], 2)
+    shop.save_address(customer, label="Home")
     log_in(page, customer.email, customer.password)
     page.goto("/cart")
     expect(page.get_by_role("row", name=product["name"])).to_contain_text("$36.50")
+    open_checkout(page)
+    expect(page.get_by_role("radio", name=re.compile("^Home"))).to_be_checked()
+    expect(page.get_by_role("radio", name=re.compile("^Standard delivery"))).to_be_checked()
+    fill_card(page)
     return Shopper(customer, product, page)
 
 
 def assert_bought_once(shop: Shop, shopper: Shopper, order_id: int) -> None:
-    """Exactly one order, the confirmed one, and the stock taken once."""
+    """Exactly one order, the confirmed one, paid once: the stock taken once, the card
+    held once for goods + delivery."""
     orders = shop.orders_of(shopper.customer)
     assert [order["id"] for order in orders] == [order_id]
+    [order] = orders
+    assert order["total_amount"] == 41.45  # 2 x 18.25 + 4.95 standard delivery
+    assert order["payment"]["status"] == "authorised"
+    assert order["payment"]["amount"] == 41.45
     assert shop.stock(shopper.product["id"]) == 8
     assert shop.cart(shopper.customer)["items"] == []
 
@@ -80,7 +95,8 @@ def test_the_same_checkout_form_posted_again_buys_once(shop: Shop, shopper: Shop
     assert again.status == 303, again.text()
     assert again.headers["location"] == f"/orders/{order_id}/confirmation"
 
-    # Back to the cart: it is empty now, so there is nothing to submit twice.
+    # Back to the checkout page: the cart is empty now, so it sends the shopper to the
+    # cart and there is nothing to submit twice.
     page.go_back()
     expect(heading(page)).to_have_text("Your cart")
     expect(page.get_by_role("main")).to_contain_text("Your cart is empty.")
@@ -119,7 +135,8 @@ def test_posts_without_the_right_csrf_token_are_refused_and_change_nothing(
 ) -> None:
     page = shopper.page
     form = checkout_form_fields(page)
-    key = form["idempotency_key"]
+    assert form["card_number"] == "4242 4242 4242 4242"
+    without_token = {name: value for name, value in form.items() if name != "csrf_token"}
 
     # A valid token of another shopper's session does not pass for this one.
     other_page = other_context.new_page()
@@ -130,10 +147,10 @@ def test_posts_without_the_right_csrf_token_are_refused_and_change_nothing(
 
     attempts = {
         "/checkout": [
-            {"idempotency_key": key},
-            {"idempotency_key": key, "csrf_token": ""},
-            {"idempotency_key": key, "csrf_token": "forged"},
-            {"idempotency_key": key, "csrf_token": foreign_token.input_value()},
+            without_token,
+            {**without_token, "csrf_token": ""},
+            {**without_token, "csrf_token": "forged"},
+            {**without_token, "csrf_token": foreign_token.input_value()},
         ],
         "/cart/clear": [{}],
         "/cart/items": [{"product_id": shopper.product["id"], "quantity": "5"}],
@@ -148,6 +165,8 @@ def test_posts_without_the_right_csrf_token_are_refused_and_change_nothing(
             assert FORM_EXPIRED in reply.text(), (action, fields)
 
     # In the page itself: the checkout form without its token gets the 403 page.
+    page.goto("/checkout")
+    fill_card(page)
     page.locator("form[action='/checkout'] input[name='csrf_token']").evaluate("e => e.remove()")
     with page.expect_response(lambda reply: reply.url.endswith("/checkout")) as refused:
         page.get_by_role("button", name="Place order").click()
@@ -164,6 +183,7 @@ def test_posts_without_the_right_csrf_token_are_refused_and_change_nothing(
     assert shop.stock(shopper.product["id"]) == 10
 
     # And the same form with its token goes through (the refusals were about the token).
+    open_checkout(page)
+    fill_card(page)
     page.get_by_role("button", name="Place order").click()
-    confirmed_order_id(page)
-    assert shop.stock(shopper.product["id"]) == 8
+    assert_bought_once(shop, shopper, confirmed_order_id(page))

@@ -5,6 +5,7 @@ serious or critical violations."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from browser_support import (
     AXE_REPORTS,
+    DECLINED_CARD,
     MISSING_IMAGE,
     SCREENSHOTS,
     WIDTHS,
@@ -20,6 +22,8 @@ from browser_support import (
     NewContext,
     Shop,
     axe_problems,
+    cart_link,
+    fill_card,
     heading,
     log_in,
 )
@@ -64,7 +68,7 @@ class ShopPage:
     name: str
     path: str
     title: str  # the h1, with {placeholders}
-    viewer: str | None = None  # "customer", "admin" or nobody
+    viewer: str | None = None  # "customer", "newcomer", "admin" or nobody
     status: int = 200
     act: Callable[[Page], None] | None = None  # what the person does before we look
 
@@ -87,6 +91,23 @@ def submit_empty_address(page: Page) -> None:
     expect(page.get_by_role("alert")).to_be_visible()
 
 
+def submit_empty_checkout(page: Page) -> None:
+    page.get_by_role("button", name="Place order").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+
+
+def pay_with_a_declined_card(page: Page) -> None:
+    fill_card(page, DECLINED_CARD)
+    page.get_by_role("button", name="Place order").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    card_number = page.get_by_label("Card number")
+    expect(card_number).to_have_value("")  # never echoed back
+    expect(card_number).to_have_accessible_description(
+        re.compile(r"Your card was declined\. .*try another card\.$")
+    )
+    expect(cart_link(page, 3)).to_be_visible()  # the page answers a POST: still counted
+
+
 PAGES = [
     ShopPage("home", "/", "All products"),
     ShopPage(
@@ -104,8 +125,21 @@ PAGES = [
     ShopPage(
         "confirmation", "/orders/{order}/confirmation", "Thank you for your order!", "customer"
     ),
+    ShopPage("checkout-saved-address", "/checkout", "Checkout", "customer"),
+    ShopPage("checkout-new-address", "/checkout", "Checkout", "newcomer"),
+    ShopPage("checkout-errors", "/checkout", "Checkout", "newcomer", act=submit_empty_checkout),
+    ShopPage(
+        "checkout-declined", "/checkout", "Checkout", "customer", act=pay_with_a_declined_card
+    ),
+    ShopPage(
+        "confirmation-delivery",
+        "/orders/{paid_order}/confirmation",
+        "Thank you for your order!",
+        "customer",
+    ),
     ShopPage("orders", "/orders", "My orders", "customer"),
     ShopPage("order", "/orders/{order}", "Order #{order}", "customer"),
+    ShopPage("order-delivery", "/orders/{paid_order}", "Order #{paid_order}", "customer"),
     ShopPage("profile", "/profile", "Your profile", "customer"),
     ShopPage("addresses", "/profile/addresses", "Your addresses", "customer"),
     ShopPage(
@@ -147,21 +181,32 @@ def storage_state_after_login(browser: Browser, shop: Shop, email: str, password
 
 @pytest.fixture(scope="module")
 def scene(shop: Shop, browser: Browser) -> Scene:
-    """A customer with one order (pending) and two products in the cart."""
+    """A customer with a saved address, two orders (pending: one placed without delivery,
+    as before the checkout page, one with express delivery and a card) and two products in
+    the cart; a newcomer with no address and one product in the cart."""
     products = shop.products
     mug, skillet = products["Enamel Camping Mug"], products["Cast Iron Skillet"]
+    notebook, seeds = products["Pocket Notebook"], products["Seed Starter Kit"]
     customer: Customer = shop.register_customer("Ada", "Lovelace")
+    shop.save_address(customer, label="Home", recipient="Ada Lovelace", phone="+44 20 7946 0000")
     order = shop.place_order(customer, [(mug["id"], 1), (skillet["id"], 2)])
+    paid_order = shop.place_order(
+        customer, [(notebook["id"], 2), (seeds["id"], 1)], delivery="express"
+    )
     shop.add_to_cart(customer, mug["id"], 2)
     shop.add_to_cart(customer, products["Watering Can"]["id"], 1)
+    newcomer = shop.register_customer("Noor", "Newcomer")
+    shop.add_to_cart(newcomer, products["Tea Towel Set"]["id"], 1)
     return Scene(
         names={
             "mug": mug["id"],
             "kettle": products["Copper Kettle"]["id"],
             "order": str(order["id"]),
+            "paid_order": str(paid_order["id"]),
         },
         logins={
             "customer": storage_state_after_login(browser, shop, customer.email, customer.password),
+            "newcomer": storage_state_after_login(browser, shop, newcomer.email, newcomer.password),
             "admin": storage_state_after_login(
                 browser, shop, SHOP_ADMIN_EMAIL, shop.admin_password
             ),

@@ -1,5 +1,6 @@
-"""A shopper's day in the browser: register, search, filter, fill the cart, check out, find
-the order and cancel it; and a product whose name is markup shows as text."""
+"""A shopper's day in the browser: register, search, filter, fill the cart, check out (a new
+address, delivery, a card), find the order and cancel it; and a product whose name is markup
+shows as text."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from browser_support import (
     Shop,
     accept_next_dialog,
     card_names,
+    cart_link,
+    check_out,
     confirmed_order_id,
     flash,
     heading,
@@ -79,7 +82,7 @@ def test_a_shopper_registers_finds_buys_and_cancels(page: Page, shop: Shop) -> N
     expect(flash(page)).to_have_text("Added 1 unit of Cast Iron Skillet to your cart.")
 
     # The cart: three mugs instead of one, and exact totals.
-    page.get_by_role("link", name="Cart", exact=True).click()
+    cart_link(page, 2).click()
     expect(heading(page)).to_have_text("Your cart")
     page.get_by_label("Quantity of Enamel Camping Mug").fill("3")
     page.get_by_role("button", name="Update quantity of Enamel Camping Mug").click()
@@ -92,9 +95,12 @@ def test_a_shopper_registers_finds_buys_and_cancels(page: Page, shop: Shop) -> N
     expect(total).to_contain_text("Total (4 items)")
     expect(total).to_contain_text("$104.47")
 
-    page.get_by_role("button", name="Place order").click()
+    # The checkout: a new address (kept), standard delivery, free over $50 of goods.
+    check_out(page, new_address=True)
     order_id = confirmed_order_id(page)
     expect(page.get_by_role("main")).to_contain_text("$104.47 in total")
+    delivery_row = page.get_by_role("row", name=re.compile("^Standard delivery"))
+    expect(delivery_row).to_contain_text("Free")
     assert shop.stock(mug["id"]) == stock_before[mug["id"]] - 3
     assert shop.stock(skillet["id"]) == stock_before[skillet["id"]] - 1
 
@@ -106,8 +112,11 @@ def test_a_shopper_registers_finds_buys_and_cancels(page: Page, shop: Shop) -> N
     row.get_by_role("link", name=f"Order #{order_id}").click()
     expect(heading(page)).to_have_text(f"Order #{order_id}")
     expect(page.get_by_role("row", name=re.compile("^Cast Iron Skillet"))).to_contain_text("$44.50")
+    expect(page.get_by_role("region", name="Delivery")).to_contain_text("1 High Street")
+    payment = page.get_by_role("region", name="Payment")
+    expect(payment).to_contain_text("Visa ending 4242: $104.47 held on the card")
 
-    # Cancel it while it is pending: the stock goes back.
+    # Cancel it while it is pending: the stock goes back and the hold is released.
     questions = accept_next_dialog(page)
     page.get_by_role("button", name="Cancel order").click()
     expect(flash(page)).to_have_text(f"Order #{order_id} is cancelled.")
@@ -115,10 +124,12 @@ def test_a_shopper_registers_finds_buys_and_cancels(page: Page, shop: Shop) -> N
     expect(page.locator(".order-heading")).to_contain_text("Cancelled")
     expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
     expect(page.get_by_role("region", name="History")).to_contain_text("Cancelled")
+    expect(payment).to_contain_text("released: nothing was taken")
 
     order = shop.order(order_id)
     assert order["status"] == "cancelled"
     assert [step["status"] for step in order["history"]] == ["pending", "cancelled"]
+    assert order["payment"]["status"] == "voided"
     assert shop.stock(mug["id"]) == stock_before[mug["id"]]
     assert shop.stock(skillet["id"]) == stock_before[skillet["id"]]
 
