@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
+from typing_extensions import TypedDict
 
 from shopkit.domain import country_names
+from shopkit.openapi import answer_shape
 from shopkit.parsing import Line
 from shopkit.validation import Body
 
@@ -59,3 +61,24 @@ class AddressBody(Body):
         str,
         Field(max_length=20, pattern=_PHONE_PATTERN, description="For the courier; optional"),
     ] = ""
+
+
+# The fields of an address, in the order AddressBody declares them: what the user service
+# keeps, what an order copies.
+ADDRESS_FIELDS = tuple(AddressBody.model_fields)
+
+
+@answer_shape
+class AddressFieldsOut(TypedDict):
+    """An address as answers show it: its fields, and its country's name."""
+
+    label: str
+    recipient: str
+    line1: str
+    line2: str
+    city: str
+    region: str
+    postal_code: str
+    country: str
+    country_name: Annotated[str, Field(description="The country's name, in English")]
+    phone: str

@@ -44,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from shopkit.address import ADDRESS_FIELDS
 from shopkit.auth import ServiceCredential
 from shopkit.client import ServiceClient
 from shopkit.domain import MAX_IDS_PER_CALL, country_names
@@ -69,19 +70,6 @@ from svc_order.store import (
     OrderStore,
     OwnerLock,
     subtotal_of,
-)
-
-# The address fields an order keeps (shopkit.address.AddressBody's, and the country's name).
-ADDRESS_FIELDS = (
-    "label",
-    "recipient",
-    "line1",
-    "line2",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-    "phone",
 )
 
 log = logging.getLogger("shop.order.checkout")

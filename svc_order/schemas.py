@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 from typing_extensions import TypedDict
 
-from shopkit.address import AddressBody
+from shopkit.address import AddressBody, AddressFieldsOut
 from shopkit.domain import ORDER_STATUSES, PRODUCT_ID_PATTERN
 from shopkit.money import LenientMoney
 from shopkit.openapi import Timestamp, answer_shape
@@ -154,15 +154,18 @@ class StatusChange(Body):
 
 class OrderQuery(Query):
     status: Status | None = None
-    customer: Annotated[
-        Line,
-        Field(
-            min_length=1,
-            max_length=254,
-            description="Orders whose customer's e-mail or name holds this text (any case), "
-            "or whose user id it is",
-        ),
-    ] = None  # type: ignore[assignment]
+    customer: (
+        Annotated[
+            Line,
+            Field(
+                min_length=1,
+                max_length=254,
+                description="Orders whose customer's e-mail or name holds this text (any "
+                "case), or whose user id it is",
+            ),
+        ]
+        | None
+    ) = None
     page: PageNumber = 1
     limit: PageSize = 20
 
@@ -208,17 +211,8 @@ class DeliveryOut(TypedDict):
 
 
 @answer_shape
-class OrderAddressOut(TypedDict):
-    label: str
-    recipient: str
-    line1: str
-    line2: str
-    city: str
-    region: str
-    postal_code: str
-    country: str
-    country_name: str
-    phone: str
+class OrderAddressOut(AddressFieldsOut):
+    """The address as it was at checkout (changing or removing it since changes nothing)."""
 
 
 @answer_shape

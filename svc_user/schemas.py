@@ -9,7 +9,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from typing_extensions import TypedDict
 
-from shopkit.address import AddressBody  # noqa: F401 - shared with the order service (checkout)
+from shopkit.address import AddressBody, AddressFieldsOut  # noqa: F401 - AddressBody: shared with the order service (checkout)
 from shopkit.openapi import Timestamp, answer_shape
 from shopkit.parsing import (
     ID_PATTERN,
@@ -218,18 +218,8 @@ class UserAddressPath(BaseModel):
 
 
 @answer_shape
-class AddressOut(TypedDict):
+class AddressOut(AddressFieldsOut):
     id: int
-    label: str
-    recipient: str
-    line1: str
-    line2: str
-    city: str
-    region: str
-    postal_code: str
-    country: str
-    country_name: Annotated[str, Field(description="The country's name, in English")]
-    phone: str
     created_at: Timestamp
     updated_at: Timestamp
 

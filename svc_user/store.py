@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from shopkit.address import ADDRESS_FIELDS
 from shopkit.domain import DomainError, country_names, timestamp
 from shopkit.postgres import FairPool
 from svc_user.schemas import AddressOut, UserOut
@@ -135,25 +136,14 @@ class TooManyAddresses(DomainError):
     """The customer keeps ``limit`` addresses already."""
 
 
-_ADDRESS_FIELDS = (
-    "label",
-    "recipient",
-    "line1",
-    "line2",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-    "phone",
-)
-_ADDRESS_COLUMNS = "id, " + ", ".join(_ADDRESS_FIELDS) + ", created_at, updated_at"
+_ADDRESS_COLUMNS = "id, " + ", ".join(ADDRESS_FIELDS) + ", created_at, updated_at"
 
 
 def address_out(row: asyncpg.Record) -> AddressOut:
     """A stored address as the API shows it (its shape: schemas.AddressOut)."""
     return {
         "id": row["id"],
-        **{field: row[field] for field in _ADDRESS_FIELDS},  # type: ignore[typeddict-item]
+        **{field: row[field] for field in ADDRESS_FIELDS},  # type: ignore[typeddict-item]
         "country_name": country_names().get(row["country"], row["country"]),
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
@@ -307,14 +297,14 @@ class UserStore:
         ``limit`` already. Looked up and counted under the user's row lock, in statements
         after the lock is held (one statement would look from its own snapshot, taken
         before the lock, and let a race past the limit, or in twice)."""
-        values = [fields[field] for field in _ADDRESS_FIELDS]
+        values = [fields[field] for field in ADDRESS_FIELDS]
         async with self.pool.acquire() as connection, connection.transaction():
             owner = await connection.fetchval(
                 "SELECT id FROM users WHERE id = $1 FOR UPDATE", user_id
             )
             if owner is None:
                 raise AccountGone()
-            same = " AND ".join(f"{field} = ${n}" for n, field in enumerate(_ADDRESS_FIELDS, 2))
+            same = " AND ".join(f"{field} = ${n}" for n, field in enumerate(ADDRESS_FIELDS, 2))
             kept = await connection.fetchrow(
                 f"""SELECT {_ADDRESS_COLUMNS} FROM addresses WHERE user_id = $1 AND {same}
                     ORDER BY id LIMIT 1""",
@@ -330,7 +320,7 @@ class UserStore:
                 raise TooManyAddresses(limit=limit)
             placeholders = ", ".join(f"${n}" for n in range(2, len(values) + 2))
             return await connection.fetchrow(
-                f"""INSERT INTO addresses (user_id, {", ".join(_ADDRESS_FIELDS)})
+                f"""INSERT INTO addresses (user_id, {", ".join(ADDRESS_FIELDS)})
                     VALUES ($1, {placeholders}) RETURNING {_ADDRESS_COLUMNS}""",
                 user_id,
                 *values,
@@ -339,13 +329,13 @@ class UserStore:
     async def replace_address(
         self, user_id: int, address_id: int, fields: dict[str, str]
     ) -> asyncpg.Record:
-        assignments = ", ".join(f"{field} = ${n}" for n, field in enumerate(_ADDRESS_FIELDS, 3))
+        assignments = ", ".join(f"{field} = ${n}" for n, field in enumerate(ADDRESS_FIELDS, 3))
         row = await self.pool.fetchrow(
             f"""UPDATE addresses SET {assignments}, updated_at = now()
                 WHERE id = $1 AND user_id = $2 RETURNING {_ADDRESS_COLUMNS}""",
             address_id,
             user_id,
-            *(fields[field] for field in _ADDRESS_FIELDS),
+            *(fields[field] for field in ADDRESS_FIELDS),
         )
         if row is None:
             raise AddressNotFound(id=address_id)
