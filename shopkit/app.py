@@ -22,7 +22,7 @@ from shopkit.errors import SHARED_REFUSALS, Refusals, error_body
 from shopkit.keys import METRICS, PROCESS, READY_CHECK, REFUSALS, SETTINGS, UNAVAILABLE_ERRORS
 from shopkit.logs import configure_logging
 from shopkit.metrics import MULTIPROCESS_DIR_VARIABLE, Metrics
-from shopkit.middleware import answer_expect_headers, shop_middleware
+from shopkit.middleware import PARSER_LIMIT, answer_expect_headers, shop_middleware
 from shopkit.openapi import Timestamp, answer_shape, build_openapi, endpoint
 from shopkit.responses import json_response, ok
 from shopkit.settings import ServiceSettings, SettingsError
@@ -85,7 +85,13 @@ def create_service_app(
         client_max_size=MAX_BODY,
         # Bodies are decoded by shopkit.validation.read_body, which answers every encoding
         # problem in the envelope (aiohttp's own decoder would make some of them 500s).
-        handler_args={"auto_decompress": False},
+        handler_args={
+            "auto_decompress": False,
+            # Read longer lines than aiohttp's 8190 bytes, so that the envelope says no to
+            # them (shopkit.middleware.check_request_size) rather than aiohttp's plain text.
+            "max_line_size": PARSER_LIMIT,
+            "max_field_size": PARSER_LIMIT,
+        },
     )
     app[SETTINGS] = settings
     # prometheus_client itself chose per-process files from the same variable at import.

@@ -73,6 +73,16 @@ class PayloadTooLarge(ShopError):
     code = "payload_too_large"
 
 
+class UriTooLong(ShopError):
+    status = 414
+    code = "uri_too_long"
+
+
+class HeaderTooLarge(ShopError):
+    status = 431
+    code = "header_too_large"
+
+
 class UnsupportedMediaType(ShopError):
     status = 415
     code = "unsupported_media_type"

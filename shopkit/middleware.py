@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from shopkit.context import REQUEST_ID
 from shopkit.domain import DomainError
-from shopkit.errors import ShopError, error_body, refusal_error
+from shopkit.errors import HeaderTooLarge, ShopError, UriTooLong, error_body, refusal_error
 from shopkit.keys import METRICS, REFUSALS, UNAVAILABLE_ERRORS
 from shopkit.logs import request_record
 from shopkit.responses import json_response
@@ -68,10 +68,31 @@ def _from_shop_error(exc: ShopError) -> web.Response:
     )
 
 
+# aiohttp refuses a request line or a header field longer than its limits itself, in plain
+# text, before any middleware runs. The services let it read up to PARSER_LIMIT (shopkit.app)
+# and refuse what is longer than these in the envelope, as every other refusal is.
+MAX_TARGET = 8190  # bytes of the request target (path and query)
+MAX_HEADER = 8190  # bytes of one header line (name, ": ", value)
+PARSER_LIMIT = 32 * 1024  # past it, aiohttp's own plain 400 still answers
+
+
+def check_request_size(request: web.Request) -> None:
+    """414 for a target past MAX_TARGET, 431 for a header past MAX_HEADER, in the envelope."""
+    if len(request.raw_path) > MAX_TARGET:
+        raise UriTooLong(
+            f"The address is longer than {MAX_TARGET} bytes; send what it carries in a body."
+        )
+    for name, value in request.raw_headers:
+        if len(name) + len(value) + 2 > MAX_HEADER:
+            shown = name.decode("latin-1")[:40]
+            raise HeaderTooLarge(f"The {shown!r} header is longer than {MAX_HEADER} bytes.")
+
+
 async def answer_in_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The handler's answer; any error it raises answered in the JSON envelope (a 500 for
     what no one expected, logged with the request id)."""
     try:
+        check_request_size(request)
         return await handler(request)
     except ShopError as exc:
         return _from_shop_error(exc)

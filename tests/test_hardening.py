@@ -31,6 +31,7 @@ from support import (
     get_page,
     log_in_as_admin_with_form,
     postgres,
+    raw,
     register_with_form,
     set_cookie,
     submit,
@@ -622,3 +623,29 @@ async def test_a_malformed_request_is_one_warning_line_not_an_error(
     for line in refused():
         assert line["level"] == "warning" and "exc" not in line, line
         assert line["msg"].startswith("malformed request refused"), line
+
+
+async def assert_too_long_refused_in_the_envelope(client: TestClient) -> None:
+    """aiohttp's own limit (8190 bytes) would answer in plain text before any middleware:
+    the services read further and refuse in the envelope, 414 and 431."""
+    long_path = await raw(client, "/api/products?q=" + "a" * 9000)
+    assert (long_path.status, long_path.json()["code"]) == (414, "uri_too_long")
+    assert long_path.headers["content-type"].startswith("application/json")
+    long_header = await raw(client, "/api/products", headers={"X-Filler": "b" * 9000})
+    assert (long_header.status, long_header.json()["code"]) == (431, "header_too_large")
+    assert "'X-Filler' header" in long_header.json()["error"]
+    # Just inside the limits: answered as usual.
+    fits = await raw(client, "/api/products?limit=1", headers={"X-Filler": "c" * 8000})
+    assert fits.status == 200, fits.text
+
+
+async def test_the_gateway_refuses_a_target_or_header_too_long_in_the_envelope(
+    web_shop: TestClient,
+) -> None:
+    await assert_too_long_refused_in_the_envelope(web_shop)
+
+
+async def test_a_service_refuses_a_target_or_header_too_long_in_the_envelope(
+    product: TestClient,
+) -> None:
+    await assert_too_long_refused_in_the_envelope(product)
