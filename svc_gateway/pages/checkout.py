@@ -84,23 +84,25 @@ async def _checkout_data(request: web.Request) -> dict[str, Any]:
     }
 
 
+def _cents(amount: Any) -> int:
+    """An amount as the API writes it (12.5) in whole cents."""
+    return money_to_cents(parse_amount(str(amount)))
+
+
 def _delivery_choices(options: list[dict[str, Any]], subtotal_cents: int) -> list[dict[str, Any]]:
     """Each option with what it costs on this cart and the total with it (the order service
     prices the order itself, by the same rules)."""
     choices = []
     for option in options:
-        price = money_to_cents(parse_amount(str(option["price"])))
-        free_from = option.get("free_from")
-        if free_from is not None and subtotal_cents >= money_to_cents(parse_amount(str(free_from))):
-            price = 0
+        free_from = None if option.get("free_from") is None else _cents(option["free_from"])
+        free = free_from is not None and subtotal_cents >= free_from
+        price = 0 if free else _cents(option["price"])
         choices.append(
             {
                 **option,
                 "cents": price,
                 "total_cents": subtotal_cents + price,
-                "free_from_cents": None
-                if free_from is None
-                else money_to_cents(parse_amount(str(free_from))),
+                "free_from_cents": free_from,
             }
         )
     return choices
@@ -123,7 +125,7 @@ async def _page(
     if any(line["short"] for line in lines):
         session.flash("error", "Some items are short of stock: lower their quantities first.")
         raise Redirect("/cart")
-    subtotal_cents = sum(money_to_cents(parse_amount(str(line["subtotal"]))) for line in lines)
+    subtotal_cents = sum(_cents(line["subtotal"]) for line in lines)
     delivered_to = set(data["delivery"]["countries"])
     addresses = [
         {**address, "delivered": address["country"] in delivered_to}
