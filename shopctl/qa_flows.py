@@ -74,7 +74,7 @@ UNAVAILABLE = {None, 429, 502, 503, 504}
 RETRY_LATER = {"checkout_in_progress", "cart_checkout_in_progress", "idempotency_retry"}
 # How long a chaos shopper keeps trying one call, and how long the end waits to settle.
 RECOVERY_DEADLINE = 90.0
-CHAOS_MIN_POOL_STOCK = 40
+CHAOS_MIN_POOL_STOCK = 100
 IDEMPOTENCY_KEY = "Idempotency-Key"
 # How long the end of a run waits for the e-mails owed (the order service sends every
 # second or so; under --chaos a retry after the SMTP sink came back takes longer), unless
@@ -209,6 +209,11 @@ class OrderFacts:
     cancelled: bool = False
 
 
+class PoolBoughtOut(Exception):
+    """This session's plan cannot be bought: other sessions of the run have claimed the
+    pool's stock (a run that shops again and again, --duration or --chaos)."""
+
+
 class StepFailed(Exception):
     def __init__(self, step: str, message: str, request_id: str = "") -> None:
         super().__init__(message)
@@ -274,6 +279,12 @@ class QaRun:
         self.catalogue_size = 0
         self.scarce: dict[str, Any] | None = None
         self.stock_at_start: dict[str, int] = {}
+        # Units of each pool product that sessions planned to buy and did not give back (a
+        # cancel does): never more than the stock at start, so that no shopper of the run
+        # meets a product the run itself sold out. Sessions that found nothing left to
+        # claim only browsed.
+        self.claimed: Counter[str] = Counter()
+        self.browse_only = 0
         self.sessions = 0
         self.shoppers: list[Shopper] = []
         # Set to start no new session (Ctrl-C, or the chaos schedule done).
@@ -323,6 +334,8 @@ class Shopper:
         self.placed: dict[str, tuple[str, dict[str, Any]]] = {}
         self.orders_before: set[str] | None = None
         self.checkout_began = 0.0
+        # After a failed session the cart may hold anything: the next one empties it first.
+        self.cart_unknown = False
 
     # -- calls and checks ------------------------------------------------------------------
 
@@ -413,6 +426,22 @@ class Shopper:
         products = rng.sample(self.run.pool, count)
         return [Line(product, rng.randint(1, MAX_QUANTITY)) for product in products]
 
+    def claim(self) -> list[Line]:
+        """This iteration's plan, less any line whose units the run has already claimed
+        (a run that shops again and again buys its pool out in time; a fixed one was checked
+        to fit); its units claimed. PoolBoughtOut when no line is left."""
+        claimed, at_start = self.run.claimed, self.run.stock_at_start
+        lines = [
+            line
+            for line in self.plan()
+            if claimed[line.product_id] + line.quantity <= at_start[line.product_id]
+        ]
+        if not lines:
+            raise PoolBoughtOut
+        for line in lines:
+            claimed[line.product_id] += line.quantity
+        return lines
+
     # -- one session -------------------------------------------------------------------------
 
     async def session(self) -> None:
@@ -420,14 +449,27 @@ class Shopper:
         try:
             if self.token is None and self.scenario is not Scenario.GUEST_MERGE:
                 await self.sign_in()
-            await SCENARIOS[self.scenario](self)
+            elif self.cart_unknown and self.token is not None:
+                await self.empty_cart()
+            self.cart_unknown = False
+            await self.play()
         except StepFailed as failure:
+            self.cart_unknown = True
             self.run.recorder.failed(failure.step, self.label, failure.message, failure.request_id)
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as error:
+            self.cart_unknown = True
             self.run.recorder.failed(self.step, self.label, f"malformed answer: {error!r}")
         finally:
             self.iteration += 1
             self.run.sessions += 1
+
+    async def play(self) -> None:
+        """The scenario; with the pool bought out, a look round the catalogue instead."""
+        try:
+            await SCENARIOS[self.scenario](self)
+        except PoolBoughtOut:
+            self.run.browse_only += 1
+            await self.browse()
 
     async def sign_in(self) -> None:
         account = {
@@ -716,7 +758,7 @@ class Shopper:
 
     async def fill_planned_cart(self) -> list[Line]:
         """Browse, view this iteration's products and put them in the cart: its lines."""
-        lines = self.plan()
+        lines = self.claim()
         await self.browse()
         seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
         await self.fill_cart(seen)
@@ -724,7 +766,7 @@ class Shopper:
 
     async def shop(self) -> tuple[list[Line], dict[str, Any]]:
         """Browse, search, view, fill the cart, check out: the start of every pool scenario."""
-        lines = self.plan()
+        lines = self.claim()
         await self.browse()
         await self.search(lines[0].product)
         seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
@@ -798,6 +840,7 @@ class Shopper:
         self.run.ledger.orders[str(order["id"])].cancelled = True
         for line in lines:
             self.run.ledger.sold[line.product_id] -= line.quantity
+            self.run.claimed[line.product_id] -= line.quantity
 
     async def retry(self) -> None:
         """A checkout sent twice at once, then once more later, with one Idempotency-Key:
@@ -919,7 +962,7 @@ class Shopper:
         the plan in a cart, then registers (or, with an account already, logs in) there:
         the account's cart must then hold exactly the guest's lines, told so on the page,
         and checks out through the API."""
-        lines = self.plan()
+        lines = self.claim()
         seen = [Line(await self.view(line.product_id), line.quantity) for line in lines]
         client = self.run.client
         async with Browser(client.base_url, client.next_request_id, self.run.recorder.timed) as web:
@@ -1278,6 +1321,7 @@ async def run_checkout(
         orders_placed=run.ledger.placed,
         orders_cancelled=run.ledger.cancelled,
         sold_out_answers=run.ledger.sold_out,
+        browse_only=run.browse_only,
         recorder=run.recorder,
         stock=checks,
         cut_short=run.cut_short,

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from shopctl.chaos import FaultRecord
 from shopctl.console import plural
+from shopctl.errors import command
 
 FAILURES_KEPT = 200
 
@@ -211,6 +212,8 @@ class RunSummary:
     stock: list[StockCheck]
     # Sessions ended mid-way by a second Ctrl-C: an order of theirs may be missing.
     cut_short: int = 0
+    # Sessions that found the products' stock all bought by the run, and only browsed.
+    browse_only: int = 0
     # Set when a signal ended the run early ("Ctrl-C", "SIGTERM"): the report is partial.
     interrupted: str | None = None
     chaos: ChaosTally | None = None
@@ -253,6 +256,7 @@ class RunSummary:
                 "cancelled": self.orders_cancelled,
                 "sold_out_answers": self.sold_out_answers,
             },
+            "sessions_browse_only": self.browse_only,
             "steps": [
                 {
                     "step": stats.name,
@@ -329,10 +333,18 @@ def outcome_lines(summary: RunSummary) -> list[str]:
         f"seed {summary.seed}.",
         f"Orders: {summary.orders_placed} placed, {summary.orders_cancelled} cancelled, "
         f"{summary.sold_out_answers} refused for lack of stock (as expected).",
+        *([bought_out_line(summary.browse_only)] if summary.browse_only else []),
         conservation_line(summary.stock),
         *verification_lines(summary.verification),
         *(chaos_lines(summary.chaos, summary.refused) if summary.chaos else []),
     ]
+
+
+def bought_out_line(sessions: int) -> str:
+    return (
+        f"{plural(sessions, 'session')} only browsed: the run had bought the stock of the "
+        f"products it shops from (restock with {command('seed')}, or shorten the run)."
+    )
 
 
 def conservation_line(checks: list[StockCheck]) -> str:
