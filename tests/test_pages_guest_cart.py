@@ -103,6 +103,13 @@ async def test_a_guest_fills_a_cart_and_sees_the_count_on_every_page(
     assert "(2 items in your cart)" in changed.text
     removed = await submit(web_shop, changed, f"/cart/items/{products_for_sale['Lamp']}/remove")
     assert "(1 item in your cart)" in removed.text
+    # A form refused and shown again keeps the header's count.
+    login = await get_page(web_shop, "/login")
+    refused = await submit(
+        web_shop, login, "/login", email="nobody@example.com", password="not the password",
+        expected_status=401,
+    )  # fmt: skip
+    assert "(1 item in your cart)" in refused.text
 
     # Checking out as a guest leads to the login, and back to the cart.
     checkout = await web_shop.post("/checkout", data={"csrf_token": "x"}, allow_redirects=False)

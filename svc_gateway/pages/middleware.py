@@ -201,11 +201,13 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     session = PageSession(request, request.app[SESSION_KEYS])
     await session.confirm(request.app.get(TOKEN_STATUS))  # a revoked login is logged out
     request[PAGE_SESSION] = session
-    if request.method in ("GET", "HEAD") and not request.path.startswith(STATIC_PREFIX):
-        # A guest cart still here after a login: its merge failed then; try again.
-        await merge_guest_cart(request, on_the_way=True)
+    if not request.path.startswith(STATIC_PREFIX):
+        if request.method in ("GET", "HEAD"):
+            # A guest cart still here after a login: its merge failed then; try again.
+            await merge_guest_cart(request, on_the_way=True)
         # The header's count: one quick read of the cart (none for a guest without one),
-        # and a page without the count when the cart service is down or slow.
+        # and a page without the count when the cart service is down or slow. Also for a
+        # form sent, as a refused one is shown again with the header.
         request[CART_COUNT] = await cart_count(request)
     response = await _page_response(request, handler, session)
     session.apply(response)

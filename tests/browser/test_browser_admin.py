@@ -35,6 +35,7 @@ def test_an_admin_creates_a_product_after_fixing_its_price(page: Page, shop: Sho
 
     # Refused: the form comes back with what was typed, the price marked and explained.
     expect(page.get_by_role("alert")).to_contain_text("Please correct the fields marked below.")
+    expect(page.get_by_role("alert")).to_be_focused()
     price = page.get_by_label("Price ($)")
     expect(price).to_have_attribute("aria-invalid", "true")
     expect(price).to_have_accessible_description(re.compile("number", re.IGNORECASE))

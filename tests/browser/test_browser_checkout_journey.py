@@ -103,6 +103,7 @@ def test_a_guest_registers_pays_after_a_decline_and_gets_one_email(
     fill_card(page, DECLINED_CARD)
     page.get_by_role("button", name="Place order").click()
     expect(page.get_by_role("alert")).to_have_text("Please correct the fields marked below.")
+    expect(page.get_by_role("alert")).to_be_focused()  # read first, and Tab goes on from it
     card_number = page.get_by_label("Card number")
     expect(card_number).to_have_value("")
     expect(card_number).to_have_attribute("aria-invalid", "true")
