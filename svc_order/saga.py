@@ -19,10 +19,12 @@
    no order, stock as before.
 
 Recovery, at start-up and every few seconds on every replica, takes over checkouts whose
-process died (its owner lock is free: see store.OwnerLock) or whose lease ran out (it hung)
-and undoes them (voiding any authorisation they got), puts back the stock of cancelled
-orders that is not back yet, clears carts that a placed order could not clear, and
-captures or voids what a status change left for the provider when it was unavailable.
+process died (its owner lock is free: see store.OwnerLock), whose lease ran out (it hung) or
+whose undo could not be finished (a service it needs was down: let go at once, so that a
+repeat of the checkout need not wait out the lease either) and undoes them (voiding any
+authorisation they got), puts back the stock of cancelled orders that is not back yet,
+clears carts that a placed order could not clear, and captures or voids what a status
+change left for the provider when it was unavailable.
 Every step is idempotent, so replicas and restarts may repeat any of them safely.
 
 A repeat of a checkout (same user, same Idempotency-Key) answers the order the key placed;
@@ -590,9 +592,19 @@ class Checkout:
 
     async def undo(self, order_id: int) -> bool:
         """Put back every unit this checkout took, then forget the order. False when the
-        product service (or the payment provider) could not be reached: recovery will try
-        again."""
+        product service (or the payment provider) could not be reached: the attempt is let
+        go, for the next to come to finish (a repeat of the checkout at once, or recovery on
+        any replica), rather than waited for until its lease ran out."""
         await self.store.start_compensating(order_id)
+        if not await self._give_back(order_id):
+            await self.store.let_go(order_id)
+            return False
+        await self.store.forget(order_id)
+        self.counts.undos.inc()
+        return True
+
+    async def _give_back(self, order_id: int) -> bool:
+        """The payment released and every line's stock put back; False if any could not be."""
         if not await self._release_payment(order_id):
             return False
         for product_id in await self.store.product_ids(order_id):
@@ -609,8 +621,6 @@ class Checkout:
             if reply.status not in (200, 404):  # 404: the product is gone, nothing to return
                 log.warning("order %s: undo of %s answered %s", order_id, product_id, reply.status)
                 return False
-        await self.store.forget(order_id)
-        self.counts.undos.inc()
         return True
 
     async def _clear_cart(self, order_id: int, user_id: int, version: int) -> bool:

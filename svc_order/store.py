@@ -307,6 +307,15 @@ class OrderStore:
             order_id,
         )
 
+    async def let_go(self, order_id: int) -> None:
+        """This process stops working on an attempt it could not finish undoing: it is
+        abandoned from now on (see _ABANDONED), so whoever comes next takes it over."""
+        await self.pool.execute(
+            """UPDATE orders SET owner = NULL, lease_until = now()
+               WHERE id = $1 AND checkout_state = 'compensating'""",
+            order_id,
+        )
+
     async def forget(self, order_id: int) -> None:
         """An undone checkout leaves no order (and frees its Idempotency-Key)."""
         await self.pool.execute(

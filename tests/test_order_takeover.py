@@ -4,7 +4,10 @@ first attempt is alive and running answers 409 checkout_in_progress with Retry-A
 
 from __future__ import annotations
 
-from aiohttp.test_utils import TestClient
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
 from support import (
     as_service,
     call,
@@ -18,6 +21,8 @@ from support import (
 from svc_order.keys import CHECKOUT, STORE
 from svc_order.saga import request_hash
 from svc_order.store import Line, OwnerLock
+from svc_product.app import ProductSettings
+from svc_product.app import create_app as create_product_app
 
 ANN = customer(111)
 ORDER_SERVICE = as_service("order")  # stock moves with a reference are its alone
@@ -94,6 +99,44 @@ async def test_a_repeat_while_the_first_attempt_lives_is_409_checkout_in_progres
     # Nothing was touched: the first attempt is its own process's to finish.
     assert await order_rows(postgres_uri) == [(running, "reserving")]
     assert await stock_of(products, mug["id"]) == 8
+
+
+async def test_an_attempt_whose_undo_must_wait_is_left_to_the_next_repeat_at_once(
+    orders: TestClient,
+    products: TestClient,
+    product_server: TestServer,
+    product_settings: ProductSettings,
+    aiohttp_server: Any,
+    admin_headers: dict[str, str],
+    postgres_uri: str,
+) -> None:
+    """An attempt that failed while the product service was down cannot give its stock
+    back yet; its process is alive, but it works on it no more: a repeat is not told to
+    wait for it (409 checkout_in_progress until the lease ran out), it finishes the undo
+    itself as soon as the product service is back."""
+    mug = await create_product(products, admin_headers, stock=10)
+    attempt = await half_done_checkout(
+        orders, products, mug["id"], owner=orders.server.app[CHECKOUT].owner_id
+    )
+    port = product_server.port
+    await product_server.close()
+    assert not await orders.server.app[CHECKOUT].undo(attempt)  # postponed
+    body = {"items": [{"product_id": mug["id"], "quantity": 2}]}
+    repeat = {**ANN, "Idempotency-Key": "crash-key"}
+    response = await orders.post("/api/orders", json=body, headers=repeat)
+    refusal = await response.json()
+    assert response.status == 503, refusal  # products are down: not a wait for the attempt
+    assert "still being undone; no order was placed" in refusal["error"]
+    assert await order_rows(postgres_uri) == [(attempt, "compensating")]
+
+    revived = await aiohttp_server(create_product_app(product_settings), port=port)
+    reply = await call(
+        orders, "POST", "/api/orders", json=body, headers=repeat, expected_status=201
+    )
+    assert await order_rows(postgres_uri) == [(reply["data"]["id"], "placed")]
+    async with aiohttp.ClientSession() as session:
+        answer = await session.get(revived.make_url(f"/api/products/{mug['id']}"))
+        assert (await answer.json())["data"]["stock"] == 8  # the attempt's 2 back, 2 sold
 
 
 async def test_recovery_undoes_a_dead_owners_checkout_before_its_lease_ends(
