@@ -125,6 +125,8 @@ def proxy_to(prefix: str, backend: str) -> Handler:
         ) as upstream:
             headers = _answer_headers(upstream.headers)
             length = upstream.content_length
+            if request.method == "HEAD":  # the headers GET would have, Content-Length too
+                return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
             if length is not None and length <= BUFFERED_BODY_LIMIT:
                 # Nearly every answer: read whole, sent with its headers in one write. A
                 # failure while reading is still a clean 503, since nothing is sent yet.

@@ -2,13 +2,13 @@
 API's documentation.
 
 shopkit's app adds the service endpoints (/health, /ready, /metrics, /openapi.json). A GET
-page answers HEAD too; a POST is a form (the page middleware checks its CSRF token).
+page answers HEAD too; a POST is a form (the page middleware checks its CSRF token). The API
+forwards its METHODS, and HEAD wherever it forwards GET (as every service answers it).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from svc_gateway import docs, pictures
 from svc_gateway.assets import CATALOGUE_PREFIX, STATIC_PREFIX, catalogue_image, static_file
@@ -70,16 +70,10 @@ def _forwarded(prefix: str, backend: str) -> list[web.RouteDef]:
     unchanged to ``backend`` (svc_gateway/proxy.py)."""
     forward = proxy_to(prefix, backend)
     return [
-        _api_route(method, path, forward)
+        web.route(method, path, forward)  # GET is added with its HEAD route (add_get)
         for path in (f"/api/{prefix}", f"/api/{prefix}/{{tail:.*}}")
         for method in METHODS
     ]
-
-
-def _api_route(method: str, path: str, handler: Handler) -> web.RouteDef:
-    if method == "GET":  # web.get alone would answer HEAD too: the API answers METHODS only
-        return web.get(path, handler, allow_head=False)
-    return web.route(method, path, handler)
 
 
 # Each /api/<prefix> to the backend that owns it: products, users, cart, orders.

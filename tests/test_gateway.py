@@ -65,6 +65,27 @@ async def test_large_answers_are_streamed_through_unchanged(
     assert through.headers["X-Request-ID"]
 
 
+async def test_head_answers_what_get_would_without_the_body(
+    gateway: TestClient, product_server: TestServer, admin_headers: dict[str, str]
+) -> None:
+    """HEAD, which every service answers wherever it answers GET, is forwarded too: the
+    headers GET gets (its length and ETag), no body; a 404 is a 404; other methods stay
+    refused."""
+    created = await create_product(gateway, admin_headers)
+    for path in (f"/api/products/{created['id']}", "/api/products?limit=100"):
+        got = await gateway.get(path)
+        head = await gateway.head(path)
+        assert head.status == 200 and await head.read() == b""
+        assert head.headers["Content-Length"] == str(len(await got.read())), path
+        assert head.headers["ETag"] == got.headers["ETag"]
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+        assert head.headers["X-Request-ID"]
+    missing = await gateway.head("/api/products/" + "0" * 24)
+    assert missing.status == 404 and await missing.read() == b""
+    trace = await gateway.request("TRACE", "/api/products")
+    assert trace.status == 405 and (await trace.json())["code"] == "method_not_allowed"
+
+
 async def test_conditional_requests_pass_through(
     gateway: TestClient, admin_headers: dict[str, str]
 ) -> None:
