@@ -78,10 +78,9 @@ def _checkout_request(request: web.Request, body: CheckoutBody) -> CheckoutReque
 @endpoint(
     "Delivery options, their prices, and the countries the shop delivers to",
     response=DeliveryOptionsOut,
-    roles=(),
     description="What a checkout's `delivery` may be and what it costs: `price` below "
     "`free_from` (goods subtotal), nothing from it. The order's own delivery line is "
-    "computed at checkout from these rules.",
+    "computed at checkout from these rules. Public: a guest's cart shows them too.",
 )
 async def delivery_options(request: web.Request) -> web.Response:
     rules = request.app[DELIVERY]

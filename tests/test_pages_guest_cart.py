@@ -27,6 +27,7 @@ from support import (
     submit,
 )
 
+from shopctl import processes
 from svc_cart.app import CartSettings
 from svc_cart.app import create_app as create_cart_app
 from svc_gateway.app import GatewaySettings
@@ -96,11 +97,13 @@ async def test_a_guest_fills_a_cart_and_sees_the_count_on_every_page(
     cart = await get_page(web_shop, "/cart")
     assert_page_basics(cart, "Your cart")
     assert "Mug" in cart.text and "Lamp" in cart.text and "$55.00" in cart.text
+    assert "Free standard delivery on this order." in cart.text  # from $50.00 of goods
     assert 'href="/checkout"' not in cart.html  # an order needs an account
     assert "Log in to check out" in cart.text
 
     changed = await submit(web_shop, cart, f"/cart/items/{products_for_sale['Mug']}", quantity=1)
     assert "(2 items in your cart)" in changed.text
+    assert "Spend $7.50 more for free standard delivery ($4.95 until then)." in changed.text
     removed = await submit(web_shop, changed, f"/cart/items/{products_for_sale['Lamp']}/remove")
     assert "(1 item in your cart)" in removed.text
     # A form refused and shown again keeps the header's count.
@@ -381,3 +384,23 @@ async def test_stock_checks_hold_for_a_guest(
     await change_stock(web_shop, admin, products_for_sale["Mug"], -3)
     cart = await get_page(web_shop, "/cart")
     assert "Only 2 left in stock." in cart.text
+
+
+async def test_the_cart_page_goes_on_without_the_delivery_line_when_orders_are_away(
+    web_shop: TestClient,
+    aiohttp_client: Any,
+    gateway_env: dict[str, str],
+    products_for_sale: dict[str, str],
+) -> None:
+    """The line on free delivery is the order service's to price: with that service away,
+    the cart is shown all the same, without it."""
+    await add_to_cart_with_form(web_shop, products_for_sale["Mug"], 1)
+    nowhere = f"http://127.0.0.1:{processes.free_port()}"  # nothing listens
+    without_orders = await aiohttp_client(
+        create_gateway_app(GatewaySettings.from_env({**gateway_env, "ORDER_SERVICE_URL": nowhere}))
+    )
+    same_browser(web_shop, without_orders)
+    cart = await get_page(without_orders, "/cart")
+    assert "Mug" in cart.text and "(1 item in your cart)" in cart.text
+    assert "delivery" not in cart.text.lower()
+    assert "Spend $37.50 more" in (await get_page(web_shop, "/cart")).text

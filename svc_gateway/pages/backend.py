@@ -16,6 +16,11 @@ from shopkit.errors import NotFound, ShopError, UpstreamUnavailable
 from svc_gateway.keys import BACKENDS
 from svc_gateway.pages.access import session_of
 
+# What a page only adds to what it shows (the header's cart count, the merge a page makes on
+# its way, the cart's word on free delivery) waits this long for a backend at most: past
+# it, the page goes on without it.
+QUICK_TIMEOUT = aiohttp.ClientTimeout(total=1.0, connect=0.5)
+
 
 class BackendRefused(ShopError):
     """A backend answered 4xx: its status, its sentence, its code and any field details."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from shopkit.domain import MAX_CART_LINES, MAX_CART_QUANTITY, MAX_IDS_PER_CALL
@@ -21,17 +20,16 @@ from shopkit.errors import NotFound, UpstreamUnavailable
 from svc_gateway.keys import GATEWAY_CREDENTIAL
 from svc_gateway.pages.access import Redirect, require_user, session_of
 from svc_gateway.pages.backend import (
+    QUICK_TIMEOUT,
     call_backend,
     call_backend_or_raise,
+    finish_all,
     segment,
 )
+from svc_gateway.pages.delivery import amount_cents, free_delivery_offer, quick_delivery_options
 from svc_gateway.pages.forms import parse_quantity, submit_form
 from svc_gateway.pages.params import PRODUCT_NOT_FOUND, is_product_id, product_id_of
 from svc_gateway.pages.rendering import render
-
-# The header's count and the merge a page makes on its way (see merge_guest_cart) wait this
-# long for the cart service at most: past it, the page goes on without them.
-QUICK_TIMEOUT = aiohttp.ClientTimeout(total=1.0, connect=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +237,12 @@ async def cart_page(request: web.Request) -> web.Response:
     session = session_of(request)
     if session.user is None and not guest_carts_on(request):
         require_user(request, "Log in to see your cart.")
-    cart, lines = await priced_cart(request)
+    (cart, lines), options = await finish_all(priced_cart(request), quick_delivery_options(request))
+    subtotal_cents = sum(amount_cents(line["subtotal"]) for line in lines)
+    offer = free_delivery_offer(options, subtotal_cents) if lines else None
     context = {
         "cart": cart,
+        "delivery_offer": offer,
         "cart_count": cart["item_count"],  # the header's, from this fresher answer
         "guest": session.user is None,
         "lines": lines,

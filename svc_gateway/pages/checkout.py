@@ -16,8 +16,7 @@ from multidict import MultiMapping
 from shopkit.client import ServiceReply
 from shopkit.domain import country_names
 from shopkit.errors import UpstreamUnavailable
-from shopkit.money import money_to_cents
-from shopkit.parsing import parse_amount, parse_id
+from shopkit.parsing import parse_id
 from svc_gateway.checkout_forwarding import certain_checkout
 from svc_gateway.keys import BACKENDS, CHECKOUT_DEADLINE
 from svc_gateway.pages.access import Redirect, require_user, session_of
@@ -29,6 +28,7 @@ from svc_gateway.pages.backend import (
     finish_all,
 )
 from svc_gateway.pages.cart import priced_cart
+from svc_gateway.pages.delivery import OPTIONS_PATH, amount_cents, delivery_choices
 from svc_gateway.pages.forms import field_errors, readable
 from svc_gateway.pages.rendering import render
 
@@ -74,7 +74,7 @@ async def _checkout_data(request: web.Request) -> dict[str, Any]:
     (cart, lines), book, delivery = await finish_all(
         priced_cart(request),
         call_backend_or_raise(request, "user", "GET", "/api/users/addresses"),
-        call_backend_or_raise(request, "order", "GET", "/api/orders/delivery-options"),
+        call_backend_or_raise(request, "order", "GET", OPTIONS_PATH),
     )
     return {
         "lines": lines,
@@ -82,30 +82,6 @@ async def _checkout_data(request: web.Request) -> dict[str, Any]:
         "book": book["data"],
         "delivery": delivery["data"],
     }
-
-
-def _cents(amount: Any) -> int:
-    """An amount as the API writes it (12.5) in whole cents."""
-    return money_to_cents(parse_amount(str(amount)))
-
-
-def _delivery_choices(options: list[dict[str, Any]], subtotal_cents: int) -> list[dict[str, Any]]:
-    """Each option with what it costs on this cart and the total with it (the order service
-    prices the order itself, by the same rules)."""
-    choices = []
-    for option in options:
-        free_from = None if option.get("free_from") is None else _cents(option["free_from"])
-        free = free_from is not None and subtotal_cents >= free_from
-        price = 0 if free else _cents(option["price"])
-        choices.append(
-            {
-                **option,
-                "cents": price,
-                "total_cents": subtotal_cents + price,
-                "free_from_cents": free_from,
-            }
-        )
-    return choices
 
 
 async def _page(
@@ -125,13 +101,13 @@ async def _page(
     if any(line["short"] for line in lines):
         session.flash("error", "Some items are short of stock: lower their quantities first.")
         raise Redirect("/cart")
-    subtotal_cents = sum(_cents(line["subtotal"]) for line in lines)
+    subtotal_cents = sum(amount_cents(line["subtotal"]) for line in lines)
     delivered_to = set(data["delivery"]["countries"])
     addresses = [
         {**address, "delivered": address["country"] in delivered_to}
         for address in data["book"]["addresses"]
     ]
-    choices = _delivery_choices(data["delivery"]["options"], subtotal_cents)
+    choices = delivery_choices(data["delivery"]["options"], subtotal_cents)
     shown = dict(values or {})
     first = next((a for a in addresses if a["delivered"]), None)
     shown.setdefault("address_choice", str(first["id"]) if first else NEW_ADDRESS)
