@@ -27,6 +27,7 @@ import checkouts
 import drivers
 import harness
 import logins
+import order_search
 import scale
 import tracing
 
@@ -38,6 +39,7 @@ SCENARIOS = {
     "logins": logins.run,
     "checkout": checkouts.run,
     "tracing": tracing.run,
+    "order-search": order_search.run,
 }
 
 
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--products", type=int, default=200, help="catalogue, sales, carts, tracing: products")
     add("--orders", type=int, default=20_000, help="sales: order lines between before and after")
     add("--scales", type=_numbers, default="1000,10000,100000", help="scale: catalogue sizes")
+    add("--order-scales", type=_numbers, default="10000,100000", help="order-search: orders held")
     add("--bcrypt-rounds", type=_numbers, default="12,10", help="logins: BCRYPT_ROUNDS values")
     add("--accounts", type=int, default=200, help="logins: customers registered per rounds value")
     add("--shoppers", type=int, default=300, help="checkout: measured shoppers, one order each")

@@ -144,7 +144,21 @@ def load_migrations(package: str) -> list[Migration]:
 
 
 async def migrate(connection: asyncpg.Connection, migrations: list[Migration]) -> list[int]:
-    """Apply what is not applied yet; return the versions applied now."""
+    """Apply what is not applied yet; return the versions applied now. A warning a migration
+    raises (what it could not do, and what that means) is logged."""
+
+    def log_warning(_: Any, message: asyncpg.PostgresLogMessage) -> None:
+        if message.severity == "WARNING":
+            log.warning("migrating: %s", message.message)
+
+    connection.add_log_listener(log_warning)
+    try:
+        return await _apply(connection, migrations)
+    finally:
+        connection.remove_log_listener(log_warning)
+
+
+async def _apply(connection: asyncpg.Connection, migrations: list[Migration]) -> list[int]:
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await connection.execute(

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -25,8 +28,10 @@ from support import (
 )
 
 from shopkit.keys import POSTGRES
+from shopkit.postgres import load_migrations, migrate
 from svc_order.keys import CHECKOUT
 from svc_order.payments import Card, PaymentStateError, TestCardProvider
+from svc_order.store import listing_condition
 
 USER_ID = 121
 ANN = customer(USER_ID)
@@ -314,6 +319,14 @@ async def test_an_admin_finds_orders_by_the_customers_email_name_or_number(
     assert await found(f"U{USER_ID}@SHOP") == [ann["id"]]  # any case, any part
     assert await found(str(USER_ID + 1)) == [bob["id"]]  # the customer's number
     assert set(await found("@shop.test")) >= {ann["id"], bob["id"]}
+    # Pages of a search count all its matches, also a page past the last.
+    for page, ids in (("1", [bob["id"]]), ("2", [ann["id"]]), ("3", [])):
+        params = {"customer": "@shop.test", "limit": "1", "page": page}
+        reply = await call(
+            orders, "GET", "/api/orders", params=params, headers=admin_headers, expected_status=200
+        )
+        assert [order["id"] for order in reply["data"]] == ids, page
+        assert (reply["total"], reply["count"]) == (2, len(ids)), reply
     # LIKE's wildcards are only themselves.
     for text in ("%", "_", "u_21", "\\"):
         assert await found(text) == [], text
@@ -328,3 +341,58 @@ async def test_an_admin_finds_orders_by_the_customers_email_name_or_number(
             headers=admin_headers,
             expected_status=400,
         )
+
+
+async def test_the_customer_search_is_served_by_trigram_indexes(
+    orders: TestClient, postgres_uri: str
+) -> None:
+    """Migration 0006's indexes serve the search's own expressions (taken from the store, so
+    that changing one without the other fails here): with sequential scans ruled out, the
+    plan reads both indexes, and with a number also the index by user."""
+    async with postgres(postgres_uri) as connection, connection.transaction():
+        await connection.execute("SET LOCAL enable_seqscan = off")
+        for text, indexes in (
+            ("ann.lee", {"orders_customer_email_trgm", "orders_customer_name_trgm"}),
+            ("4021", {"orders_customer_email_trgm", "orders_customer_name_trgm", "orders_by_user"}),
+        ):
+            condition, args = listing_condition(None, None, text)
+            rows = await connection.fetch(f"EXPLAIN SELECT id FROM orders WHERE {condition}", *args)
+            plan = "\n".join(row[0] for row in rows)
+            assert all(f" on {index}" in plan for index in indexes), plan
+            assert "Seq Scan" not in plan, plan
+
+
+async def test_without_pg_trgm_the_migrations_go_on_and_say_why(
+    postgres_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's role owns its tables but may not create extensions (no CREATE on the
+    database, as where a DBA made the schema): migration 0006 still applies, its warning
+    says what was not made and what that means, and the search runs (reading every
+    order)."""
+    migrations = load_migrations("svc_order.migrations")
+    role = f"no_extensions_{secrets.token_hex(4)}"
+    password = secrets.token_hex(12)
+    async with postgres(postgres_uri) as owner:
+        await migrate(owner, [m for m in migrations if m.version < 6])
+        await owner.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        await owner.execute(f"ALTER TABLE orders OWNER TO {role}")
+        await owner.execute(f"GRANT ALL ON schema_migrations TO {role}")
+        await owner.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+        try:
+            parts = urlsplit(postgres_uri)
+            netloc = f"{role}:{password}@{parts.netloc.rpartition('@')[2]}"  # host and port
+            async with postgres(urlunsplit(parts._replace(netloc=netloc))) as limited:
+                with caplog.at_level(logging.WARNING, logger="shop.postgres"):
+                    assert await migrate(limited, migrations) == [6]
+                condition, args = listing_condition(None, None, "ann")
+                assert await limited.fetch(f"SELECT id FROM orders WHERE {condition}", *args) == []
+            said = [r.getMessage() for r in caplog.records if r.name == "shop.postgres"]
+            assert any(
+                "pg_trgm cannot be created" in line and "reads every order" in line for line in said
+            ), said
+            trigram = "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%trgm'"
+            assert await owner.fetch(trigram) == []
+        finally:
+            await owner.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
+            await owner.execute(f"DROP OWNED BY {role}")  # its grants
+            await owner.execute(f"DROP ROLE {role}")
