@@ -184,7 +184,11 @@ async def orders_of_user(request: web.Request, query: OrderQuery) -> web.Respons
     if user_id is None:  # a malformed id is simply not found (only an admin gets here)
         raise NotFound(f"There is no user {raw[:40]!r}.", code="user_not_found")
     orders, total = await request.app[STORE].page(
-        user_id=user_id, status=query.status, page=query.page, limit=query.limit
+        user_id=user_id,
+        status=query.status,
+        customer=query.customer,
+        page=query.page,
+        limit=query.limit,
     )
     return json_response(ok_page(orders, total=total, page=query.page, limit=query.limit))
 

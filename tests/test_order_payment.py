@@ -343,6 +343,32 @@ async def test_an_admin_finds_orders_by_the_customers_email_name_or_number(
         )
 
 
+async def test_one_users_orders_are_searched_by_customer_too(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """/api/orders/user/{userId} takes the same query as /api/orders, customer included: a
+    search there narrows that user's orders as it does the list, rather than being ignored."""
+    mug = await create_product(products, admin_headers, price=5, stock=10)
+    ann = (await checkout(orders, ANN, [(mug["id"], 1)], details=paid()))["data"]
+    for headers in (ANN, admin_headers):
+
+        async def found(text: str, headers: dict[str, str] = headers) -> list[int]:
+            reply = await call(
+                orders,
+                "GET",
+                f"/api/orders/user/{USER_ID}",
+                params={"customer": text},
+                headers=headers,
+                expected_status=200,
+            )
+            assert reply["total"] == reply["count"], reply
+            return [order["id"] for order in reply["data"]]
+
+        assert await found(f"U{USER_ID}@SHOP") == [ann["id"]]
+        assert await found("nobody by this name") == []
+        assert await found("%") == []
+
+
 async def test_the_customer_search_is_served_by_trigram_indexes(
     orders: TestClient, postgres_uri: str
 ) -> None:
