@@ -189,8 +189,9 @@ class OwnerLock:
             await connection.close()
 
 
-# pg_trgm's unit: a search text shorter than this has no trigram an index could look up.
-TRIGRAM = 3
+# What pg_trgm can look up: three letters or digits in a row (it keeps only those, so a
+# shorter text, or "%%%" or an emoji, has no trigram and would read the whole index).
+_INDEXABLE = re.compile(r"[^\W_]{3}")
 
 
 def listing_condition(
@@ -465,7 +466,7 @@ class OrderStore:
         it is."""
         condition, args = listing_condition(user_id, status, customer)
         page_of = f"ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}"
-        searching = customer is not None and len(customer) >= TRIGRAM
+        searching = customer is not None and _INDEXABLE.search(customer) is not None
         total: int | None = None
         async with self.pool.acquire() as connection, connection.transaction():
             if searching:
@@ -474,8 +475,8 @@ class OrderStore:
                 # equality and would read every order (75 ms) rather than the indexes
                 # (5 ms). And apart, the page's ORDER BY id DESC LIMIT would tempt it to walk
                 # the primary key back through every order for a rare customer (40 ms): one
-                # pass over the matches gives the page and their count. A shorter text has
-                # no trigram to look up (a scan it is); without pg_trgm every order is read.
+                # pass over the matches gives the page and their count. A text with no
+                # trigram is a scan; without pg_trgm every order is read.
                 await connection.execute("SET LOCAL enable_seqscan = off")
                 rows = await connection.fetch(
                     f"""SELECT {_ORDER}, count(*) OVER () AS total FROM orders
@@ -484,7 +485,7 @@ class OrderStore:
                     limit,
                     (page - 1) * limit,
                 )
-                total = rows[0]["total"] if rows else None
+                total = rows[0]["total"] if rows else 0 if page == 1 else None
             else:
                 rows = await connection.fetch(
                     f"SELECT {_ORDER} FROM orders WHERE {condition} {page_of}",
