@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from shopctl import embedded, local_secrets, mailbox, processes
 from shopctl.embedded import EmbeddedServer, EmbeddedServerError
 from shopctl.environments import DEFAULT_ADMIN_EMAIL
-from shopctl.errors import ShopctlError
+from shopctl.errors import ShopctlError, command
 from shopctl.probes import ServiceHealth, check_services, stand_in_for
 from shopctl.services import (
     HOST,
@@ -142,11 +142,30 @@ def refuse_if_running(data_dir: Path) -> None:
         return
     if existing.anything_alive():
         since = datetime.fromtimestamp(existing.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        stopped = _stopped_parts(existing)
+        whole_again = (
+            f", though {' and '.join(stopped)} stopped: {command(f'down --data-dir {data_dir}')}, "
+            f"then {command('up')}, starts it whole again"
+            if stopped
+            else ""
+        )
         raise ShopctlError(
-            f"the shop is already running from {data_dir} (since {since}): "
-            f"`shopctl status --data-dir {data_dir}` shows it, `shopctl down` stops it"
+            f"the shop is already running from {data_dir} (since {since}){whole_again}; "
+            f"{command(f'status --data-dir {data_dir}')} shows it, {command('down')} stops it"
         )
     existing.remove()  # Left by a run that ended without `down` (a reboot, a kill -9).
+
+
+def _stopped_parts(state: ShopState) -> list[str]:
+    """The services and embedded servers of a running shop that are gone (a service that
+    was started again by hand, and answers on its port, is not)."""
+    services = [
+        service.name
+        for service in state.services
+        if not service.process.alive() and stand_in_for(service) is None
+    ]
+    servers = [server.name for server in state.embedded if not server.process.alive()]
+    return services + servers
 
 
 def check_ports(present: list[Service], base_port: int) -> None:

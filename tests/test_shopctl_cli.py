@@ -115,6 +115,25 @@ def test_up_refuses_while_the_shop_runs(
     result = invoke("up", "--detach", "--data-dir", str(tmp_path), "--base-port", "3000")
     assert result.exit_code == 1, result.output
     assert "already running" in result.output and "shopctl down" in result.output
+    assert "stopped" not in result.output
+    assert idle_process.alive()
+
+
+def test_up_on_a_shop_with_a_part_gone_says_which_and_how_to_start_it_whole(
+    tmp_path: Path, idle_process: processes.ManagedProcess
+) -> None:
+    gone = processes.ManagedProcess(pid=2**22 + 1, create_time=1.0, command=["gone"])
+    port = processes.free_port()  # nothing answers there: not restarted by hand either
+    write_state(
+        tmp_path,
+        RunningService("product", "http://127.0.0.1:1", 1, idle_process),
+        RunningService("cart", f"http://127.0.0.1:{port}", port, gone),
+    )
+    result = invoke("up", "--detach", "--data-dir", str(tmp_path), "--base-port", "3000")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "already running" in said and "though cart stopped" in said, said
+    assert f"down --data-dir {tmp_path}`, then `" in said and " up`, starts it whole" in said
     assert idle_process.alive()
 
 
