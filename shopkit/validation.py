@@ -231,9 +231,10 @@ def _undecodable(encoding: str) -> BadRequest:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is an empty object."""
+    """The body as a JSON object; an empty body is an empty object (whitespace is not
+    empty: it is not JSON either, and a 400 like any other)."""
     raw = await read_body(request)
-    if not raw.strip():
+    if not raw:
         return {}
     data = parse_json(raw)
     if not isinstance(data, dict):

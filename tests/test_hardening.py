@@ -225,6 +225,11 @@ async def test_a_json_number_past_any_decimal_is_400_everywhere(
         web_shop, "POST", "/api/orders", data=order, headers=headers, expected_status=400
     )
     assert reply["code"] == "invalid_json"
+    # A body of whitespace is not "no body" (check out my cart): it is not JSON (fuzzer).
+    reply = await call(
+        web_shop, "POST", "/api/orders", data=b"\n", headers=headers, expected_status=400
+    )
+    assert reply["code"] == "invalid_json"
 
 
 # -- 2. text ------------------------------------------------------------------------------------

@@ -470,6 +470,8 @@ async def test_customers_may_not_change_the_catalogue(
         (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
         (b'{"name": "x", "price": 1e400, "category": "c"}', "validation_error"),
         (b"", "validation_error"),
+        (b"\n", "invalid_json"),  # whitespace is not an empty body, nor JSON
+        (b" \t ", "invalid_json"),
         (b"{}", "validation_error"),
     ],
 )
