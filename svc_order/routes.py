@@ -106,7 +106,7 @@ async def delivery_options(request: web.Request) -> web.Response:
     response=OrderOut,
     status=201,
     roles=(),
-    errors=(402, 403, 404, 409, 503),
+    errors=(402, 403, 404, 409, 503, 504),
     description="Names and prices come from the product service. On any failure there is "
     "no order, stock is as before and the cart untouched. With an address (`address_id` of "
     "a saved one, or an inline `address`), a `delivery` option and a `payment` (all three or "
@@ -127,8 +127,10 @@ async def delivery_options(request: web.Request) -> web.Response:
     "Retry-After and buys nothing; once that one placed its order the cart is empty (400 "
     "empty_cart). Other refusals: 400 empty_cart, 404 product_not_found, 409 "
     "insufficient_stock, idempotency_key_reused or idempotency_retry, 503 "
-    "upstream_unavailable (no order was placed). A placed order is e-mailed to the address "
-    "in the caller's token, which the order keeps for its later e-mails.",
+    "upstream_unavailable (no order was placed), 504 checkout_outcome_unknown (the database "
+    "stopped answering while the order was placed: send it again with the same key). A "
+    "placed order is e-mailed to the address in the caller's token, which the order keeps "
+    "for its later e-mails.",
 )
 async def create_order(request: web.Request, body: CheckoutBody) -> web.Response:
     identity = request[IDENTITY]

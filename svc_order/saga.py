@@ -69,6 +69,7 @@ from svc_order.store import (
     Details,
     IdempotencyKeyTaken,
     Line,
+    OrderNotFound,
     OrderStore,
     OwnerLock,
     subtotal_of,
@@ -80,6 +81,11 @@ log = logging.getLogger("shop.order.checkout")
 # a second) before answering 409 checkout_in_progress; what its Retry-After says.
 IN_PROGRESS_WAIT = 3.0
 IN_PROGRESS_RETRY_AFTER = "1"
+
+
+# How long a checkout whose placing failed on PostgreSQL waits for it to answer again, to
+# tell whether the order was placed after all (a restart takes a second or two).
+PLACED_CHECK_SECONDS = 10.0
 
 
 # How often a cart checkout settles a claim it found (a placed order's pending clear, a dead
@@ -320,7 +326,19 @@ class Checkout:
         if request is not None and request.payment is not None:
             total = subtotal_of(lines) + (details.delivery_cents if details is not None else 0)
             auth = await self._authorise(order_id, total, request.payment)
-        order = await self.store.mark_placed(order_id, lines)
+        try:
+            order = await self.store.mark_placed(order_id, lines)
+        except POSTGRES_UNAVAILABLE:
+            order = await self._placed_after_all(order_id)
+            if order is None:  # not placed: this attempt's to undo, PostgreSQL being back
+                await self.undo(order_id)
+                raise UpstreamUnavailable(
+                    "The order could not be recorded (its database was unavailable); no "
+                    "order was placed and nothing is held. Try again."
+                ) from None
+            if cart is not None:
+                await self._clear_cart(order_id, user_id, cart.version)
+            return order_id, order
         if order is None:
             # Too slow: recovery took the order over and is undoing it. The hold this
             # attempt got is released here too (recovery may have looked for it too early).
@@ -330,6 +348,30 @@ class Checkout:
         if cart is not None:
             await self._clear_cart(order_id, user_id, cart.version)
         return order_id, order
+
+    async def _placed_after_all(self, order_id: int) -> dict[str, Any] | None:
+        """Placing failed on PostgreSQL, perhaps once its commit was made (a restart that cut
+        the answer off): the order if it is placed after all, read as soon as PostgreSQL
+        answers again, so that a placed order is never answered 503; None if it is not.
+        With PostgreSQL still away after PLACED_CHECK_SECONDS nobody can tell yet: 504
+        checkout_outcome_unknown, which the gateway asks again with the same key."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + PLACED_CHECK_SECONDS
+        pause = 0.05
+        while True:
+            try:
+                return await self.store.get(order_id)
+            except OrderNotFound:
+                return None
+            except POSTGRES_UNAVAILABLE:
+                if loop.time() >= give_up:
+                    raise OutcomeUnknown(
+                        "The order's database stopped answering while it was being placed, "
+                        "so whether it was is not known yet. Send the same checkout again "
+                        "with the same Idempotency-Key to find out: it is never bought twice."
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     async def _customer(self, token: str) -> Customer:
         """Who is buying, as their profile names them now (kept on the order)."""
@@ -723,6 +765,11 @@ def _refused_take(status: int, body: Any, lines: list[Line]) -> ShopError:
     if status == 404:
         return NotFound(f"The product {name!r} is no longer sold.", code="product_not_found")
     return UpstreamUnavailable(f"The product service refused the stock change ({status}).")
+
+
+class OutcomeUnknown(ShopError):
+    status = 504
+    code = "checkout_outcome_unknown"
 
 
 class PaymentRefused(ShopError):

@@ -110,6 +110,29 @@ async def test_a_cancel_while_products_are_down_restocks_later(
     assert reply["data"]["stock"] == 10
 
 
+async def test_placing_cut_off_from_postgresql_reads_the_truth_before_it_answers(
+    orders: TestClient, products: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """When placing fails on PostgreSQL (a restart may cut off the answer to a commit that
+    was made), the checkout reads the order again before it answers: placed after all, the
+    order is its answer (a 503 would tell the shopper nothing was bought, and the cart would
+    be emptied later by recovery); not placed, None (then it is undone, and 503 is true)."""
+    mug = await create_product(products, admin_headers, stock=10)
+    placed = (await checkout(orders, ANN, [(mug["id"], 1)]))["data"]
+    saga = orders.server.app[CHECKOUT]
+    found = await saga._placed_after_all(placed["id"])
+    assert found is not None and found["id"] == placed["id"] and found["items"] == placed["items"]
+    intent = await orders.server.app[STORE].record_intent(
+        user_id=101,
+        lines=[Line(mug["id"], "Mug", 1, 100)],
+        idempotency_key="not-placed",
+        request_hash="x",
+        cart_version=None,
+        lease_seconds=30,
+    )
+    assert await saga._placed_after_all(intent) is None
+
+
 # -- the real thing: SIGKILL in the middle of a burst ------------------------------------------
 
 
