@@ -336,15 +336,13 @@ class Checkout:
                     "The order could not be recorded (its database was unavailable); no "
                     "order was placed and nothing is held. Try again."
                 ) from None
-            if cart is not None:
-                await self._clear_placed_cart(order_id, user_id, cart.version)
-            return order_id, order
-        if order is None:
-            # Too slow: recovery took the order over and is undoing it. The hold this
-            # attempt got is released here too (recovery may have looked for it too early).
-            if auth is not None:
-                await self._void_quietly(order_id, auth)
-            raise _undone_meanwhile()
+        else:
+            if order is None:
+                # Too slow: recovery took the order over and is undoing it. The hold this
+                # attempt got is released here too (recovery may have looked too early).
+                if auth is not None:
+                    await self._void_quietly(order_id, auth)
+                raise _undone_meanwhile()
         if cart is not None:
             await self._clear_placed_cart(order_id, user_id, cart.version)
         return order_id, order

@@ -467,7 +467,7 @@ class OrderStore:
         condition, args = listing_condition(user_id, status, customer)
         page_of = f"ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}"
         searching = customer is not None and _INDEXABLE.search(customer) is not None
-        total: int | None = None
+        counted = ", count(*) OVER () AS total" if searching else ""
         async with self.pool.acquire() as connection, connection.transaction():
             if searching:
                 # What the trigram indexes (migration 0006) are for; measured at 100k orders
@@ -478,21 +478,15 @@ class OrderStore:
                 # pass over the matches gives the page and their count. A text with no
                 # trigram is a scan; without pg_trgm every order is read.
                 await connection.execute("SET LOCAL enable_seqscan = off")
-                rows = await connection.fetch(
-                    f"""SELECT {_ORDER}, count(*) OVER () AS total FROM orders
-                        WHERE {condition} {page_of}""",
-                    *args,
-                    limit,
-                    (page - 1) * limit,
-                )
+            rows = await connection.fetch(
+                f"SELECT {_ORDER}{counted} FROM orders WHERE {condition} {page_of}",
+                *args,
+                limit,
+                (page - 1) * limit,
+            )
+            total: int | None = None
+            if searching:
                 total = rows[0]["total"] if rows else 0 if page == 1 else None
-            else:
-                rows = await connection.fetch(
-                    f"SELECT {_ORDER} FROM orders WHERE {condition} {page_of}",
-                    *args,
-                    limit,
-                    (page - 1) * limit,
-                )
             if total is None:  # not counted with the page (or a page past the last)
                 total = await connection.fetchval(
                     f"SELECT count(*) FROM orders WHERE {condition}", *args
